@@ -1,0 +1,1 @@
+//! protocol crate (skeleton; filled by its issue).

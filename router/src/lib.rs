@@ -1,0 +1,1 @@
+//! router crate (skeleton; filled by its issue).

@@ -1,0 +1,1 @@
+//! storage crate (skeleton; filled by its issue).
