@@ -1,1 +1,900 @@
-//! storage crate (skeleton; filled by its issue).
+//! Mailroom's durable store: a narrow API over sled 0.34.
+//!
+//! * Definitions (vhosts, users, exchanges, queues, bindings) and messages live in one sled tree
+//!   under hand-encoded big-endian keys; values are postcard (messages: postcard header + raw
+//!   bytes). Layout: docs/storage-format.md.
+//! * Every write is applied to sled at once (in memory) and returns a *ticket*. One flusher
+//!   thread per store calls `sled::Db::flush` whenever there are unflushed writes and then
+//!   publishes the highest ticket it covered on a `tokio::sync::watch` channel (group commit):
+//!   a write is durable once `*durable_watch().borrow() >= ticket`.
+//! * The data directory is locked for the lifetime of the store (`LOCK`, `File::try_lock`).
+//!
+//! The crate knows nothing about AMQP: argument tables and message properties are opaque bytes.
+
+mod codec;
+mod keys;
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use keys::{Key, BINDING, EXCHANGE, MESSAGE, MSG_STATE, QUEUE, USER, VHOST};
+
+/// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// sled's log segment size. It is persisted by sled in `sled/conf` at creation and sled refuses
+/// to open a store with a different value, so it is a constant, not an option.
+/// See docs/storage-format.md for why this value.
+pub const SEGMENT_SIZE: usize = 512 * 1024;
+
+/// Deletes (purge, delete_queue, orphan clean-up) are applied in sled batches of this many keys.
+const DELETE_CHUNK: usize = 10_000;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the data directory {} is locked: another broker (or another open store in this process) \
+         is using it; stop that one or choose a different data directory",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
+    #[error("storage I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the store has schema version {found} but this build only understands version {expected}; \
+         refusing to open it (use a matching broker version or migrate the data)"
+    )]
+    SchemaVersion { found: u32, expected: u32 },
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage engine (sled) error: {0}")]
+    Engine(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache size.
+    pub cache_capacity_bytes: u64,
+    /// sled's own background flush every N ms. `None` (the default): off, the store's flusher
+    /// thread flushes whenever there are unflushed writes.
+    pub flush_interval_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            flush_interval_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VhostRecord {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub password_hash: Vec<u8>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub id: u32,
+    pub vhost: String,
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: Vec<u8>,
+}
+
+/// A binding's identity is all of its fields, arguments included (as in RabbitMQ).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub destination_is_queue: bool,
+    pub routing_key: String,
+    pub arguments: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Raw AMQP content-header property bytes (opaque here).
+    pub properties: bytes::Bytes,
+    pub body: bytes::Bytes,
+    pub delivery_count: u32,
+    pub published_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// Retry due time.
+    pub not_before_ms: Option<u64>,
+}
+
+/// The small mutable part of a message, kept under its own key so a redelivery does not rewrite
+/// the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MessageState {
+    pub delivery_count: u32,
+    pub redelivered: bool,
+    pub not_before_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Write operations (= the current ticket). A batch counts once.
+    pub writes: u64,
+    /// Completed `sled::Db::flush` calls (each one fsync round), flusher and `flush_blocking`.
+    pub flushes: u64,
+    /// Key + value bytes handed to sled (logical, before sled's own framing).
+    pub bytes_written: u64,
+    pub messages_appended: u64,
+    /// Message keys removed by `delete_messages` (requested, whether or not they existed),
+    /// purge and delete_queue.
+    pub messages_deleted: u64,
+    /// Highest durable ticket published.
+    pub durable: u64,
+    /// Flushes that failed (the flusher retries; `durable` does not advance meanwhile).
+    pub flush_errors: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct WakeState {
+    requested: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    db: sled::Db,
+    ticket: AtomicU64,
+    flushes: AtomicU64,
+    flush_errors: AtomicU64,
+    bytes_written: AtomicU64,
+    messages_appended: AtomicU64,
+    messages_deleted: AtomicU64,
+    durable_tx: watch::Sender<u64>,
+    wake: Mutex<WakeState>,
+    cv: Condvar,
+    /// Set by the flusher (under `wake`) just before it waits; writers only take the lock to
+    /// notify when it is set.
+    sleeping: AtomicBool,
+}
+
+impl Shared {
+    /// Called after a sled operation has returned: takes the next ticket and wakes the flusher.
+    fn bump(&self, bytes: usize) -> u64 {
+        self.bytes_written.fetch_add(bytes as u64, SeqCst);
+        let t = self.ticket.fetch_add(1, SeqCst) + 1;
+        if self.sleeping.load(SeqCst) {
+            let _g = self.wake.lock();
+            self.cv.notify_one();
+        }
+        t
+    }
+
+    fn publish(&self, t: u64) {
+        self.durable_tx.send_if_modified(|d| {
+            if t > *d {
+                *d = t;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn flush_now(&self) -> Result<()> {
+        let t = self.ticket.load(SeqCst);
+        match self.db.flush() {
+            Ok(_) => {
+                self.flushes.fetch_add(1, SeqCst);
+                self.publish(t);
+                Ok(())
+            }
+            Err(e) => {
+                self.flush_errors.fetch_add(1, SeqCst);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn flusher_loop(shared: Arc<Shared>) {
+    let mut flushed = shared.ticket.load(SeqCst);
+    loop {
+        let shutdown = {
+            let mut st = shared.wake.lock();
+            loop {
+                if st.shutdown {
+                    break true;
+                }
+                if st.requested || shared.ticket.load(SeqCst) > flushed {
+                    st.requested = false;
+                    break false;
+                }
+                shared.sleeping.store(true, SeqCst);
+                // Re-check after announcing we sleep: a writer that bumped before seeing
+                // `sleeping` is caught here; one that bumped after will take the lock and notify.
+                if shared.ticket.load(SeqCst) > flushed {
+                    shared.sleeping.store(false, SeqCst);
+                    continue;
+                }
+                shared.cv.wait(&mut st);
+                shared.sleeping.store(false, SeqCst);
+            }
+        };
+        let t = shared.ticket.load(SeqCst);
+        match shared.flush_now() {
+            Ok(()) => flushed = flushed.max(t),
+            Err(e) => {
+                tracing::error!(error = %e, "storage flush failed; retrying");
+                if !shutdown {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        if shutdown {
+            return;
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    dir: PathBuf,
+    // Declared last: dropped (unlocked) after sled has been closed.
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.wake.lock().shutdown = true;
+        self.shared.cv.notify_all();
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A handle to an open store. Cheap to clone; the last handle dropped stops the flusher thread
+/// (after a final flush), closes sled and unlocks the directory.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`. Creates the directory if missing, locks it, opens
+    /// sled under `dir/sled`, checks the schema version and removes messages left behind by a
+    /// `delete_queue` interrupted by a crash. Does not read message bodies.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+
+        let sled_dir = dir.join("sled");
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .flush_every_ms(opts.flush_interval_ms)
+            .use_compression(false)
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) => StoreError::Io {
+                    path: sled_dir.clone(),
+                    source,
+                },
+                other => other.into(),
+            })?;
+
+        debug_assert_eq!(keys::SCHEMA_KEY[0], keys::META);
+        match db.get(keys::SCHEMA_KEY)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| {
+                        StoreError::Corrupt("schema version record is malformed".into())
+                    })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                if db.iter().next().is_some() {
+                    return Err(StoreError::Corrupt(
+                        "the store holds data but has no schema version record".into(),
+                    ));
+                }
+                db.insert(keys::SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+
+        let (durable_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            db,
+            ticket: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            flush_errors: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            messages_appended: AtomicU64::new(0),
+            messages_deleted: AtomicU64::new(0),
+            durable_tx,
+            wake: Mutex::new(WakeState {
+                requested: false,
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+            sleeping: AtomicBool::new(false),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("mailroom-storage-flusher".into())
+                .spawn(move || flusher_loop(shared))
+                .map_err(io_err(dir))?
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                shared,
+                flusher: Some(flusher),
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            }),
+        };
+        store.remove_orphan_messages()?;
+        Ok(store)
+    }
+
+    fn sh(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn db(&self) -> &sled::Db {
+        &self.inner.shared.db
+    }
+
+    /// The directory this store was opened on.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    // --- generic record helpers ---------------------------------------------------------------
+
+    fn put_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64> {
+        let n = key.len() + value.len();
+        self.db().insert(key, value)?;
+        Ok(self.sh().bump(n))
+    }
+
+    fn remove_raw(&self, key: Vec<u8>) -> Result<u64> {
+        let n = key.len();
+        self.db().remove(key)?;
+        Ok(self.sh().bump(n))
+    }
+
+    fn list<T: for<'a> Deserialize<'a>>(&self, tag: u8, what: &str) -> Result<Vec<T>> {
+        self.db()
+            .scan_prefix([tag])
+            .map(|kv| {
+                let (_, v) = kv?;
+                codec::decode(what, &v)
+            })
+            .collect()
+    }
+
+    // --- vhosts and users (rare admin writes: durable when the call returns) -----------------
+
+    /// Insert or replace a vhost. Durable on return (waits for a flush).
+    pub fn put_vhost(&self, v: &VhostRecord) -> Result<()> {
+        self.put_raw(Key::new(VHOST).str(&v.name).into_vec(), codec::encode(v)?)?;
+        self.flush_blocking()
+    }
+
+    /// Delete a vhost record (no cascade: the broker deletes its exchanges, queues and bindings).
+    /// Durable on return.
+    pub fn delete_vhost(&self, name: &str) -> Result<()> {
+        self.remove_raw(Key::new(VHOST).str(name).into_vec())?;
+        self.flush_blocking()
+    }
+
+    pub fn vhosts(&self) -> Result<Vec<VhostRecord>> {
+        self.list(VHOST, "vhost")
+    }
+
+    /// Insert or replace a user. Durable on return.
+    pub fn put_user(&self, u: &UserRecord) -> Result<()> {
+        self.put_raw(Key::new(USER).str(&u.name).into_vec(), codec::encode(u)?)?;
+        self.flush_blocking()
+    }
+
+    /// Durable on return.
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        self.remove_raw(Key::new(USER).str(name).into_vec())?;
+        self.flush_blocking()
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRecord>> {
+        self.list(USER, "user")
+    }
+
+    // --- exchanges, queues, bindings ----------------------------------------------------------
+
+    pub fn put_exchange(&self, x: &ExchangeRecord) -> Result<u64> {
+        let k = Key::new(EXCHANGE).str(&x.vhost).str(&x.name).into_vec();
+        self.put_raw(k, codec::encode(x)?)
+    }
+
+    /// Deletes the exchange record only (bindings are the broker's to delete).
+    pub fn delete_exchange(&self, vhost: &str, name: &str) -> Result<u64> {
+        self.remove_raw(Key::new(EXCHANGE).str(vhost).str(name).into_vec())
+    }
+
+    pub fn exchanges(&self) -> Result<Vec<ExchangeRecord>> {
+        self.list(EXCHANGE, "exchange")
+    }
+
+    /// A fresh queue id: 1, 2, 3, … persisted under `\x00next_queue_id` (never reused, also
+    /// across restarts once the counter write is durable — it is flushed with the next flush,
+    /// at the latest together with the `put_queue` that uses it).
+    pub fn next_queue_id(&self) -> Result<u32> {
+        let mut overflow = false;
+        let new = self.db().update_and_fetch(keys::QUEUE_ID_KEY, |old| {
+            let cur = old
+                .and_then(|o| <[u8; 4]>::try_from(o).ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            match cur.checked_add(1) {
+                Some(n) => Some(n.to_be_bytes().to_vec()),
+                None => {
+                    overflow = true;
+                    Some(cur.to_be_bytes().to_vec())
+                }
+            }
+        })?;
+        if overflow {
+            return Err(StoreError::Corrupt("queue id space (u32) exhausted".into()));
+        }
+        let id = new
+            .as_deref()
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("queue id counter is malformed".into()))?;
+        self.sh().bump(keys::QUEUE_ID_KEY.len() + 4);
+        Ok(id)
+    }
+
+    pub fn put_queue(&self, q: &QueueRecord) -> Result<u64> {
+        let k = Key::new(QUEUE).str(&q.vhost).str(&q.name).into_vec();
+        self.put_raw(k, codec::encode(q)?)
+    }
+
+    /// Deletes the queue record and then all messages and message states of queue `id`.
+    /// The record goes first (one batch), the messages follow in batches of 10,000 keys; if the
+    /// process dies in between, `open` removes the orphaned messages.
+    pub fn delete_queue(&self, vhost: &str, name: &str, id: u32) -> Result<u64> {
+        let t = self.remove_raw(Key::new(QUEUE).str(vhost).str(name).into_vec())?;
+        let (_, t2) = self.purge_queue(id)?;
+        Ok(t.max(t2))
+    }
+
+    pub fn queues(&self) -> Result<Vec<QueueRecord>> {
+        self.list(QUEUE, "queue")
+    }
+
+    fn binding_key(b: &BindingRecord) -> Vec<u8> {
+        Key::new(BINDING)
+            .str(&b.vhost)
+            .str(&b.source)
+            .u8(b.destination_is_queue as u8)
+            .str(&b.destination)
+            .str(&b.routing_key)
+            .bytes(&b.arguments)
+            .into_vec()
+    }
+
+    pub fn put_binding(&self, b: &BindingRecord) -> Result<u64> {
+        self.put_raw(Self::binding_key(b), codec::encode(b)?)
+    }
+
+    pub fn delete_binding(&self, b: &BindingRecord) -> Result<u64> {
+        self.remove_raw(Self::binding_key(b))
+    }
+
+    pub fn bindings(&self) -> Result<Vec<BindingRecord>> {
+        self.list(BINDING, "binding")
+    }
+
+    // --- messages -----------------------------------------------------------------------------
+
+    /// Store one message under (queue id, seq). Seqs are chosen by the caller (per queue,
+    /// increasing); an existing (queue, seq) is overwritten.
+    pub fn append_message(&self, queue_id: u32, seq: u64, msg: &StoredMessage) -> Result<u64> {
+        let v = codec::encode_message(msg)?;
+        let n = keys::MSG_KEY_LEN + v.len();
+        self.db().insert(keys::msg_key(MESSAGE, queue_id, seq), v)?;
+        self.sh().messages_appended.fetch_add(1, SeqCst);
+        Ok(self.sh().bump(n))
+    }
+
+    /// Store several messages (any queues) in one atomic sled batch; one ticket.
+    pub fn append_messages(&self, items: &[(u32, u64, &StoredMessage)]) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for (q, seq, msg) in items {
+            let v = codec::encode_message(msg)?;
+            n += keys::MSG_KEY_LEN + v.len();
+            batch.insert(&keys::msg_key(MESSAGE, *q, *seq), v);
+        }
+        self.db().apply_batch(batch)?;
+        self.sh()
+            .messages_appended
+            .fetch_add(items.len() as u64, SeqCst);
+        Ok(self.sh().bump(n))
+    }
+
+    /// Remove messages (and their state keys) in one atomic batch, e.g. on ack. Absent seqs are
+    /// ignored (a sled no-op).
+    pub fn delete_messages(&self, queue_id: u32, seqs: &[u64]) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        for &s in seqs {
+            batch.remove(&keys::msg_key(MESSAGE, queue_id, s));
+            batch.remove(&keys::msg_key(MSG_STATE, queue_id, s));
+        }
+        self.db().apply_batch(batch)?;
+        self.sh()
+            .messages_deleted
+            .fetch_add(seqs.len() as u64, SeqCst);
+        Ok(self.sh().bump(seqs.len() * 2 * keys::MSG_KEY_LEN))
+    }
+
+    /// Record the mutable part of a message (written on redelivery; the body is not rewritten).
+    /// `read_messages` merges it in.
+    pub fn set_message_state(&self, queue_id: u32, seq: u64, state: &MessageState) -> Result<u64> {
+        let k = keys::msg_key(MSG_STATE, queue_id, seq).to_vec();
+        self.put_raw(k, codec::encode(state)?)
+    }
+
+    /// The state record of one message, if one was written.
+    pub fn message_state(&self, queue_id: u32, seq: u64) -> Result<Option<MessageState>> {
+        self.db()
+            .get(keys::msg_key(MSG_STATE, queue_id, seq))?
+            .map(|v| codec::decode("message state", &v))
+            .transpose()
+    }
+
+    /// Up to `limit` messages of `queue_id` with seq >= `from_seq`, in seq order, with their
+    /// state merged in (`delivery_count`, `not_before_ms` taken from the state record if any).
+    /// Bodies and properties are zero-copy slices of sled's buffers.
+    pub fn read_messages(
+        &self,
+        queue_id: u32,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredMessage)>> {
+        Ok(self
+            .read_messages_with_state(queue_id, from_seq, limit)?
+            .into_iter()
+            .map(|(s, m, _)| (s, m))
+            .collect())
+    }
+
+    /// Like `read_messages`, also returning each message's state record (for `redelivered`).
+    #[allow(clippy::type_complexity)]
+    pub fn read_messages_with_state(
+        &self,
+        queue_id: u32,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredMessage, Option<MessageState>)>> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = keys::msg_key(MESSAGE, queue_id, from_seq);
+        let end = keys::msg_key(MESSAGE, queue_id, u64::MAX);
+        for kv in self.db().range(start..=end).take(limit) {
+            let (k, v) = kv?;
+            let (_, seq) = keys::parse_msg_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            out.push((seq, codec::decode_message(v)?, None));
+        }
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            let s = keys::msg_key(MSG_STATE, queue_id, first.0);
+            let e = keys::msg_key(MSG_STATE, queue_id, last.0);
+            let mut i = 0;
+            for kv in self.db().range(s..=e) {
+                let (k, v) = kv?;
+                let (_, seq) = keys::parse_msg_key(&k)
+                    .ok_or_else(|| StoreError::Corrupt("malformed message state key".into()))?;
+                let st: MessageState = codec::decode("message state", &v)?;
+                while i < out.len() && out[i].0 < seq {
+                    i += 1;
+                }
+                if i < out.len() && out[i].0 == seq {
+                    out[i].1.delivery_count = st.delivery_count;
+                    out[i].1.not_before_ms = st.not_before_ms;
+                    out[i].2 = Some(st);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// All seqs of a queue in order. Cost: a scan of the queue's key range; sled keeps values
+    /// inline in its leaf pages, so this pages in the leaves (bodies included) though it decodes
+    /// none of them — O(messages), roughly the queue's size in I/O when cold.
+    pub fn message_seqs(&self, queue_id: u32) -> Result<Vec<u64>> {
+        self.db()
+            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
+            .keys()
+            .map(|k| {
+                let k = k?;
+                keys::parse_msg_key(&k)
+                    .map(|(_, s)| s)
+                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))
+            })
+            .collect()
+    }
+
+    /// (first seq, last seq) of a queue, or None if it holds no message. O(log n): two seeks.
+    pub fn queue_bounds(&self, queue_id: u32) -> Result<Option<(u64, u64)>> {
+        let mut it = self
+            .db()
+            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
+            .keys();
+        let first = match it.next() {
+            None => return Ok(None),
+            Some(k) => k?,
+        };
+        let last = match it.next_back() {
+            None => first.clone(),
+            Some(k) => k?,
+        };
+        let parse = |k: &[u8]| {
+            keys::parse_msg_key(k)
+                .map(|(_, s)| s)
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))
+        };
+        Ok(Some((parse(&first)?, parse(&last)?)))
+    }
+
+    /// Number of messages in a queue. Same cost as `message_seqs` (a scan of the queue's key
+    /// range, no decoding, no allocation per message).
+    pub fn count_messages(&self, queue_id: u32) -> Result<u64> {
+        let mut n = 0u64;
+        for k in self
+            .db()
+            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
+            .keys()
+        {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Ids of all queues that have at least one message, by seeking from queue to queue
+    /// (O(queues · log n), no scan of messages).
+    pub fn queue_ids_with_messages(&self) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut from = keys::queue_prefix(MESSAGE, 0).to_vec();
+        let end = [MESSAGE + 1];
+        loop {
+            let next = self.db().range(from.as_slice()..&end[..]).keys().next();
+            let k = match next {
+                None => break,
+                Some(k) => k?,
+            };
+            let (q, _) = keys::parse_msg_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            ids.push(q);
+            match q.checked_add(1) {
+                Some(n) => from = keys::queue_prefix(MESSAGE, n).to_vec(),
+                None => break,
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Remove all messages and states of a queue (batches of 10,000 keys).
+    /// Returns (messages removed, ticket of the last batch).
+    pub fn purge_queue(&self, queue_id: u32) -> Result<(u64, u64)> {
+        let removed = self.remove_prefix(&keys::queue_prefix(MESSAGE, queue_id))?;
+        self.remove_prefix(&keys::queue_prefix(MSG_STATE, queue_id))?;
+        self.sh().messages_deleted.fetch_add(removed, SeqCst);
+        let n = keys::queue_prefix(MESSAGE, queue_id).len();
+        Ok((removed, self.sh().bump(n)))
+    }
+
+    fn remove_prefix(&self, prefix: &[u8]) -> Result<u64> {
+        let mut removed = 0u64;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for k in self.db().scan_prefix(prefix).keys().take(DELETE_CHUNK) {
+                batch.remove(k?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.db().apply_batch(batch)?;
+            removed += n as u64;
+            self.sh().bump(n * keys::MSG_KEY_LEN);
+        }
+    }
+
+    /// Messages whose queue has no record are leftovers of an interrupted `delete_queue`.
+    fn remove_orphan_messages(&self) -> Result<()> {
+        let known: std::collections::HashSet<u32> =
+            self.queues()?.into_iter().map(|q| q.id).collect();
+        for q in self.queue_ids_with_messages()? {
+            if !known.contains(&q) {
+                let (n, _) = self.purge_queue(q)?;
+                tracing::warn!(
+                    queue_id = q,
+                    messages = n,
+                    "removed messages of a deleted queue"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // --- durability ---------------------------------------------------------------------------
+
+    /// Receives the highest ticket known durable. Await `wait_for(|d| *d >= ticket)`.
+    pub fn durable_watch(&self) -> watch::Receiver<u64> {
+        self.sh().durable_tx.subscribe()
+    }
+
+    /// The ticket of the latest write (0 before any write since open).
+    pub fn current_ticket(&self) -> u64 {
+        self.sh().ticket.load(SeqCst)
+    }
+
+    /// Wake the flusher now, even if it believes there is nothing to flush.
+    pub fn request_flush(&self) {
+        let sh = self.sh();
+        sh.wake.lock().requested = true;
+        sh.cv.notify_one();
+    }
+
+    /// Flush on the calling thread and wait: every write whose call returned before this call
+    /// is durable when it returns Ok, and the watch is advanced accordingly. Blocking.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.sh().flush_now()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let sh = self.sh();
+        StoreStats {
+            writes: sh.ticket.load(SeqCst),
+            flushes: sh.flushes.load(SeqCst),
+            bytes_written: sh.bytes_written.load(SeqCst),
+            messages_appended: sh.messages_appended.load(SeqCst),
+            messages_deleted: sh.messages_deleted.load(SeqCst),
+            durable: *sh.durable_tx.borrow(),
+            flush_errors: sh.flush_errors.load(SeqCst),
+        }
+    }
+
+    /// Disk space allocated to the store directory (like `du`: allocated blocks, all files).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        dir_allocated_bytes(&self.inner.dir)
+    }
+
+    /// sled's own figure: apparent length of its files (the log file is sparse-free, so this is
+    /// close to `size_on_disk` minus our LOCK file).
+    pub fn sled_size_on_disk(&self) -> Result<u64> {
+        Ok(self.db().size_on_disk()?)
+    }
+}
+
+/// Allocated bytes of every file under `dir` (st_blocks × 512 on Unix, length elsewhere).
+pub fn dir_allocated_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let rd = fs::read_dir(dir).map_err(io_err(dir))?;
+    for e in rd {
+        let e = e.map_err(io_err(dir))?;
+        let path = e.path();
+        let md = match fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io_err(&path)(err)),
+        };
+        if md.is_dir() {
+            total += dir_allocated_bytes(&path)?;
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                total += md.blocks() * 512;
+            }
+            #[cfg(not(unix))]
+            {
+                total += md.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests;
