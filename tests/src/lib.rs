@@ -1,1 +1,195 @@
-//! End-to-end test harness.
+//! End-to-end test harness: starts the real `mailroom` binary on a free port with its own data dir, and gives
+//! tests its address, a way to stop it (SIGTERM) or kill it (SIGKILL), and to restart it on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::Once;
+use std::time::Duration;
+
+pub mod raw;
+
+/// Path of the workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The `mailroom` binary, built once per test process if needed (same profile as the tests).
+pub fn mailroom_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "mailroom-broker", "--bin", "mailroom"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the mailroom binary");
+        assert!(status.success(), "building mailroom failed");
+    });
+    target_dir().join(profile).join("mailroom")
+}
+
+/// A running broker process.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts a broker on a free port with a fresh temporary data dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a broker on `data_dir` with extra arguments.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start_in(data_dir, extra).expect("broker starts")
+    }
+
+    pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(mailroom_bin())
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("MAILROOM_LISTEN")
+            .env_remove("MAILROOM_DATA_DIR")
+            .env_remove("MAILROOM_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("MAILROOM_TEST_LOG").is_some() {
+                        eprintln!("[mailroom] {line}");
+                    }
+                    if tx.send(line).is_err() {
+                        // Keep draining so the broker never blocks on a full pipe.
+                        continue;
+                    }
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = line.find("accepting AMQP connections addr=") {
+                        let addr = line[i + "accepting AMQP connections addr=".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .parse()?;
+                        return Ok(Server {
+                            child: Some(child),
+                            addr,
+                            data_dir: data_dir.to_path_buf(),
+                            _tmp: None,
+                            log: rx,
+                        });
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait()?;
+                    anyhow::bail!("broker did not start ({status}); output:\n{}", seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Log lines printed so far (drains them).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().expect("wait for broker")
+    }
+
+    /// SIGKILL, then waits for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts on the same data dir (after stop or kill), on a new port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut next = Server::start_in(&self.data_dir.clone(), &[]);
+        self.child = next.child.take();
+        self.addr = next.addr;
+        self.log = std::mem::replace(&mut next.log, mpsc::channel().1);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Python interpreter of the project's virtualenv (made by `make test`), with pika installed.
+pub fn python() -> PathBuf {
+    let py = workspace_root().join(".venv/bin/python");
+    assert!(py.exists(), "{} is missing: run `make test`, which installs pika into .venv", py.display());
+    py
+}
+
+/// Runs `tests/python/<script>` against the server; panics with its output unless it exits 0.
+pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(workspace_root().join("tests/python").join(script))
+        .args(args)
+        .env("AMQP_URL", server.url())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

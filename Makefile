@@ -1,0 +1,31 @@
+# Mailroom: `make run` starts the broker, `make test` runs every test. Nothing else is needed on a fresh
+# machine with the Rust toolchain: the Python client the tests use (pika) is installed into .venv here.
+
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+VENV_OK := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-compare crash-test perf clean-venv
+
+run:
+	$(CARGO) run --release --bin mailroom -- --data-dir ./data
+
+test: $(VENV_OK)
+	$(CARGO) build --bin mailroom
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench -p mailroom-router --bench route -- --warm-up-time 1 --measurement-time 3
+
+$(VENV_OK): tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)
