@@ -1,0 +1,337 @@
+//! Frames, the tokio-util codec and the writer helpers.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::ProtocolError;
+use crate::methods::Method;
+use crate::properties::RawProperties;
+use crate::wire;
+use crate::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE};
+
+/// Frame header (type, channel, size) plus the frame-end octet.
+pub const FRAME_OVERHEAD: u32 = 8;
+/// Size of the frame header: type (1), channel (2), payload size (4).
+pub const FRAME_HEADER_SIZE: usize = 7;
+/// Largest buffer reservation made on behalf of a single announced frame when
+/// frame_max is 0 (unlimited); the buffer grows past it as bytes actually arrive.
+const MAX_RESERVE: usize = 1 << 20;
+
+/// A content header frame's payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHeader {
+    /// Class of the content (60 for basic).
+    pub class_id: u16,
+    /// Always 0 in 0-9-1.
+    pub weight: u16,
+    /// Total size of the body that follows in body frames.
+    pub body_size: u64,
+    /// Property flags and list, undecoded.
+    pub properties: RawProperties,
+}
+
+impl ContentHeader {
+    /// A basic-class header with weight 0.
+    pub fn new(class_id: u16, body_size: u64, properties: RawProperties) -> ContentHeader {
+        ContentHeader {
+            class_id,
+            weight: 0,
+            body_size,
+            properties,
+        }
+    }
+
+    /// Decodes a header frame payload. The properties are kept raw (zero-copy); at
+    /// least the flags word must be there.
+    pub fn decode(mut payload: Bytes) -> Result<ContentHeader, ProtocolError> {
+        if payload.len() < 14 {
+            return Err(ProtocolError::Malformed("content header frame too short"));
+        }
+        let class_id = wire::get_u16(&mut payload)?;
+        let weight = wire::get_u16(&mut payload)?;
+        let body_size = wire::get_u64(&mut payload)?;
+        Ok(ContentHeader {
+            class_id,
+            weight,
+            body_size,
+            properties: RawProperties::from_bytes(payload),
+        })
+    }
+
+    /// Writes class id, weight, body size and the raw properties.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u16(self.class_id);
+        dst.put_u16(self.weight);
+        dst.put_u64(self.body_size);
+        put_properties(dst, &self.properties);
+    }
+}
+
+fn put_properties(dst: &mut BytesMut, props: &RawProperties) {
+    if props.is_empty() {
+        dst.put_u16(0);
+    } else {
+        dst.put_slice(props.as_bytes());
+    }
+}
+
+/// One AMQP frame; the `u16` is the channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// Method frame.
+    Method(u16, Method),
+    /// Content header frame.
+    Header(u16, ContentHeader),
+    /// Content body frame (a zero-copy slice of the read buffer).
+    Body(u16, Bytes),
+    /// Heartbeat; keeps its channel so the broker can reject a non-zero one (505).
+    Heartbeat(u16),
+}
+
+impl Frame {
+    /// The channel the frame is on.
+    pub fn channel(&self) -> u16 {
+        match self {
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => {
+                *c
+            }
+        }
+    }
+
+    /// The frame type octet.
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::Method(..) => FRAME_METHOD,
+            Frame::Header(..) => FRAME_HEADER,
+            Frame::Body(..) => FRAME_BODY,
+            Frame::Heartbeat(_) => FRAME_HEARTBEAT,
+        }
+    }
+
+    /// Decodes a frame payload of type `frame_type`.
+    pub fn from_payload(
+        frame_type: u8,
+        channel: u16,
+        payload: Bytes,
+    ) -> Result<Frame, ProtocolError> {
+        match frame_type {
+            FRAME_METHOD => Ok(Frame::Method(channel, Method::decode(payload)?)),
+            FRAME_HEADER => Ok(Frame::Header(channel, ContentHeader::decode(payload)?)),
+            FRAME_BODY => Ok(Frame::Body(channel, payload)),
+            FRAME_HEARTBEAT => {
+                if payload.is_empty() {
+                    Ok(Frame::Heartbeat(channel))
+                } else {
+                    Err(ProtocolError::BadHeartbeat(payload.len() as u32))
+                }
+            }
+            t => Err(ProtocolError::UnknownFrameType(t)),
+        }
+    }
+
+    /// Appends the whole frame (header, payload, end octet) to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Frame::Method(ch, m) => write_method(dst, *ch, m),
+            Frame::Header(ch, h) => {
+                let at = begin_frame(dst, FRAME_HEADER, *ch);
+                h.encode(dst);
+                end_frame(dst, at);
+            }
+            Frame::Body(ch, b) => write_body_frame(dst, *ch, b),
+            Frame::Heartbeat(ch) => {
+                dst.put_slice(&[FRAME_HEARTBEAT]);
+                dst.put_u16(*ch);
+                dst.put_u32(0);
+                dst.put_u8(FRAME_END);
+            }
+        }
+    }
+}
+
+/// Writes a frame header with a placeholder size; returns where the size goes.
+fn begin_frame(dst: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
+    dst.put_u8(frame_type);
+    dst.put_u16(channel);
+    let at = dst.len();
+    dst.put_u32(0);
+    at
+}
+
+/// Patches the size written by [`begin_frame`] and appends the end octet.
+fn end_frame(dst: &mut BytesMut, size_at: usize) {
+    let size = (dst.len() - size_at - 4) as u32;
+    dst[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    dst.put_u8(FRAME_END);
+}
+
+fn write_body_frame(dst: &mut BytesMut, channel: u16, body: &[u8]) {
+    dst.reserve(body.len() + FRAME_OVERHEAD as usize);
+    dst.put_u8(FRAME_BODY);
+    dst.put_u16(channel);
+    dst.put_u32(body.len() as u32);
+    dst.put_slice(body);
+    dst.put_u8(FRAME_END);
+}
+
+/// Appends a method frame.
+pub fn write_method(dst: &mut BytesMut, channel: u16, method: &Method) {
+    let at = begin_frame(dst, FRAME_METHOD, channel);
+    method.encode(dst);
+    end_frame(dst, at);
+}
+
+/// Appends a heartbeat frame (channel 0): `08 00 00 00 00 00 00 CE`.
+pub fn write_heartbeat(dst: &mut BytesMut) {
+    dst.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+/// Appends a content header frame and the body frames for `body`, each body frame
+/// carrying at most `frame_max − 8` bytes (`frame_max` 0 = unlimited, one frame).
+/// An empty body writes no body frame.
+pub fn write_content(
+    dst: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    properties: &RawProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
+    let at = begin_frame(dst, FRAME_HEADER, channel);
+    dst.put_u16(class_id);
+    dst.put_u16(0);
+    dst.put_u64(body.len() as u64);
+    put_properties(dst, properties);
+    end_frame(dst, at);
+    if body.is_empty() {
+        return;
+    }
+    let chunk = if frame_max == 0 {
+        u32::MAX as usize
+    } else {
+        frame_max.saturating_sub(FRAME_OVERHEAD).max(1) as usize
+    };
+    for piece in body.chunks(chunk) {
+        write_body_frame(dst, channel, piece);
+    }
+}
+
+/// Appends a method frame followed by its content (header and body frames), as one
+/// delivery must go out: see [`write_content`]. The class id is the method's.
+pub fn write_method_with_content(
+    dst: &mut BytesMut,
+    channel: u16,
+    method: &Method,
+    properties: &RawProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
+    write_method(dst, channel, method);
+    write_content(dst, channel, method.class_id(), properties, body, frame_max);
+}
+
+/// The tokio-util codec for AMQP 0-9-1 frames (after the protocol header).
+///
+/// The frame size limit starts at [`FRAME_MIN_SIZE`] until the broker tunes it with
+/// [`FrameCodec::set_max_frame_size`]. As RabbitMQ does, a frame whose payload
+/// exceeds `frame_max − 8` by at most 8 bytes is tolerated (clients commonly get the
+/// arithmetic wrong); set the tolerance to 0 with [`FrameCodec::set_size_tolerance`]
+/// for the strict rule.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_frame_size: u32,
+    tolerance: u32,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new()
+    }
+}
+
+impl FrameCodec {
+    /// A codec limited to [`FRAME_MIN_SIZE`] bytes per frame.
+    pub fn new() -> FrameCodec {
+        FrameCodec {
+            max_frame_size: FRAME_MIN_SIZE,
+            tolerance: FRAME_OVERHEAD,
+        }
+    }
+
+    /// Sets frame_max (whole frame, 8 bytes of overhead included); 0 = unlimited.
+    pub fn set_max_frame_size(&mut self, frame_max: u32) {
+        self.max_frame_size = frame_max;
+    }
+
+    /// The current frame_max (0 = unlimited).
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// How many bytes over `frame_max − 8` a payload may be (default 8, as RabbitMQ).
+    pub fn set_size_tolerance(&mut self, bytes: u32) {
+        self.tolerance = bytes;
+    }
+
+    /// Largest payload accepted by the limit alone (`frame_max − 8`), `None` if unlimited.
+    pub fn max_payload_size(&self) -> Option<u32> {
+        (self.max_frame_size != 0).then(|| self.max_frame_size.saturating_sub(FRAME_OVERHEAD))
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if src.len() < FRAME_HEADER_SIZE {
+            return Ok(None);
+        }
+        let frame_type = src[0];
+        let channel = u16::from_be_bytes([src[1], src[2]]);
+        let size = u32::from_be_bytes([src[3], src[4], src[5], src[6]]);
+        if !matches!(
+            frame_type,
+            FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+        ) {
+            return Err(ProtocolError::UnknownFrameType(frame_type));
+        }
+        if let Some(max) = self.max_payload_size() {
+            if u64::from(size) > u64::from(max) + u64::from(self.tolerance) {
+                return Err(ProtocolError::FrameTooLarge { size, max });
+            }
+        }
+        let total = FRAME_HEADER_SIZE + size as usize + 1;
+        if src.len() < total {
+            // Only now, with the size accepted, make room for the rest of the frame.
+            src.reserve((total - src.len()).min(MAX_RESERVE));
+            return Ok(None);
+        }
+        let end = src[total - 1];
+        if end != FRAME_END {
+            return Err(ProtocolError::BadFrameEnd(end));
+        }
+        src.advance(FRAME_HEADER_SIZE);
+        let payload = src.split_to(size as usize).freeze();
+        src.advance(1);
+        Frame::from_payload(frame_type, channel, payload).map(Some)
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        frame.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        frame.encode(dst);
+        Ok(())
+    }
+}

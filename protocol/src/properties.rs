@@ -1,0 +1,546 @@
+//! Basic-class content properties: decoded ([`BasicProperties`]) and raw ([`RawProperties`]).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::ProtocolError;
+use crate::table::FieldTable;
+use crate::types::ShortStr;
+use crate::wire::{self, SliceCursor};
+
+/// The properties of a basic-class content (message), decoded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BasicProperties {
+    /// MIME content type.
+    pub content_type: Option<ShortStr>,
+    /// MIME content encoding.
+    pub content_encoding: Option<ShortStr>,
+    /// Application headers.
+    pub headers: Option<FieldTable>,
+    /// 1 = transient, 2 = persistent.
+    pub delivery_mode: Option<u8>,
+    /// Priority 0-9.
+    pub priority: Option<u8>,
+    /// Application correlation identifier.
+    pub correlation_id: Option<ShortStr>,
+    /// Address to reply to.
+    pub reply_to: Option<ShortStr>,
+    /// Message TTL in milliseconds, as a decimal string.
+    pub expiration: Option<ShortStr>,
+    /// Application message identifier.
+    pub message_id: Option<ShortStr>,
+    /// Message timestamp (seconds).
+    pub timestamp: Option<u64>,
+    /// Message type name (the `type` property).
+    pub kind: Option<ShortStr>,
+    /// Creating user id.
+    pub user_id: Option<ShortStr>,
+    /// Creating application id.
+    pub app_id: Option<ShortStr>,
+    /// Intra-cluster routing identifier (deprecated).
+    pub cluster_id: Option<ShortStr>,
+}
+
+/// Property indexes in wire order; property `i` has flag bit `15 - i`.
+mod idx {
+    pub const CONTENT_TYPE: usize = 0;
+    pub const CONTENT_ENCODING: usize = 1;
+    pub const HEADERS: usize = 2;
+    pub const DELIVERY_MODE: usize = 3;
+    pub const PRIORITY: usize = 4;
+    pub const CORRELATION_ID: usize = 5;
+    pub const REPLY_TO: usize = 6;
+    pub const EXPIRATION: usize = 7;
+    pub const MESSAGE_ID: usize = 8;
+    pub const TIMESTAMP: usize = 9;
+    pub const TYPE: usize = 10;
+    pub const USER_ID: usize = 11;
+    pub const APP_ID: usize = 12;
+    pub const CLUSTER_ID: usize = 13;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Short,
+    Table,
+    Octet,
+    Timestamp,
+}
+
+const KINDS: [Kind; 14] = [
+    Kind::Short,
+    Kind::Short,
+    Kind::Table,
+    Kind::Octet,
+    Kind::Octet,
+    Kind::Short,
+    Kind::Short,
+    Kind::Short,
+    Kind::Short,
+    Kind::Timestamp,
+    Kind::Short,
+    Kind::Short,
+    Kind::Short,
+    Kind::Short,
+];
+
+#[inline]
+const fn flag(i: usize) -> u16 {
+    1 << (15 - i)
+}
+
+impl BasicProperties {
+    /// The property flags word for the present properties.
+    pub fn flags(&self) -> u16 {
+        let present = [
+            self.content_type.is_some(),
+            self.content_encoding.is_some(),
+            self.headers.is_some(),
+            self.delivery_mode.is_some(),
+            self.priority.is_some(),
+            self.correlation_id.is_some(),
+            self.reply_to.is_some(),
+            self.expiration.is_some(),
+            self.message_id.is_some(),
+            self.timestamp.is_some(),
+            self.kind.is_some(),
+            self.user_id.is_some(),
+            self.app_id.is_some(),
+            self.cluster_id.is_some(),
+        ];
+        present
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p)
+            .fold(0, |acc, (i, _)| acc | flag(i))
+    }
+
+    /// Writes the property flags and the property list (as in a content header frame,
+    /// after class id, weight and body size).
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u16(self.flags());
+        let short = |dst: &mut BytesMut, s: &Option<ShortStr>| {
+            if let Some(s) = s {
+                s.encode(dst);
+            }
+        };
+        short(dst, &self.content_type);
+        short(dst, &self.content_encoding);
+        if let Some(h) = &self.headers {
+            h.encode(dst);
+        }
+        if let Some(v) = self.delivery_mode {
+            dst.put_u8(v);
+        }
+        if let Some(v) = self.priority {
+            dst.put_u8(v);
+        }
+        short(dst, &self.correlation_id);
+        short(dst, &self.reply_to);
+        short(dst, &self.expiration);
+        short(dst, &self.message_id);
+        if let Some(v) = self.timestamp {
+            dst.put_u64(v);
+        }
+        short(dst, &self.kind);
+        short(dst, &self.user_id);
+        short(dst, &self.app_id);
+        short(dst, &self.cluster_id);
+    }
+
+    /// Decodes property flags and list. Strings and header values slice `src` (no copy).
+    /// Extra flag words (continuation bit) are skipped; trailing bytes are ignored.
+    pub fn decode(mut src: Bytes) -> Result<BasicProperties, ProtocolError> {
+        let flags = wire::get_u16(&mut src)?;
+        let mut more = flags & 1 != 0;
+        while more {
+            more = wire::get_u16(&mut src)? & 1 != 0;
+        }
+        let has = |i: usize| flags & flag(i) != 0;
+        let src = &mut src;
+        let short = |src: &mut Bytes, i: usize| -> Result<Option<ShortStr>, ProtocolError> {
+            if has(i) {
+                ShortStr::decode(src).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let content_type = short(src, idx::CONTENT_TYPE)?;
+        let content_encoding = short(src, idx::CONTENT_ENCODING)?;
+        let headers = if has(idx::HEADERS) {
+            Some(FieldTable::decode(src)?)
+        } else {
+            None
+        };
+        let delivery_mode = if has(idx::DELIVERY_MODE) {
+            Some(wire::get_u8(src)?)
+        } else {
+            None
+        };
+        let priority = if has(idx::PRIORITY) {
+            Some(wire::get_u8(src)?)
+        } else {
+            None
+        };
+        let correlation_id = short(src, idx::CORRELATION_ID)?;
+        let reply_to = short(src, idx::REPLY_TO)?;
+        let expiration = short(src, idx::EXPIRATION)?;
+        let message_id = short(src, idx::MESSAGE_ID)?;
+        let timestamp = if has(idx::TIMESTAMP) {
+            Some(wire::get_u64(src)?)
+        } else {
+            None
+        };
+        let kind = short(src, idx::TYPE)?;
+        let user_id = short(src, idx::USER_ID)?;
+        let app_id = short(src, idx::APP_ID)?;
+        let cluster_id = short(src, idx::CLUSTER_ID)?;
+        Ok(BasicProperties {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind,
+            user_id,
+            app_id,
+            cluster_id,
+        })
+    }
+}
+
+/// Property flags and property list exactly as received in a content header, kept
+/// undecoded until someone needs them. The accessors walk the flags and skip fields
+/// without allocating; [`RawProperties::decode`] builds a [`BasicProperties`].
+///
+/// An empty buffer is read as "no properties".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RawProperties(Bytes);
+
+impl Default for RawProperties {
+    fn default() -> Self {
+        RawProperties::empty()
+    }
+}
+
+/// Where a property sits in the raw buffer.
+enum Slot {
+    /// Present: byte range of the encoded field (length prefix included).
+    Present(usize, usize),
+    /// Absent: the offset where it would be inserted.
+    Absent(usize),
+}
+
+impl RawProperties {
+    /// No properties (flags word 0).
+    pub fn empty() -> RawProperties {
+        RawProperties(Bytes::from_static(&[0, 0]))
+    }
+
+    /// Wraps raw bytes (flags + list) without checking them.
+    pub fn from_bytes(bytes: Bytes) -> RawProperties {
+        RawProperties(bytes)
+    }
+
+    /// Encodes `props`.
+    pub fn from_properties(props: &BasicProperties) -> RawProperties {
+        let mut buf = BytesMut::with_capacity(64);
+        props.encode(&mut buf);
+        RawProperties(buf.freeze())
+    }
+
+    /// Decodes every property.
+    pub fn decode(&self) -> Result<BasicProperties, ProtocolError> {
+        if self.0.is_empty() {
+            return Ok(BasicProperties::default());
+        }
+        BasicProperties::decode(self.0.clone())
+    }
+
+    /// The raw bytes (flags + list).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The raw bytes as `Bytes` (cheap clone).
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the buffer is empty (which reads as no properties).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first flags word (0 for an empty or truncated buffer).
+    pub fn flags(&self) -> u16 {
+        match self.0.get(..2) {
+            Some(b) => u16::from_be_bytes([b[0], b[1]]),
+            None => 0,
+        }
+    }
+
+    /// Finds property `i`; `None` when the buffer is malformed before or at it.
+    fn locate(&self, i: usize) -> Option<Slot> {
+        if self.0.is_empty() {
+            return Some(Slot::Absent(0));
+        }
+        let mut cur = SliceCursor::new(&self.0);
+        let flags = cur.u16()?;
+        let mut more = flags & 1 != 0;
+        while more {
+            more = cur.u16()? & 1 != 0;
+        }
+        for (j, kind) in KINDS.iter().enumerate().take(i + 1) {
+            if flags & flag(j) == 0 {
+                if j == i {
+                    return Some(Slot::Absent(cur.pos));
+                }
+                continue;
+            }
+            let start = cur.pos;
+            match kind {
+                Kind::Short => {
+                    let n = cur.u8()? as usize;
+                    cur.take(n)?;
+                }
+                Kind::Table => {
+                    let n = cur.u32()? as usize;
+                    cur.take(n)?;
+                }
+                Kind::Octet => {
+                    cur.take(1)?;
+                }
+                Kind::Timestamp => {
+                    cur.take(8)?;
+                }
+            }
+            if j == i {
+                return Some(Slot::Present(start, cur.pos));
+            }
+        }
+        None
+    }
+
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        match self.locate(i)? {
+            Slot::Present(s, e) => self.0.get(s..e),
+            Slot::Absent(_) => None,
+        }
+    }
+
+    fn short(&self, i: usize) -> Option<&str> {
+        let f = self.field(i)?;
+        std::str::from_utf8(f.get(1..)?).ok()
+    }
+
+    /// delivery-mode (2 = persistent), if present and the buffer is well-formed up to it.
+    pub fn delivery_mode(&self) -> Option<u8> {
+        self.field(idx::DELIVERY_MODE).map(|f| f[0])
+    }
+
+    /// True when delivery-mode is 2.
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode() == Some(2)
+    }
+
+    /// priority, if present.
+    pub fn priority(&self) -> Option<u8> {
+        self.field(idx::PRIORITY).map(|f| f[0])
+    }
+
+    /// expiration (per-message TTL in ms as a string), if present and valid UTF-8.
+    pub fn expiration(&self) -> Option<&str> {
+        self.short(idx::EXPIRATION)
+    }
+
+    /// user-id, if present and valid UTF-8.
+    pub fn user_id(&self) -> Option<&str> {
+        self.short(idx::USER_ID)
+    }
+
+    /// content-type, if present and valid UTF-8.
+    pub fn content_type(&self) -> Option<&str> {
+        self.short(idx::CONTENT_TYPE)
+    }
+
+    /// correlation-id, if present and valid UTF-8.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.short(idx::CORRELATION_ID)
+    }
+
+    /// reply-to, if present and valid UTF-8.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.short(idx::REPLY_TO)
+    }
+
+    /// message-id, if present and valid UTF-8.
+    pub fn message_id(&self) -> Option<&str> {
+        self.short(idx::MESSAGE_ID)
+    }
+
+    /// timestamp, if present.
+    pub fn timestamp(&self) -> Option<u64> {
+        let f = self.field(idx::TIMESTAMP)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(f);
+        Some(u64::from_be_bytes(a))
+    }
+
+    /// True when the headers flag is set.
+    pub fn has_headers(&self) -> bool {
+        self.flags() & flag(idx::HEADERS) != 0
+    }
+
+    /// Decodes the headers table (the only accessor that allocates, and only when the
+    /// flag is set). Errors when the buffer is malformed up to and including the table.
+    pub fn headers(&self) -> Result<Option<FieldTable>, ProtocolError> {
+        match self.locate(idx::HEADERS) {
+            None => Err(wire::TRUNCATED),
+            Some(Slot::Absent(_)) => Ok(None),
+            Some(Slot::Present(s, e)) => {
+                let mut src = self.0.slice(s..e);
+                FieldTable::decode(&mut src).map(Some)
+            }
+        }
+    }
+
+    /// A copy with the headers table replaced by `headers` (other properties kept
+    /// byte for byte). Used to add `x-death` and similar.
+    pub fn with_headers(&self, headers: FieldTable) -> Result<RawProperties, ProtocolError> {
+        let base = if self.0.is_empty() {
+            RawProperties::empty()
+        } else {
+            self.clone()
+        };
+        let (start, end) = match base.locate(idx::HEADERS).ok_or(wire::TRUNCATED)? {
+            Slot::Present(s, e) => (s, e),
+            Slot::Absent(at) => (at, at),
+        };
+        let mut buf = BytesMut::with_capacity(base.0.len() - (end - start) + headers.encoded_len());
+        buf.put_slice(&base.0[..start]);
+        let new_flags = base.flags() | flag(idx::HEADERS);
+        buf[..2].copy_from_slice(&new_flags.to_be_bytes());
+        headers.encode(&mut buf);
+        buf.put_slice(&base.0[end..]);
+        Ok(RawProperties(buf.freeze()))
+    }
+
+    /// Checks that the flags and every present property are well-formed (strings
+    /// UTF-8, headers a valid table) without keeping the result.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        self.decode().map(|_| ())
+    }
+}
+
+impl From<&BasicProperties> for RawProperties {
+    fn from(p: &BasicProperties) -> Self {
+        RawProperties::from_properties(p)
+    }
+}
+
+impl From<BasicProperties> for RawProperties {
+    fn from(p: BasicProperties) -> Self {
+        RawProperties::from_properties(&p)
+    }
+}
+
+impl AsRef<[u8]> for RawProperties {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::FieldValue;
+
+    fn sample() -> BasicProperties {
+        let mut h = FieldTable::new();
+        h.insert("k", FieldValue::from("v"));
+        BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(h),
+            delivery_mode: Some(2),
+            priority: Some(5),
+            expiration: Some("60000".into()),
+            timestamp: Some(1_700_000_000),
+            user_id: Some("guest".into()),
+            cluster_id: Some("c".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn golden_delivery_mode_only() {
+        let p = BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
+        let raw = RawProperties::from_properties(&p);
+        assert_eq!(raw.as_bytes(), &[0x10, 0x00, 0x02]);
+        assert_eq!(raw.delivery_mode(), Some(2));
+        assert_eq!(raw.decode().unwrap(), p);
+    }
+
+    #[test]
+    fn accessors_match_decode() {
+        let p = sample();
+        let raw = RawProperties::from_properties(&p);
+        assert_eq!(raw.delivery_mode(), Some(2));
+        assert_eq!(raw.priority(), Some(5));
+        assert_eq!(raw.expiration(), Some("60000"));
+        assert_eq!(raw.user_id(), Some("guest"));
+        assert_eq!(raw.content_type(), Some("text/plain"));
+        assert_eq!(raw.timestamp(), Some(1_700_000_000));
+        assert_eq!(raw.message_id(), None);
+        assert_eq!(raw.headers().unwrap(), p.headers);
+        assert_eq!(raw.decode().unwrap(), p);
+    }
+
+    #[test]
+    fn empty_and_truncated() {
+        let e = RawProperties::empty();
+        assert_eq!(e.delivery_mode(), None);
+        assert_eq!(e.headers().unwrap(), None);
+        assert_eq!(e.decode().unwrap(), BasicProperties::default());
+        let none = RawProperties::from_bytes(Bytes::new());
+        assert_eq!(none.decode().unwrap(), BasicProperties::default());
+        // content-type flag set but no string follows
+        let bad = RawProperties::from_bytes(Bytes::from_static(&[0x90, 0x00, 0x05, b'a']));
+        assert_eq!(bad.content_type(), None);
+        assert_eq!(bad.delivery_mode(), None);
+        assert!(bad.decode().is_err());
+        assert!(bad.headers().is_err());
+    }
+
+    #[test]
+    fn with_headers_rewrites_only_headers() {
+        let mut p = sample();
+        let raw = RawProperties::from_properties(&p);
+        let mut h = FieldTable::new();
+        h.insert("x-death", FieldValue::Array(vec![]));
+        let raw2 = raw.with_headers(h.clone()).unwrap();
+        p.headers = Some(h.clone());
+        assert_eq!(raw2.decode().unwrap(), p);
+        // and adding headers where there were none
+        p.headers = None;
+        let raw3 = RawProperties::from_properties(&p)
+            .with_headers(h.clone())
+            .unwrap();
+        p.headers = Some(h.clone());
+        assert_eq!(raw3.decode().unwrap(), p);
+        let raw4 = RawProperties::empty().with_headers(h.clone()).unwrap();
+        assert_eq!(raw4.headers().unwrap(), Some(h));
+    }
+}

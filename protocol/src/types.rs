@@ -1,0 +1,420 @@
+//! AMQP short and long strings.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::ProtocolError;
+use crate::wire;
+
+/// An AMQP `shortstr`: at most 255 bytes of valid UTF-8, held as a `Bytes` slice.
+///
+/// Decoding is zero-copy: the string is a slice of the frame payload. Equality,
+/// ordering and hashing are those of the `str`, so a `HashMap<ShortStr, _>` can be
+/// looked up with a `&str`.
+#[derive(Clone, Default)]
+pub struct ShortStr(Bytes);
+
+impl ShortStr {
+    /// Largest length in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// A short string from a static literal (no allocation).
+    ///
+    /// # Panics
+    /// If `s` is longer than 255 bytes (a programming error in server code).
+    pub const fn from_static(s: &'static str) -> ShortStr {
+        assert!(s.len() <= Self::MAX_LEN, "ShortStr longer than 255 bytes");
+        ShortStr(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// A short string from `s`, or [`ProtocolError::ShortStrTooLong`].
+    pub fn try_from_str(s: &str) -> Result<ShortStr, ProtocolError> {
+        if s.len() > Self::MAX_LEN {
+            return Err(ProtocolError::ShortStrTooLong(s.len()));
+        }
+        Ok(ShortStr(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    /// A short string from bytes that must be valid UTF-8 and at most 255 long (zero-copy).
+    pub fn from_utf8(bytes: Bytes) -> Result<ShortStr, ProtocolError> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(ProtocolError::ShortStrTooLong(bytes.len()));
+        }
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        Ok(ShortStr(bytes))
+    }
+
+    /// The string.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks that the bytes are valid UTF-8 and the
+        // field is private and never mutated.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The raw bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying `Bytes` (cheap clone).
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty string.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Reads a length-prefixed short string, checking UTF-8 (zero-copy).
+    pub fn decode(src: &mut Bytes) -> Result<ShortStr, ProtocolError> {
+        let n = wire::get_u8(src)? as usize;
+        let bytes = wire::take(src, n)?;
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        Ok(ShortStr(bytes))
+    }
+
+    /// Writes the length octet and the bytes.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u8(self.0.len() as u8);
+        dst.put_slice(&self.0);
+    }
+
+    /// Encoded size (length octet included).
+    pub fn encoded_len(&self) -> usize {
+        1 + self.0.len()
+    }
+}
+
+impl From<&str> for ShortStr {
+    /// For server-built strings.
+    ///
+    /// # Panics
+    /// If `s` is longer than 255 bytes; use [`ShortStr::try_from_str`] for untrusted input.
+    fn from(s: &str) -> Self {
+        match ShortStr::try_from_str(s) {
+            Ok(v) => v,
+            Err(_) => panic!("ShortStr longer than 255 bytes ({} bytes)", s.len()),
+        }
+    }
+}
+
+impl From<String> for ShortStr {
+    /// For server-built strings (no copy).
+    ///
+    /// # Panics
+    /// If `s` is longer than 255 bytes; use [`ShortStr::try_from_str`] for untrusted input.
+    fn from(s: String) -> Self {
+        assert!(
+            s.len() <= ShortStr::MAX_LEN,
+            "ShortStr longer than 255 bytes ({} bytes)",
+            s.len()
+        );
+        ShortStr(Bytes::from(s))
+    }
+}
+
+impl From<&String> for ShortStr {
+    /// See `From<&str>`.
+    fn from(s: &String) -> Self {
+        ShortStr::from(s.as_str())
+    }
+}
+
+impl From<ShortStr> for Bytes {
+    fn from(s: ShortStr) -> Bytes {
+        s.0
+    }
+}
+
+impl From<ShortStr> for String {
+    fn from(s: ShortStr) -> String {
+        s.as_str().to_owned()
+    }
+}
+
+impl Deref for ShortStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for ShortStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<[u8]> for ShortStr {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Borrow<str> for ShortStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for ShortStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for ShortStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for ShortStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ShortStr {}
+
+impl PartialEq<str> for ShortStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ShortStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for ShortStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<ShortStr> for str {
+    fn eq(&self, other: &ShortStr) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<ShortStr> for &str {
+    fn eq(&self, other: &ShortStr) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl Hash for ShortStr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must agree with `str`'s hash because of `Borrow<str>`.
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for ShortStr {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShortStr {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// An AMQP `longstr`: any bytes (not required to be UTF-8), held as a `Bytes` slice.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LongStr(Bytes);
+
+impl LongStr {
+    /// A long string from a static literal.
+    pub const fn from_static(s: &'static str) -> LongStr {
+        LongStr(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The raw bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying `Bytes` (cheap clone).
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The string if it is valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The string, replacing invalid UTF-8 sequences.
+    pub fn to_string_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Reads a u32-length-prefixed long string (zero-copy).
+    pub fn decode(src: &mut Bytes) -> Result<LongStr, ProtocolError> {
+        let n = wire::get_u32(src)? as usize;
+        Ok(LongStr(wire::take(src, n)?))
+    }
+
+    /// Writes the u32 length and the bytes.
+    ///
+    /// Strings longer than `u32::MAX` cannot be represented; they are truncated.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let n = self.0.len().min(u32::MAX as usize);
+        dst.put_u32(n as u32);
+        dst.put_slice(&self.0[..n]);
+    }
+
+    /// Encoded size (length prefix included).
+    pub fn encoded_len(&self) -> usize {
+        4 + self.0.len()
+    }
+}
+
+impl fmt::Debug for LongStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => write!(f, "b{:?}", self.to_string_lossy()),
+        }
+    }
+}
+
+impl From<&str> for LongStr {
+    fn from(s: &str) -> Self {
+        LongStr(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for LongStr {
+    fn from(s: String) -> Self {
+        LongStr(Bytes::from(s))
+    }
+}
+
+impl From<Vec<u8>> for LongStr {
+    fn from(v: Vec<u8>) -> Self {
+        LongStr(Bytes::from(v))
+    }
+}
+
+impl From<&[u8]> for LongStr {
+    fn from(v: &[u8]) -> Self {
+        LongStr(Bytes::copy_from_slice(v))
+    }
+}
+
+impl From<Bytes> for LongStr {
+    fn from(b: Bytes) -> Self {
+        LongStr(b)
+    }
+}
+
+impl From<ShortStr> for LongStr {
+    fn from(s: ShortStr) -> Self {
+        LongStr(s.to_bytes())
+    }
+}
+
+impl From<LongStr> for Bytes {
+    fn from(s: LongStr) -> Bytes {
+        s.0
+    }
+}
+
+impl AsRef<[u8]> for LongStr {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn shortstr_basics() {
+        let s = ShortStr::from("hello");
+        assert_eq!(s, "hello");
+        assert_eq!(s.len(), 5);
+        assert_eq!(&*s, "hello");
+        assert_eq!(s.to_string(), "hello");
+        assert!(ShortStr::default().is_empty());
+        assert!(ShortStr::try_from_str(&"x".repeat(256)).is_err());
+        assert!(ShortStr::try_from_str(&"x".repeat(255)).is_ok());
+        let mut m = HashMap::new();
+        m.insert(ShortStr::from_static("q"), 1);
+        assert_eq!(m.get("q"), Some(&1));
+    }
+
+    #[test]
+    #[should_panic]
+    fn shortstr_from_long_string_panics() {
+        let _ = ShortStr::from("y".repeat(300));
+    }
+
+    #[test]
+    fn shortstr_decode_is_zero_copy_and_checks_utf8() {
+        let mut src = Bytes::from_static(b"\x03abcrest");
+        let base = src.as_ptr() as usize;
+        let s = ShortStr::decode(&mut src).unwrap();
+        assert_eq!(s.as_bytes().as_ptr() as usize, base + 1);
+        assert_eq!(&src[..], b"rest");
+        let mut bad = Bytes::from_static(b"\x02\xff\xfe");
+        assert_eq!(ShortStr::decode(&mut bad), Err(ProtocolError::InvalidUtf8));
+        let mut short = Bytes::from_static(b"\x05ab");
+        assert!(matches!(
+            ShortStr::decode(&mut short),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn longstr_any_bytes() {
+        let l = LongStr::from(vec![0xff, 0x00]);
+        assert_eq!(l.as_str(), None);
+        assert_eq!(l.to_string_lossy(), "\u{fffd}\u{0}");
+        let mut buf = BytesMut::new();
+        l.encode(&mut buf);
+        assert_eq!(&buf[..], b"\x00\x00\x00\x02\xff\x00");
+        let mut src = buf.freeze();
+        assert_eq!(LongStr::decode(&mut src).unwrap(), l);
+    }
+}
