@@ -1,1 +1,20 @@
-//! The Mailroom broker.
+//! The Mailroom broker: connections, channels, queues and consumers over the protocol, router and storage
+//! crates. See docs/ARCHITECTURE.md for the map.
+
+pub mod args;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod message;
+pub mod names;
+pub mod queue;
+pub mod server;
+pub mod signal;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use config::Config;
+pub use server::Server;

@@ -13,7 +13,10 @@ pub mod raw;
 
 /// Path of the workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -26,14 +29,27 @@ fn target_dir() -> PathBuf {
 /// The `mailroom` binary, built once per test process if needed (same profile as the tests).
 pub fn mailroom_bin() -> PathBuf {
     static BUILD: Once = Once::new();
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     BUILD.call_once(|| {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "mailroom-broker", "--bin", "mailroom"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "-q",
+            "-p",
+            "mailroom-broker",
+            "--bin",
+            "mailroom",
+        ]);
         if profile == "release" {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build for the mailroom binary");
+        let status = cmd
+            .status()
+            .expect("run cargo build for the mailroom binary");
         assert!(status.success(), "building mailroom failed");
     });
     target_dir().join(profile).join("mailroom")
@@ -65,7 +81,13 @@ impl Server {
 
     pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         let mut child = Command::new(mailroom_bin())
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env_remove("MAILROOM_LISTEN")
@@ -117,7 +139,10 @@ impl Server {
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait()?;
-                    anyhow::bail!("broker did not start ({status}); output:\n{}", seen.join("\n"));
+                    anyhow::bail!(
+                        "broker did not start ({status}); output:\n{}",
+                        seen.join("\n")
+                    );
                 }
             }
         }
@@ -172,7 +197,11 @@ impl Drop for Server {
 /// The Python interpreter of the project's virtualenv (made by `make test`), with pika installed.
 pub fn python() -> PathBuf {
     let py = workspace_root().join(".venv/bin/python");
-    assert!(py.exists(), "{} is missing: run `make test`, which installs pika into .venv", py.display());
+    assert!(
+        py.exists(),
+        "{} is missing: run `make test`, which installs pika into .venv",
+        py.display()
+    );
     py
 }
 

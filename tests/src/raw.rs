@@ -18,11 +18,17 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         let mut codec = FrameCodec::new();
         codec.set_max_frame_size(0);
-        RawClient { stream, buf: BytesMut::new(), codec }
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            codec,
+        }
     }
 
     /// Connects and completes the handshake as guest on vhost `/` with the given frame_max.
@@ -41,7 +47,9 @@ impl RawClient {
             }),
         );
         let tune = c.expect_method();
-        let Method::ConnectionTune(t) = tune else { panic!("expected tune, got {tune:?}") };
+        let Method::ConnectionTune(t) = tune else {
+            panic!("expected tune, got {tune:?}")
+        };
         c.send_method(
             0,
             Method::ConnectionTuneOk(protocol::ConnectionTuneOk {
@@ -50,7 +58,12 @@ impl RawClient {
                 heartbeat: 0,
             }),
         );
-        c.send_method(0, Method::ConnectionOpen(protocol::ConnectionOpen { virtual_host: "/".into() }));
+        c.send_method(
+            0,
+            Method::ConnectionOpen(protocol::ConnectionOpen {
+                virtual_host: "/".into(),
+            }),
+        );
         let ok = c.expect_method();
         assert!(matches!(ok, Method::ConnectionOpenOk(_)), "{ok:?}");
         c
@@ -107,7 +120,12 @@ impl RawClient {
             match self.read_frame() {
                 Some(Frame::Method(0, Method::ConnectionClose(c))) => {
                     self.send_method(0, Method::ConnectionCloseOk(protocol::ConnectionCloseOk));
-                    return (c.reply_code, c.reply_text.to_string(), c.class_id, c.method_id);
+                    return (
+                        c.reply_code,
+                        c.reply_text.to_string(),
+                        c.class_id,
+                        c.method_id,
+                    );
                 }
                 Some(_) => continue,
                 None => panic!("connection closed without connection.close"),
@@ -121,10 +139,18 @@ impl RawClient {
             match self.read_frame() {
                 Some(Frame::Method(c, Method::ChannelClose(m))) if c == ch => {
                     self.send_method(ch, Method::ChannelCloseOk(protocol::ChannelCloseOk));
-                    return (m.reply_code, m.reply_text.to_string(), m.class_id, m.method_id);
+                    return (
+                        m.reply_code,
+                        m.reply_text.to_string(),
+                        m.class_id,
+                        m.method_id,
+                    );
                 }
                 Some(Frame::Method(0, Method::ConnectionClose(c))) => {
-                    panic!("expected channel.close, got connection.close {} {}", c.reply_code, c.reply_text)
+                    panic!(
+                        "expected channel.close, got connection.close {} {}",
+                        c.reply_code, c.reply_text
+                    )
                 }
                 Some(_) => continue,
                 None => panic!("connection closed without channel.close"),
@@ -161,7 +187,10 @@ mod tokio_util_codec_shim {
     use bytes::BytesMut;
     use protocol::{Frame, FrameCodec, ProtocolError};
 
-    pub fn decode(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+    pub fn decode(
+        codec: &mut FrameCodec,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Frame>, ProtocolError> {
         tokio_util::codec::Decoder::decode(codec, buf)
     }
 }

@@ -1,0 +1,57 @@
+//! How queues and the store reach a connection task: a wake-up plus small lists of what happened.
+
+use parking_lot::Mutex;
+use protocol::ShortStr;
+use tokio::sync::Notify;
+
+use crate::queue::ConsumerId;
+
+/// Something a connection must act on that did not come from its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The consumer's queue was deleted: tell the client with basic.cancel.
+    ConsumerCancelled(ConsumerId, ShortStr),
+}
+
+#[derive(Default)]
+pub struct ConnSignal {
+    notify: Notify,
+    ready: Mutex<Vec<ConsumerId>>,
+    events: Mutex<Vec<ConnEvent>>,
+}
+
+impl ConnSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A consumer's queue has a message for it.
+    pub fn consumer_ready(&self, id: ConsumerId) {
+        self.ready.lock().push(id);
+        self.notify.notify_one();
+    }
+
+    pub fn consumer_cancelled(&self, id: ConsumerId, tag: ShortStr) {
+        self.events
+            .lock()
+            .push(ConnEvent::ConsumerCancelled(id, tag));
+        self.notify.notify_one();
+    }
+
+    /// Wake the task without news (for example when the store made writes durable).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn take_ready(&self) -> Vec<ConsumerId> {
+        std::mem::take(&mut *self.ready.lock())
+    }
+
+    pub fn take_events(&self) -> Vec<ConnEvent> {
+        std::mem::take(&mut *self.events.lock())
+    }
+}
