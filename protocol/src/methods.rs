@@ -40,7 +40,13 @@ impl ConnectionStart {
         let server_properties = FieldTable::decode(src)?;
         let mechanisms = LongStr::decode(src)?;
         let locales = LongStr::decode(src)?;
-        Ok(Self { version_major, version_minor, server_properties, mechanisms, locales })
+        Ok(Self {
+            version_major,
+            version_minor,
+            server_properties,
+            mechanisms,
+            locales,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -86,7 +92,12 @@ impl ConnectionStartOk {
         let mechanism = ShortStr::decode(src)?;
         let response = LongStr::decode(src)?;
         let locale = ShortStr::decode(src)?;
-        Ok(Self { client_properties, mechanism, response, locale })
+        Ok(Self {
+            client_properties,
+            mechanism,
+            response,
+            locale,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -194,7 +205,11 @@ impl ConnectionTune {
         let channel_max = wire::get_u16(src)?;
         let frame_max = wire::get_u32(src)?;
         let heartbeat = wire::get_u16(src)?;
-        Ok(Self { channel_max, frame_max, heartbeat })
+        Ok(Self {
+            channel_max,
+            frame_max,
+            heartbeat,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -235,7 +250,11 @@ impl ConnectionTuneOk {
         let channel_max = wire::get_u16(src)?;
         let frame_max = wire::get_u32(src)?;
         let heartbeat = wire::get_u16(src)?;
-        Ok(Self { channel_max, frame_max, heartbeat })
+        Ok(Self {
+            channel_max,
+            frame_max,
+            heartbeat,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -346,7 +365,12 @@ impl ConnectionClose {
         let reply_text = ShortStr::decode(src)?;
         let class_id = wire::get_u16(src)?;
         let method_id = wire::get_u16(src)?;
-        Ok(Self { reply_code, reply_text, class_id, method_id })
+        Ok(Self {
+            reply_code,
+            reply_text,
+            class_id,
+            method_id,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -382,8 +406,7 @@ impl ConnectionCloseOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ConnectionCloseOk> for Method {
@@ -443,8 +466,7 @@ impl ConnectionUnblocked {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ConnectionUnblocked> for Method {
@@ -508,8 +530,7 @@ impl ConnectionUpdateSecretOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ConnectionUpdateSecretOk> for Method {
@@ -673,7 +694,12 @@ impl ChannelClose {
         let reply_text = ShortStr::decode(src)?;
         let class_id = wire::get_u16(src)?;
         let method_id = wire::get_u16(src)?;
-        Ok(Self { reply_code, reply_text, class_id, method_id })
+        Ok(Self {
+            reply_code,
+            reply_text,
+            class_id,
+            method_id,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -709,8 +735,7 @@ impl ChannelCloseOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ChannelCloseOk> for Method {
@@ -753,13 +778,26 @@ impl AccessRequest {
         let active = bits & 0x04 != 0;
         let write = bits & 0x08 != 0;
         let read = bits & 0x10 != 0;
-        Ok(Self { realm, exclusive, passive, active, write, read })
+        Ok(Self {
+            realm,
+            exclusive,
+            passive,
+            active,
+            write,
+            read,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
     pub fn encode_args(&self, dst: &mut BytesMut) {
         self.realm.encode(dst);
-        dst.put_u8(u8::from(self.exclusive) | (u8::from(self.passive) << 1) | (u8::from(self.active) << 2) | (u8::from(self.write) << 3) | (u8::from(self.read) << 4));
+        dst.put_u8(
+            u8::from(self.exclusive)
+                | (u8::from(self.passive) << 1)
+                | (u8::from(self.active) << 2)
+                | (u8::from(self.write) << 3)
+                | (u8::from(self.read) << 4),
+        );
     }
 }
 
@@ -843,7 +881,16 @@ impl ExchangeDeclare {
         let internal = bits & 0x08 != 0;
         let no_wait = bits & 0x10 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments })
+        Ok(Self {
+            exchange,
+            kind,
+            passive,
+            durable,
+            auto_delete,
+            internal,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -851,7 +898,13 @@ impl ExchangeDeclare {
         dst.put_u16(0);
         self.exchange.encode(dst);
         self.kind.encode(dst);
-        dst.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.auto_delete) << 2) | (u8::from(self.internal) << 3) | (u8::from(self.no_wait) << 4));
+        dst.put_u8(
+            u8::from(self.passive)
+                | (u8::from(self.durable) << 1)
+                | (u8::from(self.auto_delete) << 2)
+                | (u8::from(self.internal) << 3)
+                | (u8::from(self.no_wait) << 4),
+        );
         self.arguments.encode(dst);
     }
 }
@@ -880,8 +933,7 @@ impl ExchangeDeclareOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ExchangeDeclareOk> for Method {
@@ -916,7 +968,11 @@ impl ExchangeDelete {
         let bits = wire::get_u8(src)?;
         let if_unused = bits & 0x01 != 0;
         let no_wait = bits & 0x02 != 0;
-        Ok(Self { exchange, if_unused, no_wait })
+        Ok(Self {
+            exchange,
+            if_unused,
+            no_wait,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -951,8 +1007,7 @@ impl ExchangeDeleteOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ExchangeDeleteOk> for Method {
@@ -993,7 +1048,13 @@ impl ExchangeBind {
         let bits = wire::get_u8(src)?;
         let no_wait = bits & 0x01 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { destination, source, routing_key, no_wait, arguments })
+        Ok(Self {
+            destination,
+            source,
+            routing_key,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1031,8 +1092,7 @@ impl ExchangeBindOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ExchangeBindOk> for Method {
@@ -1073,7 +1133,13 @@ impl ExchangeUnbind {
         let bits = wire::get_u8(src)?;
         let no_wait = bits & 0x01 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { destination, source, routing_key, no_wait, arguments })
+        Ok(Self {
+            destination,
+            source,
+            routing_key,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1111,8 +1177,7 @@ impl ExchangeUnbindOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ExchangeUnbindOk> for Method {
@@ -1159,14 +1224,28 @@ impl QueueDeclare {
         let auto_delete = bits & 0x08 != 0;
         let no_wait = bits & 0x10 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { queue, passive, durable, exclusive, auto_delete, no_wait, arguments })
+        Ok(Self {
+            queue,
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
     pub fn encode_args(&self, dst: &mut BytesMut) {
         dst.put_u16(0);
         self.queue.encode(dst);
-        dst.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.auto_delete) << 3) | (u8::from(self.no_wait) << 4));
+        dst.put_u8(
+            u8::from(self.passive)
+                | (u8::from(self.durable) << 1)
+                | (u8::from(self.exclusive) << 2)
+                | (u8::from(self.auto_delete) << 3)
+                | (u8::from(self.no_wait) << 4),
+        );
         self.arguments.encode(dst);
     }
 }
@@ -1201,7 +1280,11 @@ impl QueueDeclareOk {
         let queue = ShortStr::decode(src)?;
         let message_count = wire::get_u32(src)?;
         let consumer_count = wire::get_u32(src)?;
-        Ok(Self { queue, message_count, consumer_count })
+        Ok(Self {
+            queue,
+            message_count,
+            consumer_count,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1250,7 +1333,13 @@ impl QueueBind {
         let bits = wire::get_u8(src)?;
         let no_wait = bits & 0x01 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { queue, exchange, routing_key, no_wait, arguments })
+        Ok(Self {
+            queue,
+            exchange,
+            routing_key,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1288,8 +1377,7 @@ impl QueueBindOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<QueueBindOk> for Method {
@@ -1400,14 +1488,23 @@ impl QueueDelete {
         let if_unused = bits & 0x01 != 0;
         let if_empty = bits & 0x02 != 0;
         let no_wait = bits & 0x04 != 0;
-        Ok(Self { queue, if_unused, if_empty, no_wait })
+        Ok(Self {
+            queue,
+            if_unused,
+            if_empty,
+            no_wait,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
     pub fn encode_args(&self, dst: &mut BytesMut) {
         dst.put_u16(0);
         self.queue.encode(dst);
-        dst.put_u8(u8::from(self.if_unused) | (u8::from(self.if_empty) << 1) | (u8::from(self.no_wait) << 2));
+        dst.put_u8(
+            u8::from(self.if_unused)
+                | (u8::from(self.if_empty) << 1)
+                | (u8::from(self.no_wait) << 2),
+        );
     }
 }
 
@@ -1478,7 +1575,12 @@ impl QueueUnbind {
         let exchange = ShortStr::decode(src)?;
         let routing_key = ShortStr::decode(src)?;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { queue, exchange, routing_key, arguments })
+        Ok(Self {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1515,8 +1617,7 @@ impl QueueUnbindOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<QueueUnbindOk> for Method {
@@ -1550,7 +1651,11 @@ impl BasicQos {
         let prefetch_count = wire::get_u16(src)?;
         let bits = wire::get_u8(src)?;
         let global = bits & 0x01 != 0;
-        Ok(Self { prefetch_size, prefetch_count, global })
+        Ok(Self {
+            prefetch_size,
+            prefetch_count,
+            global,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1585,8 +1690,7 @@ impl BasicQosOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<BasicQosOk> for Method {
@@ -1633,7 +1737,15 @@ impl BasicConsume {
         let exclusive = bits & 0x04 != 0;
         let no_wait = bits & 0x08 != 0;
         let arguments = FieldTable::decode(src)?;
-        Ok(Self { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments })
+        Ok(Self {
+            queue,
+            consumer_tag,
+            no_local,
+            no_ack,
+            exclusive,
+            no_wait,
+            arguments,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1641,7 +1753,12 @@ impl BasicConsume {
         dst.put_u16(0);
         self.queue.encode(dst);
         self.consumer_tag.encode(dst);
-        dst.put_u8(u8::from(self.no_local) | (u8::from(self.no_ack) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.no_wait) << 3));
+        dst.put_u8(
+            u8::from(self.no_local)
+                | (u8::from(self.no_ack) << 1)
+                | (u8::from(self.exclusive) << 2)
+                | (u8::from(self.no_wait) << 3),
+        );
         self.arguments.encode(dst);
     }
 }
@@ -1707,7 +1824,10 @@ impl BasicCancel {
         let consumer_tag = ShortStr::decode(src)?;
         let bits = wire::get_u8(src)?;
         let no_wait = bits & 0x01 != 0;
-        Ok(Self { consumer_tag, no_wait })
+        Ok(Self {
+            consumer_tag,
+            no_wait,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1785,7 +1905,12 @@ impl BasicPublish {
         let bits = wire::get_u8(src)?;
         let mandatory = bits & 0x01 != 0;
         let immediate = bits & 0x02 != 0;
-        Ok(Self { exchange, routing_key, mandatory, immediate })
+        Ok(Self {
+            exchange,
+            routing_key,
+            mandatory,
+            immediate,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1830,7 +1955,12 @@ impl BasicReturn {
         let reply_text = ShortStr::decode(src)?;
         let exchange = ShortStr::decode(src)?;
         let routing_key = ShortStr::decode(src)?;
-        Ok(Self { reply_code, reply_text, exchange, routing_key })
+        Ok(Self {
+            reply_code,
+            reply_text,
+            exchange,
+            routing_key,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1879,7 +2009,13 @@ impl BasicDeliver {
         let redelivered = bits & 0x01 != 0;
         let exchange = ShortStr::decode(src)?;
         let routing_key = ShortStr::decode(src)?;
-        Ok(Self { consumer_tag, delivery_tag, redelivered, exchange, routing_key })
+        Ok(Self {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -1969,7 +2105,13 @@ impl BasicGetOk {
         let exchange = ShortStr::decode(src)?;
         let routing_key = ShortStr::decode(src)?;
         let message_count = wire::get_u32(src)?;
-        Ok(Self { delivery_tag, redelivered, exchange, routing_key, message_count })
+        Ok(Self {
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            message_count,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -2040,7 +2182,10 @@ impl BasicAck {
         let delivery_tag = wire::get_u64(src)?;
         let bits = wire::get_u8(src)?;
         let multiple = bits & 0x01 != 0;
-        Ok(Self { delivery_tag, multiple })
+        Ok(Self {
+            delivery_tag,
+            multiple,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -2078,7 +2223,10 @@ impl BasicReject {
         let delivery_tag = wire::get_u64(src)?;
         let bits = wire::get_u8(src)?;
         let requeue = bits & 0x01 != 0;
-        Ok(Self { delivery_tag, requeue })
+        Ok(Self {
+            delivery_tag,
+            requeue,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -2180,8 +2328,7 @@ impl BasicRecoverOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<BasicRecoverOk> for Method {
@@ -2215,7 +2362,11 @@ impl BasicNack {
         let bits = wire::get_u8(src)?;
         let multiple = bits & 0x01 != 0;
         let requeue = bits & 0x02 != 0;
-        Ok(Self { delivery_tag, multiple, requeue })
+        Ok(Self {
+            delivery_tag,
+            multiple,
+            requeue,
+        })
     }
 
     /// Encodes the arguments (without class and method ids).
@@ -2249,8 +2400,7 @@ impl TxSelect {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxSelect> for Method {
@@ -2277,8 +2427,7 @@ impl TxSelectOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxSelectOk> for Method {
@@ -2305,8 +2454,7 @@ impl TxCommit {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxCommit> for Method {
@@ -2333,8 +2481,7 @@ impl TxCommitOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxCommitOk> for Method {
@@ -2361,8 +2508,7 @@ impl TxRollback {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxRollback> for Method {
@@ -2389,8 +2535,7 @@ impl TxRollbackOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<TxRollbackOk> for Method {
@@ -2451,8 +2596,7 @@ impl ConfirmSelectOk {
     }
 
     /// Encodes the arguments (without class and method ids).
-    pub fn encode_args(&self, _dst: &mut BytesMut) {
-    }
+    pub fn encode_args(&self, _dst: &mut BytesMut) {}
 }
 
 impl From<ConfirmSelectOk> for Method {
@@ -2953,7 +3097,9 @@ impl Method {
             (10, 60) => Method::ConnectionBlocked(ConnectionBlocked::decode_args(src)?),
             (10, 61) => Method::ConnectionUnblocked(ConnectionUnblocked::decode_args(src)?),
             (10, 70) => Method::ConnectionUpdateSecret(ConnectionUpdateSecret::decode_args(src)?),
-            (10, 71) => Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode_args(src)?),
+            (10, 71) => {
+                Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode_args(src)?)
+            }
             (20, 10) => Method::ChannelOpen(ChannelOpen::decode_args(src)?),
             (20, 11) => Method::ChannelOpenOk(ChannelOpenOk::decode_args(src)?),
             (20, 20) => Method::ChannelFlow(ChannelFlow::decode_args(src)?),
@@ -3006,7 +3152,12 @@ impl Method {
             (90, 31) => Method::TxRollbackOk(TxRollbackOk::decode_args(src)?),
             (85, 10) => Method::ConfirmSelect(ConfirmSelect::decode_args(src)?),
             (85, 11) => Method::ConfirmSelectOk(ConfirmSelectOk::decode_args(src)?),
-            _ => return Err(ProtocolError::UnknownMethod { class_id, method_id }),
+            _ => {
+                return Err(ProtocolError::UnknownMethod {
+                    class_id,
+                    method_id,
+                })
+            }
         })
     }
 }

@@ -1,8 +1,6 @@
 //! Golden bytes, checked by hand against the 0-9-1 spec (frame layout in §4.2.3,
 //! argument order in amqp0-9-1.xml, bit packing per §4.2.5.2, properties per §4.2.6.1).
 
-mod common;
-
 use protocol::bytes::{Bytes, BytesMut};
 use protocol::*;
 use tokio_util::codec::Decoder;
@@ -32,7 +30,10 @@ fn method_frame(channel: u16, m: impl Into<Method>) -> Vec<u8> {
 #[test]
 fn constants() {
     assert_eq!(PROTOCOL_HEADER, [b'A', b'M', b'Q', b'P', 0, 0, 9, 1]);
-    assert_eq!((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT), (1, 2, 3, 8));
+    assert_eq!(
+        (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT),
+        (1, 2, 3, 8)
+    );
     assert_eq!(FRAME_END, 0xCE);
     assert_eq!(FRAME_MIN_SIZE, 4096);
 }
@@ -140,7 +141,10 @@ fn content_header_with_delivery_mode_2_and_body() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(decode_one(&body), Frame::Body(1, Bytes::from_static(b"hello")));
+    assert_eq!(
+        decode_one(&body),
+        Frame::Body(1, Bytes::from_static(b"hello"))
+    );
 }
 
 #[test]
@@ -175,9 +179,8 @@ fn connection_start_with_table() {
     };
     let inner = "12 7075626C69736865725F636F6E6669726D73 74 01"; // "publisher_confirms" t 1
     let outer = format!("0C 6361706162696C6974696573 46 00000015 {inner}"); // "capabilities" F len
-    let payload = format!(
-        "000A 000A 00 09 00000027 {outer} 00000005 504C41494E 00000005 656E5F5553"
-    );
+    let payload =
+        format!("000A 000A 00 09 00000027 {outer} 00000005 504C41494E 00000005 656E5F5553");
     let bytes = hex(&payload);
     let expected = hex(&format!("01 0000 {:08X} {payload} CE", bytes.len()));
     assert_eq!(method_frame(0, m.clone()), expected);

@@ -93,7 +93,10 @@ fn every_spec_method_is_listed_and_named() {
         assert_eq!(method_name(c, m), Some(name));
         assert_eq!(
             content,
-            matches!(name, "basic.publish" | "basic.return" | "basic.deliver" | "basic.get-ok")
+            matches!(
+                name,
+                "basic.publish" | "basic.return" | "basic.deliver" | "basic.get-ok"
+            )
         );
     }
     assert_eq!(method_name(60, 40), Some("basic.publish"));

@@ -7,11 +7,35 @@ use protocol::*;
 use super::{arb_longstr, arb_shortstr, arb_table};
 
 pub fn arb_connection_start() -> impl Strategy<Value = ConnectionStart> {
-    (any::<u8>(), any::<u8>(), arb_table(), arb_longstr(), arb_longstr()).prop_map(|(version_major, version_minor, server_properties, mechanisms, locales)| ConnectionStart { version_major, version_minor, server_properties, mechanisms, locales })
+    (
+        any::<u8>(),
+        any::<u8>(),
+        arb_table(),
+        arb_longstr(),
+        arb_longstr(),
+    )
+        .prop_map(
+            |(version_major, version_minor, server_properties, mechanisms, locales)| {
+                ConnectionStart {
+                    version_major,
+                    version_minor,
+                    server_properties,
+                    mechanisms,
+                    locales,
+                }
+            },
+        )
 }
 
 pub fn arb_connection_start_ok() -> impl Strategy<Value = ConnectionStartOk> {
-    (arb_table(), arb_shortstr(), arb_longstr(), arb_shortstr()).prop_map(|(client_properties, mechanism, response, locale)| ConnectionStartOk { client_properties, mechanism, response, locale })
+    (arb_table(), arb_shortstr(), arb_longstr(), arb_shortstr()).prop_map(
+        |(client_properties, mechanism, response, locale)| ConnectionStartOk {
+            client_properties,
+            mechanism,
+            response,
+            locale,
+        },
+    )
 }
 
 pub fn arb_connection_secure() -> impl Strategy<Value = ConnectionSecure> {
@@ -23,11 +47,23 @@ pub fn arb_connection_secure_ok() -> impl Strategy<Value = ConnectionSecureOk> {
 }
 
 pub fn arb_connection_tune() -> impl Strategy<Value = ConnectionTune> {
-    (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTune { channel_max, frame_max, heartbeat })
+    (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| {
+        ConnectionTune {
+            channel_max,
+            frame_max,
+            heartbeat,
+        }
+    })
 }
 
 pub fn arb_connection_tune_ok() -> impl Strategy<Value = ConnectionTuneOk> {
-    (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTuneOk { channel_max, frame_max, heartbeat })
+    (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| {
+        ConnectionTuneOk {
+            channel_max,
+            frame_max,
+            heartbeat,
+        }
+    })
 }
 
 pub fn arb_connection_open() -> impl Strategy<Value = ConnectionOpen> {
@@ -39,7 +75,14 @@ pub fn arb_connection_open_ok() -> impl Strategy<Value = ConnectionOpenOk> {
 }
 
 pub fn arb_connection_close() -> impl Strategy<Value = ConnectionClose> {
-    (any::<u16>(), arb_shortstr(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| ConnectionClose { reply_code, reply_text, class_id, method_id })
+    (any::<u16>(), arb_shortstr(), any::<u16>(), any::<u16>()).prop_map(
+        |(reply_code, reply_text, class_id, method_id)| ConnectionClose {
+            reply_code,
+            reply_text,
+            class_id,
+            method_id,
+        },
+    )
 }
 
 pub fn arb_connection_close_ok() -> impl Strategy<Value = ConnectionCloseOk> {
@@ -55,7 +98,8 @@ pub fn arb_connection_unblocked() -> impl Strategy<Value = ConnectionUnblocked> 
 }
 
 pub fn arb_connection_update_secret() -> impl Strategy<Value = ConnectionUpdateSecret> {
-    (arb_longstr(), arb_shortstr()).prop_map(|(new_secret, reason)| ConnectionUpdateSecret { new_secret, reason })
+    (arb_longstr(), arb_shortstr())
+        .prop_map(|(new_secret, reason)| ConnectionUpdateSecret { new_secret, reason })
 }
 
 pub fn arb_connection_update_secret_ok() -> impl Strategy<Value = ConnectionUpdateSecretOk> {
@@ -79,7 +123,14 @@ pub fn arb_channel_flow_ok() -> impl Strategy<Value = ChannelFlowOk> {
 }
 
 pub fn arb_channel_close() -> impl Strategy<Value = ChannelClose> {
-    (any::<u16>(), arb_shortstr(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| ChannelClose { reply_code, reply_text, class_id, method_id })
+    (any::<u16>(), arb_shortstr(), any::<u16>(), any::<u16>()).prop_map(
+        |(reply_code, reply_text, class_id, method_id)| ChannelClose {
+            reply_code,
+            reply_text,
+            class_id,
+            method_id,
+        },
+    )
 }
 
 pub fn arb_channel_close_ok() -> impl Strategy<Value = ChannelCloseOk> {
@@ -87,7 +138,24 @@ pub fn arb_channel_close_ok() -> impl Strategy<Value = ChannelCloseOk> {
 }
 
 pub fn arb_access_request() -> impl Strategy<Value = AccessRequest> {
-    (arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(realm, exclusive, passive, active, write, read)| AccessRequest { realm, exclusive, passive, active, write, read })
+    (
+        arb_shortstr(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(realm, exclusive, passive, active, write, read)| AccessRequest {
+                realm,
+                exclusive,
+                passive,
+                active,
+                write,
+                read,
+            },
+        )
 }
 
 pub fn arb_access_request_ok() -> impl Strategy<Value = AccessRequestOk> {
@@ -95,7 +163,30 @@ pub fn arb_access_request_ok() -> impl Strategy<Value = AccessRequestOk> {
 }
 
 pub fn arb_exchange_declare() -> impl Strategy<Value = ExchangeDeclare> {
-    (arb_shortstr(), arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), arb_table()).prop_map(|(exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments)| ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments })
+    (
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments)| {
+                ExchangeDeclare {
+                    exchange,
+                    kind,
+                    passive,
+                    durable,
+                    auto_delete,
+                    internal,
+                    no_wait,
+                    arguments,
+                }
+            },
+        )
 }
 
 pub fn arb_exchange_declare_ok() -> impl Strategy<Value = ExchangeDeclareOk> {
@@ -103,7 +194,13 @@ pub fn arb_exchange_declare_ok() -> impl Strategy<Value = ExchangeDeclareOk> {
 }
 
 pub fn arb_exchange_delete() -> impl Strategy<Value = ExchangeDelete> {
-    (arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, if_unused, no_wait)| ExchangeDelete { exchange, if_unused, no_wait })
+    (arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, if_unused, no_wait)| {
+        ExchangeDelete {
+            exchange,
+            if_unused,
+            no_wait,
+        }
+    })
 }
 
 pub fn arb_exchange_delete_ok() -> impl Strategy<Value = ExchangeDeleteOk> {
@@ -111,7 +208,22 @@ pub fn arb_exchange_delete_ok() -> impl Strategy<Value = ExchangeDeleteOk> {
 }
 
 pub fn arb_exchange_bind() -> impl Strategy<Value = ExchangeBind> {
-    (arb_shortstr(), arb_shortstr(), arb_shortstr(), any::<bool>(), arb_table()).prop_map(|(destination, source, routing_key, no_wait, arguments)| ExchangeBind { destination, source, routing_key, no_wait, arguments })
+    (
+        arb_shortstr(),
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(destination, source, routing_key, no_wait, arguments)| ExchangeBind {
+                destination,
+                source,
+                routing_key,
+                no_wait,
+                arguments,
+            },
+        )
 }
 
 pub fn arb_exchange_bind_ok() -> impl Strategy<Value = ExchangeBindOk> {
@@ -119,7 +231,22 @@ pub fn arb_exchange_bind_ok() -> impl Strategy<Value = ExchangeBindOk> {
 }
 
 pub fn arb_exchange_unbind() -> impl Strategy<Value = ExchangeUnbind> {
-    (arb_shortstr(), arb_shortstr(), arb_shortstr(), any::<bool>(), arb_table()).prop_map(|(destination, source, routing_key, no_wait, arguments)| ExchangeUnbind { destination, source, routing_key, no_wait, arguments })
+    (
+        arb_shortstr(),
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(destination, source, routing_key, no_wait, arguments)| ExchangeUnbind {
+                destination,
+                source,
+                routing_key,
+                no_wait,
+                arguments,
+            },
+        )
 }
 
 pub fn arb_exchange_unbind_ok() -> impl Strategy<Value = ExchangeUnbindOk> {
@@ -127,15 +254,55 @@ pub fn arb_exchange_unbind_ok() -> impl Strategy<Value = ExchangeUnbindOk> {
 }
 
 pub fn arb_queue_declare() -> impl Strategy<Value = QueueDeclare> {
-    (arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), arb_table()).prop_map(|(queue, passive, durable, exclusive, auto_delete, no_wait, arguments)| QueueDeclare { queue, passive, durable, exclusive, auto_delete, no_wait, arguments })
+    (
+        arb_shortstr(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(queue, passive, durable, exclusive, auto_delete, no_wait, arguments)| QueueDeclare {
+                queue,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                no_wait,
+                arguments,
+            },
+        )
 }
 
 pub fn arb_queue_declare_ok() -> impl Strategy<Value = QueueDeclareOk> {
-    (arb_shortstr(), any::<u32>(), any::<u32>()).prop_map(|(queue, message_count, consumer_count)| QueueDeclareOk { queue, message_count, consumer_count })
+    (arb_shortstr(), any::<u32>(), any::<u32>()).prop_map(
+        |(queue, message_count, consumer_count)| QueueDeclareOk {
+            queue,
+            message_count,
+            consumer_count,
+        },
+    )
 }
 
 pub fn arb_queue_bind() -> impl Strategy<Value = QueueBind> {
-    (arb_shortstr(), arb_shortstr(), arb_shortstr(), any::<bool>(), arb_table()).prop_map(|(queue, exchange, routing_key, no_wait, arguments)| QueueBind { queue, exchange, routing_key, no_wait, arguments })
+    (
+        arb_shortstr(),
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(queue, exchange, routing_key, no_wait, arguments)| QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                no_wait,
+                arguments,
+            },
+        )
 }
 
 pub fn arb_queue_bind_ok() -> impl Strategy<Value = QueueBindOk> {
@@ -151,7 +318,14 @@ pub fn arb_queue_purge_ok() -> impl Strategy<Value = QueuePurgeOk> {
 }
 
 pub fn arb_queue_delete() -> impl Strategy<Value = QueueDelete> {
-    (arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(queue, if_unused, if_empty, no_wait)| QueueDelete { queue, if_unused, if_empty, no_wait })
+    (arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(queue, if_unused, if_empty, no_wait)| QueueDelete {
+            queue,
+            if_unused,
+            if_empty,
+            no_wait,
+        },
+    )
 }
 
 pub fn arb_queue_delete_ok() -> impl Strategy<Value = QueueDeleteOk> {
@@ -159,7 +333,14 @@ pub fn arb_queue_delete_ok() -> impl Strategy<Value = QueueDeleteOk> {
 }
 
 pub fn arb_queue_unbind() -> impl Strategy<Value = QueueUnbind> {
-    (arb_shortstr(), arb_shortstr(), arb_shortstr(), arb_table()).prop_map(|(queue, exchange, routing_key, arguments)| QueueUnbind { queue, exchange, routing_key, arguments })
+    (arb_shortstr(), arb_shortstr(), arb_shortstr(), arb_table()).prop_map(
+        |(queue, exchange, routing_key, arguments)| QueueUnbind {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        },
+    )
 }
 
 pub fn arb_queue_unbind_ok() -> impl Strategy<Value = QueueUnbindOk> {
@@ -167,7 +348,13 @@ pub fn arb_queue_unbind_ok() -> impl Strategy<Value = QueueUnbindOk> {
 }
 
 pub fn arb_basic_qos() -> impl Strategy<Value = BasicQos> {
-    (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(|(prefetch_size, prefetch_count, global)| BasicQos { prefetch_size, prefetch_count, global })
+    (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(
+        |(prefetch_size, prefetch_count, global)| BasicQos {
+            prefetch_size,
+            prefetch_count,
+            global,
+        },
+    )
 }
 
 pub fn arb_basic_qos_ok() -> impl Strategy<Value = BasicQosOk> {
@@ -175,7 +362,26 @@ pub fn arb_basic_qos_ok() -> impl Strategy<Value = BasicQosOk> {
 }
 
 pub fn arb_basic_consume() -> impl Strategy<Value = BasicConsume> {
-    (arb_shortstr(), arb_shortstr(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), arb_table()).prop_map(|(queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments)| BasicConsume { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments })
+    (
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        arb_table(),
+    )
+        .prop_map(
+            |(queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments)| BasicConsume {
+                queue,
+                consumer_tag,
+                no_local,
+                no_ack,
+                exclusive,
+                no_wait,
+                arguments,
+            },
+        )
 }
 
 pub fn arb_basic_consume_ok() -> impl Strategy<Value = BasicConsumeOk> {
@@ -183,7 +389,10 @@ pub fn arb_basic_consume_ok() -> impl Strategy<Value = BasicConsumeOk> {
 }
 
 pub fn arb_basic_cancel() -> impl Strategy<Value = BasicCancel> {
-    (arb_shortstr(), any::<bool>()).prop_map(|(consumer_tag, no_wait)| BasicCancel { consumer_tag, no_wait })
+    (arb_shortstr(), any::<bool>()).prop_map(|(consumer_tag, no_wait)| BasicCancel {
+        consumer_tag,
+        no_wait,
+    })
 }
 
 pub fn arb_basic_cancel_ok() -> impl Strategy<Value = BasicCancelOk> {
@@ -191,15 +400,44 @@ pub fn arb_basic_cancel_ok() -> impl Strategy<Value = BasicCancelOk> {
 }
 
 pub fn arb_basic_publish() -> impl Strategy<Value = BasicPublish> {
-    (arb_shortstr(), arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, routing_key, mandatory, immediate)| BasicPublish { exchange, routing_key, mandatory, immediate })
+    (arb_shortstr(), arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(
+        |(exchange, routing_key, mandatory, immediate)| BasicPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            immediate,
+        },
+    )
 }
 
 pub fn arb_basic_return() -> impl Strategy<Value = BasicReturn> {
-    (any::<u16>(), arb_shortstr(), arb_shortstr(), arb_shortstr()).prop_map(|(reply_code, reply_text, exchange, routing_key)| BasicReturn { reply_code, reply_text, exchange, routing_key })
+    (any::<u16>(), arb_shortstr(), arb_shortstr(), arb_shortstr()).prop_map(
+        |(reply_code, reply_text, exchange, routing_key)| BasicReturn {
+            reply_code,
+            reply_text,
+            exchange,
+            routing_key,
+        },
+    )
 }
 
 pub fn arb_basic_deliver() -> impl Strategy<Value = BasicDeliver> {
-    (arb_shortstr(), any::<u64>(), any::<bool>(), arb_shortstr(), arb_shortstr()).prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key })
+    (
+        arb_shortstr(),
+        any::<u64>(),
+        any::<bool>(),
+        arb_shortstr(),
+        arb_shortstr(),
+    )
+        .prop_map(
+            |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| BasicDeliver {
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+            },
+        )
 }
 
 pub fn arb_basic_get() -> impl Strategy<Value = BasicGet> {
@@ -207,7 +445,22 @@ pub fn arb_basic_get() -> impl Strategy<Value = BasicGet> {
 }
 
 pub fn arb_basic_get_ok() -> impl Strategy<Value = BasicGetOk> {
-    (any::<u64>(), any::<bool>(), arb_shortstr(), arb_shortstr(), any::<u32>()).prop_map(|(delivery_tag, redelivered, exchange, routing_key, message_count)| BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count })
+    (
+        any::<u64>(),
+        any::<bool>(),
+        arb_shortstr(),
+        arb_shortstr(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(delivery_tag, redelivered, exchange, routing_key, message_count)| BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+                message_count,
+            },
+        )
 }
 
 pub fn arb_basic_get_empty() -> impl Strategy<Value = BasicGetEmpty> {
@@ -215,11 +468,17 @@ pub fn arb_basic_get_empty() -> impl Strategy<Value = BasicGetEmpty> {
 }
 
 pub fn arb_basic_ack() -> impl Strategy<Value = BasicAck> {
-    (any::<u64>(), any::<bool>()).prop_map(|(delivery_tag, multiple)| BasicAck { delivery_tag, multiple })
+    (any::<u64>(), any::<bool>()).prop_map(|(delivery_tag, multiple)| BasicAck {
+        delivery_tag,
+        multiple,
+    })
 }
 
 pub fn arb_basic_reject() -> impl Strategy<Value = BasicReject> {
-    (any::<u64>(), any::<bool>()).prop_map(|(delivery_tag, requeue)| BasicReject { delivery_tag, requeue })
+    (any::<u64>(), any::<bool>()).prop_map(|(delivery_tag, requeue)| BasicReject {
+        delivery_tag,
+        requeue,
+    })
 }
 
 pub fn arb_basic_recover_async() -> impl Strategy<Value = BasicRecoverAsync> {
@@ -235,7 +494,13 @@ pub fn arb_basic_recover_ok() -> impl Strategy<Value = BasicRecoverOk> {
 }
 
 pub fn arb_basic_nack() -> impl Strategy<Value = BasicNack> {
-    (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| BasicNack { delivery_tag, multiple, requeue })
+    (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| {
+        BasicNack {
+            delivery_tag,
+            multiple,
+            requeue,
+        }
+    })
 }
 
 pub fn arb_tx_select() -> impl Strategy<Value = TxSelect> {
