@@ -230,6 +230,7 @@ pub struct Routed {
     /// At least one queue took the message (alternate exchanges included):
     /// when false and the publish was mandatory, return 312 NO_ROUTE.
     pub matched: bool,
-    /// An alternate exchange was followed somewhere during the walk.
+    /// Some exchange on the walk routed nowhere and had an existing
+    /// alternate exchange (which was then followed, unless already visited).
     pub used_alternate: bool,
 }

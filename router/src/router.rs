@@ -845,11 +845,13 @@ impl Router {
             if count == 0 {
                 if let Some(ae) = &x.alternate {
                     if let Some(&aid) = self.ex_ids.get(&**ae) {
+                        // Reported whether or not the AE was already visited,
+                        // so the flag does not depend on the walk order.
+                        used_alternate = true;
                         let m = &mut s.xmark[aid as usize];
                         if *m != epoch {
                             *m = epoch;
                             s.work.push(aid);
-                            used_alternate = true;
                         }
                     }
                 }
