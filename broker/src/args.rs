@@ -38,8 +38,39 @@ pub fn to_router_args(t: &FieldTable) -> Args {
     )
 }
 
+pub fn from_router_value(v: &ArgValue) -> FieldValue {
+    match v {
+        ArgValue::Str(s) => FieldValue::LongStr(protocol::LongStr::from(s.as_str())),
+        ArgValue::Bytes(b) => FieldValue::Bytes(bytes::Bytes::copy_from_slice(b)),
+        ArgValue::Int(i) => FieldValue::I64(*i),
+        ArgValue::Float(f) => FieldValue::F64(*f),
+        ArgValue::Bool(b) => FieldValue::Bool(*b),
+        ArgValue::Decimal(scale, value) => FieldValue::Decimal {
+            scale: *scale,
+            value: *value,
+        },
+        ArgValue::Timestamp(t) => FieldValue::Timestamp(*t),
+        ArgValue::Array(a) => FieldValue::Array(a.iter().map(from_router_value).collect()),
+        ArgValue::Table(t) => FieldValue::Table(from_router_args(t)),
+        ArgValue::Void => FieldValue::Void,
+    }
+}
+
+pub fn from_router_args(a: &Args) -> FieldTable {
+    let mut t = FieldTable::new();
+    for (k, v) in &a.0 {
+        if let Ok(key) = protocol::ShortStr::try_from_str(k) {
+            t.insert(key, from_router_value(v));
+        }
+    }
+    t
+}
+
 /// The message's headers for headers-exchange matching; None when it has none (or they do not parse).
 pub fn message_headers(props: &RawProperties) -> Option<Args> {
+    if !props.has_headers() {
+        return None;
+    }
     match props.headers() {
         Ok(Some(t)) => Some(to_router_args(&t)),
         _ => None,
@@ -143,57 +174,29 @@ pub fn validate_queue_args(args: &FieldTable) -> AmqpResult<()> {
             | "x-delayed-retry-multiplier" => match v.as_i64() {
                 Some(n) if n >= 0 => {}
                 Some(n) => return Err(invalid(key, format!("{{value_negative,{n}}}"))),
-                None => {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
-                    ))
-                }
+                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
             },
             "x-expires" => match v.as_i64() {
                 Some(n) if n > 0 => {}
                 Some(n) => return Err(invalid(key, format!("{{value_zero_or_less,{n}}}"))),
-                None => {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
-                    ))
-                }
+                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
             },
             "x-max-priority" => match v.as_i64() {
                 Some(n) if (0..=255).contains(&n) => {}
                 Some(n) => return Err(invalid(key, format!("{{value_out_of_range,{n}}}"))),
-                None => {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
-                    ))
-                }
+                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
             },
-            "x-dead-letter-exchange" | "x-dead-letter-routing-key" => {
-                if !matches!(v, FieldValue::LongStr(_)) {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
-                    ));
-                }
+            "x-dead-letter-exchange" | "x-dead-letter-routing-key"
+                if !matches!(v, FieldValue::LongStr(_)) =>
+            {
+                return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))));
             }
             "x-overflow" => match v.as_str() {
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
-                _ => {
-                    return Err(invalid(
-                        key,
-                        format!("{{unknown_overflow_mode,{}}}", show(v)),
-                    ))
-                }
+                _ => return Err(invalid(key, format!("{{unknown_overflow_mode,{}}}", show(v)))),
             },
-            "x-single-active-consumer" => {
-                if !matches!(v, FieldValue::Bool(_)) {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(v)),
-                    ));
-                }
+            "x-single-active-consumer" if !matches!(v, FieldValue::Bool(_)) => {
+                return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))));
             }
             _ => {}
         }
@@ -227,8 +230,7 @@ mod tests {
         check_equivalent_args(&a, &b, "q", "/").unwrap();
         let e = check_equivalent_args(&a, &FieldTable::new(), "q", "/").unwrap_err();
         assert!(
-            e.text
-                .contains("received none but current is the value '5'"),
+            e.text.contains("received none but current is the value '5'"),
             "{}",
             e.text
         );

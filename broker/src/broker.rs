@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use anyhow::Context;
+use storage::{Store, StoreOptions};
+
 use crate::config::Config;
 use crate::vhost::VHost;
 
@@ -24,9 +27,7 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     users: RwLock<HashMap<String, User>>,
     next_conn_id: AtomicU64,
-    /// Highest store ticket known durable; connections holding confirms wait on it.
-    durable: tokio::sync::watch::Receiver<u64>,
-    _durable_tx: tokio::sync::watch::Sender<u64>,
+    pub store: Store,
 }
 
 /// Why a login failed.
@@ -37,20 +38,23 @@ pub enum LoginError {
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Broker> {
-        let (durable_tx, durable) = tokio::sync::watch::channel(0);
+    /// Opens the store in the data dir (locking it) and rebuilds durable definitions from it.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Broker>> {
+        let store = Store::open(
+            &config.data_dir,
+            StoreOptions {
+                cache_capacity_bytes: config.store_cache_bytes,
+                ..StoreOptions::default()
+            },
+        )
+        .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
         let broker = Broker {
             config,
-            durable,
-            _durable_tx: durable_tx,
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
+            store,
         };
-        broker
-            .vhosts
-            .write()
-            .insert("/".into(), Arc::new(VHost::new("/")));
         broker.users.write().insert(
             "guest".into(),
             User {
@@ -59,7 +63,37 @@ impl Broker {
                 loopback_only: true,
             },
         );
-        Arc::new(broker)
+        broker
+            .recover()
+            .context("cannot recover definitions from the store")?;
+        Ok(Arc::new(broker))
+    }
+
+    fn recover(&self) -> Result<(), storage::StoreError> {
+        let started = std::time::Instant::now();
+        let mut names: Vec<String> = self.store.vhosts()?.into_iter().map(|v| v.name).collect();
+        if !names.iter().any(|n| n == "/") {
+            self.store.put_vhost(&storage::VhostRecord { name: "/".into() })?;
+            names.push("/".into());
+        }
+        let (exchanges, queues, bindings) = (
+            self.store.exchanges()?,
+            self.store.queues()?,
+            self.store.bindings()?,
+        );
+        for name in names {
+            let vhost = VHost::new(&name, self.store.clone());
+            vhost.recover(&exchanges, &queues, &bindings)?;
+            self.vhosts.write().insert(name, Arc::new(vhost));
+        }
+        tracing::info!(
+            exchanges = exchanges.len(),
+            queues = queues.len(),
+            bindings = bindings.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered definitions"
+        );
+        Ok(())
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
@@ -87,11 +121,15 @@ impl Broker {
     }
 
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.durable.clone()
+        self.store.durable_watch()
     }
 
-    /// Called once every connection has closed.
-    pub fn shutdown(&self) {}
+    /// Called once every connection has closed: makes every write durable.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.store.flush_blocking() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    }
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)

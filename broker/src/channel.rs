@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use protocol::{
-    reply, Assembled, BasicDeliver, BasicPublish, ContentAssembler, ContentHeader, Frame, Method,
-    ShortStr,
+    reply, Assembled, BasicDeliver, BasicPublish, ContentAssembler, ContentHeader, Frame, Method, ShortStr,
 };
 
 use crate::connection::{truncate_text, Conn};
@@ -45,15 +44,8 @@ struct TxState {
 
 #[derive(Clone, Copy)]
 enum Settle {
-    Ack {
-        tag: u64,
-        multiple: bool,
-    },
-    Reject {
-        tag: u64,
-        multiple: bool,
-        requeue: bool,
-    },
+    Ack { tag: u64, multiple: bool },
+    Reject { tag: u64, multiple: bool, requeue: bool },
 }
 
 pub struct Channel {
@@ -173,17 +165,11 @@ impl Conn {
             Err(e) => return Err(AmqpError::from(e)),
         };
         let (class_id, method_id) = match &assembled {
-            Assembled::Method(m) | Assembled::Content { method: m, .. } => {
-                (m.class_id(), m.method_id())
-            }
+            Assembled::Method(m) | Assembled::Content { method: m, .. } => (m.class_id(), m.method_id()),
         };
         let result = match assembled {
             Assembled::Method(m) => self.on_channel_method(ch, m),
-            Assembled::Content {
-                method,
-                header,
-                body,
-            } => match method {
+            Assembled::Content { method, header, body } => match method {
                 Method::BasicPublish(p) => self.on_publish(ch, p, header, body),
                 other => Err(AmqpError::command_invalid(format!(
                     "method '{}' does not carry content",
@@ -363,9 +349,7 @@ impl Conn {
             Method::TxRollback(_) => {
                 let channel = self.channel(ch);
                 let Some(tx) = channel.tx.as_mut() else {
-                    return Err(AmqpError::precondition_failed(
-                        "channel is not transactional",
-                    ));
+                    return Err(AmqpError::precondition_failed("channel is not transactional"));
                 };
                 *tx = TxState::default();
                 self.send_method(ch, &Method::TxRollbackOk(protocol::TxRollbackOk));
@@ -397,7 +381,7 @@ impl Conn {
                 internal: d.internal,
                 arguments: crate::args::to_router_args(&d.arguments),
             };
-            vhost.router.write().declare_exchange(def)?;
+            vhost.declare_exchange(def)?;
         }
         if !d.no_wait {
             self.send_method(ch, &Method::ExchangeDeclareOk(protocol::ExchangeDeclareOk));
@@ -424,7 +408,7 @@ impl Conn {
             routing_key: b.routing_key.as_str().into(),
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        self.vhost().clone().router.write().bind(binding)?;
+        self.vhost().clone().bind(binding)?;
         if !b.no_wait {
             self.send_method(ch, &Method::ExchangeBindOk(protocol::ExchangeBindOk));
         }
@@ -438,7 +422,7 @@ impl Conn {
             routing_key: b.routing_key.as_str().into(),
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        self.vhost().clone().router.write().unbind(&binding)?;
+        self.vhost().clone().unbind(&binding)?;
         if !b.no_wait {
             self.send_method(ch, &Method::ExchangeUnbindOk(protocol::ExchangeUnbindOk));
         }
@@ -512,7 +496,7 @@ impl Conn {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             };
-            let (q, created) = vhost.declare_queue(spec);
+            let (q, created) = vhost.declare_queue(spec)?;
             if created {
                 if d.exclusive {
                     self.exclusive_queues.push(q.clone());
@@ -546,7 +530,7 @@ impl Conn {
             routing_key: b.routing_key.as_str().into(),
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        self.vhost().clone().router.write().bind(binding)?;
+        self.vhost().clone().bind(binding)?;
         if !b.no_wait {
             self.send_method(ch, &Method::QueueBindOk(protocol::QueueBindOk));
         }
@@ -564,7 +548,7 @@ impl Conn {
             routing_key: b.routing_key.as_str().into(),
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        self.vhost().clone().router.write().unbind(&binding)?;
+        self.vhost().clone().unbind(&binding)?;
         self.send_method(ch, &Method::QueueUnbindOk(protocol::QueueUnbindOk));
         Ok(())
     }
@@ -650,13 +634,7 @@ impl Conn {
         }
         let id = next_consumer_id();
         let vhost_name = self.vhost().name.clone();
-        q.add_consumer(
-            id,
-            tag.clone(),
-            c.exclusive,
-            self.signal.clone(),
-            &vhost_name,
-        )?;
+        q.add_consumer(id, tag.clone(), c.exclusive, self.signal.clone(), &vhost_name)?;
         let channel = self.channel(ch);
         channel.consumers.insert(tag.clone(), id);
         let limit = channel.consumer_prefetch;
@@ -724,7 +702,7 @@ impl Conn {
                     frame_max,
                 );
                 if g.no_ack {
-                    q.settle(std::slice::from_ref(&entry));
+                    q.forget(std::slice::from_ref(&entry));
                 } else {
                     channel.unacked.push_back(Unacked {
                         tag,
@@ -803,13 +781,7 @@ impl Conn {
         }
     }
 
-    fn on_publish(
-        &mut self,
-        ch: u16,
-        p: BasicPublish,
-        header: ContentHeader,
-        body: Bytes,
-    ) -> AmqpResult<()> {
+    fn on_publish(&mut self, ch: u16, p: BasicPublish, header: ContentHeader, body: Bytes) -> AmqpResult<()> {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
@@ -842,12 +814,7 @@ impl Conn {
                     p.exchange, vhost.name
                 )));
             }
-            self.channel(ch)
-                .tx
-                .as_mut()
-                .expect("tx")
-                .publishes
-                .push((p, msg));
+            self.channel(ch).tx.as_mut().expect("tx").publishes.push((p, msg));
             return Ok(());
         }
         self.route_and_enqueue(ch, &p, msg)
@@ -855,12 +822,7 @@ impl Conn {
 
     /// Routes one message, enqueues it on every queue it reached, returns it if mandatory and unroutable, and
     /// records its confirm.
-    fn route_and_enqueue(
-        &mut self,
-        ch: u16,
-        p: &BasicPublish,
-        msg: Arc<Message>,
-    ) -> AmqpResult<()> {
+    fn route_and_enqueue(&mut self, ch: u16, p: &BasicPublish, msg: Arc<Message>) -> AmqpResult<()> {
         let vhost = self.vhost().clone();
         let headers = crate::args::message_headers(&msg.properties);
         let mut dests = std::mem::take(&mut self.route_scratch);
@@ -875,10 +837,15 @@ impl Conn {
             return Err(e.into());
         }
         let mut enqueued = 0usize;
-        vhost.with_queues(&dests, |q| {
-            if q.publish(msg.clone()).is_ok() {
+        let mut failed = false;
+        let mut ticket = 0u64;
+        vhost.with_queues(&dests, |q| match q.publish(msg.clone()) {
+            Ok(t) => {
                 enqueued += 1;
+                ticket = ticket.max(t);
             }
+            Err(crate::queue::Rejected::Store) => failed = true,
+            Err(crate::queue::Rejected::Deleted) => {}
         });
         self.route_scratch = dests;
         if enqueued == 0 && p.mandatory {
@@ -908,9 +875,7 @@ impl Conn {
     fn tx_commit(&mut self, ch: u16) -> AmqpResult<()> {
         let channel = self.channel(ch);
         let Some(tx) = channel.tx.as_mut() else {
-            return Err(AmqpError::precondition_failed(
-                "channel is not transactional",
-            ));
+            return Err(AmqpError::precondition_failed("channel is not transactional"));
         };
         let TxState { publishes, settles } = std::mem::take(tx);
         for (p, msg) in publishes {
@@ -962,10 +927,8 @@ impl Conn {
                 credit = credit.min((c.limit as u32).saturating_sub(c.unacked) as usize);
             }
             if channel.channel_prefetch > 0 {
-                credit = credit.min(
-                    (channel.channel_prefetch as u32).saturating_sub(channel.consumer_unacked)
-                        as usize,
-                );
+                credit = credit
+                    .min((channel.channel_prefetch as u32).saturating_sub(channel.consumer_unacked) as usize);
             }
         }
         if credit == 0 {
@@ -978,6 +941,9 @@ impl Conn {
             return false;
         }
         let (ch, no_ack, tag, queue) = (c.channel, c.no_ack, c.tag.clone(), c.queue.clone());
+        if no_ack && queue.is_stored() {
+            queue.forget(&batch);
+        }
         let frame_max = self.frame_max;
         let channel = self.channels.get_mut(&ch).expect("checked");
         for entry in batch.drain(..) {

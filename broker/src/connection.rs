@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use protocol::{
-    reply, ConnectionClose, ConnectionStart, ConnectionTune, FieldTable, FieldValue, Frame,
-    FrameCodec, LongStr, Method, ShortStr,
+    reply, ConnectionClose, ConnectionStart, ConnectionTune, FieldTable, FieldValue, Frame, FrameCodec,
+    LongStr, Method, ShortStr,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -82,12 +82,7 @@ pub struct Conn {
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(
-    broker: Arc<Broker>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = socket.set_nodelay(true);
     let id = broker.next_connection_id();
     let (mut rd, wr) = socket.into_split();
@@ -259,10 +254,7 @@ impl Conn {
                     match m {
                         Method::ConnectionCloseOk(_) => self.phase = Phase::Closed,
                         Method::ConnectionClose(_) => {
-                            self.send_method(
-                                0,
-                                &Method::ConnectionCloseOk(protocol::ConnectionCloseOk),
-                            );
+                            self.send_method(0, &Method::ConnectionCloseOk(protocol::ConnectionCloseOk));
                             self.phase = Phase::Closed;
                         }
                         _ => {}
@@ -270,14 +262,12 @@ impl Conn {
                 }
                 Ok(())
             }
-            Phase::AwaitStartOk | Phase::AwaitTuneOk | Phase::AwaitOpen => {
-                self.on_handshake_frame(frame)
-            }
+            Phase::AwaitStartOk | Phase::AwaitTuneOk | Phase::AwaitOpen => self.on_handshake_frame(frame),
             Phase::Open => match frame {
                 Frame::Heartbeat(0) => Ok(()),
-                Frame::Heartbeat(_) => Err(AmqpError::unexpected_frame(
-                    "heartbeat frame on non-zero channel",
-                )),
+                Frame::Heartbeat(_) => {
+                    Err(AmqpError::unexpected_frame("heartbeat frame on non-zero channel"))
+                }
                 Frame::Method(0, m) => self.on_connection_method(m),
                 Frame::Method(ch, m) => self.on_channel_frame(ch, Frame::Method(ch, m)),
                 Frame::Header(0, _) | Frame::Body(0, _) => {
@@ -299,11 +289,7 @@ impl Conn {
                 ))
                 .on_method(m.class_id(), m.method_id()))
             }
-            _ => {
-                return Err(AmqpError::unexpected_frame(
-                    "content frame during the handshake",
-                ))
-            }
+            _ => return Err(AmqpError::unexpected_frame("content frame during the handshake")),
         };
         let (class_id, method_id) = (m.class_id(), m.method_id());
         let r = match (self.phase, m) {
@@ -345,10 +331,7 @@ impl Conn {
             FieldValue::LongStr(LongStr::from(env!("CARGO_PKG_VERSION"))),
         );
         props.insert("platform", FieldValue::LongStr(LongStr::from("Rust")));
-        props.insert(
-            "cluster_name",
-            FieldValue::LongStr(LongStr::from("mailroom")),
-        );
+        props.insert("cluster_name", FieldValue::LongStr(LongStr::from("mailroom")));
         props.insert(
             "information",
             FieldValue::LongStr(LongStr::from("Mailroom, a store-backed AMQP 0-9-1 broker")),

@@ -13,6 +13,7 @@ pub mod names;
 pub mod queue;
 pub mod server;
 pub mod signal;
+pub mod store;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -18,9 +18,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
             Ok(s) => s,

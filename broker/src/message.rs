@@ -17,12 +17,7 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(
-        exchange: ShortStr,
-        routing_key: ShortStr,
-        properties: RawProperties,
-        body: Bytes,
-    ) -> Self {
+    pub fn new(exchange: ShortStr, routing_key: ShortStr, properties: RawProperties, body: Bytes) -> Self {
         let persistent = properties.delivery_mode() == Some(2);
         Message {
             exchange,

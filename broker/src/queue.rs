@@ -15,6 +15,13 @@ use protocol::{FieldTable, ShortStr};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::signal::ConnSignal;
+use crate::store::QueueStore;
+
+/// Ready messages a durable queue keeps in memory; beyond this, persistent messages stay on disk only and
+/// are read back in batches as the head advances (long queues live on disk, not in RAM).
+pub const MEM_MAX: usize = 4096;
+/// Messages read from disk per refill.
+const REFILL: usize = 1024;
 
 pub type ConsumerId = u64;
 
@@ -57,9 +64,22 @@ struct ConsumerReg {
     waiting: bool,
 }
 
+/// The part of a long durable queue that is not in memory.
+#[derive(Default)]
+struct Paged {
+    /// First seq not yet read back from disk.
+    next_disk_seq: u64,
+    /// Persistent messages on disk and not in memory.
+    on_disk: u64,
+    /// Transient messages published while paged (kept in memory, merged back by seq).
+    transient: VecDeque<Entry>,
+}
+
 #[derive(Default)]
 struct Inner {
+    /// The in-memory head of the queue, ordered by seq.
     ready: VecDeque<Entry>,
+    paged: Option<Paged>,
     ready_bytes: u64,
     unacked: u64,
     next_seq: u64,
@@ -73,10 +93,22 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
     Deleted,
+    /// The store could not take the message (the publisher gets a nack).
+    Store,
+}
+
+/// What the store holds for a queue at recovery.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub count: u64,
 }
 
 pub struct Queue {
     pub spec: QueueSpec,
+    /// Where persistent messages of a durable queue are kept (None for non-durable queues).
+    store: Option<QueueStore>,
     inner: Mutex<Inner>,
 }
 
@@ -90,31 +122,145 @@ impl Queue {
     pub fn new(spec: QueueSpec) -> Queue {
         Queue {
             spec,
+            store: None,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// A durable queue whose persistent messages go to `store`. `recovered` describes what the store
+    /// already holds for it (after a restart): those messages are read back lazily, in order.
+    pub fn with_store(spec: QueueSpec, store: QueueStore, recovered: Option<Recovered>) -> Queue {
+        let mut inner = Inner::default();
+        if let Some(r) = recovered {
+            inner.next_seq = r.last_seq + 1;
+            if r.count > 0 {
+                inner.paged = Some(Paged {
+                    next_disk_seq: r.first_seq,
+                    on_disk: r.count,
+                    transient: VecDeque::new(),
+                });
+            }
+        }
+        Queue {
+            spec,
+            store: Some(store),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    pub fn store_id(&self) -> Option<u32> {
+        self.store.as_ref().map(|s| s.id())
     }
 
     pub fn name(&self) -> &Arc<str> {
         &self.spec.name
     }
 
-    /// Appends a message at the tail and wakes one waiting consumer.
-    pub fn publish(&self, msg: Arc<Message>) -> Result<(), Rejected> {
+    /// Appends a message at the tail and wakes one waiting consumer. Returns the store ticket that must be
+    /// durable before the publish is confirmed (0 when nothing was written).
+    pub fn publish(&self, msg: Arc<Message>) -> Result<u64, Rejected> {
         let mut q = self.inner.lock();
         if q.deleted {
             return Err(Rejected::Deleted);
         }
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.ready_bytes += msg.size();
-        q.ready.push_back(Entry {
+        let mut ticket = 0;
+        let persist = msg.persistent && self.store.is_some();
+        if persist {
+            let store = self.store.as_ref().expect("checked");
+            match store.append(seq, &msg) {
+                Ok(t) => ticket = t,
+                Err(e) => {
+                    tracing::error!(queue = %self.spec.name, error = %e, "store append failed");
+                    return Err(Rejected::Store);
+                }
+            }
+        }
+        let entry = Entry {
             seq,
             msg,
             redelivered: false,
             delivery_count: 0,
-        });
+        };
+        let inner = &mut *q;
+        match &mut inner.paged {
+            Some(p) if persist => p.on_disk += 1,
+            Some(p) => p.transient.push_back(entry),
+            None if persist && inner.ready.len() >= MEM_MAX => {
+                inner.paged = Some(Paged {
+                    next_disk_seq: seq,
+                    on_disk: 1,
+                    transient: VecDeque::new(),
+                });
+            }
+            None => {
+                inner.ready_bytes += entry.msg.size();
+                inner.ready.push_back(entry);
+            }
+        }
         q.wake_waiters(1);
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Moves the next batch of paged-out messages back into memory.
+    fn refill(&self, q: &mut Inner) {
+        let (Some(store), Some(p)) = (self.store.as_ref(), q.paged.as_mut()) else {
+            return;
+        };
+        let loaded = if p.on_disk > 0 {
+            match store.read(p.next_disk_seq, REFILL) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(queue = %self.spec.name, error = %e, "store read failed");
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let disk_done = loaded.len() < REFILL;
+        let upto = if disk_done {
+            u64::MAX
+        } else {
+            loaded.last().map_or(u64::MAX, |e| e.seq)
+        };
+        if let Some(last) = loaded.last() {
+            p.next_disk_seq = last.seq + 1;
+        }
+        p.on_disk = if disk_done {
+            0
+        } else {
+            p.on_disk.saturating_sub(loaded.len() as u64)
+        };
+        let mut disk = loaded.into_iter().peekable();
+        let mut merged = Vec::new();
+        loop {
+            let take_disk = match (disk.peek(), p.transient.front()) {
+                (Some(d), Some(t)) => {
+                    if t.seq > upto {
+                        true
+                    } else {
+                        d.seq < t.seq
+                    }
+                }
+                (Some(_), None) => true,
+                (None, Some(t)) if t.seq <= upto => false,
+                _ => break,
+            };
+            if take_disk {
+                merged.push(disk.next().expect("peeked"));
+            } else {
+                merged.push(p.transient.pop_front().expect("front"));
+            }
+        }
+        if p.on_disk == 0 && p.transient.is_empty() {
+            q.paged = None;
+        }
+        for e in merged {
+            q.ready_bytes += e.msg.size();
+            q.ready.push_back(e);
+        }
     }
 
     /// Takes up to `max` ready messages for consumer `id`. With `ack`, they count as unacked until acked or
@@ -122,6 +268,9 @@ impl Queue {
     /// through its connection signal when a message arrives.
     pub fn pull(&self, id: ConsumerId, max: usize, ack: bool, out: &mut Vec<Entry>) -> usize {
         let mut q = self.inner.lock();
+        if q.ready.len() < max && q.paged.is_some() {
+            self.refill(&mut q);
+        }
         let n = max.min(q.ready.len());
         for _ in 0..n {
             let e = q.ready.pop_front().expect("counted");
@@ -146,18 +295,37 @@ impl Queue {
     /// basic.get: takes the head message, if any, and the number of ready messages left.
     pub fn get(&self, ack: bool) -> Option<(Entry, u32)> {
         let mut q = self.inner.lock();
+        if q.ready.is_empty() && q.paged.is_some() {
+            self.refill(&mut q);
+        }
         let e = q.ready.pop_front()?;
         q.ready_bytes -= e.msg.size();
         if ack {
             q.unacked += 1;
         }
-        Some((e, q.ready.len() as u32))
+        let left = q.ready_count();
+        Some((e, left))
     }
 
-    /// Settles `n` unacked messages (ack, or reject without requeue).
+    /// Settles unacked messages for good (ack, or reject without requeue): they leave the store.
     pub fn settle(&self, entries: &[Entry]) {
-        let mut q = self.inner.lock();
-        q.unacked = q.unacked.saturating_sub(entries.len() as u64);
+        {
+            let mut q = self.inner.lock();
+            q.unacked = q.unacked.saturating_sub(entries.len() as u64);
+        }
+        self.forget(entries);
+    }
+
+    /// Removes delivered messages from the store (no-ack deliveries, settled messages).
+    pub fn forget(&self, entries: &[Entry]) {
+        if let Some(store) = &self.store {
+            store.delete(entries.iter().filter(|e| e.msg.persistent).map(|e| e.seq));
+        }
+    }
+
+    /// Whether pulled messages must be removed from the store when delivered without ack.
+    pub fn is_stored(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Puts unacked messages back at their original positions, marked redelivered, and wakes waiters.
@@ -171,6 +339,9 @@ impl Queue {
             n += 1;
             e.redelivered = true;
             e.delivery_count = e.delivery_count.saturating_add(1);
+            if let (Some(store), true) = (&self.store, e.msg.persistent) {
+                store.set_state(e.seq, e.delivery_count, true);
+            }
             q.ready_bytes += e.msg.size();
             // Requeued messages usually belong near the head: search from the front.
             let pos = q.ready.partition_point(|x| x.seq < e.seq);
@@ -212,17 +383,14 @@ impl Queue {
         q.consumers.retain(|c| c.id != id);
         q.waiters.retain(|w| *w != id);
         ConsumerRemoved {
-            auto_delete_now: self.spec.auto_delete
-                && q.had_consumer
-                && q.consumers.is_empty()
-                && !q.deleted,
+            auto_delete_now: self.spec.auto_delete && q.had_consumer && q.consumers.is_empty() && !q.deleted,
         }
     }
 
     /// (ready messages, consumers), as declare-ok reports them.
     pub fn counts(&self) -> (u32, u32) {
         let q = self.inner.lock();
-        (q.ready.len() as u32, q.consumers.len() as u32)
+        (q.ready_count(), q.consumers.len() as u32)
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -236,9 +404,24 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut q = self.inner.lock();
-        let n = q.ready.len() as u32;
+        let n = q.ready_count();
+        let persistent: Vec<u64> = q
+            .ready
+            .iter()
+            .filter(|e| e.msg.persistent)
+            .map(|e| e.seq)
+            .collect();
+        let paged = q.paged.take();
         q.ready.clear();
         q.ready_bytes = 0;
+        if let Some(store) = &self.store {
+            if paged.is_some() {
+                // Everything not delivered goes; unacked messages stay until settled.
+                let from = paged.as_ref().map_or(u64::MAX, |p| p.next_disk_seq);
+                store.delete_from(from);
+            }
+            store.delete(persistent.into_iter());
+        }
         n
     }
 
@@ -250,7 +433,11 @@ impl Queue {
             return 0;
         }
         q.deleted = true;
-        let n = q.ready.len() as u32;
+        let n = q.ready_count();
+        q.paged = None;
+        if let Some(store) = &self.store {
+            store.delete_queue();
+        }
         q.ready.clear();
         q.ready_bytes = 0;
         for c in q.consumers.drain(..) {
@@ -262,6 +449,15 @@ impl Queue {
 }
 
 impl Inner {
+    /// Messages ready for delivery, in memory or on disk.
+    fn ready_count(&self) -> u32 {
+        let paged = self
+            .paged
+            .as_ref()
+            .map_or(0, |p| p.on_disk + p.transient.len() as u64);
+        (self.ready.len() as u64 + paged).min(u32::MAX as u64) as u32
+    }
+
     /// Wakes up to `n` consumers that were waiting for messages.
     fn wake_waiters(&mut self, mut n: usize) {
         while n > 0 {

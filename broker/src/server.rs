@@ -20,17 +20,16 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket. Fails with a clear error if the address is taken.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let listener = TcpListener::bind(config.listen)
+        let broker = Broker::open(config)?;
+        let listen = broker.config.listen;
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let broker = Broker::new(config);
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         Ok(Server { broker, listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound socket has an address")
+        self.listener.local_addr().expect("bound socket has an address")
     }
 
     /// Serves until `shutdown` is cancelled, then closes every connection and returns.
@@ -56,10 +55,7 @@ impl Server {
         }
         drop(self.listener);
         tracker.close();
-        info!(
-            connections = tracker.len(),
-            "shutting down: closing connections"
-        );
+        info!(connections = tracker.len(), "shutting down: closing connections");
         tracker.wait().await;
         self.broker.shutdown();
         info!("stopped");

@@ -32,9 +32,7 @@ impl ConnSignal {
     }
 
     pub fn consumer_cancelled(&self, id: ConsumerId, tag: ShortStr) {
-        self.events
-            .lock()
-            .push(ConnEvent::ConsumerCancelled(id, tag));
+        self.events.lock().push(ConnEvent::ConsumerCancelled(id, tag));
         self.notify.notify_one();
     }
 

@@ -1,13 +1,16 @@
-//! A virtual host: its router (exchanges and bindings) and its queues.
+//! A virtual host: its router (exchanges and bindings) and its queues, and the write-through of durable
+//! definitions to the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use router::Router;
+use router::{Binding, Declared, Destination, ExchangeDef, Router};
+use storage::{BindingRecord, ExchangeRecord, QueueRecord, Store};
 
 use crate::error::AmqpError;
-use crate::queue::{Queue, QueueSpec};
+use crate::queue::{Queue, QueueSpec, Recovered};
+use crate::store::{decode_table, encode_table, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
@@ -15,14 +18,21 @@ pub struct VHost {
     /// publish sees either the old or the new binding set, never a torn one.
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    store: Store,
+}
+
+fn store_err(e: storage::StoreError) -> AmqpError {
+    tracing::error!(error = %e, "store write failed");
+    AmqpError::internal(format!("store error: {e}"))
 }
 
 impl VHost {
-    pub fn new(name: &str) -> VHost {
+    pub fn new(name: &str, store: Store) -> VHost {
         VHost {
             name: name.into(),
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),
+            store,
         }
     }
 
@@ -38,18 +48,36 @@ impl VHost {
         AmqpError::not_found(format!("no queue '{}' in vhost '{}'", name, self.name))
     }
 
-    /// Returns the existing queue (false) or creates it from `spec` (true).
-    pub fn declare_queue(&self, spec: QueueSpec) -> (Arc<Queue>, bool) {
+    /// Returns the existing queue (false) or creates it from `spec` (true). Durable queues are recorded in
+    /// the store before they are visible.
+    pub fn declare_queue(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool), AmqpError> {
         let mut queues = self.queues.write();
         if let Some(q) = queues.get(&spec.name) {
-            return (q.clone(), false);
+            return Ok((q.clone(), false));
         }
         let name = spec.name.clone();
-        let q = Arc::new(Queue::new(spec));
+        let q = if spec.durable {
+            let id = self.store.next_queue_id().map_err(store_err)?;
+            self.store
+                .put_queue(&QueueRecord {
+                    id,
+                    vhost: self.name.to_string(),
+                    name: name.to_string(),
+                    durable: true,
+                    exclusive: spec.exclusive_owner.is_some(),
+                    auto_delete: spec.auto_delete,
+                    arguments: encode_table(&spec.arguments),
+                })
+                .map_err(store_err)?;
+            let qs = QueueStore::new(self.store.clone(), id, self.name.clone(), name.clone());
+            Arc::new(Queue::with_store(spec, qs, None))
+        } else {
+            Arc::new(Queue::new(spec))
+        };
         queues.insert(name.clone(), q.clone());
         drop(queues);
         self.router.write().declare_queue(name);
-        (q, true)
+        Ok((q, true))
     }
 
     /// Removes a queue, its bindings and its messages; its consumers are told. Returns its ready count.
@@ -64,7 +92,18 @@ impl VHost {
         if removed.is_none() {
             return 0;
         }
-        self.router.write().delete_queue(queue.name());
+        let (bindings, auto_deleted) = {
+            let mut router = self.router.write();
+            let bindings = router.bindings_for_queue(queue.name());
+            let auto_deleted = router.delete_queue(queue.name());
+            (bindings, auto_deleted)
+        };
+        if queue.spec.durable {
+            for b in &bindings {
+                let _ = self.store.delete_binding(&self.binding_record(b));
+            }
+        }
+        self.forget_exchanges(&auto_deleted);
         queue.mark_deleted()
     }
 
@@ -80,5 +119,185 @@ impl VHost {
                 f(q);
             }
         }
+    }
+
+    // ------------------------------------------------------------------ exchanges and bindings
+
+    pub fn declare_exchange(&self, def: ExchangeDef) -> Result<Declared, AmqpError> {
+        let durable = def.durable;
+        let record = durable.then(|| self.exchange_record(&def));
+        let declared = self.router.write().declare_exchange(def)?;
+        if let (Declared::Created, Some(r)) = (&declared, record) {
+            self.store.put_exchange(&r).map_err(store_err)?;
+        }
+        Ok(declared)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        let (deleted, bindings) = {
+            let mut router = self.router.write();
+            let bindings: Vec<Binding> = router
+                .bindings()
+                .filter(|b| {
+                    &*b.source == name || matches!(&b.destination, Destination::Exchange(d) if &**d == name)
+                })
+                .collect();
+            let deleted = router.delete_exchange(name, if_unused)?;
+            (deleted, bindings)
+        };
+        if let Some(def) = deleted {
+            if def.durable {
+                self.store.delete_exchange(&self.name, name).map_err(store_err)?;
+            }
+            for b in &bindings {
+                if self.binding_is_durable(b) || def.durable {
+                    let _ = self.store.delete_binding(&self.binding_record(b));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bind(&self, binding: Binding) -> Result<(), AmqpError> {
+        let record = self
+            .binding_is_durable(&binding)
+            .then(|| self.binding_record(&binding));
+        let created = self.router.write().bind(binding)?;
+        if let (true, Some(r)) = (created, record) {
+            self.store.put_binding(&r).map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn unbind(&self, binding: &Binding) -> Result<(), AmqpError> {
+        let durable = self.binding_is_durable(binding);
+        let (removed, auto_deleted) = self.router.write().unbind(binding)?;
+        if removed && durable {
+            self.store
+                .delete_binding(&self.binding_record(binding))
+                .map_err(store_err)?;
+        }
+        self.forget_exchanges(&auto_deleted);
+        Ok(())
+    }
+
+    /// A binding is durable when both its ends are (as RabbitMQ).
+    fn binding_is_durable(&self, b: &Binding) -> bool {
+        let router = self.router.read();
+        let source = router
+            .exchange(&b.source)
+            .is_some_and(|x| x.durable && !x.name.is_empty());
+        let dest = match &b.destination {
+            Destination::Queue(q) => self.queue(q).is_some_and(|q| q.spec.durable),
+            Destination::Exchange(x) => router.exchange(x).is_some_and(|x| x.durable),
+        };
+        source && dest
+    }
+
+    fn forget_exchanges(&self, names: &[router::Name]) {
+        for n in names {
+            let _ = self.store.delete_exchange(&self.name, n);
+        }
+    }
+
+    fn exchange_record(&self, def: &ExchangeDef) -> ExchangeRecord {
+        ExchangeRecord {
+            vhost: self.name.to_string(),
+            name: def.name.to_string(),
+            kind: def.kind.as_str().to_string(),
+            durable: def.durable,
+            auto_delete: def.auto_delete,
+            internal: def.internal,
+            arguments: encode_table(&crate::args::from_router_args(&def.arguments)),
+        }
+    }
+
+    fn binding_record(&self, b: &Binding) -> BindingRecord {
+        let (destination, destination_is_queue) = match &b.destination {
+            Destination::Queue(q) => (q.to_string(), true),
+            Destination::Exchange(x) => (x.to_string(), false),
+        };
+        BindingRecord {
+            vhost: self.name.to_string(),
+            source: b.source.to_string(),
+            destination,
+            destination_is_queue,
+            routing_key: b.routing_key.to_string(),
+            arguments: encode_table(&crate::args::from_router_args(&b.arguments)),
+        }
+    }
+
+    // ------------------------------------------------------------------ recovery
+
+    /// Rebuilds durable exchanges, queues and bindings of this vhost from the store.
+    pub fn recover(
+        &self,
+        exchanges: &[ExchangeRecord],
+        queues: &[QueueRecord],
+        bindings: &[BindingRecord],
+    ) -> Result<(), storage::StoreError> {
+        let mut router = self.router.write();
+        for x in exchanges.iter().filter(|x| *x.vhost == *self.name) {
+            let Ok(kind) = router::ExchangeKind::parse(&x.kind) else {
+                tracing::warn!(
+                    exchange = x.name,
+                    kind = x.kind,
+                    "skipping stored exchange of unknown type"
+                );
+                continue;
+            };
+            router.restore_exchange(ExchangeDef {
+                name: x.name.as_str().into(),
+                kind,
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: crate::args::to_router_args(&decode_table(&x.arguments)),
+            });
+        }
+        let mut map = self.queues.write();
+        for r in queues.iter().filter(|q| *q.vhost == *self.name) {
+            if r.exclusive {
+                // An exclusive queue belonged to a connection that is gone.
+                self.store.delete_queue(&r.vhost, &r.name, r.id)?;
+                continue;
+            }
+            let name: Arc<str> = r.name.as_str().into();
+            let recovered = match self.store.queue_bounds(r.id)? {
+                Some((first_seq, last_seq)) => Some(Recovered {
+                    first_seq,
+                    last_seq,
+                    count: self.store.count_messages(r.id)?,
+                }),
+                None => None,
+            };
+            let spec = QueueSpec {
+                name: name.clone(),
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: r.auto_delete,
+                arguments: decode_table(&r.arguments),
+            };
+            let qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
+            map.insert(name.clone(), Arc::new(Queue::with_store(spec, qs, recovered)));
+            router.declare_queue(name);
+        }
+        for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
+            let destination = if b.destination_is_queue {
+                Destination::Queue(b.destination.as_str().into())
+            } else {
+                Destination::Exchange(b.destination.as_str().into())
+            };
+            let binding = Binding {
+                source: b.source.as_str().into(),
+                destination,
+                routing_key: b.routing_key.as_str().into(),
+                arguments: crate::args::to_router_args(&decode_table(&b.arguments)),
+            };
+            if let Err(e) = router.bind(binding) {
+                tracing::warn!(error = %e, source = b.source, "skipping stored binding");
+            }
+        }
+        Ok(())
     }
 }

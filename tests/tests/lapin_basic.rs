@@ -24,9 +24,7 @@ async fn ten_thousand_messages_arrive_once_in_order_with_properties() {
     )
     .await
     .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     for i in 0..10_000u32 {
         let mut headers = FieldTable::default();
         headers.insert("seq".into(), AMQPValue::LongUInt(i));
@@ -68,10 +66,7 @@ async fn ten_thousand_messages_arrive_once_in_order_with_properties() {
         assert_eq!(d.data, format!("body {i}").as_bytes());
         assert!(!d.redelivered);
         let p = &d.properties;
-        assert_eq!(
-            p.content_type().as_ref().map(|s| s.as_str()),
-            Some("text/plain")
-        );
+        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("text/plain"));
         assert_eq!(
             p.correlation_id().as_ref().map(|s| s.to_string()),
             Some(format!("c{i}"))

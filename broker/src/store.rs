@@ -1,0 +1,136 @@
+//! The broker's side of the store: a durable queue's handle on its messages, and the conversions between
+//! broker values and storage records. The broker never touches sled; everything goes through `storage::Store`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use protocol::{FieldTable, RawProperties, ShortStr};
+use storage::{MessageState, Store, StoredMessage};
+
+use crate::message::Message;
+use crate::queue::Entry;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A durable queue's messages in the store.
+#[derive(Clone)]
+pub struct QueueStore {
+    store: Store,
+    id: u32,
+    vhost: Arc<str>,
+    name: Arc<str>,
+}
+
+impl QueueStore {
+    pub fn new(store: Store, id: u32, vhost: Arc<str>, name: Arc<str>) -> QueueStore {
+        QueueStore {
+            store,
+            id,
+            vhost,
+            name,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Writes a persistent message; returns the ticket to wait for before confirming.
+    pub fn append(&self, seq: u64, msg: &Message) -> Result<u64, storage::StoreError> {
+        let record = StoredMessage {
+            exchange: msg.exchange.as_str().to_owned(),
+            routing_key: msg.routing_key.as_str().to_owned(),
+            properties: msg.properties.to_bytes(),
+            body: msg.body.clone(),
+            delivery_count: 0,
+            published_at_ms: now_ms(),
+            expires_at_ms: None,
+            not_before_ms: None,
+        };
+        self.store.append_message(self.id, seq, &record)
+    }
+
+    /// Reads up to `limit` messages from `from_seq` on, as queue entries.
+    pub fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, storage::StoreError> {
+        let rows = self.store.read_messages_with_state(self.id, from_seq, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, m, state)| {
+                let redelivered = state.as_ref().is_some_and(|s| s.redelivered);
+                Entry {
+                    seq,
+                    msg: Arc::new(message_from_record(m)),
+                    redelivered,
+                    delivery_count: state.map_or(0, |s| s.delivery_count),
+                }
+            })
+            .collect())
+    }
+
+    pub fn delete(&self, seqs: impl Iterator<Item = u64>) {
+        let seqs: Vec<u64> = seqs.collect();
+        if seqs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.delete_messages(self.id, &seqs) {
+            tracing::error!(queue = %self.name, error = %e, "store delete failed");
+        }
+    }
+
+    /// Deletes every stored message with seq >= `from`.
+    pub fn delete_from(&self, from: u64) {
+        match self.store.message_seqs(self.id) {
+            Ok(seqs) => self.delete(seqs.into_iter().filter(|s| *s >= from)),
+            Err(e) => tracing::error!(queue = %self.name, error = %e, "store scan failed"),
+        }
+    }
+
+    pub fn set_state(&self, seq: u64, delivery_count: u32, redelivered: bool) {
+        let state = MessageState {
+            delivery_count,
+            redelivered,
+            not_before_ms: None,
+        };
+        if let Err(e) = self.store.set_message_state(self.id, seq, &state) {
+            tracing::error!(queue = %self.name, error = %e, "store state write failed");
+        }
+    }
+
+    /// Removes the queue's record and all its messages.
+    pub fn delete_queue(&self) {
+        if let Err(e) = self.store.delete_queue(&self.vhost, &self.name, self.id) {
+            tracing::error!(queue = %self.name, error = %e, "store queue delete failed");
+        }
+    }
+}
+
+pub fn message_from_record(m: StoredMessage) -> Message {
+    let exchange = ShortStr::try_from_str(&m.exchange).unwrap_or_default();
+    let routing_key = ShortStr::try_from_str(&m.routing_key).unwrap_or_default();
+    Message::new(
+        exchange,
+        routing_key,
+        RawProperties::from_bytes(m.properties),
+        m.body,
+    )
+}
+
+/// Argument tables are stored in their AMQP encoding.
+pub fn encode_table(t: &FieldTable) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    t.encode(&mut b);
+    b.to_vec()
+}
+
+pub fn decode_table(bytes: &[u8]) -> FieldTable {
+    if bytes.is_empty() {
+        return FieldTable::new();
+    }
+    let mut b = Bytes::copy_from_slice(bytes);
+    FieldTable::decode(&mut b).unwrap_or_default()
+}
