@@ -22,6 +22,10 @@ lint:
 bench:
 	$(CARGO) bench -p mailroom-router --bench route -- --warm-up-time 1 --measurement-time 3
 
+# The kill -9 crash test with 100 cycles (CI runs 10 as part of `make test`).
+crash-test:
+	MAILROOM_CRASH_CYCLES=100 $(CARGO) test -p mailroom-tests --test crash -- --nocapture
+
 $(VENV_OK): tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
