@@ -118,9 +118,7 @@ impl ArgValue {
             (Timestamp(t), Float(f)) | (Float(f), Timestamp(t)) => int_eq_float(*t as i128, *f),
             (Bool(a), Bool(b)) => a == b,
             (Decimal(s1, v1), Decimal(s2, v2)) => s1 == s2 && v1 == v2,
-            (Array(a), Array(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.typed_eq(y))
-            }
+            (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.typed_eq(y)),
             (Table(a), Table(b)) => tables_typed_eq(a, b),
             (Void, Void) => true,
             _ => false,
@@ -138,9 +136,7 @@ impl ArgValue {
             (Bool(a), Bool(b)) => a == b,
             (Decimal(s1, v1), Decimal(s2, v2)) => s1 == s2 && v1 == v2,
             (Timestamp(a), Timestamp(b)) => a == b,
-            (Array(a), Array(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.typed_eq(y))
-            }
+            (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.typed_eq(y)),
             (Table(a), Table(b)) => tables_typed_eq(a, b),
             (Void, Void) => true,
             _ => false,

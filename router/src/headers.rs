@@ -39,11 +39,7 @@ impl XMatch {
 pub fn validate_binding(args: &Args) -> Result<(), RouterError> {
     match args.get("x-match") {
         None => Ok(()),
-        Some(ArgValue::Str(s))
-            if matches!(s.as_str(), "all" | "any" | "all-with-x" | "any-with-x") =>
-        {
-            Ok(())
-        }
+        Some(ArgValue::Str(s)) if matches!(s.as_str(), "all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
         Some(v @ ArgValue::Str(_)) => Err(RouterError::new(
             ErrorKind::PreconditionFailed,
             format!(

@@ -171,10 +171,7 @@ fn erl_val(v: Option<&ArgValue>) -> String {
     match v {
         None => "none".to_string(),
         Some(ArgValue::Str(s)) => format!("the value '{s}' of type 'longstr'"),
-        Some(ArgValue::Bytes(b)) => format!(
-            "the value '{}' of type 'binary'",
-            String::from_utf8_lossy(b)
-        ),
+        Some(ArgValue::Bytes(b)) => format!("the value '{}' of type 'binary'", String::from_utf8_lossy(b)),
         Some(v) => format!("the value '{}' of type '{}'", v.erl_format(), v.type_name()),
     }
 }
@@ -255,16 +252,12 @@ impl Router {
 
     #[inline]
     fn ex(&self, id: u32) -> &ExEntry {
-        self.exchanges[id as usize]
-            .as_ref()
-            .expect("live exchange id")
+        self.exchanges[id as usize].as_ref().expect("live exchange id")
     }
 
     #[inline]
     fn ex_mut(&mut self, id: u32) -> &mut ExEntry {
-        self.exchanges[id as usize]
-            .as_mut()
-            .expect("live exchange id")
+        self.exchanges[id as usize].as_mut().expect("live exchange id")
     }
 
     #[inline]
@@ -281,12 +274,7 @@ impl Router {
 
     fn incoming_mut(&mut self, d: DestId) -> &mut AHashSet<InKey> {
         match d {
-            DestId::Queue(q) => {
-                &mut self.queues[q as usize]
-                    .as_mut()
-                    .expect("live queue")
-                    .incoming
-            }
+            DestId::Queue(q) => &mut self.queues[q as usize].as_mut().expect("live queue").incoming,
             DestId::Exchange(x) => &mut self.ex_mut(x).incoming,
         }
     }
@@ -307,10 +295,7 @@ impl Router {
         if def.name.starts_with("amq.") {
             return Err(RouterError::new(
                 ErrorKind::AccessRefused,
-                format!(
-                    "exchange name '{}' contains reserved prefix 'amq.*'",
-                    def.name
-                ),
+                format!("exchange name '{}' contains reserved prefix 'amq.*'", def.name),
             ));
         }
         let index = Index::new(def.kind);
@@ -321,12 +306,7 @@ impl Router {
     fn assert_equivalence(&self, cur: &ExchangeDef, req: &ExchangeDef) -> Result<(), RouterError> {
         let x = &cur.name;
         if cur.kind != req.kind {
-            return Err(self.inequivalent(
-                x,
-                "type",
-                &format!("'{}'", req.kind),
-                &format!("'{}'", cur.kind),
-            ));
+            return Err(self.inequivalent(x, "type", &format!("'{}'", req.kind), &format!("'{}'", cur.kind)));
         }
         for (field, c, r) in [
             ("durable", cur.durable, req.durable),
@@ -348,8 +328,8 @@ impl Router {
         match (c, r) {
             (None, None) => Ok(()),
             (Some(c), Some(r)) => {
-                let same_class = c.type_name() == r.type_name()
-                    || (c.as_str().is_some() && r.as_str().is_some());
+                let same_class =
+                    c.type_name() == r.type_name() || (c.as_str().is_some() && r.as_str().is_some());
                 if same_class && c.matches_header(r) {
                     Ok(())
                 } else {
@@ -414,10 +394,7 @@ impl Router {
         if name.starts_with("amq.") {
             return Err(RouterError::new(
                 ErrorKind::AccessRefused,
-                format!(
-                    "deletion of system {} not allowed",
-                    self.rs("exchange", name)
-                ),
+                format!("deletion of system {} not allowed", self.rs("exchange", name)),
             ));
         }
         let Some(&id) = self.ex_ids.get(name) else {
@@ -551,8 +528,7 @@ impl Router {
 
     /// Resolves a binding's ends with RabbitMQ's checks and texts.
     fn resolve(&self, b: &Binding) -> Result<(u32, DestId), RouterError> {
-        if matches!(&b.destination, Destination::Exchange(n) if n.is_empty()) || b.source.is_empty()
-        {
+        if matches!(&b.destination, Destination::Exchange(n) if n.is_empty()) || b.source.is_empty() {
             return Err(default_exchange_refused());
         }
         let src = self.ex_ids.get(&*b.source).copied();
@@ -700,11 +676,7 @@ impl Router {
     }
 
     pub fn binding_count(&self) -> usize {
-        self.exchanges
-            .iter()
-            .flatten()
-            .map(|e| e.bindings.len())
-            .sum()
+        self.exchanges.iter().flatten().map(|e| e.bindings.len()).sum()
     }
 
     /// Bindings whose destination is `queue`.
@@ -745,13 +717,7 @@ impl Router {
     ) -> Result<Routed, RouterError> {
         SCRATCH.with(|s| match s.try_borrow_mut() {
             Ok(mut s) => self.route_with(exchange, routing_key, headers, out, &mut s),
-            Err(_) => self.route_with(
-                exchange,
-                routing_key,
-                headers,
-                out,
-                &mut RouteScratch::default(),
-            ),
+            Err(_) => self.route_with(exchange, routing_key, headers, out, &mut RouteScratch::default()),
         })
     }
 
@@ -772,10 +738,7 @@ impl Router {
         if x.def.internal {
             return Err(RouterError::new(
                 ErrorKind::AccessRefused,
-                format!(
-                    "cannot publish to internal {}",
-                    self.rs("exchange", exchange)
-                ),
+                format!("cannot publish to internal {}", self.rs("exchange", exchange)),
             ));
         }
         if start == self.default_id {

@@ -58,18 +58,13 @@ fn predeclared_exchanges() {
         ]
     );
     assert_eq!(r.exchange("amq.match").unwrap().kind, ExchangeKind::Headers);
-    assert!(r
-        .exchanges()
-        .all(|d| d.durable && !d.auto_delete && !d.internal));
+    assert!(r.exchanges().all(|d| d.durable && !d.auto_delete && !d.internal));
 }
 
 #[test]
 fn exchange_kind_parse() {
     assert_eq!(ExchangeKind::parse("topic").unwrap(), ExchangeKind::Topic);
-    assert_eq!(
-        "headers".parse::<ExchangeKind>().unwrap(),
-        ExchangeKind::Headers
-    );
+    assert_eq!("headers".parse::<ExchangeKind>().unwrap(), ExchangeKind::Headers);
     assert_eq!(ExchangeKind::Fanout.as_str(), "fanout");
     let e = ExchangeKind::parse("foo").unwrap_err();
     err(
@@ -78,10 +73,7 @@ fn exchange_kind_parse() {
         "unknown exchange type 'foo'",
     );
     assert_eq!(e.reply_code(), 503);
-    assert_eq!(
-        e.reply_text(),
-        "COMMAND_INVALID - unknown exchange type 'foo'"
-    );
+    assert_eq!(e.reply_text(), "COMMAND_INVALID - unknown exchange type 'foo'");
 }
 
 #[test]
@@ -99,8 +91,7 @@ fn default_exchange_is_untouchable() {
     let mut r = r();
     let t = "operation not permitted on the default exchange";
     err(
-        r.declare_exchange(def("", ExchangeKind::Direct))
-            .unwrap_err(),
+        r.declare_exchange(def("", ExchangeKind::Direct)).unwrap_err(),
         ErrorKind::AccessRefused,
         t,
     );
@@ -125,8 +116,7 @@ fn default_exchange_is_untouchable() {
         t,
     );
     err(
-        r.bind(Binding::exchange("amq.direct", "", "k"))
-            .unwrap_err(),
+        r.bind(Binding::exchange("amq.direct", "", "k")).unwrap_err(),
         ErrorKind::AccessRefused,
         t,
     );
@@ -235,10 +225,7 @@ fn passive_declare() {
         "no exchange 'nope' in vhost '/'",
     );
     r.declare_exchange(def("x", ExchangeKind::Topic)).unwrap();
-    assert_eq!(
-        r.declare_exchange_passive("x").unwrap().kind,
-        ExchangeKind::Topic
-    );
+    assert_eq!(r.declare_exchange_passive("x").unwrap().kind, ExchangeKind::Topic);
 }
 
 #[test]
@@ -256,8 +243,7 @@ fn delete_exchange_semantics() {
         "exchange 'x' in vhost '/' in use",
     );
     // Only bindings as *source* count as use.
-    r.declare_exchange(def("leaf", ExchangeKind::Fanout))
-        .unwrap();
+    r.declare_exchange(def("leaf", ExchangeKind::Fanout)).unwrap();
     r.bind(Binding::exchange("up", "leaf", "")).unwrap();
     assert!(r.delete_exchange("leaf", true).unwrap().is_some());
     let d = r.delete_exchange("x", false).unwrap().unwrap();
@@ -283,14 +269,12 @@ fn bind_errors() {
         "no exchange 'nox' in vhost '/'",
     );
     err(
-        r.bind(Binding::queue("amq.direct", "noq", "k"))
-            .unwrap_err(),
+        r.bind(Binding::queue("amq.direct", "noq", "k")).unwrap_err(),
         ErrorKind::NotFound,
         "no queue 'noq' in vhost '/'",
     );
     err(
-        r.bind(Binding::exchange("amq.direct", "nox2", "k"))
-            .unwrap_err(),
+        r.bind(Binding::exchange("amq.direct", "nox2", "k")).unwrap_err(),
         ErrorKind::NotFound,
         "no exchange 'nox2' in vhost '/'",
     );
@@ -301,8 +285,7 @@ fn bind_errors() {
         "no exchange 'nox' in vhost '/'",
     );
     err(
-        r.unbind(&Binding::queue("amq.direct", "noq", "k"))
-            .unwrap_err(),
+        r.unbind(&Binding::queue("amq.direct", "noq", "k")).unwrap_err(),
         ErrorKind::NotFound,
         "no queue 'noq' in vhost '/'",
     );
@@ -335,11 +318,7 @@ fn binding_identity_and_args_order() {
         (true, vec![])
     );
     assert_eq!(route(&r, "amq.direct", "k"), ["q1"]);
-    assert!(
-        r.unbind(&Binding::queue("amq.direct", "q1", "k"))
-            .unwrap()
-            .0
-    );
+    assert!(r.unbind(&Binding::queue("amq.direct", "q1", "k")).unwrap().0);
     assert!(route(&r, "amq.direct", "k").is_empty());
 }
 
@@ -360,8 +339,7 @@ fn direct_exchange() {
 #[test]
 fn fanout_exchange() {
     let mut r = r();
-    r.bind(Binding::queue("amq.fanout", "q1", "ignored"))
-        .unwrap();
+    r.bind(Binding::queue("amq.fanout", "q1", "ignored")).unwrap();
     r.bind(Binding::queue("amq.fanout", "q2", "")).unwrap();
     r.bind(Binding::queue("amq.fanout", "q2", "other")).unwrap();
     assert_eq!(route(&r, "amq.fanout", "anything"), ["q1", "q2"]);
@@ -418,14 +396,8 @@ fn topic_exchange() {
         ["qab", "qahash", "qahhb", "qastar", "qhash", "qhashb", "qhs", "qss"]
     );
     assert_eq!(t("a.x.y.b"), ["qahash", "qahhb", "qhash", "qhashb", "qhs"]);
-    assert_eq!(
-        t("a..b"),
-        ["qahash", "qahhb", "qdots", "qhash", "qhashb", "qhs"]
-    );
-    assert_eq!(
-        t("a."),
-        ["qahash", "qastar", "qhash", "qhs", "qss", "qtrail"]
-    );
+    assert_eq!(t("a..b"), ["qahash", "qahhb", "qdots", "qhash", "qhashb", "qhs"]);
+    assert_eq!(t("a."), ["qahash", "qastar", "qhash", "qhs", "qss", "qtrail"]);
     assert_eq!(t(".a"), ["qhash", "qhs", "qlead", "qss"]);
     assert_eq!(t("."), ["qhash", "qhs", "qss"]);
     assert_eq!(t("b"), ["qhash", "qhashb", "qhs", "qstar"]);
@@ -433,12 +405,8 @@ fn topic_exchange() {
     // Removal prunes without disturbing siblings.
     r.unbind(&Binding::queue("amq.topic", "qahhb", "a.#.#.b"))
         .unwrap();
-    r.unbind(&Binding::queue("amq.topic", "qhash", "#"))
-        .unwrap();
-    assert_eq!(
-        route(&r, "amq.topic", "a.x.y.b"),
-        ["qahash", "qhashb", "qhs"]
-    );
+    r.unbind(&Binding::queue("amq.topic", "qhash", "#")).unwrap();
+    assert_eq!(route(&r, "amq.topic", "a.x.y.b"), ["qahash", "qhashb", "qhs"]);
     assert_eq!(route(&r, "amq.topic", ""), ["qempty"]);
 }
 
@@ -480,11 +448,8 @@ fn headers_x_keys_and_with_x() {
     )
     .unwrap();
     r.bind(
-        Binding::queue("amq.match", "q2", "").with_args(
-            Args::new()
-                .with("x-match", s("all-with-x"))
-                .with("x-tag", s("t")),
-        ),
+        Binding::queue("amq.match", "q2", "")
+            .with_args(Args::new().with("x-match", s("all-with-x")).with("x-tag", s("t"))),
     )
     .unwrap();
     r.bind(
@@ -507,52 +472,38 @@ fn headers_x_keys_and_with_x() {
 #[test]
 fn headers_value_semantics() {
     let mut r = r();
-    r.bind(
-        Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("n", ArgValue::Int(1))),
-    )
-    .unwrap();
-    r.bind(
-        Binding::queue("amq.headers", "q2", "")
-            .with_args(Args::new().with("present", ArgValue::Void)),
-    )
-    .unwrap();
+    r.bind(Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("n", ArgValue::Int(1))))
+        .unwrap();
+    r.bind(Binding::queue("amq.headers", "q2", "").with_args(Args::new().with("present", ArgValue::Void)))
+        .unwrap();
     let h = |a: Args| route_h(&r, "amq.headers", "", Some(&a));
     // Erlang `==`: 1 == 1.0.
     assert_eq!(h(Args::new().with("n", ArgValue::Float(1.0))), ["q1"]);
     assert_eq!(h(Args::new().with("n", ArgValue::Timestamp(1))), ["q1"]);
     assert!(h(Args::new().with("n", s("1"))).is_empty());
-    assert_eq!(
-        h(Args::new().with("present", ArgValue::Bool(false))),
-        ["q2"]
-    );
+    assert_eq!(h(Args::new().with("present", ArgValue::Bool(false))), ["q2"]);
 }
 
 #[test]
 fn headers_invalid_x_match() {
     let mut r = r();
     err(
-        r.bind(
-            Binding::queue("amq.headers", "q1", "")
-                .with_args(Args::new().with("x-match", s("some"))),
-        )
-        .unwrap_err(),
+        r.bind(Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("x-match", s("some"))))
+            .unwrap_err(),
         ErrorKind::PreconditionFailed,
         "Invalid x-match field value <<\"some\">>; expected all, any, all-with-x, or any-with-x",
     );
     err(
         r.bind(
-            Binding::queue("amq.headers", "q1", "")
-                .with_args(Args::new().with("x-match", ArgValue::Int(5))),
+            Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("x-match", ArgValue::Int(5))),
         )
         .unwrap_err(),
         ErrorKind::PreconditionFailed,
         "Invalid x-match field type long (value 5); expected longstr",
     );
     // Non-headers exchanges do not validate.
-    r.bind(
-        Binding::queue("amq.direct", "q1", "").with_args(Args::new().with("x-match", s("some"))),
-    )
-    .unwrap();
+    r.bind(Binding::queue("amq.direct", "q1", "").with_args(Args::new().with("x-match", s("some"))))
+        .unwrap();
 }
 
 #[test]
@@ -661,8 +612,7 @@ fn alternate_exchange() {
     );
     // Binding to an exchange counts as "routed" for the AE decision even if
     // that exchange then routes nowhere (RabbitMQ's process_alternate).
-    r.declare_exchange(def("sink", ExchangeKind::Fanout))
-        .unwrap();
+    r.declare_exchange(def("sink", ExchangeKind::Fanout)).unwrap();
     r.bind(Binding::exchange("main", "sink", "s")).unwrap();
     let res = r.route("main", "s", None, &mut out).unwrap();
     assert_eq!(
@@ -707,8 +657,7 @@ fn auto_delete_cascades_through_exchange_deletion() {
         d.auto_delete = true;
         r.declare_exchange(d).unwrap();
     }
-    r.declare_exchange(def("leaf", ExchangeKind::Fanout))
-        .unwrap();
+    r.declare_exchange(def("leaf", ExchangeKind::Fanout)).unwrap();
     r.bind(Binding::exchange("top", "mid", "")).unwrap();
     r.bind(Binding::exchange("mid", "leaf", "")).unwrap();
     r.bind(Binding::queue("leaf", "q1", "")).unwrap();
@@ -775,8 +724,7 @@ fn route_with_explicit_scratch_and_reused_output() {
     let mut s = RouteScratch::new();
     let mut out = Vec::new();
     for _ in 0..3 {
-        r.route_with("amq.topic", "a.b", None, &mut out, &mut s)
-            .unwrap();
+        r.route_with("amq.topic", "a.b", None, &mut out, &mut s).unwrap();
         assert_eq!(out.len(), 1);
     }
 }

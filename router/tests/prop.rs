@@ -173,15 +173,9 @@ fn htable(with_match: bool) -> impl Strategy<Value = Vec<(String, ArgValue)>> {
         Some("all-with-x"),
         Some("any-with-x"),
     ]);
-    (
-        keys,
-        proptest::collection::vec(hvalue(), 6),
-        mode,
-        any::<u64>(),
-    )
-        .prop_map(move |(keys, vals, mode, seed)| {
-            let mut t: Vec<(String, ArgValue)> =
-                keys.into_iter().map(String::from).zip(vals).collect();
+    (keys, proptest::collection::vec(hvalue(), 6), mode, any::<u64>()).prop_map(
+        move |(keys, vals, mode, seed)| {
+            let mut t: Vec<(String, ArgValue)> = keys.into_iter().map(String::from).zip(vals).collect();
             if with_match {
                 if let Some(m) = mode {
                     t.push(("x-match".into(), ArgValue::Str(m.into())));
@@ -199,7 +193,8 @@ fn htable(with_match: bool) -> impl Strategy<Value = Vec<(String, ArgValue)>> {
                 }
             }
             t
-        })
+        },
+    )
 }
 
 proptest! {
