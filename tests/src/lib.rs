@@ -36,20 +36,12 @@ pub fn mailroom_bin() -> PathBuf {
     };
     BUILD.call_once(|| {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "-q",
-            "-p",
-            "mailroom-broker",
-            "--bin",
-            "mailroom",
-        ]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "-p", "mailroom-broker", "--bin", "mailroom"]);
         if profile == "release" {
             cmd.arg("--release");
         }
-        let status = cmd
-            .status()
-            .expect("run cargo build for the mailroom binary");
+        let status = cmd.status().expect("run cargo build for the mailroom binary");
         assert!(status.success(), "building mailroom failed");
     });
     target_dir().join(profile).join("mailroom")
@@ -81,13 +73,7 @@ impl Server {
 
     pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         let mut child = Command::new(mailroom_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "info",
-                "--data-dir",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env_remove("MAILROOM_LISTEN")
@@ -139,10 +125,7 @@ impl Server {
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait()?;
-                    anyhow::bail!(
-                        "broker did not start ({status}); output:\n{}",
-                        seen.join("\n")
-                    );
+                    anyhow::bail!("broker did not start ({status}); output:\n{}", seen.join("\n"));
                 }
             }
         }
