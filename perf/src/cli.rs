@@ -1,0 +1,541 @@
+//! Command line, scenario presets and the resolved run settings.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+
+use crate::uri::AmqpUri;
+
+/// Exchange types the tool can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExchangeType {
+    /// Each producer publishes with its queue's routing key (producer i → queue i mod Q).
+    Direct,
+    /// Every queue gets every message.
+    Fanout,
+    /// Queues bound with `<queue>.#`; producer i publishes `<queue i mod Q>.p<i>`.
+    Topic,
+}
+
+impl ExchangeType {
+    /// The AMQP exchange type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+        }
+    }
+}
+
+/// Benchmark presets (see `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Scenario {
+    /// 1 producer → 1 consumer, 16 B transient, autoack.
+    S1,
+    /// 1 → 1, 1 KiB transient, manual ack, prefetch 100.
+    S2,
+    /// 1 → 1, confirms (window 100), 1 KiB persistent, durable queue, prefetch 100.
+    S3,
+    /// 4 → 4 over 4 queues (direct routing, one queue per pair), 256 B transient, prefetch 100.
+    S4,
+    /// Fanout to 10 queues, 1 producer, 10 consumers, 256 B transient, prefetch 100.
+    S5,
+    /// Publish --count (200000) × 1 KiB persistent with confirms into a durable queue with no
+    /// consumer; then start the consumer and drain. Publish and drain rates are reported apart.
+    S6,
+    /// Fixed rate 10 000 msg/s, 1 KiB, prefetch 100: latency p50/p99.
+    L1,
+}
+
+/// mailroom-perf: AMQP 0-9-1 load generator (PerfTest / lavinmqperf style).
+///
+/// Runs N producers and M consumers (one connection each) in one process against any
+/// AMQP 0-9-1 broker, measures publish/consume rates and end-to-end latency, and checks
+/// that every published message was delivered exactly once (lost, duplicated and
+/// out-of-order messages are counted per producer sequence). Exits 2 when messages were
+/// lost or duplicated without the redelivered flag, 1 on errors.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mailroom-perf", version)]
+pub struct Args {
+    /// Broker URI: amqp://user:pass@host:port/vhost.
+    #[arg(
+        long,
+        env = "MAILROOM_PERF_URI",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub uri: String,
+
+    /// Benchmark preset; explicitly given flags override its values.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub scenario: Option<Scenario>,
+
+    /// Number of producers (one connection each). [default: 1]
+    #[arg(short = 'x', long)]
+    pub producers: Option<usize>,
+
+    /// Number of consumers (one connection each); consumer j reads queue j mod Q. [default: 1]
+    #[arg(short = 'y', long)]
+    pub consumers: Option<usize>,
+
+    /// Message body size in bytes (at least 16: producer id, sequence, timestamp). [default: 16]
+    #[arg(short = 's', long)]
+    pub size: Option<usize>,
+
+    /// Persistent messages (delivery_mode 2).
+    #[arg(long, overrides_with = "transient")]
+    pub persistent: bool,
+
+    /// Transient messages (delivery_mode 1). [default]
+    #[arg(long, overrides_with = "persistent")]
+    pub transient: bool,
+
+    /// Publisher confirms with at most N unconfirmed messages per producer (0 = no confirms). [default: 0]
+    #[arg(short = 'c', long = "confirm", value_name = "WINDOW")]
+    pub confirm: Option<u32>,
+
+    /// Consumer prefetch (basic.qos prefetch_count; 0 = unlimited). [default: 100]
+    #[arg(short = 'q', long)]
+    pub prefetch: Option<u16>,
+
+    /// Ack with multiple=true every K deliveries instead of acking each one.
+    #[arg(long, value_name = "K")]
+    pub multi_ack: Option<u32>,
+
+    /// Consume with no_ack (automatic acknowledgement).
+    #[arg(short = 'a', long, overrides_with = "manual_ack")]
+    pub autoack: bool,
+
+    /// Acknowledge manually. [default]
+    #[arg(long, overrides_with = "autoack")]
+    pub manual_ack: bool,
+
+    /// Exchange type. [default: direct]
+    #[arg(short = 't', long, value_enum)]
+    pub exchange_type: Option<ExchangeType>,
+
+    /// Exchange name ("" = the default exchange, direct by queue name). [default: mailroom-perf.<type>]
+    #[arg(short = 'e', long)]
+    pub exchange: Option<String>,
+
+    /// Number of queues. [default: 1]
+    #[arg(long)]
+    pub queues: Option<usize>,
+
+    /// Queue names are <prefix><index>. [default: mailroom-perf-]
+    #[arg(long)]
+    pub queue_prefix: Option<String>,
+
+    /// Declare the queues durable.
+    #[arg(long, overrides_with = "non_durable")]
+    pub durable: bool,
+
+    /// Declare the queues non-durable. [default]
+    #[arg(long, overrides_with = "durable")]
+    pub non_durable: bool,
+
+    /// Publish rate per producer in msg/s (0 = as fast as possible). [default: 0]
+    #[arg(short = 'r', long)]
+    pub rate: Option<u64>,
+
+    /// Stop publishing after SECS seconds. [default: 10 unless --count]
+    #[arg(short = 'z', long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Stop after N messages per producer.
+    #[arg(short = 'C', long)]
+    pub count: Option<u64>,
+
+    /// After publishing stops, keep consuming until everything was seen or no message
+    /// arrived for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub drain_timeout: f64,
+
+    /// Start the consumers only after the producers finished (S6 does this).
+    #[arg(long)]
+    pub consume_after_publish: bool,
+
+    /// Publish with mandatory=true (unroutable messages come back and are counted as returned).
+    #[arg(long)]
+    pub mandatory: bool,
+
+    /// Print the final report as one JSON object (on stdout; progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// No per-second progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Delete the queues at the end (scenario runs do this unless --no-cleanup).
+    #[arg(long, overrides_with = "no_cleanup")]
+    pub cleanup: bool,
+
+    /// Keep the queues at the end.
+    #[arg(long, overrides_with = "cleanup")]
+    pub no_cleanup: bool,
+
+    /// Do not purge the queues after declaring them (messages older than the run are
+    /// ignored and counted as stale either way).
+    #[arg(long)]
+    pub no_purge: bool,
+
+    /// Tokio worker threads. [default: min(cores, producers + consumers)]
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Test only: a producer skips every Nth sequence number (counts it as published).
+    #[arg(long, hide = true)]
+    pub inject_loss_every: Option<u64>,
+
+    /// Test only: a producer publishes every Nth sequence number twice.
+    #[arg(long, hide = true)]
+    pub inject_duplicate_every: Option<u64>,
+}
+
+/// Fully resolved settings of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Broker address and credentials.
+    pub uri: AmqpUri,
+    /// Preset used, if any.
+    pub scenario: Option<Scenario>,
+    /// Producers.
+    pub producers: usize,
+    /// Consumers.
+    pub consumers: usize,
+    /// Body size.
+    pub size: usize,
+    /// delivery_mode 2.
+    pub persistent: bool,
+    /// Confirm window (0 = off).
+    pub confirm: u32,
+    /// basic.qos prefetch.
+    pub prefetch: u16,
+    /// Multi-ack every K (0 = ack each).
+    pub multi_ack: u32,
+    /// no_ack consume.
+    pub autoack: bool,
+    /// Exchange type.
+    pub exchange_type: ExchangeType,
+    /// Exchange name ("" = default exchange).
+    pub exchange: String,
+    /// Number of queues.
+    pub queues: usize,
+    /// Queue name prefix.
+    pub queue_prefix: String,
+    /// Durable queues.
+    pub durable: bool,
+    /// Per-producer rate (0 = unlimited).
+    pub rate: u64,
+    /// Publishing time limit.
+    pub duration: Option<Duration>,
+    /// Per-producer message limit.
+    pub count: Option<u64>,
+    /// Drain idle timeout.
+    pub drain_timeout: Duration,
+    /// Consumers start after publishing ends.
+    pub consume_after_publish: bool,
+    /// mandatory flag.
+    pub mandatory: bool,
+    /// JSON output.
+    pub json: bool,
+    /// No progress lines.
+    pub quiet: bool,
+    /// Delete queues at the end.
+    pub cleanup: bool,
+    /// Purge queues after declaring.
+    pub purge: bool,
+    /// Runtime worker threads.
+    pub threads: usize,
+    /// Test-only loss injection.
+    pub inject_loss_every: u64,
+    /// Test-only duplicate injection.
+    pub inject_duplicate_every: u64,
+}
+
+/// Values a preset sets (None = tool default).
+#[derive(Default)]
+struct Preset {
+    producers: Option<usize>,
+    consumers: Option<usize>,
+    size: Option<usize>,
+    persistent: Option<bool>,
+    confirm: Option<u32>,
+    prefetch: Option<u16>,
+    autoack: Option<bool>,
+    exchange_type: Option<ExchangeType>,
+    queues: Option<usize>,
+    durable: Option<bool>,
+    rate: Option<u64>,
+    count: Option<u64>,
+    consume_after_publish: bool,
+}
+
+fn preset(s: Scenario) -> Preset {
+    let base = Preset {
+        producers: Some(1),
+        consumers: Some(1),
+        queues: Some(1),
+        exchange_type: Some(ExchangeType::Direct),
+        ..Preset::default()
+    };
+    match s {
+        Scenario::S1 => Preset {
+            size: Some(16),
+            persistent: Some(false),
+            autoack: Some(true),
+            ..base
+        },
+        Scenario::S2 => Preset {
+            size: Some(1024),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            ..base
+        },
+        Scenario::S3 => Preset {
+            size: Some(1024),
+            persistent: Some(true),
+            durable: Some(true),
+            confirm: Some(100),
+            autoack: Some(false),
+            prefetch: Some(100),
+            ..base
+        },
+        Scenario::S4 => Preset {
+            producers: Some(4),
+            consumers: Some(4),
+            queues: Some(4),
+            size: Some(256),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            ..base
+        },
+        Scenario::S5 => Preset {
+            consumers: Some(10),
+            queues: Some(10),
+            exchange_type: Some(ExchangeType::Fanout),
+            size: Some(256),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            ..base
+        },
+        Scenario::S6 => Preset {
+            size: Some(1024),
+            persistent: Some(true),
+            durable: Some(true),
+            confirm: Some(100),
+            autoack: Some(false),
+            prefetch: Some(100),
+            count: Some(200_000),
+            consume_after_publish: true,
+            ..base
+        },
+        Scenario::L1 => Preset {
+            size: Some(1024),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            rate: Some(10_000),
+            ..base
+        },
+    }
+}
+
+fn flag_pair(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+/// Smallest body: producer id + sequence (8 bytes) and send timestamp (8 bytes).
+pub const MIN_SIZE: usize = 16;
+
+impl Args {
+    /// Applies the preset and defaults, and checks the combination.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let p = self.scenario.map(preset).unwrap_or_default();
+        let producers = self.producers.or(p.producers).unwrap_or(1);
+        let consumers = self.consumers.or(p.consumers).unwrap_or(1);
+        let size = self.size.or(p.size).unwrap_or(MIN_SIZE);
+        if size < MIN_SIZE {
+            bail!("--size must be at least {MIN_SIZE} bytes (producer id, sequence and timestamp)");
+        }
+        let exchange_type = self
+            .exchange_type
+            .or(p.exchange_type)
+            .unwrap_or(ExchangeType::Direct);
+        let exchange = self
+            .exchange
+            .clone()
+            .unwrap_or_else(|| format!("mailroom-perf.{}", exchange_type.as_str()));
+        if exchange.is_empty() && exchange_type != ExchangeType::Direct {
+            bail!("the default exchange (\"\") is direct; use a named exchange for fanout/topic");
+        }
+        let queues = self.queues.or(p.queues).unwrap_or(1);
+        if queues == 0 {
+            bail!("--queues must be at least 1");
+        }
+        let count = self.count.or(p.count);
+        let duration = match (self.duration, count) {
+            (Some(d), _) if d > 0.0 => Some(Duration::from_secs_f64(d)),
+            (Some(_), _) => bail!("--duration must be positive"),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        };
+        let cleanup = flag_pair(self.cleanup, self.no_cleanup).unwrap_or(self.scenario.is_some());
+        let threads = self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            cores.min(producers + consumers).max(1)
+        });
+        Ok(Settings {
+            uri: AmqpUri::parse(&self.uri)?,
+            scenario: self.scenario,
+            producers,
+            consumers,
+            size,
+            persistent: flag_pair(self.persistent, self.transient)
+                .or(p.persistent)
+                .unwrap_or(false),
+            confirm: self.confirm.or(p.confirm).unwrap_or(0),
+            prefetch: self.prefetch.or(p.prefetch).unwrap_or(100),
+            multi_ack: self.multi_ack.unwrap_or(0),
+            autoack: flag_pair(self.autoack, self.manual_ack)
+                .or(p.autoack)
+                .unwrap_or(false),
+            exchange_type,
+            exchange,
+            queues,
+            queue_prefix: self
+                .queue_prefix
+                .clone()
+                .unwrap_or_else(|| "mailroom-perf-".into()),
+            durable: flag_pair(self.durable, self.non_durable)
+                .or(p.durable)
+                .unwrap_or(false),
+            rate: self.rate.or(p.rate).unwrap_or(0),
+            duration,
+            count,
+            drain_timeout: Duration::from_secs_f64(self.drain_timeout.max(0.0)),
+            consume_after_publish: self.consume_after_publish || p.consume_after_publish,
+            mandatory: self.mandatory,
+            json: self.json,
+            quiet: self.quiet,
+            cleanup,
+            purge: !self.no_purge,
+            threads,
+            inject_loss_every: self.inject_loss_every.unwrap_or(0),
+            inject_duplicate_every: self.inject_duplicate_every.unwrap_or(0),
+        })
+    }
+}
+
+impl Settings {
+    /// Name of queue `i`.
+    pub fn queue_name(&self, i: usize) -> String {
+        format!("{}{}", self.queue_prefix, i)
+    }
+
+    /// The queues producer `p` publishes to (each gets one copy).
+    pub fn producer_queues(&self, p: usize) -> Vec<usize> {
+        match self.exchange_type {
+            ExchangeType::Fanout => (0..self.queues).collect(),
+            _ => vec![p % self.queues],
+        }
+    }
+
+    /// The routing key producer `p` publishes with.
+    pub fn routing_key(&self, p: usize) -> String {
+        match self.exchange_type {
+            ExchangeType::Fanout => String::new(),
+            ExchangeType::Direct => self.queue_name(p % self.queues),
+            ExchangeType::Topic => format!("{}.p{}", self.queue_name(p % self.queues), p),
+        }
+    }
+
+    /// The binding key of queue `q`.
+    pub fn binding_key(&self, q: usize) -> String {
+        match self.exchange_type {
+            ExchangeType::Fanout => String::new(),
+            ExchangeType::Direct => self.queue_name(q),
+            ExchangeType::Topic => format!("{}.#", self.queue_name(q)),
+        }
+    }
+
+    /// The queue consumer `c` reads.
+    pub fn consumer_queue(&self, c: usize) -> usize {
+        c % self.queues
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Settings {
+        let mut v = vec!["mailroom-perf"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).unwrap().resolve().unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(&[]);
+        assert_eq!((s.producers, s.consumers, s.size, s.queues), (1, 1, 16, 1));
+        assert_eq!(s.duration, Some(Duration::from_secs(10)));
+        assert!(!s.persistent && !s.autoack && !s.durable && !s.cleanup && s.purge);
+        assert_eq!(s.exchange, "mailroom-perf.direct");
+        assert_eq!(s.routing_key(0), "mailroom-perf-0");
+    }
+
+    #[test]
+    fn presets_and_overrides() {
+        let s = parse(&["--scenario", "s1"]);
+        assert!(s.autoack && s.size == 16 && s.cleanup);
+        let s = parse(&["--scenario", "S1", "--manual-ack", "--size", "100", "--no-cleanup"]);
+        assert!(!s.autoack && s.size == 100 && !s.cleanup);
+        let s = parse(&["--scenario", "S3"]);
+        assert!(s.persistent && s.durable && s.confirm == 100 && s.prefetch == 100);
+        let s = parse(&["--scenario", "S3", "--transient", "-c", "0"]);
+        assert!(!s.persistent && s.durable && s.confirm == 0);
+        let s = parse(&["--scenario", "S4"]);
+        assert_eq!((s.producers, s.consumers, s.queues, s.size), (4, 4, 4, 256));
+        assert_eq!(s.producer_queues(3), vec![3]);
+        let s = parse(&["--scenario", "S5"]);
+        assert_eq!(s.exchange_type, ExchangeType::Fanout);
+        assert_eq!(s.producer_queues(0).len(), 10);
+        let s = parse(&["--scenario", "S6"]);
+        assert_eq!((s.count, s.duration), (Some(200_000), None));
+        assert!(s.consume_after_publish && s.persistent && s.confirm > 0);
+        let s = parse(&["--scenario", "S6", "--count", "1000"]);
+        assert_eq!(s.count, Some(1000));
+        let s = parse(&["--scenario", "L1", "--duration", "3"]);
+        assert_eq!((s.rate, s.duration), (10_000, Some(Duration::from_secs(3))));
+    }
+
+    #[test]
+    fn topic_routing() {
+        let s = parse(&["-t", "topic", "--queues", "2", "-x", "3"]);
+        assert_eq!(s.routing_key(2), "mailroom-perf-0.p2");
+        assert_eq!(s.binding_key(1), "mailroom-perf-1.#");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = |a: &[&str]| {
+            let mut v = vec!["mailroom-perf"];
+            v.extend_from_slice(a);
+            Args::try_parse_from(v).unwrap().resolve().is_err()
+        };
+        assert!(bad(&["--size", "8"]));
+        assert!(bad(&["--queues", "0"]));
+        assert!(bad(&["-e", "", "-t", "fanout"]));
+    }
+}
