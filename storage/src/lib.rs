@@ -49,10 +49,7 @@ pub enum StoreError {
     )]
     Locked { dir: PathBuf },
     #[error("storage I/O error on {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "the store has schema version {found} but this build only understands version {expected}; \
          refusing to open it (use a matching broker version or migrate the data)"
@@ -240,7 +237,8 @@ impl Shared {
 }
 
 fn flusher_loop(shared: Arc<Shared>) {
-    let mut flushed = shared.ticket.load(SeqCst);
+    // Not `ticket.load()`: writes may already have happened while this thread was starting.
+    let mut flushed = 0;
     loop {
         let shutdown = {
             let mut st = shared.wake.lock();
@@ -280,7 +278,8 @@ fn flusher_loop(shared: Arc<Shared>) {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    /// `Some` until drop.
+    shared: Option<Arc<Shared>>,
     flusher: Option<JoinHandle<()>>,
     dir: PathBuf,
     // Declared last: dropped (unlocked) after sled has been closed.
@@ -289,11 +288,18 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shared.wake.lock().shutdown = true;
-        self.shared.cv.notify_all();
-        if let Some(h) = self.flusher.take() {
-            let _ = h.join();
+        if let Some(shared) = self.shared.take() {
+            shared.wake.lock().shutdown = true;
+            shared.cv.notify_all();
+            if let Some(h) = self.flusher.take() {
+                let _ = h.join(); // the flusher does a last flush before it exits
+            }
+            drop(shared); // the last reference: closes sled
         }
+        // sled's I/O threads can hold its data file (and sled's own lock on it) for a moment
+        // after the Db is dropped; wait for that so the directory can be reopened as soon as
+        // our LOCK is released.
+        wait_sled_lock_free(&self.dir.join("sled"), Duration::from_secs(5));
     }
 }
 
@@ -306,9 +312,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("dir", &self.inner.dir)
-            .finish()
+        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
     }
 }
 
@@ -344,6 +348,9 @@ impl Store {
         }
 
         let sled_dir = dir.join("sled");
+        // We hold LOCK, so a sled lock still held can only be a Store of this process that is
+        // being dropped right now (see Inner::drop); give it a moment.
+        wait_sled_lock_free(&sled_dir, Duration::from_secs(2));
         let db = sled::Config::new()
             .path(&sled_dir)
             .cache_capacity(opts.cache_capacity_bytes)
@@ -364,9 +371,7 @@ impl Store {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| {
-                        StoreError::Corrupt("schema version record is malformed".into())
-                    })?;
+                    .map_err(|_| StoreError::Corrupt("schema version record is malformed".into()))?;
                 if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaVersion {
                         found,
@@ -411,7 +416,7 @@ impl Store {
         };
         let store = Store {
             inner: Arc::new(Inner {
-                shared,
+                shared: Some(shared),
                 flusher: Some(flusher),
                 dir: dir.to_path_buf(),
                 _lock: lock,
@@ -422,11 +427,11 @@ impl Store {
     }
 
     fn sh(&self) -> &Shared {
-        &self.inner.shared
+        self.inner.shared.as_ref().expect("store used after drop")
     }
 
     fn db(&self) -> &sled::Db {
-        &self.inner.shared.db
+        &self.sh().db
     }
 
     /// The directory this store was opened on.
@@ -602,9 +607,7 @@ impl Store {
             batch.insert(&keys::msg_key(MESSAGE, *q, *seq), v);
         }
         self.db().apply_batch(batch)?;
-        self.sh()
-            .messages_appended
-            .fetch_add(items.len() as u64, SeqCst);
+        self.sh().messages_appended.fetch_add(items.len() as u64, SeqCst);
         Ok(self.sh().bump(n))
     }
 
@@ -617,9 +620,7 @@ impl Store {
             batch.remove(&keys::msg_key(MSG_STATE, queue_id, s));
         }
         self.db().apply_batch(batch)?;
-        self.sh()
-            .messages_deleted
-            .fetch_add(seqs.len() as u64, SeqCst);
+        self.sh().messages_deleted.fetch_add(seqs.len() as u64, SeqCst);
         Ok(self.sh().bump(seqs.len() * 2 * keys::MSG_KEY_LEN))
     }
 
@@ -670,8 +671,8 @@ impl Store {
         let end = keys::msg_key(MESSAGE, queue_id, u64::MAX);
         for kv in self.db().range(start..=end).take(limit) {
             let (k, v) = kv?;
-            let (_, seq) = keys::parse_msg_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            let (_, seq) =
+                keys::parse_msg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
             out.push((seq, codec::decode_message(v)?, None));
         }
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
@@ -761,8 +762,8 @@ impl Store {
                 None => break,
                 Some(k) => k?,
             };
-            let (q, _) = keys::parse_msg_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
+            let (q, _) =
+                keys::parse_msg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
             ids.push(q);
             match q.checked_add(1) {
                 Some(n) => from = keys::queue_prefix(MESSAGE, n).to_vec(),
@@ -802,16 +803,11 @@ impl Store {
 
     /// Messages whose queue has no record are leftovers of an interrupted `delete_queue`.
     fn remove_orphan_messages(&self) -> Result<()> {
-        let known: std::collections::HashSet<u32> =
-            self.queues()?.into_iter().map(|q| q.id).collect();
+        let known: std::collections::HashSet<u32> = self.queues()?.into_iter().map(|q| q.id).collect();
         for q in self.queue_ids_with_messages()? {
             if !known.contains(&q) {
                 let (n, _) = self.purge_queue(q)?;
-                tracing::warn!(
-                    queue_id = q,
-                    messages = n,
-                    "removed messages of a deleted queue"
-                );
+                tracing::warn!(queue_id = q, messages = n, "removed messages of a deleted queue");
             }
         }
         Ok(())
@@ -822,6 +818,14 @@ impl Store {
     /// Receives the highest ticket known durable. Await `wait_for(|d| *d >= ticket)`.
     pub fn durable_watch(&self) -> watch::Receiver<u64> {
         self.sh().durable_tx.subscribe()
+    }
+
+    /// Block the calling thread until `ticket` is durable (for non-async callers, tools and
+    /// tests; async code awaits `durable_watch().wait_for(|d| *d >= ticket)` instead).
+    pub fn wait_durable_blocking(&self, ticket: u64) {
+        let mut rx = self.durable_watch();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = block_on(rx.wait_for(|d| *d >= ticket));
     }
 
     /// The ticket of the latest write (0 before any write since open).
@@ -864,6 +868,45 @@ impl Store {
     /// close to `size_on_disk` minus our LOCK file).
     pub fn sled_size_on_disk(&self) -> Result<u64> {
         Ok(self.db().size_on_disk()?)
+    }
+}
+
+/// Wait (up to `timeout`) until nobody holds sled's flock on `sled_dir/db`. Returns whether it
+/// is free (or absent).
+fn wait_sled_lock_free(sled_dir: &Path, timeout: Duration) -> bool {
+    let f = match File::open(sled_dir.join("db")) {
+        Ok(f) => f,
+        Err(_) => return true,
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return true, // unlocked when `f` is closed
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Minimal executor for `wait_durable_blocking` (tokio is used with the `sync` feature only).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
