@@ -13,6 +13,9 @@ use storage::{Store, StoreOptions};
 use crate::config::Config;
 use crate::vhost::VHost;
 
+/// How often the queue timer runs (ms): the resolution of TTLs and retry delays.
+pub const TIMER_MS: u64 = 10;
+
 /// A user allowed to connect.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -84,7 +87,7 @@ impl Broker {
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
             vhost.recover(&exchanges, &queues, &bindings)?;
-            self.vhosts.write().insert(name, Arc::new(vhost));
+            self.vhosts.write().insert(name, vhost);
         }
         tracing::info!(
             exchanges = exchanges.len(),
@@ -122,6 +125,23 @@ impl Broker {
 
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.store.durable_watch()
+    }
+
+    /// Runs the queue timer (TTL, retry delays, x-expires) until the broker is dropped.
+    pub fn spawn_timer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(TIMER_MS));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                let Some(broker) = weak.upgrade() else { break };
+                let now = crate::store::now_ms();
+                for vhost in broker.vhosts() {
+                    vhost.tick(now);
+                }
+            }
+        });
     }
 
     /// Called once every connection has closed: makes every write durable.

@@ -12,6 +12,7 @@ use crate::connection::{truncate_text, Conn};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
+use crate::store::now_ms;
 
 /// Most messages pulled for one consumer in one go.
 const PULL_BATCH: usize = 128;
@@ -223,12 +224,12 @@ impl Conn {
         for id in consumers {
             self.remove_consumer(id);
         }
-        requeue_grouped(unacked);
+        requeue_grouped(unacked, now_ms());
     }
 
     fn remove_consumer(&mut self, id: ConsumerId) {
         if let Some(c) = self.consumers.remove(&id) {
-            let r = c.queue.remove_consumer(id);
+            let r = c.queue.remove_consumer(id, now_ms());
             if r.auto_delete_now {
                 if let Some(vhost) = &self.vhost {
                     vhost.delete_queue(&c.queue);
@@ -504,6 +505,7 @@ impl Conn {
             } else {
                 self.check_exclusive(&q)?;
                 check_equivalent(&q, &d, &vhost.name)?;
+                q.touch(now_ms());
             }
             q
         };
@@ -634,7 +636,27 @@ impl Conn {
         }
         let id = next_consumer_id();
         let vhost_name = self.vhost().name.clone();
-        q.add_consumer(id, tag.clone(), c.exclusive, self.signal.clone(), &vhost_name)?;
+        let priority = match c.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v
+                .as_i64()
+                .map(|p| p.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                .ok_or_else(|| {
+                    AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-priority' for consumer: {{unacceptable_type,{}}}",
+                        v.type_code() as char
+                    ))
+                })?,
+        };
+        q.add_consumer(
+            id,
+            tag.clone(),
+            c.exclusive,
+            priority,
+            self.signal.clone(),
+            &vhost_name,
+            now_ms(),
+        )?;
         let channel = self.channel(ch);
         channel.consumers.insert(tag.clone(), id);
         let limit = channel.consumer_prefetch;
@@ -678,7 +700,7 @@ impl Conn {
 
     fn basic_get(&mut self, ch: u16, g: protocol::BasicGet) -> AmqpResult<()> {
         let q = self.usable_queue(ch, &g.queue)?;
-        match q.get(!g.no_ack) {
+        match q.get(!g.no_ack, now_ms()) {
             None => self.send_method(ch, &Method::BasicGetEmpty(protocol::BasicGetEmpty)),
             Some((entry, remaining)) => {
                 let frame_max = self.frame_max;
@@ -693,14 +715,9 @@ impl Conn {
                     message_count: remaining,
                 });
                 protocol::write_method(&mut self.out, ch, &m);
-                protocol::write_content(
-                    &mut self.out,
-                    ch,
-                    60,
-                    &entry.msg.properties,
-                    &entry.msg.body,
-                    frame_max,
-                );
+                let props = delivery_properties(&entry);
+                protocol::write_content(&mut self.out, ch, 60, &props, &entry.msg.body, frame_max);
+                drop(props);
                 if g.no_ack {
                     q.forget(std::slice::from_ref(&entry));
                 } else {
@@ -724,7 +741,7 @@ impl Conn {
         let unacked: Vec<Unacked> = channel.unacked.drain(..).collect();
         channel.consumer_unacked = 0;
         self.after_settle(ch, &unacked);
-        requeue_grouped(unacked);
+        requeue_grouped(unacked, now_ms());
         if reply {
             self.send_method(ch, &Method::BasicRecoverOk(protocol::BasicRecoverOk));
         }
@@ -751,10 +768,10 @@ impl Conn {
             } => (channel.take_unacked(tag, multiple)?, requeue),
         };
         self.after_settle(ch, &taken);
-        if requeue {
-            requeue_grouped(taken);
-        } else {
-            settle_grouped(&taken);
+        match s {
+            _ if requeue => requeue_grouped(taken, now_ms()),
+            Settle::Ack { .. } => settle_grouped(&taken),
+            Settle::Reject { .. } => reject_grouped(taken, now_ms()),
         }
         Ok(())
     }
@@ -799,6 +816,7 @@ impl Conn {
                 )));
             }
         }
+        crate::message::validate_expiration(&header.properties).map_err(AmqpError::precondition_failed)?;
         let msg = Arc::new(Message::new(
             p.exchange.clone(),
             p.routing_key.clone(),
@@ -836,15 +854,16 @@ impl Conn {
             self.route_scratch = dests;
             return Err(e.into());
         }
+        let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut ticket = 0u64;
-        vhost.with_queues(&dests, |q| match q.publish(msg.clone()) {
+        vhost.with_queues(&dests, |q| match q.publish(msg.clone(), now) {
             Ok(t) => {
                 enqueued += 1;
                 ticket = ticket.max(t);
             }
-            Err(crate::queue::Rejected::Store) => failed = true,
+            Err(crate::queue::Rejected::Store | crate::queue::Rejected::Full) => failed = true,
             Err(crate::queue::Rejected::Deleted) => {}
         });
         self.route_scratch = dests;
@@ -935,7 +954,7 @@ impl Conn {
             return false;
         }
         let mut batch = std::mem::take(&mut self.pull_scratch);
-        let n = c.queue.pull(id, credit, !c.no_ack, &mut batch);
+        let n = c.queue.pull(id, credit, !c.no_ack, now_ms(), &mut batch);
         if n == 0 {
             self.pull_scratch = batch;
             return false;
@@ -957,14 +976,8 @@ impl Conn {
                 routing_key: entry.msg.routing_key.clone(),
             });
             protocol::write_method(&mut self.out, ch, &m);
-            protocol::write_content(
-                &mut self.out,
-                ch,
-                60,
-                &entry.msg.properties,
-                &entry.msg.body,
-                frame_max,
-            );
+            let props = delivery_properties(&entry);
+            protocol::write_content(&mut self.out, ch, 60, &props, &entry.msg.body, frame_max);
             if !no_ack {
                 channel.unacked.push_back(Unacked {
                     tag: delivery_tag,
@@ -1034,8 +1047,23 @@ fn write_ack(out: &mut bytes::BytesMut, ch: u16, tag: u64, multiple: bool) {
     );
 }
 
-/// Requeues deliveries, one queue lock per queue and run.
-fn requeue_grouped(unacked: Vec<Unacked>) {
+/// The properties a delivery carries: as published, plus `x-delivery-count` once the message was returned.
+fn delivery_properties(entry: &Entry) -> std::borrow::Cow<'_, protocol::RawProperties> {
+    if entry.delivery_count == 0 {
+        return std::borrow::Cow::Borrowed(&entry.msg.properties);
+    }
+    let mut headers = entry.msg.properties.headers().ok().flatten().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count",
+        protocol::FieldValue::I64(entry.delivery_count as i64),
+    );
+    match entry.msg.properties.with_headers(headers) {
+        Ok(p) => std::borrow::Cow::Owned(p),
+        Err(_) => std::borrow::Cow::Borrowed(&entry.msg.properties),
+    }
+}
+
+fn group_by_queue(unacked: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Entry>)> {
     let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
     for u in unacked {
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
@@ -1043,8 +1071,20 @@ fn requeue_grouped(unacked: Vec<Unacked>) {
             None => by_queue.push((u.queue, vec![u.entry])),
         }
     }
-    for (q, entries) in by_queue {
-        q.requeue(entries);
+    by_queue
+}
+
+/// Requeues deliveries, one queue lock per queue.
+fn requeue_grouped(unacked: Vec<Unacked>, now: u64) {
+    for (q, entries) in group_by_queue(unacked) {
+        q.requeue(entries, now);
+    }
+}
+
+/// Rejects deliveries without requeue: dead-lettered or dropped.
+fn reject_grouped(unacked: Vec<Unacked>, now: u64) {
+    for (q, entries) in group_by_queue(unacked) {
+        q.reject(entries, now);
     }
 }
 

@@ -35,6 +35,7 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every connection and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        self.broker.spawn_timer();
         info!(addr = %self.local_addr(), "accepting AMQP connections");
         loop {
             tokio::select! {

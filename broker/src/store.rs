@@ -22,6 +22,8 @@ pub fn now_ms() -> u64 {
 pub struct QueueStore {
     store: Store,
     id: u32,
+    /// Messages up to this seq may have been delivered before a crash: they come back redelivered.
+    delivered_mark: Option<u64>,
     vhost: Arc<str>,
     name: Arc<str>,
 }
@@ -33,6 +35,7 @@ impl QueueStore {
             id,
             vhost,
             name,
+            delivered_mark: None,
         }
     }
 
@@ -41,7 +44,12 @@ impl QueueStore {
     }
 
     /// Writes a persistent message; returns the ticket to wait for before confirming.
-    pub fn append(&self, seq: u64, msg: &Message) -> Result<u64, storage::StoreError> {
+    pub fn append(
+        &self,
+        seq: u64,
+        msg: &Message,
+        expires_at: Option<u64>,
+    ) -> Result<u64, storage::StoreError> {
         let record = StoredMessage {
             exchange: msg.exchange.as_str().to_owned(),
             routing_key: msg.routing_key.as_str().to_owned(),
@@ -49,7 +57,7 @@ impl QueueStore {
             body: msg.body.clone(),
             delivery_count: 0,
             published_at_ms: now_ms(),
-            expires_at_ms: None,
+            expires_at_ms: expires_at,
             not_before_ms: None,
         };
         self.store.append_message(self.id, seq, &record)
@@ -61,12 +69,17 @@ impl QueueStore {
         Ok(rows
             .into_iter()
             .map(|(seq, m, state)| {
-                let redelivered = state.as_ref().is_some_and(|s| s.redelivered);
+                let redelivered = state.as_ref().is_some_and(|s| s.redelivered)
+                    || self.delivered_mark.is_some_and(|m| seq <= m);
+                let expires_at = m.expires_at_ms;
+                let not_before = m.not_before_ms;
                 Entry {
                     seq,
+                    delivery_count: m.delivery_count,
                     msg: Arc::new(message_from_record(m)),
                     redelivered,
-                    delivery_count: state.map_or(0, |s| s.delivery_count),
+                    expires_at,
+                    not_before,
                 }
             })
             .collect())
@@ -90,11 +103,11 @@ impl QueueStore {
         }
     }
 
-    pub fn set_state(&self, seq: u64, delivery_count: u32, redelivered: bool) {
+    pub fn set_state(&self, seq: u64, delivery_count: u32, redelivered: bool, not_before_ms: Option<u64>) {
         let state = MessageState {
             delivery_count,
             redelivered,
-            not_before_ms: None,
+            not_before_ms,
         };
         if let Err(e) = self.store.set_message_state(self.id, seq, &state) {
             tracing::error!(queue = %self.name, error = %e, "store state write failed");

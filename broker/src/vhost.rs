@@ -2,7 +2,7 @@
 //! definitions to the store.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 use router::{Binding, Declared, Destination, ExchangeDef, Router};
@@ -10,7 +10,7 @@ use storage::{BindingRecord, ExchangeRecord, QueueRecord, Store};
 
 use crate::error::AmqpError;
 use crate::queue::{Queue, QueueSpec, Recovered};
-use crate::store::{decode_table, encode_table, QueueStore};
+use crate::store::{decode_table, encode_table, now_ms, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
@@ -19,6 +19,8 @@ pub struct VHost {
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     store: Store,
+    /// Handed to queues so they can dead-letter through this vhost.
+    this: Weak<VHost>,
 }
 
 fn store_err(e: storage::StoreError) -> AmqpError {
@@ -27,13 +29,14 @@ fn store_err(e: storage::StoreError) -> AmqpError {
 }
 
 impl VHost {
-    pub fn new(name: &str, store: Store) -> VHost {
-        VHost {
+    pub fn new(name: &str, store: Store) -> Arc<VHost> {
+        Arc::new_cyclic(|this| VHost {
             name: name.into(),
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),
             store,
-        }
+            this: this.clone(),
+        })
     }
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
@@ -70,9 +73,9 @@ impl VHost {
                 })
                 .map_err(store_err)?;
             let qs = QueueStore::new(self.store.clone(), id, self.name.clone(), name.clone());
-            Arc::new(Queue::with_store(spec, qs, None))
+            Arc::new(Queue::with_store(spec, qs, None, self.this.clone(), now_ms()))
         } else {
-            Arc::new(Queue::new(spec))
+            Arc::new(Queue::new(spec, self.this.clone(), now_ms()))
         };
         queues.insert(name.clone(), q.clone());
         drop(queues);
@@ -111,6 +114,23 @@ impl VHost {
         self.queues.read().values().cloned().collect()
     }
 
+    /// The timer's visit: message TTLs, retry delays and unused `x-expires` queues.
+    pub fn tick(&self, now: u64) {
+        let timed: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.needs_tick())
+            .cloned()
+            .collect();
+        for q in timed {
+            if q.tick(now).expired {
+                tracing::debug!(queue = %q.name(), "queue expired (x-expires)");
+                self.delete_queue(&q);
+            }
+        }
+    }
+
     /// Looks up the queues a route produced and hands each of them to `f`, under one read lock.
     pub fn with_queues(&self, names: &[router::Name], mut f: impl FnMut(&Arc<Queue>)) {
         let queues = self.queues.read();
@@ -142,10 +162,11 @@ impl VHost {
                     &*b.source == name || matches!(&b.destination, Destination::Exchange(d) if &**d == name)
                 })
                 .collect();
-            let deleted = router.delete_exchange(name, if_unused)?;
+            let deleted = router.delete_exchange_full(name, if_unused)?;
             (deleted, bindings)
         };
-        if let Some(def) = deleted {
+        if let Some(router::DeletedExchange { def, auto_deleted }) = deleted {
+            self.forget_exchanges(&auto_deleted);
             if def.durable {
                 self.store.delete_exchange(&self.name, name).map_err(store_err)?;
             }
@@ -279,7 +300,8 @@ impl VHost {
                 arguments: decode_table(&r.arguments),
             };
             let qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
-            map.insert(name.clone(), Arc::new(Queue::with_store(spec, qs, recovered)));
+            let q = Queue::with_store(spec, qs, recovered, self.this.clone(), now_ms());
+            map.insert(name.clone(), Arc::new(q));
             router.declare_queue(name);
         }
         for b in bindings.iter().filter(|b| *b.vhost == *self.name) {

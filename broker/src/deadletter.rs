@@ -1,0 +1,273 @@
+//! Dead-lettering (`x-dead-letter-exchange`, `x-death`) and redrive, as RabbitMQ writes and reads them.
+
+use std::sync::Arc;
+
+use protocol::{FieldTable, FieldValue, LongStr, RawProperties, ShortStr};
+
+use crate::error::AmqpError;
+use crate::message::Message;
+use crate::queue::{Dead, Entry, Queue};
+use crate::vhost::VHost;
+
+fn text(t: &FieldTable, k: &str) -> Option<String> {
+    t.get(k).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// The properties of a dead-lettered message: `x-death` gets an entry for (queue, reason) (its count raised if
+/// it had one; the entry moves to the front, most recent first), `x-first-death-*` is set once and
+/// `x-last-death-*` every time; the `expiration` property moves into the entry as `original-expiration`.
+pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> RawProperties {
+    let mut props = msg.properties.decode().unwrap_or_default();
+    let mut headers = props.headers.take().unwrap_or_default();
+    let original_expiration = props.expiration.take();
+    let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
+        Some(FieldValue::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let same = |v: &FieldValue| {
+        v.as_table().is_some_and(|t| {
+            text(t, "queue").as_deref() == Some(queue) && text(t, "reason").as_deref() == Some(reason)
+        })
+    };
+    let time = FieldValue::Timestamp(now_ms / 1000);
+    let entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let FieldValue::Table(mut t) = deaths.remove(i) else {
+                unreachable!("checked table")
+            };
+            let count = t.get("count").and_then(|c| c.as_i64()).unwrap_or(0) + 1;
+            t.insert("count", FieldValue::I64(count));
+            t.insert("time", time);
+            t
+        }
+        None => {
+            let mut t = FieldTable::new();
+            t.insert("count", FieldValue::I64(1));
+            t.insert("reason", FieldValue::LongStr(LongStr::from(reason)));
+            t.insert("queue", FieldValue::LongStr(LongStr::from(queue)));
+            t.insert("time", time);
+            t.insert(
+                "exchange",
+                FieldValue::LongStr(LongStr::from(msg.exchange.as_str())),
+            );
+            t.insert(
+                "routing-keys",
+                FieldValue::Array(vec![FieldValue::LongStr(LongStr::from(msg.routing_key.as_str()))]),
+            );
+            if let Some(exp) = &original_expiration {
+                t.insert(
+                    "original-expiration",
+                    FieldValue::LongStr(LongStr::from(exp.as_str())),
+                );
+            }
+            t
+        }
+    };
+    deaths.insert(0, FieldValue::Table(entry));
+    headers.insert("x-death", FieldValue::Array(deaths));
+    if !headers.contains_key("x-first-death-reason") {
+        headers.insert("x-first-death-reason", FieldValue::LongStr(LongStr::from(reason)));
+        headers.insert("x-first-death-queue", FieldValue::LongStr(LongStr::from(queue)));
+        headers.insert(
+            "x-first-death-exchange",
+            FieldValue::LongStr(LongStr::from(msg.exchange.as_str())),
+        );
+    }
+    headers.insert("x-last-death-reason", FieldValue::LongStr(LongStr::from(reason)));
+    headers.insert("x-last-death-queue", FieldValue::LongStr(LongStr::from(queue)));
+    headers.insert(
+        "x-last-death-exchange",
+        FieldValue::LongStr(LongStr::from(msg.exchange.as_str())),
+    );
+    props.headers = Some(headers);
+    RawProperties::from_properties(&props)
+}
+
+/// The queues named in a message's `x-death`, most recent first, with their reasons.
+fn deaths(props: &RawProperties) -> Vec<(String, String)> {
+    let Ok(Some(h)) = props.headers() else {
+        return Vec::new();
+    };
+    let Some(FieldValue::Array(a)) = h.get("x-death") else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter_map(|v| v.as_table())
+        .map(|t| {
+            (
+                text(t, "queue").unwrap_or_default(),
+                text(t, "reason").unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// RabbitMQ's cycle rule: dead-lettering to `target` is a cycle if `target` already appears in `x-death` and
+/// no death on the way round was a client's rejection (a fully automatic loop would never end).
+fn is_cycle(target: &str, deaths: &[(String, String)]) -> bool {
+    match deaths.iter().position(|(q, _)| q == target) {
+        None => false,
+        Some(i) => deaths[..=i].iter().all(|(_, reason)| reason != "rejected"),
+    }
+}
+
+impl VHost {
+    /// Republishes dead messages of `from` through its dead-letter exchange. Messages whose route would
+    /// close a fully automatic cycle are dropped for that destination, with a warning.
+    pub fn dead_letter(&self, from: &Queue, dead: &[Dead], now: u64) {
+        let Some(dlx) = from.args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        let mut dests = Vec::new();
+        for d in dead {
+            let msg = &d.entry.msg;
+            let reason = d.reason.as_str();
+            let props = with_x_death(msg, from.name(), reason, now);
+            let routing_key = match &from.args.dead_letter_routing_key {
+                Some(rk) => ShortStr::try_from_str(rk).unwrap_or_default(),
+                None => msg.routing_key.clone(),
+            };
+            let exchange = ShortStr::try_from_str(dlx).unwrap_or_default();
+            let routed = self
+                .router
+                .read()
+                .route(dlx, routing_key.as_str(), None, &mut dests);
+            if let Err(e) = routed {
+                tracing::warn!(queue = %from.name(), dlx, error = %e, "dead-letter exchange unusable: message dropped");
+                continue;
+            }
+            let history = if d.reason == crate::queue::DeathReason::Rejected {
+                Vec::new()
+            } else {
+                deaths(&props)
+            };
+            let new = Arc::new(Message::new(exchange, routing_key, props, msg.body.clone()));
+            let mut delivered = 0;
+            self.with_queues(&dests, |q| {
+                if d.reason != crate::queue::DeathReason::Rejected && is_cycle(q.name(), &history) {
+                    tracing::warn!(
+                        queue = %from.name(), target = %q.name(), reason,
+                        "dead-letter cycle without rejection: message dropped for this destination"
+                    );
+                    return;
+                }
+                if q.publish(new.clone(), now).is_ok() {
+                    delivered += 1;
+                }
+            });
+            if delivered == 0 {
+                tracing::warn!(queue = %from.name(), dlx, reason, "dead-lettered message reached no queue: dropped");
+            }
+        }
+    }
+
+    /// Moves up to `max` messages from `dlq` back to the queue each one last died in (from its `x-death`), or
+    /// to `to`. Moved messages keep their headers and start with a delivery count of 0. Messages whose
+    /// destination does not exist stay in `dlq`.
+    pub fn redrive(
+        &self,
+        dlq: &str,
+        to: Option<&str>,
+        max: Option<usize>,
+        now: u64,
+    ) -> Result<Redriven, AmqpError> {
+        let source = self.queue_or_404(dlq)?;
+        if let Some(t) = to {
+            self.queue_or_404(t)?;
+        }
+        let taken = source.take(max.unwrap_or(usize::MAX), now);
+        let mut moved: Vec<Entry> = Vec::new();
+        let mut kept: Vec<Entry> = Vec::new();
+        for e in taken {
+            let target = match to {
+                Some(t) => Some(t.to_owned()),
+                None => deaths(&e.msg.properties).into_iter().next().map(|(q, _)| q),
+            };
+            match target.and_then(|t| self.queue(&t)) {
+                Some(q) if !Arc::ptr_eq(&q, &source) && q.publish(e.msg.clone(), now).is_ok() => {
+                    moved.push(e)
+                }
+                _ => kept.push(e),
+            }
+        }
+        source.forget(&moved);
+        let r = Redriven {
+            moved: moved.len(),
+            kept: kept.len(),
+        };
+        source.untake(kept);
+        Ok(r)
+    }
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redriven {
+    pub moved: usize,
+    /// Messages left in the dead-letter queue (their destination does not exist).
+    pub kept: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use protocol::BasicProperties;
+
+    fn msg(props: BasicProperties) -> Message {
+        Message::new(
+            ShortStr::from_static("ex"),
+            ShortStr::from_static("rk"),
+            RawProperties::from_properties(&props),
+            Bytes::new(),
+        )
+    }
+
+    #[test]
+    fn x_death_counts_repeat_deaths_and_keeps_first() {
+        let props = BasicProperties {
+            expiration: Some("100".into()),
+            ..Default::default()
+        };
+        let p1 = with_x_death(&msg(props), "q1", "expired", 5_000);
+        let m1 = Message::new(
+            ShortStr::from_static("dlx"),
+            ShortStr::from_static("rk"),
+            p1,
+            Bytes::new(),
+        );
+        let p2 = with_x_death(&m1, "q2", "rejected", 6_000);
+        let m2 = Message::new(
+            ShortStr::from_static("dlx"),
+            ShortStr::from_static("rk"),
+            p2,
+            Bytes::new(),
+        );
+        let p3 = with_x_death(&m2, "q1", "expired", 7_000);
+        let decoded = p3.decode().unwrap();
+        assert_eq!(decoded.expiration, None, "expiration moved into x-death");
+        let h = decoded.headers.unwrap();
+        let FieldValue::Array(d) = h.get("x-death").unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.len(), 2);
+        let first = d[0].as_table().unwrap();
+        assert_eq!(text(first, "queue").as_deref(), Some("q1"));
+        assert_eq!(first.get("count").unwrap().as_i64(), Some(2));
+        assert_eq!(first.get("time"), Some(&FieldValue::Timestamp(7)));
+        assert_eq!(text(first, "original-expiration").as_deref(), Some("100"));
+        assert_eq!(text(first, "exchange").as_deref(), Some("ex"));
+        assert_eq!(h.get("x-first-death-queue").unwrap().as_str(), Some("q1"));
+        assert_eq!(h.get("x-first-death-reason").unwrap().as_str(), Some("expired"));
+        assert_eq!(h.get("x-last-death-queue").unwrap().as_str(), Some("q1"));
+    }
+
+    #[test]
+    fn cycles_are_only_fully_automatic_ones() {
+        let d = |q: &str, r: &str| (q.to_string(), r.to_string());
+        assert!(is_cycle("a", &[d("a", "expired")]));
+        assert!(is_cycle("a", &[d("b", "expired"), d("a", "maxlen")]));
+        assert!(!is_cycle("a", &[d("b", "rejected"), d("a", "expired")]));
+        assert!(!is_cycle("c", &[d("b", "expired")]));
+    }
+}
