@@ -27,7 +27,11 @@ fn target_dir() -> PathBuf {
 }
 
 /// The `mailroom` binary, built once per test process if needed (same profile as the tests).
+/// `MAILROOM_BIN=/path/to/mailroom` uses that binary instead and skips the build.
 pub fn mailroom_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MAILROOM_BIN") {
+        return PathBuf::from(bin);
+    }
     static BUILD: Once = Once::new();
     let profile = if cfg!(debug_assertions) {
         "debug"
