@@ -14,6 +14,10 @@ pub(crate) const MESSAGE: u8 = 0x10;
 /// `[0x11][queue id u32 BE][seq u64 BE]` -> postcard `MessageState`.
 pub(crate) const MSG_STATE: u8 = 0x11;
 
+/// `[0x12][queue id u32 BE]` -> u64 BE: the highest seq that may have been delivered (see
+/// `Store::set_delivered_mark`).
+pub(crate) const DELIVERED_MARK: u8 = 0x12;
+
 pub(crate) const SCHEMA_KEY: &[u8] = b"\x00schema_version";
 pub(crate) const QUEUE_ID_KEY: &[u8] = b"\x00next_queue_id";
 

@@ -713,6 +713,26 @@ impl Store {
             .collect()
     }
 
+    /// Records that messages of `queue_id` up to `seq` may have been delivered, so that after a crash
+    /// they come back flagged redelivered. One small write per delivery batch, not per message.
+    pub fn set_delivered_mark(&self, queue_id: u32, seq: u64) -> Result<u64> {
+        let mut key = vec![keys::DELIVERED_MARK];
+        key.extend_from_slice(&queue_id.to_be_bytes());
+        self.put_raw(key, seq.to_be_bytes().to_vec())
+    }
+
+    /// The last `set_delivered_mark` of a queue.
+    pub fn delivered_mark(&self, queue_id: u32) -> Result<Option<u64>> {
+        let mut key = vec![keys::DELIVERED_MARK];
+        key.extend_from_slice(&queue_id.to_be_bytes());
+        match self.db().get(key)? {
+            None => Ok(None),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| StoreError::Corrupt("delivered mark is malformed".into())),
+        }
+    }
+
     /// (first seq, last seq) of a queue, or None if it holds no message. O(log n): two seeks.
     pub fn queue_bounds(&self, queue_id: u32) -> Result<Option<(u64, u64)>> {
         let mut it = self
