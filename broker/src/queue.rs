@@ -208,6 +208,8 @@ struct Inner {
     last_used: u64,
     /// Some message carries a per-message expiration: the timer must look at the heads.
     has_expiring: bool,
+    /// Highest seq recorded in the store as possibly delivered.
+    delivered_mark: Option<u64>,
 }
 
 /// Why a publish did not enter the queue.
@@ -289,6 +291,7 @@ impl Queue {
             deleted: false,
             last_used: now,
             has_expiring: false,
+            delivered_mark: store.as_ref().and_then(|s| s.delivered_mark()),
         };
         if let Some(r) = recovered {
             inner.next_seq = r.last_seq + 1;
@@ -600,6 +603,20 @@ impl Queue {
         }
         if ack {
             inner.unacked += n as u64;
+            if let Some(store) = &self.store {
+                // Remember how far deliveries went, so that a crash brings these back redelivered.
+                let top = out[out.len() - n..]
+                    .iter()
+                    .filter(|e| e.msg.persistent)
+                    .map(|e| e.seq)
+                    .max();
+                if let Some(top) = top {
+                    if inner.delivered_mark.is_none_or(|m| top > m) {
+                        inner.delivered_mark = Some(top);
+                        store.mark_delivered(top);
+                    }
+                }
+            }
         }
         if n < max {
             inner.register_waiter(id);
@@ -630,6 +647,12 @@ impl Queue {
                 }
                 if ack {
                     q.unacked += 1;
+                    if let (Some(store), true) = (&self.store, e.msg.persistent) {
+                        if q.delivered_mark.is_none_or(|m| e.seq > m) {
+                            q.delivered_mark = Some(e.seq);
+                            store.mark_delivered(e.seq);
+                        }
+                    }
                 }
                 break Some((e, q.ready_count()));
             }

@@ -43,6 +43,23 @@ impl QueueStore {
         self.id
     }
 
+    /// After a restart: messages up to the stored mark may have been delivered before it.
+    pub fn load_delivered_mark(&mut self) -> Result<(), storage::StoreError> {
+        self.delivered_mark = self.store.delivered_mark(self.id)?;
+        Ok(())
+    }
+
+    pub fn delivered_mark(&self) -> Option<u64> {
+        self.delivered_mark
+    }
+
+    /// Records that messages up to `seq` may have been delivered (one write per delivery batch).
+    pub fn mark_delivered(&self, seq: u64) {
+        if let Err(e) = self.store.set_delivered_mark(self.id, seq) {
+            tracing::error!(queue = %self.name, error = %e, "store mark write failed");
+        }
+    }
+
     /// Writes a persistent message; returns the ticket to wait for before confirming.
     pub fn append(
         &self,

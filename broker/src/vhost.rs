@@ -299,7 +299,8 @@ impl VHost {
                 auto_delete: r.auto_delete,
                 arguments: decode_table(&r.arguments),
             };
-            let qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
+            let mut qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
+            qs.load_delivered_mark()?;
             let q = Queue::with_store(spec, qs, recovered, self.this.clone(), now_ms());
             map.insert(name.clone(), Arc::new(q));
             router.declare_queue(name);

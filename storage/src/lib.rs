@@ -356,7 +356,12 @@ impl Store {
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_interval_ms)
             .use_compression(false)
-            .segment_size(SEGMENT_SIZE)
+            .segment_size(
+                std::env::var("EXP_SEG")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(SEGMENT_SIZE),
+            )
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(source) => StoreError::Io {
