@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use protocol::{
-    write_method, ChannelOpen, ConnectionClose, ConnectionCloseOk, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Frame, FrameCodec, LongStr,
-    Method, PROTOCOL_HEADER,
+    write_method, ChannelOpen, ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionStartOk,
+    ConnectionTuneOk, FieldTable, FieldValue, Frame, FrameCodec, LongStr, Method, PROTOCOL_HEADER,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -157,10 +156,7 @@ impl Conn {
         }
         let mut props = FieldTable::new();
         props.insert("product", FieldValue::LongStr("mailroom-perf".into()));
-        props.insert(
-            "version",
-            FieldValue::LongStr(env!("CARGO_PKG_VERSION").into()),
-        );
+        props.insert("version", FieldValue::LongStr(env!("CARGO_PKG_VERSION").into()));
         props.insert("platform", FieldValue::LongStr("Rust".into()));
         props.insert("connection_name", FieldValue::LongStr(name.into()));
         props.insert("capabilities", FieldValue::Table(caps));
@@ -242,8 +238,7 @@ impl Conn {
         loop {
             match self.rd.next_frame().await? {
                 Frame::Method(0, Method::ConnectionClose(c)) => {
-                    self.wr
-                        .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk));
+                    self.wr.method(0, &Method::ConnectionCloseOk(ConnectionCloseOk));
                     let _ = self.wr.flush().await;
                     return Err(close_error(
                         "connection",

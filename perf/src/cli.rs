@@ -124,7 +124,7 @@ pub struct Args {
     #[arg(long)]
     pub queues: Option<usize>,
 
-    /// Queue names are <prefix><index>. [default: mailroom-perf-]
+    /// Queue names are <prefix><index>. [default: mailroom-perf- (mailroom-perf-s1- etc. for scenarios)]
     #[arg(long)]
     pub queue_prefix: Option<String>,
 
@@ -413,10 +413,10 @@ impl Args {
             exchange_type,
             exchange,
             queues,
-            queue_prefix: self
-                .queue_prefix
-                .clone()
-                .unwrap_or_else(|| "mailroom-perf-".into()),
+            queue_prefix: self.queue_prefix.clone().unwrap_or_else(|| match self.scenario {
+                Some(sc) => format!("mailroom-perf-{}-", format!("{sc:?}").to_lowercase()),
+                None => "mailroom-perf-".into(),
+            }),
             durable: flag_pair(self.durable, self.non_durable)
                 .or(p.durable)
                 .unwrap_or(false),
@@ -499,7 +499,15 @@ mod tests {
     fn presets_and_overrides() {
         let s = parse(&["--scenario", "s1"]);
         assert!(s.autoack && s.size == 16 && s.cleanup);
-        let s = parse(&["--scenario", "S1", "--manual-ack", "--size", "100", "--no-cleanup"]);
+        assert_eq!(s.queue_name(0), "mailroom-perf-s1-0");
+        let s = parse(&[
+            "--scenario",
+            "S1",
+            "--manual-ack",
+            "--size",
+            "100",
+            "--no-cleanup",
+        ]);
         assert!(!s.autoack && s.size == 100 && !s.cleanup);
         let s = parse(&["--scenario", "S3"]);
         assert!(s.persistent && s.durable && s.confirm == 100 && s.prefetch == 100);

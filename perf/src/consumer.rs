@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::amqp::{close_halves, Conn, CH};
 use crate::cli::Settings;
 use crate::hist::Histogram;
-use crate::tracker::{now_ns, parse_stamp, SeqTracker, Seen};
+use crate::tracker::{now_ns, parse_stamp, Seen, SeqTracker};
 
 /// Counters a consumer shares with the reporter.
 #[derive(Default)]
@@ -162,18 +162,22 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
                             c.reply_code,
                             c.reply_text
                         ),
-                        Frame::Method(_, Method::ChannelClose(c)) => anyhow::bail!(
-                            "channel closed by the broker: {} {}",
-                            c.reply_code,
-                            c.reply_text
-                        ),
+                        Frame::Method(_, Method::ChannelClose(c)) => {
+                            anyhow::bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
+                        }
                         Frame::Method(_, Method::BasicCancel(_)) => {
                             anyhow::bail!("the broker cancelled the consumer")
                         }
                         _ => continue,
                     }
                     // A delivery is complete once its header said how much and it all came.
-                    if !matches!(&cur, Some(Current { remaining: Some(0), .. })) {
+                    if !matches!(
+                        &cur,
+                        Some(Current {
+                            remaining: Some(0),
+                            ..
+                        })
+                    ) {
                         continue;
                     }
                     let c = cur.take().expect("current delivery");

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::{
-    write_content, write_method, BasicProperties, BasicPublish, ConfirmSelect, Frame, Method,
-    RawProperties, CLASS_BASIC,
+    write_content, write_method, BasicProperties, BasicPublish, ConfirmSelect, Frame, Method, RawProperties,
+    CLASS_BASIC,
 };
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
@@ -125,7 +125,11 @@ async fn reader_loop(
                 }
                 Frame::Method(0, Method::ConnectionCloseOk(_)) => return Ok(()),
                 Frame::Method(_, Method::ConnectionClose(c)) => {
-                    anyhow::bail!("connection closed by the broker: {} {}", c.reply_code, c.reply_text)
+                    anyhow::bail!(
+                        "connection closed by the broker: {} {}",
+                        c.reply_code,
+                        c.reply_text
+                    )
                 }
                 Frame::Method(_, Method::ChannelClose(c)) => {
                     anyhow::bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
@@ -264,7 +268,9 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                 if left.is_zero() {
                     break;
                 }
-                let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), stats.confirmed.notified()).await;
+                let _ =
+                    tokio::time::timeout(left.min(Duration::from_millis(100)), stats.confirmed.notified())
+                        .await;
             }
         }
         Ok(())

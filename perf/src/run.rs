@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use protocol::{
-    ExchangeDeclare, ExchangeDelete, Method, QueueBind, QueueDeclare, QueueDelete, QueuePurge,
-    ShortStr,
+    ExchangeDeclare, ExchangeDelete, Method, QueueBind, QueueDeclare, QueueDelete, QueuePurge, ShortStr,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -88,10 +87,7 @@ pub async fn cleanup(conn: &mut Conn, s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-type ConsumerHandle = (
-    Arc<ConsumerStats>,
-    JoinHandle<anyhow::Result<ConsumerOutcome>>,
-);
+type ConsumerHandle = (Arc<ConsumerStats>, JoinHandle<anyhow::Result<ConsumerOutcome>>);
 
 async fn start_consumers(
     s: &Arc<Settings>,
@@ -312,11 +308,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     // What consumers must see: each queue with a consumer gets its copy from every
     // producer routed to it.
     let consumed_queues: BTreeSet<usize> = (0..s.consumers).map(|c| s.consumer_queue(c)).collect();
-    let published: Vec<u64> = live
-        .producers
-        .iter()
-        .map(|p| p.published.load(Relaxed))
-        .collect();
+    let published: Vec<u64> = live.producers.iter().map(|p| p.published.load(Relaxed)).collect();
     let expected: u64 = (0..s.producers)
         .map(|p| {
             s.producer_queues(p)
@@ -445,10 +437,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     } else {
         0.0
     };
-    let total = live.total_hist.lock().unwrap();
-    report.latency_us = Latency::from_hist(&total);
-    report.latency_samples = total.count();
-    drop(total);
+    {
+        let total = live.total_hist.lock().unwrap();
+        report.latency_us = Latency::from_hist(&total);
+        report.latency_samples = total.count();
+    }
     report.elapsed_s = start.elapsed().as_secs_f64();
     report.cpu_s = process_cpu_seconds() - cpu0;
     let handled = report.published + report.consumed;

@@ -112,7 +112,10 @@ mod tests {
             }
         );
         let u = AmqpUri::parse("amqp://localhost").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.vhost.as_str()), ("localhost", 5672, "/"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.vhost.as_str()),
+            ("localhost", 5672, "/")
+        );
         assert_eq!(u.user, "guest");
         let u = AmqpUri::parse("amqp://127.0.0.1:1234/%2f").unwrap();
         assert_eq!((u.port, u.vhost.as_str()), (1234, "/"));
