@@ -356,12 +356,7 @@ impl Store {
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_interval_ms)
             .use_compression(false)
-            .segment_size(
-                std::env::var("EXP_SEG")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(SEGMENT_SIZE),
-            )
+            .segment_size(SEGMENT_SIZE)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(source) => StoreError::Io {
@@ -554,11 +549,18 @@ impl Store {
         self.put_raw(k, codec::encode(q)?)
     }
 
-    /// Deletes the queue record and then all messages and message states of queue `id`.
+    /// Deletes the queue record (and its delivered mark) and then all messages and message
+    /// states of queue `id`.
     /// The record goes first (one batch), the messages follow in batches of 10,000 keys; if the
     /// process dies in between, `open` removes the orphaned messages.
     pub fn delete_queue(&self, vhost: &str, name: &str, id: u32) -> Result<u64> {
-        let t = self.remove_raw(Key::new(QUEUE).str(vhost).str(name).into_vec())?;
+        let mut batch = sled::Batch::default();
+        let qkey = Key::new(QUEUE).str(vhost).str(name).into_vec();
+        let n = qkey.len();
+        batch.remove(qkey);
+        batch.remove(&keys::queue_prefix(keys::DELIVERED_MARK, id));
+        self.db().apply_batch(batch)?;
+        let t = self.sh().bump(n);
         let (_, t2) = self.purge_queue(id)?;
         Ok(t.max(t2))
     }
@@ -721,16 +723,16 @@ impl Store {
     /// Records that messages of `queue_id` up to `seq` may have been delivered, so that after a crash
     /// they come back flagged redelivered. One small write per delivery batch, not per message.
     pub fn set_delivered_mark(&self, queue_id: u32, seq: u64) -> Result<u64> {
-        let mut key = vec![keys::DELIVERED_MARK];
-        key.extend_from_slice(&queue_id.to_be_bytes());
+        let key = keys::queue_prefix(keys::DELIVERED_MARK, queue_id).to_vec();
         self.put_raw(key, seq.to_be_bytes().to_vec())
     }
 
     /// The last `set_delivered_mark` of a queue.
     pub fn delivered_mark(&self, queue_id: u32) -> Result<Option<u64>> {
-        let mut key = vec![keys::DELIVERED_MARK];
-        key.extend_from_slice(&queue_id.to_be_bytes());
-        match self.db().get(key)? {
+        match self
+            .db()
+            .get(keys::queue_prefix(keys::DELIVERED_MARK, queue_id))?
+        {
             None => Ok(None),
             Some(v) => <[u8; 8]>::try_from(v.as_ref())
                 .map(|b| Some(u64::from_be_bytes(b)))
@@ -826,9 +828,17 @@ impl Store {
         }
     }
 
-    /// Messages whose queue has no record are leftovers of an interrupted `delete_queue`.
+    /// Messages and delivered marks whose queue has no record are leftovers of an interrupted
+    /// `delete_queue`.
     fn remove_orphan_messages(&self) -> Result<()> {
         let known: std::collections::HashSet<u32> = self.queues()?.into_iter().map(|q| q.id).collect();
+        for k in self.db().scan_prefix([keys::DELIVERED_MARK]).keys() {
+            let k = k?;
+            let q = <[u8; 4]>::try_from(&k[1..]).map(u32::from_be_bytes);
+            if matches!(q, Ok(q) if !known.contains(&q)) {
+                self.remove_raw(k.to_vec())?;
+            }
+        }
         for q in self.queue_ids_with_messages()? {
             if !known.contains(&q) {
                 let (n, _) = self.purge_queue(q)?;

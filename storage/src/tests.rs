@@ -363,6 +363,31 @@ fn purge_and_delete_queue() {
 }
 
 #[test]
+fn delivered_mark_roundtrip_and_removed_with_queue() {
+    let d = tmp();
+    {
+        let s = open(d.path());
+        s.put_queue(&QueueRecord {
+            id: 4,
+            name: "q".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.delivered_mark(4).unwrap(), None);
+        s.set_delivered_mark(4, 255).unwrap();
+        let t = s.set_delivered_mark(4, 256).unwrap();
+        assert_eq!(t, s.current_ticket());
+        // a mark without a queue record is an orphan and goes at the next open
+        s.set_delivered_mark(9, 1).unwrap();
+    }
+    let s = open(d.path());
+    assert_eq!(s.delivered_mark(4).unwrap(), Some(256));
+    assert_eq!(s.delivered_mark(9).unwrap(), None);
+    s.delete_queue("", "q", 4).unwrap();
+    assert_eq!(s.delivered_mark(4).unwrap(), None);
+}
+
+#[test]
 fn orphaned_messages_are_removed_at_open() {
     let d = tmp();
     {
