@@ -63,7 +63,11 @@ fn start_broker() -> Broker {
     const MARK: &str = "accepting AMQP connections addr=";
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("broker did not start");
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("broker did not start");
+        };
         if let Some(i) = line.find(MARK) {
             let addr = line[i + MARK.len()..]
                 .split_whitespace()
