@@ -47,7 +47,11 @@ fn drain(c: &mut RawClient, ch: u16) -> Vec<RawMessage> {
             Some(protocol::Frame::Method(x, m @ Method::BasicDeliver(_))) if x == ch => {
                 c.set_read_timeout(Duration::from_secs(10));
                 let (header, body) = c.expect_content(ch);
-                out.push(RawMessage { method: m, header, body });
+                out.push(RawMessage {
+                    method: m,
+                    header,
+                    body,
+                });
                 c.set_read_timeout(Duration::from_millis(300));
             }
             Some(protocol::Frame::Heartbeat(_)) => {}
@@ -56,6 +60,19 @@ fn drain(c: &mut RawClient, ch: u16) -> Vec<RawMessage> {
         }
     }
     c.set_read_timeout(Duration::from_secs(10));
+    out
+}
+
+/// Reads exactly `n` deliveries on `ch` (waiting as long as needed), then checks nothing more arrives for 300 ms.
+fn expect_n(c: &mut RawClient, ch: u16, n: usize) -> Vec<RawMessage> {
+    let mut out: Vec<RawMessage> = (0..n).map(|_| c.expect_message(ch)).collect();
+    let extra = drain(c, ch);
+    assert!(
+        extra.is_empty(),
+        "{} more deliveries than the {n} expected: {extra:?}",
+        extra.len()
+    );
+    out.shrink_to_fit();
     out
 }
 
@@ -223,7 +240,12 @@ fn exclusive_consumer_locks_out_others_with_403() {
     let (code, text, cls, mth) = c.expect_channel_close(2);
     assert_eq!(
         (code, text.as_str(), cls, mth),
-        (403, "ACCESS_REFUSED - queue 'ex' in vhost '/' in exclusive use", 60, 20)
+        (
+            403,
+            "ACCESS_REFUSED - queue 'ex' in vhost '/' in exclusive use",
+            60,
+            20
+        )
     );
     // And an exclusive consume on a queue that already has a consumer is refused the same way.
     c.declare_queue(3, "shared");
@@ -243,11 +265,17 @@ fn exclusive_consumer_locks_out_others_with_403() {
     );
     let (code, text, _, _) = c.expect_channel_close(2);
     assert_eq!(code, 403);
-    assert_eq!(text, "ACCESS_REFUSED - queue 'shared' in vhost '/' in exclusive use");
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - queue 'shared' in vhost '/' in exclusive use"
+    );
     // The exclusive consumer still gets messages.
     c.publish(3, "", "ex", b"mine");
     let d = c.expect_message(1);
-    assert_eq!((consumer_tag(&d).as_str(), d.body.as_slice()), ("owner", &b"mine"[..]));
+    assert_eq!(
+        (consumer_tag(&d).as_str(), d.body.as_slice()),
+        ("owner", &b"mine"[..])
+    );
 }
 
 #[test]
@@ -259,12 +287,16 @@ fn no_ack_consumer_empties_the_queue_without_acks() {
     for i in 0..5 {
         c.publish(1, "", "na", format!("{i}").as_bytes());
     }
-    let got = drain(&mut c, 1);
+    let got = expect_n(&mut c, 1, 5);
     let bodies: Vec<String> = got.iter().map(|m| m.body_str()).collect();
     assert_eq!(bodies, ["0", "1", "2", "3", "4"]);
     c.close_channel(1);
     c.open_channel(1);
-    assert_eq!(count_ready(&mut c, 1, "na"), 0, "no-ack deliveries must not come back");
+    assert_eq!(
+        count_ready(&mut c, 1, "na"),
+        0,
+        "no-ack deliveries must not come back"
+    );
 }
 
 #[test]
@@ -286,7 +318,9 @@ fn cancel_stops_deliveries() {
         m => panic!("{m:?}"),
     }
     c.publish(1, "", "cq", b"after");
-    let m = c.get(1, "cq", true).expect("the message published after cancel stays in the queue");
+    let m = c
+        .get(1, "cq", true)
+        .expect("the message published after cancel stays in the queue");
     assert_eq!(m.body, b"after");
     // Cancelling an unknown tag is fine (RabbitMQ replies cancel-ok).
     match c.call(
@@ -335,7 +369,9 @@ fn ack_nack_reject_single_and_multiple() {
     for i in 1..=8 {
         c.publish(1, "", "a", format!("{i}").as_bytes());
     }
-    let tags: Vec<u64> = (0..8).map(|_| c.get(1, "a", false).unwrap().delivery_tag()).collect();
+    let tags: Vec<u64> = (0..8)
+        .map(|_| c.get(1, "a", false).unwrap().delivery_tag())
+        .collect();
     assert_eq!(tags, (1..=8).collect::<Vec<_>>());
     c.ack(1, 2, true); // acks 1, 2
     c.ack(1, 3, false); // acks 3
@@ -389,7 +425,7 @@ fn nack_with_requeue_restores_original_positions_flagged_redelivered() {
     c.publish(1, "", "order", b"6");
     c.publish(1, "", "order", b"7");
     c.consume(2, "order", "next", true, false);
-    let seen = drain(&mut c, 2);
+    let seen = expect_n(&mut c, 2, 4);
     let bodies: Vec<String> = seen.iter().map(|m| m.body_str()).collect();
     assert_eq!(bodies, ["2", "4", "6", "7"]);
     let flags: Vec<bool> = seen.iter().map(|m| m.redelivered()).collect();
@@ -409,7 +445,7 @@ fn prefetch_per_consumer_with_global_false() {
     for i in 0..10 {
         c.publish(2, "", "pf", format!("{i}").as_bytes());
     }
-    let got = drain(&mut c, 1);
+    let got = expect_n(&mut c, 1, 4);
     let mut per: HashMap<String, Vec<u64>> = HashMap::new();
     for m in &got {
         per.entry(consumer_tag(m)).or_default().push(m.delivery_tag());
@@ -419,7 +455,7 @@ fn prefetch_per_consumer_with_global_false() {
     // Acking one of c1's lets exactly one more through, to c1.
     let t = per["c1"][0];
     c.ack(1, t, false);
-    let more = drain(&mut c, 1);
+    let more = expect_n(&mut c, 1, 1);
     assert_eq!(more.len(), 1, "{more:?}");
     assert_eq!(consumer_tag(&more[0]), "c1");
 }
@@ -437,11 +473,11 @@ fn prefetch_per_channel_with_global_true() {
     for i in 0..10 {
         c.publish(2, "", "pg", format!("{i}").as_bytes());
     }
-    let got = drain(&mut c, 1);
+    let got = expect_n(&mut c, 1, 3);
     assert_eq!(got.len(), 3, "channel-wide prefetch 3 shared by both consumers");
     let last = got.iter().map(|m| m.delivery_tag()).max().unwrap();
     c.ack(1, last, true);
-    let more = drain(&mut c, 1);
+    let more = expect_n(&mut c, 1, 3);
     assert_eq!(more.len(), 3);
 }
 
@@ -454,7 +490,7 @@ fn recover_requeue_redelivers_unacked() {
     for i in 0..3 {
         c.publish(1, "", "rec", format!("{i}").as_bytes());
     }
-    let first = drain(&mut c, 1);
+    let first = expect_n(&mut c, 1, 3);
     assert_eq!(first.len(), 3);
     c.ack(1, first[0].delivery_tag(), false);
     c.send_method(1, Method::BasicRecover(protocol::BasicRecover { requeue: true }));
@@ -466,7 +502,11 @@ fn recover_requeue_redelivers_unacked() {
             protocol::Frame::Method(1, Method::BasicRecoverOk(_)) => saw_ok = true,
             protocol::Frame::Method(1, m @ Method::BasicDeliver(_)) => {
                 let (header, body) = c.expect_content(1);
-                again.push(RawMessage { method: m, header, body });
+                again.push(RawMessage {
+                    method: m,
+                    header,
+                    body,
+                });
             }
             f => panic!("unexpected {f:?}"),
         }
@@ -492,7 +532,7 @@ fn unacked_messages_return_when_the_channel_closes() {
         c.publish(1, "", "back", format!("{i}").as_bytes());
     }
     c.consume(2, "back", "t", false, false);
-    let held = drain(&mut c, 2);
+    let held = expect_n(&mut c, 2, 4);
     assert_eq!(held.len(), 4);
     let _one = c.get(1, "back", false); // nothing left to get
     assert!(_one.is_none());

@@ -167,7 +167,10 @@ fn frames_after_a_channel_error_are_dropped_until_close_ok() {
     c.round_trip(2);
     c.open_channel(1);
     c.round_trip(1);
-    assert!(c.get(2, "keep", true).is_none(), "the dropped publish must not be enqueued");
+    assert!(
+        c.get(2, "keep", true).is_none(),
+        "the dropped publish must not be enqueued"
+    );
     // A body frame alone on a channel that is waiting for close-ok is dropped too.
     c.send_method(1, passive_declare("missing"));
     let mut b = protocol::bytes::BytesMut::new();

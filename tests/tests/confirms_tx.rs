@@ -7,7 +7,10 @@ use mailroom_tests::raw::RawClient;
 use mailroom_tests::Server;
 
 fn select_confirms(c: &mut RawClient, ch: u16) {
-    let m = c.call(ch, Method::ConfirmSelect(protocol::ConfirmSelect { no_wait: false }));
+    let m = c.call(
+        ch,
+        Method::ConfirmSelect(protocol::ConfirmSelect { no_wait: false }),
+    );
     assert!(matches!(m, Method::ConfirmSelectOk(_)), "{m:?}");
 }
 
@@ -19,7 +22,9 @@ fn collect_confirms(c: &mut RawClient, ch: u16, n: u64) -> (BTreeSet<u64>, BTree
         match c.expect_method() {
             Method::BasicAck(a) => {
                 let tags: Vec<u64> = if a.multiple {
-                    (1..=a.delivery_tag).filter(|t| !acked.contains(t) && !nacked.contains(t)).collect()
+                    (1..=a.delivery_tag)
+                        .filter(|t| !acked.contains(t) && !nacked.contains(t))
+                        .collect()
                 } else {
                     vec![a.delivery_tag]
                 };
@@ -31,7 +36,9 @@ fn collect_confirms(c: &mut RawClient, ch: u16, n: u64) -> (BTreeSet<u64>, BTree
             }
             Method::BasicNack(a) => {
                 let tags: Vec<u64> = if a.multiple {
-                    (1..=a.delivery_tag).filter(|t| !acked.contains(t) && !nacked.contains(t)).collect()
+                    (1..=a.delivery_tag)
+                        .filter(|t| !acked.contains(t) && !nacked.contains(t))
+                        .collect()
                 } else {
                     vec![a.delivery_tag]
                 };
@@ -150,7 +157,10 @@ fn confirm_nack_when_the_queue_rejects_the_publish() {
 fn tx(c: &mut RawClient, ch: u16, m: Method) {
     let r = c.call(ch, m);
     assert!(
-        matches!(r, Method::TxSelectOk(_) | Method::TxCommitOk(_) | Method::TxRollbackOk(_)),
+        matches!(
+            r,
+            Method::TxSelectOk(_) | Method::TxCommitOk(_) | Method::TxRollbackOk(_)
+        ),
         "{r:?}"
     );
 }
@@ -199,7 +209,9 @@ fn tx_acks_apply_at_commit() {
     tx(&mut c, 1, Method::TxCommit(protocol::TxCommit));
     // Closing the channel requeues what is still unacked: only "one".
     c.close_channel(1);
-    let back = c.get(2, "txa", true).expect("the rolled-back ack left 'one' unacked");
+    let back = c
+        .get(2, "txa", true)
+        .expect("the rolled-back ack left 'one' unacked");
     assert_eq!(back.body, b"one");
     assert!(back.redelivered());
     assert!(c.get(2, "txa", true).is_none(), "'two' was acked at commit");
@@ -231,11 +243,19 @@ fn tx_and_confirm_modes_exclude_each_other() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
     tx(&mut c, 1, Method::TxSelect(protocol::TxSelect));
-    c.send_method(1, Method::ConfirmSelect(protocol::ConfirmSelect { no_wait: false }));
+    c.send_method(
+        1,
+        Method::ConfirmSelect(protocol::ConfirmSelect { no_wait: false }),
+    );
     let (code, text, cls, mth) = c.expect_channel_close(1);
     assert_eq!(
         (code, text.as_str(), cls, mth),
-        (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10)
+        (
+            406,
+            "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+            85,
+            10
+        )
     );
     c.open_channel(1);
     select_confirms(&mut c, 1);
@@ -243,6 +263,11 @@ fn tx_and_confirm_modes_exclude_each_other() {
     let (code, text, cls, mth) = c.expect_channel_close(1);
     assert_eq!(
         (code, text.as_str(), cls, mth),
-        (406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10)
+        (
+            406,
+            "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
+            90,
+            10
+        )
     );
 }

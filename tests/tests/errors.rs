@@ -208,7 +208,12 @@ fn queue_delete_if_unused_with_a_consumer_is_406() {
             if_empty: false,
             no_wait: false,
         }),
-        (406, "PRECONDITION_FAILED - queue 'used' in vhost '/' in use", 50, 40),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'used' in vhost '/' in use",
+            50,
+            40,
+        ),
     );
 }
 
@@ -227,7 +232,12 @@ fn queue_delete_if_empty_with_messages_is_406() {
             if_empty: true,
             no_wait: false,
         }),
-        (406, "PRECONDITION_FAILED - queue 'full' in vhost '/' not empty", 50, 40),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'full' in vhost '/' not empty",
+            50,
+            40,
+        ),
     );
 }
 
@@ -411,7 +421,10 @@ fn non_connection_method_on_channel_0_is_a_connection_error() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
     let text = assert_connection_error(&mut c, 0, declare("q", false, false), 504, (50, 10));
-    assert_eq!(text, "CHANNEL_ERROR - unexpected method in connection state running");
+    assert_eq!(
+        text,
+        "CHANNEL_ERROR - unexpected method in connection state running"
+    );
 }
 
 #[test]

@@ -164,7 +164,12 @@ fn unknown_mechanism_is_command_invalid() {
     let (code, text, class_id, method_id) = c.expect_connection_close();
     assert_eq!(
         (code, text.as_str(), class_id, method_id),
-        (503, "COMMAND_INVALID - unknown authentication mechanism 'FOO'", 10, 11)
+        (
+            503,
+            "COMMAND_INVALID - unknown authentication mechanism 'FOO'",
+            10,
+            11
+        )
     );
 }
 
