@@ -232,7 +232,7 @@ fn main() {
     }
     let st = store.stats();
     println!(
-        "totals: {} writes, {} flushes, {} logical, sled's size_on_disk {}",
+        "since the reopen after round 1: {} writes, {} flushes, {} logical; sled's size_on_disk {}",
         st.writes,
         st.flushes,
         mib(st.bytes_written),
