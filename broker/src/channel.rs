@@ -884,8 +884,8 @@ impl Conn {
             channel.next_publish_tag += 1;
             channel.confirms.push_back(PendingConfirm {
                 tag,
-                ticket: 0,
-                ack: true,
+                ticket,
+                ack: !failed,
             });
         }
         Ok(())

@@ -360,9 +360,7 @@ impl Conn {
             "PLAIN" => crate::auth::parse_plain(ok.response.as_bytes()),
             "AMQPLAIN" => crate::auth::parse_amqplain(ok.response.as_bytes()),
             other => {
-                return Err(AmqpError::access_refused(format!(
-                    "unsupported authentication mechanism '{other}'"
-                )))
+                return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")))
             }
         }
         .ok_or_else(|| {
@@ -435,7 +433,7 @@ impl Conn {
     fn on_open(&mut self, open: protocol::ConnectionOpen) -> AmqpResult<()> {
         let name = open.virtual_host.as_str();
         let Some(vhost) = self.broker.vhost(name) else {
-            return Err(AmqpError::not_allowed(format!("vhost '{name}' not found")));
+            return Err(AmqpError::not_allowed(format!("vhost {name} not found")));
         };
         self.vhost = Some(vhost);
         self.send_method(0, &Method::ConnectionOpenOk(protocol::ConnectionOpenOk));
@@ -464,10 +462,10 @@ impl Conn {
                 Ok(())
             }
             Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(()),
-            other => Err(AmqpError::command_invalid(format!(
-                "unexpected method '{}' on channel 0",
-                other.name()
-            ))),
+            // RabbitMQ's last handle_method0 clause.
+            _ => Err(AmqpError::channel_error(
+                "unexpected method in connection state running",
+            )),
         }
         .map_err(|e| e.on_method(class_id, method_id))
     }
