@@ -84,12 +84,16 @@ impl Broker {
             self.store.queues()?,
             self.store.bindings()?,
         );
+        let clean = self.store.take_clean_shutdown()?;
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
-            vhost.recover(&exchanges, &queues, &bindings)?;
+            vhost.recover(&exchanges, &queues, &bindings, clean)?;
+
             self.vhosts.write().insert(name, vhost);
         }
+        self.store.clear_queue_counts()?;
         tracing::info!(
+            clean,
             exchanges = exchanges.len(),
             queues = queues.len(),
             bindings = bindings.len(),
@@ -146,7 +150,9 @@ impl Broker {
 
     /// Called once every connection has closed: makes every write durable.
     pub fn shutdown(&self) {
-        if let Err(e) = self.store.flush_blocking() {
+        let counts = self.vhosts().iter().try_for_each(|v| v.record_counts());
+        let r = counts.and_then(|_| self.store.mark_clean_shutdown());
+        if let Err(e) = r {
             tracing::error!(error = %e, "final store flush failed");
         }
     }

@@ -559,6 +559,7 @@ impl Store {
         let n = qkey.len();
         batch.remove(qkey);
         batch.remove(&keys::queue_prefix(keys::DELIVERED_MARK, id));
+        batch.remove(&keys::queue_prefix(keys::QUEUE_COUNT, id));
         self.db().apply_batch(batch)?;
         let t = self.sh().bump(n);
         let (_, t2) = self.purge_queue(id)?;
@@ -738,6 +739,51 @@ impl Store {
                 .map(|b| Some(u64::from_be_bytes(b)))
                 .map_err(|_| StoreError::Corrupt("delivered mark is malformed".into())),
         }
+    }
+
+    /// At a clean shutdown: how many messages queue `queue_id` holds and its last seq, so that the
+    /// next start need not count them. Only trusted when `take_clean_shutdown` says the store was
+    /// closed cleanly after it was written.
+    pub fn put_queue_count(&self, queue_id: u32, count: u64, last_seq: u64) -> Result<u64> {
+        let key = keys::queue_prefix(keys::QUEUE_COUNT, queue_id).to_vec();
+        let mut v = count.to_be_bytes().to_vec();
+        v.extend_from_slice(&last_seq.to_be_bytes());
+        self.put_raw(key, v)
+    }
+
+    /// The (count, last seq) a clean shutdown recorded for a queue.
+    pub fn queue_count(&self, queue_id: u32) -> Result<Option<(u64, u64)>> {
+        match self.db().get(keys::queue_prefix(keys::QUEUE_COUNT, queue_id))? {
+            None => Ok(None),
+            Some(v) if v.len() == 16 => {
+                let count = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                let last = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
+                Ok(Some((count, last)))
+            }
+            Some(_) => Err(StoreError::Corrupt("queue count record is malformed".into())),
+        }
+    }
+
+    /// Marks the store as closed cleanly (call after the last `put_queue_count`; durable on return).
+    pub fn mark_clean_shutdown(&self) -> Result<()> {
+        self.db().insert(keys::CLEAN_KEY, &[1u8])?;
+        self.flush_blocking()
+    }
+
+    /// Whether the last close was clean; clears the mark (durably) so that a crash from now on is
+    /// seen as one, and forgets the queue counts it vouched for.
+    pub fn take_clean_shutdown(&self) -> Result<bool> {
+        let was = self.db().remove(keys::CLEAN_KEY)?.is_some();
+        self.flush_blocking()?;
+        Ok(was)
+    }
+
+    /// Drops the recorded counts (after they were read at start).
+    pub fn clear_queue_counts(&self) -> Result<()> {
+        for k in self.db().scan_prefix([keys::QUEUE_COUNT]).keys() {
+            self.db().remove(k?)?;
+        }
+        Ok(())
     }
 
     /// (first seq, last seq) of a queue, or None if it holds no message. O(log n): two seeks.

@@ -236,20 +236,37 @@ async fn counts_after_restart(kill: bool) {
     {
         let conn = connect(&server).await;
         let ch = conn.create_channel().await.unwrap();
-        ch.queue_declare("cq".into(), durable_q(), FieldTable::default()).await.unwrap();
+        ch.queue_declare("cq".into(), durable_q(), FieldTable::default())
+            .await
+            .unwrap();
         ch.confirm_select(Default::default()).await.unwrap();
         for i in 0..50u32 {
-            let props = if i % 5 == 4 { BasicProperties::default() } else { persistent() };
-            ch.basic_publish("".into(), "cq".into(), Default::default(), format!("m{i}").as_bytes(), props)
-                .await
-                .unwrap();
+            let props = if i % 5 == 4 {
+                BasicProperties::default()
+            } else {
+                persistent()
+            };
+            ch.basic_publish(
+                "".into(),
+                "cq".into(),
+                Default::default(),
+                format!("m{i}").as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
         }
         assert!(ch.wait_for_confirms().await.unwrap().is_empty());
         // Take the first 10 (8 persistent, 2 transient) for good.
         for _ in 0..10 {
-            ch.basic_get("cq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+            ch.basic_get("cq".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap();
         }
-        ch.queue_declare("cq".into(), durable_q(), FieldTable::default()).await.unwrap();
+        ch.queue_declare("cq".into(), durable_q(), FieldTable::default())
+            .await
+            .unwrap();
         if kill {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             server.kill();
@@ -260,8 +277,14 @@ async fn counts_after_restart(kill: bool) {
     server.restart();
     let conn = connect(&server).await;
     let ch = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let q = ch.queue_declare("cq".into(), passive, FieldTable::default()).await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare("cq".into(), passive, FieldTable::default())
+        .await
+        .unwrap();
     // 40 left, 8 of them transient and gone: 32 persistent messages.
     assert_eq!(q.message_count(), 32, "message count after restart");
     assert_eq!(get_all(&ch, "cq").await.len(), 32);
