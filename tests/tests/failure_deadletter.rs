@@ -42,14 +42,20 @@ async fn reject_and_nack_without_requeue_dead_letter_with_x_death() {
     nack(&d1, false).await;
 
     for i in 0..2 {
-        let d = get_within(&ch, "dlq", WAIT).await.unwrap_or_else(|| panic!("m{i} dead-lettered"));
+        let d = get_within(&ch, "dlq", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("m{i} dead-lettered"));
         assert_eq!(body(&d), format!("m{i}"));
         assert_eq!(
             d.properties.message_id().as_ref().map(|m| m.to_string()),
             Some(format!("id{i}")),
             "properties are kept"
         );
-        assert_eq!(header_str(&d, "app").as_deref(), Some("billing"), "headers are kept");
+        assert_eq!(
+            header_str(&d, "app").as_deref(),
+            Some("billing"),
+            "headers are kept"
+        );
         let deaths = x_death(&d);
         assert_eq!(deaths.len(), 1, "{deaths:?}");
         let x = &deaths[0];
@@ -59,14 +65,23 @@ async fn reject_and_nack_without_requeue_dead_letter_with_x_death() {
         assert_eq!(x.exchange(), "");
         assert_eq!(x.routing_keys(), vec!["work".to_string()]);
         assert_recent(x.time());
-        assert!(x.get("original-expiration").is_none(), "no expiration, so no original-expiration");
-        assert_eq!(header_str(&d, "x-first-death-reason").as_deref(), Some("rejected"));
+        assert!(
+            x.get("original-expiration").is_none(),
+            "no expiration, so no original-expiration"
+        );
+        assert_eq!(
+            header_str(&d, "x-first-death-reason").as_deref(),
+            Some("rejected")
+        );
         assert_eq!(header_str(&d, "x-first-death-queue").as_deref(), Some("work"));
         assert_eq!(header_str(&d, "x-first-death-exchange").as_deref(), Some(""));
         assert_eq!(header_str(&d, "x-last-death-reason").as_deref(), Some("rejected"));
         assert_eq!(header_str(&d, "x-last-death-queue").as_deref(), Some("work"));
         assert_eq!(header_str(&d, "x-last-death-exchange").as_deref(), Some(""));
-        assert!(!d.redelivered, "a dead-lettered message is a new message in the DLQ");
+        assert!(
+            !d.redelivered,
+            "a dead-lettered message is a new message in the DLQ"
+        );
     }
     assert_eq!(count(&ch, "work").await, 0, "rejected messages left the queue");
     assert!(get_now(&ch, "dlq").await.is_none());
@@ -96,7 +111,9 @@ async fn basic_get_then_reject_dead_letters_too() {
     ch.basic_reject(m.delivery.delivery_tag, BasicRejectOptions { requeue: false })
         .await
         .unwrap();
-    let d = get_within(&ch, "dlq", WAIT).await.expect("dead-lettered to the default exchange");
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("dead-lettered to the default exchange");
     assert_eq!(body(&d), "x");
     assert_eq!(x_death(&d)[0].reason(), "rejected");
 }
@@ -131,13 +148,25 @@ async fn dead_letter_routing_key_replaces_the_key_and_x_death_keeps_the_original
     let mut c = consume(&cch, "work", "c").await;
     let d = next(&mut c).await;
     reject(&d, false).await;
-    let dl = get_within(&ch, "dlq", WAIT).await.expect("dead-lettered with key 'dead'");
+    let dl = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("dead-lettered with key 'dead'");
     assert_eq!(body(&dl), "o2");
     let x = &x_death(&dl)[0];
-    assert_eq!(x.exchange(), "orders", "x-death names the exchange it was published to");
+    assert_eq!(
+        x.exchange(),
+        "orders",
+        "x-death names the exchange it was published to"
+    );
     assert_eq!(x.routing_keys(), vec!["order.created".to_string()]);
-    assert_eq!(header_str(&dl, "x-first-death-exchange").as_deref(), Some("orders"));
-    assert!(get_now(&ch, "wrong").await.is_none(), "the original key is not used");
+    assert_eq!(
+        header_str(&dl, "x-first-death-exchange").as_deref(),
+        Some("orders")
+    );
+    assert!(
+        get_now(&ch, "wrong").await.is_none(),
+        "the original key is not used"
+    );
 }
 
 #[tokio::test]
@@ -156,7 +185,9 @@ async fn per_message_expiration_dead_letters_as_expired_with_original_expiration
     )
     .await;
     publish(&ch, "work", "short", expiring(50)).await;
-    let d = get_within(&ch, "dlq", WAIT).await.expect("expired message dead-lettered");
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("expired message dead-lettered");
     assert_eq!(body(&d), "short");
     assert_eq!(
         d.properties.expiration(),
@@ -167,7 +198,10 @@ async fn per_message_expiration_dead_letters_as_expired_with_original_expiration
     assert_eq!(x.reason(), "expired");
     assert_eq!(x.queue(), "work");
     assert_eq!(x.count(), 1);
-    assert_eq!(as_string(x.get("original-expiration").expect("original-expiration")).as_deref(), Some("50"));
+    assert_eq!(
+        as_string(x.get("original-expiration").expect("original-expiration")).as_deref(),
+        Some("50")
+    );
     assert_eq!(header_str(&d, "x-first-death-reason").as_deref(), Some("expired"));
     assert_eq!(count(&ch, "work").await, 0);
 }
@@ -273,11 +307,20 @@ async fn cycle_with_rejection_continues_and_counts_repeat_deaths() {
     let d2 = next(&mut c).await;
     let x = x_death(&d2);
     assert_eq!(x.len(), 2, "{x:?}");
-    assert_eq!((x[0].queue(), x[0].reason(), x[0].count()), ("retry".into(), "expired".into(), 1));
-    assert_eq!((x[1].queue(), x[1].reason(), x[1].count()), ("work".into(), "rejected".into(), 1));
+    assert_eq!(
+        (x[0].queue(), x[0].reason(), x[0].count()),
+        ("retry".into(), "expired".into(), 1)
+    );
+    assert_eq!(
+        (x[1].queue(), x[1].reason(), x[1].count()),
+        ("work".into(), "rejected".into(), 1)
+    );
     assert_eq!(x[0].exchange(), "", "retry got it from the default exchange");
     assert_eq!(x[0].routing_keys(), vec!["retry".to_string()]);
-    assert_eq!(header_str(&d2, "x-first-death-reason").as_deref(), Some("rejected"));
+    assert_eq!(
+        header_str(&d2, "x-first-death-reason").as_deref(),
+        Some("rejected")
+    );
     assert_eq!(header_str(&d2, "x-first-death-queue").as_deref(), Some("work"));
     assert_eq!(header_str(&d2, "x-last-death-reason").as_deref(), Some("expired"));
     assert_eq!(header_str(&d2, "x-last-death-queue").as_deref(), Some("retry"));
@@ -286,9 +329,19 @@ async fn cycle_with_rejection_continues_and_counts_repeat_deaths() {
     let d3 = next(&mut c).await;
     let x = x_death(&d3);
     assert_eq!(x.len(), 2, "still one entry per (queue, reason): {x:?}");
-    assert_eq!((x[0].queue(), x[0].reason(), x[0].count()), ("retry".into(), "expired".into(), 2));
-    assert_eq!((x[1].queue(), x[1].reason(), x[1].count()), ("work".into(), "rejected".into(), 2));
-    assert_eq!(header_str(&d3, "x-first-death-queue").as_deref(), Some("work"), "first death is kept");
+    assert_eq!(
+        (x[0].queue(), x[0].reason(), x[0].count()),
+        ("retry".into(), "expired".into(), 2)
+    );
+    assert_eq!(
+        (x[1].queue(), x[1].reason(), x[1].count()),
+        ("work".into(), "rejected".into(), 2)
+    );
+    assert_eq!(
+        header_str(&d3, "x-first-death-queue").as_deref(),
+        Some("work"),
+        "first death is kept"
+    );
     reject(&d3, false).await;
 
     let d4 = next(&mut c).await;
@@ -312,10 +365,19 @@ async fn automatic_self_cycle_is_dropped_with_a_warning() {
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
     // No x-dead-letter-routing-key: dead-lettered with its own key "loop" through the default exchange.
-    declare(&ch, "loop", &[("x-message-ttl", int(30)), ("x-dead-letter-exchange", s(""))]).await;
+    declare(
+        &ch,
+        "loop",
+        &[("x-message-ttl", int(30)), ("x-dead-letter-exchange", s(""))],
+    )
+    .await;
     publish(&ch, "loop", "spin", BasicProperties::default()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(&ch, "loop").await, 0, "the message was dropped, not re-queued");
+    assert_eq!(
+        count(&ch, "loop").await,
+        0,
+        "the message was dropped, not re-queued"
+    );
     // Still empty a bit later (it is not circulating).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(count(&ch, "loop").await, 0);
@@ -345,8 +407,18 @@ async fn automatic_two_queue_cycle_is_dropped_per_destination() {
     exchange(&ch, "b-dlx", ExchangeKind::Fanout).await;
     declare(&ch, "tap-a", &[]).await;
     declare(&ch, "tap-b", &[]).await;
-    declare(&ch, "a", &[("x-message-ttl", int(40)), ("x-dead-letter-exchange", s("a-dlx"))]).await;
-    declare(&ch, "b", &[("x-message-ttl", int(40)), ("x-dead-letter-exchange", s("b-dlx"))]).await;
+    declare(
+        &ch,
+        "a",
+        &[("x-message-ttl", int(40)), ("x-dead-letter-exchange", s("a-dlx"))],
+    )
+    .await;
+    declare(
+        &ch,
+        "b",
+        &[("x-message-ttl", int(40)), ("x-dead-letter-exchange", s("b-dlx"))],
+    )
+    .await;
     bind(&ch, "b", "a-dlx", "").await;
     bind(&ch, "tap-a", "a-dlx", "").await;
     bind(&ch, "a", "b-dlx", "").await;
@@ -356,22 +428,39 @@ async fn automatic_two_queue_cycle_is_dropped_per_destination() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(count(&ch, "a").await, 0, "not re-queued into a");
     assert_eq!(count(&ch, "b").await, 0);
-    assert_eq!(count(&ch, "tap-a").await, 1, "a expired it once: the loop stopped");
+    assert_eq!(
+        count(&ch, "tap-a").await,
+        1,
+        "a expired it once: the loop stopped"
+    );
     assert_eq!(count(&ch, "tap-b").await, 1);
     let first = get_now(&ch, "tap-a").await.unwrap();
     let x = x_death(&first);
     assert_eq!(x.len(), 1);
-    assert_eq!((x[0].queue(), x[0].reason(), x[0].count()), ("a".into(), "expired".into(), 1));
+    assert_eq!(
+        (x[0].queue(), x[0].reason(), x[0].count()),
+        ("a".into(), "expired".into(), 1)
+    );
     let second = get_now(&ch, "tap-b").await.unwrap();
     let x = x_death(&second);
     assert_eq!(x.len(), 2, "{x:?}");
-    assert_eq!((x[0].queue(), x[0].reason(), x[0].count()), ("b".into(), "expired".into(), 1));
-    assert_eq!((x[1].queue(), x[1].reason(), x[1].count()), ("a".into(), "expired".into(), 1));
+    assert_eq!(
+        (x[0].queue(), x[0].reason(), x[0].count()),
+        ("b".into(), "expired".into(), 1)
+    );
+    assert_eq!(
+        (x[1].queue(), x[1].reason(), x[1].count()),
+        ("a".into(), "expired".into(), 1)
+    );
     assert_eq!(x[0].exchange(), "a-dlx");
     let mut lines = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
     while !logged(&server, &mut lines, "cycle") {
-        assert!(std::time::Instant::now() < deadline, "no cycle warning; log:\n{}", lines.join("\n"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cycle warning; log:\n{}",
+            lines.join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -392,7 +481,10 @@ async fn missing_dead_letter_exchange_drops_the_message_and_the_queue_keeps_work
     let d = next(&mut c).await;
     assert_eq!(body(&d), "b");
     ack(&d).await;
-    assert!(next_within(&mut c, Duration::from_millis(200)).await.is_none(), "a is gone");
+    assert!(
+        next_within(&mut c, Duration::from_millis(200)).await.is_none(),
+        "a is gone"
+    );
     // The channel and connection are still usable.
     assert_eq!(count(&ch, "work").await, 0);
 }

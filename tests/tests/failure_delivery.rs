@@ -20,7 +20,10 @@ fn assert_count_is_long(d: &lapin::message::Delivery, expected: i64) {
         Some(AMQPValue::LongLongInt(n)) => assert_eq!(n, expected, "x-delivery-count"),
         other => panic!("x-delivery-count should be a long {expected}, is {other:?}"),
     }
-    assert!(d.redelivered, "a returned message is delivered with redelivered=true");
+    assert!(
+        d.redelivered,
+        "a returned message is delivered with redelivered=true"
+    );
 }
 
 #[tokio::test]
@@ -47,7 +50,9 @@ async fn every_kind_of_return_raises_the_delivery_count() {
     // After reject(requeue).
     let d = next(&mut cons).await;
     assert_count_is_long(&d, 2);
-    c1.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    c1.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
 
     // After basic.recover(requeue=true).
     let d = next(&mut cons).await;
@@ -146,11 +151,17 @@ async fn delivery_limit_dead_letters_after_n_plus_one_deliveries() {
     assert_eq!(x[0].queue(), "work");
     assert_eq!(x[0].count(), 1);
     assert_eq!(x[0].routing_keys(), vec!["work".to_string()]);
-    assert_eq!(header_str(&d, "x-first-death-reason").as_deref(), Some("delivery_limit"));
+    assert_eq!(
+        header_str(&d, "x-first-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
     // Whether the dead-lettered copy keeps x-delivery-count is not pinned down (RabbitMQ 4 keeps the count as
     // an annotation and shows N+1; Mailroom drops it); if it is there it must be N+1.
     let n = delivery_count(&d);
-    assert!(n.is_none() || n == Some(3), "dead-lettered copy has x-delivery-count {n:?}");
+    assert!(
+        n.is_none() || n == Some(3),
+        "dead-lettered copy has x-delivery-count {n:?}"
+    );
     assert_eq!(count(&ch, "work").await, 0);
 }
 
@@ -224,7 +235,9 @@ async fn delivery_limit_counts_channel_and_connection_closes() {
     assert_eq!(delivery_count(&d), Some(1));
     conn2.close(200, "bye".into()).await.unwrap();
     // Two returns with limit 1: dead-lettered.
-    let d = get_within(&ch, "dlq", WAIT).await.expect("dead-lettered after the second unacked close");
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("dead-lettered after the second unacked close");
     assert_eq!(x_death(&d)[0].reason(), "delivery_limit");
     assert_eq!(count(&ch, "work").await, 0);
 }

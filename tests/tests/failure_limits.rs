@@ -35,7 +35,12 @@ async fn explicit_drop_head_is_the_default_behaviour() {
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "q", &[("x-max-length", int(1)), ("x-overflow", s("drop-head"))]).await;
+    declare(
+        &ch,
+        "q",
+        &[("x-max-length", int(1)), ("x-overflow", s("drop-head"))],
+    )
+    .await;
     publish(&ch, "q", "old", BasicProperties::default()).await;
     publish(&ch, "q", "new", BasicProperties::default()).await;
     assert_eq!(drain(&ch, "q").await, ["new"]);
@@ -72,7 +77,11 @@ async fn max_length_bytes_counts_body_bytes() {
     // One body larger than the limit on its own: it cannot be kept.
     publish(&ch, "q", "0123456789ABC", BasicProperties::default()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(count(&ch, "q").await, 0, "a message larger than max-length-bytes is dropped");
+    assert_eq!(
+        count(&ch, "q").await,
+        0,
+        "a message larger than max-length-bytes is dropped"
+    );
 }
 
 #[tokio::test]
@@ -80,7 +89,12 @@ async fn unacked_messages_do_not_count_against_max_length() {
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "q", &[("x-max-length", int(2)), ("x-overflow", s("reject-publish"))]).await;
+    declare(
+        &ch,
+        "q",
+        &[("x-max-length", int(2)), ("x-overflow", s("reject-publish"))],
+    )
+    .await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let c = channel(&conn).await;
     c.basic_qos(2, BasicQosOptions::default()).await.unwrap();
@@ -92,7 +106,10 @@ async fn unacked_messages_do_not_count_against_max_length() {
     // Both are unacked now; the queue has room for two more ready messages.
     assert!(publish_confirmed(&ch, "q", "c", BasicProperties::default()).await);
     assert!(publish_confirmed(&ch, "q", "d", BasicProperties::default()).await);
-    assert!(!publish_confirmed(&ch, "q", "e", BasicProperties::default()).await, "third ready message");
+    assert!(
+        !publish_confirmed(&ch, "q", "e", BasicProperties::default()).await,
+        "third ready message"
+    );
     ack(&da).await;
     ack(&db).await;
     let mut rest = Vec::new();
@@ -125,8 +142,14 @@ async fn reject_publish_nacks_and_keeps_the_old_messages() {
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     assert!(publish_confirmed(&ch, "q", "m0", BasicProperties::default()).await);
     assert!(publish_confirmed(&ch, "q", "m1", BasicProperties::default()).await);
-    assert!(!publish_confirmed(&ch, "q", "m2", BasicProperties::default()).await, "m2 nacked");
-    assert!(!publish_confirmed(&ch, "q", "m3", BasicProperties::default()).await, "m3 nacked");
+    assert!(
+        !publish_confirmed(&ch, "q", "m2", BasicProperties::default()).await,
+        "m2 nacked"
+    );
+    assert!(
+        !publish_confirmed(&ch, "q", "m3", BasicProperties::default()).await,
+        "m3 nacked"
+    );
     assert_eq!(count(&ch, "q").await, 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(count(&ch, "dlq").await, 0, "reject-publish does not dead-letter");
@@ -144,7 +167,12 @@ async fn reject_publish_nacks_only_the_full_queue_of_a_fanout() {
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
     exchange(&ch, "fan", lapin::ExchangeKind::Fanout).await;
-    declare(&ch, "full", &[("x-max-length", int(0)), ("x-overflow", s("reject-publish"))]).await;
+    declare(
+        &ch,
+        "full",
+        &[("x-max-length", int(0)), ("x-overflow", s("reject-publish"))],
+    )
+    .await;
     declare(&ch, "roomy", &[]).await;
     bind(&ch, "full", "fan", "").await;
     bind(&ch, "roomy", "fan", "").await;
@@ -174,7 +202,10 @@ async fn reject_publish_with_max_length_bytes() {
     declare(
         &ch,
         "q",
-        &[("x-max-length-bytes", int(8)), ("x-overflow", s("reject-publish"))],
+        &[
+            ("x-max-length-bytes", int(8)),
+            ("x-overflow", s("reject-publish")),
+        ],
     )
     .await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
@@ -203,8 +234,13 @@ async fn reject_publish_dlx_nacks_and_dead_letters_the_rejected_message() {
     .await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     assert!(publish_confirmed(&ch, "q", "kept", BasicProperties::default()).await);
-    assert!(!publish_confirmed(&ch, "q", "rejected", BasicProperties::default()).await, "nacked");
-    let d = get_within(&ch, "dlq", WAIT).await.expect("the rejected message is dead-lettered");
+    assert!(
+        !publish_confirmed(&ch, "q", "rejected", BasicProperties::default()).await,
+        "nacked"
+    );
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("the rejected message is dead-lettered");
     assert_eq!(body(&d), "rejected");
     let x = &x_death(&d)[0];
     assert_eq!(x.reason(), "maxlen");
@@ -218,7 +254,12 @@ async fn reject_publish_without_confirms_drops_silently_and_the_channel_stays_op
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "q", &[("x-max-length", int(1)), ("x-overflow", s("reject-publish"))]).await;
+    declare(
+        &ch,
+        "q",
+        &[("x-max-length", int(1)), ("x-overflow", s("reject-publish"))],
+    )
+    .await;
     for b in ["a", "b", "c"] {
         publish(&ch, "q", b, BasicProperties::default()).await;
     }

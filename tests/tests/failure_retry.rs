@@ -68,7 +68,10 @@ async fn linear_backoff_without_multiplier() {
 #[tokio::test]
 async fn constant_backoff_with_multiplier_one() {
     let (g, _) = gaps(
-        &[("x-delayed-retry-min", int(200)), ("x-delayed-retry-multiplier", int(1))],
+        &[
+            ("x-delayed-retry-min", int(200)),
+            ("x-delayed-retry-multiplier", int(1)),
+        ],
         3,
     )
     .await;
@@ -78,7 +81,10 @@ async fn constant_backoff_with_multiplier_one() {
 #[tokio::test]
 async fn exponential_backoff_with_multiplier_two() {
     let (g, _) = gaps(
-        &[("x-delayed-retry-min", int(100)), ("x-delayed-retry-multiplier", int(2))],
+        &[
+            ("x-delayed-retry-min", int(100)),
+            ("x-delayed-retry-multiplier", int(2)),
+        ],
         4,
     )
     .await;
@@ -106,7 +112,15 @@ async fn reject_with_requeue_is_delayed_too() {
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "q", &[("x-delayed-retry-min", int(400)), ("x-delayed-retry-multiplier", int(1))]).await;
+    declare(
+        &ch,
+        "q",
+        &[
+            ("x-delayed-retry-min", int(400)),
+            ("x-delayed-retry-multiplier", int(1)),
+        ],
+    )
+    .await;
     publish(&ch, "q", "r", BasicProperties::default()).await;
     let c = channel(&conn).await;
     let mut cons = consume(&c, "q", "c").await;
@@ -123,7 +137,15 @@ async fn later_messages_flow_while_a_returned_one_waits() {
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "q", &[("x-delayed-retry-min", int(600)), ("x-delayed-retry-multiplier", int(1))]).await;
+    declare(
+        &ch,
+        "q",
+        &[
+            ("x-delayed-retry-min", int(600)),
+            ("x-delayed-retry-multiplier", int(1)),
+        ],
+    )
+    .await;
     publish(&ch, "q", "poison", BasicProperties::default()).await;
     let c = channel(&conn).await;
     let mut cons = consume(&c, "q", "c").await;
@@ -132,14 +154,20 @@ async fn later_messages_flow_while_a_returned_one_waits() {
     let returned_at = Instant::now();
     nack(&d, true).await;
     // While it waits, it is not deliverable, not even through basic.get.
-    assert!(get_now(&ch, "q").await.is_none(), "the returned message is not deliverable yet");
+    assert!(
+        get_now(&ch, "q").await.is_none(),
+        "the returned message is not deliverable yet"
+    );
     for i in 0..3 {
         publish(&ch, "q", &format!("m{i}"), BasicProperties::default()).await;
     }
     for i in 0..3 {
         let d = next(&mut cons).await;
         assert_eq!(body(&d), format!("m{i}"), "later messages are delivered first");
-        assert!(returned_at.elapsed() < Duration::from_millis(500), "m{i} did not wait for the poison message");
+        assert!(
+            returned_at.elapsed() < Duration::from_millis(500),
+            "m{i} did not wait for the poison message"
+        );
         ack(&d).await;
     }
     let d = next(&mut cons).await;
@@ -258,13 +286,17 @@ async fn restart_in_the_middle_of_a_retry_schedule_keeps_count_and_due_time() {
         "delivered before its due time after the restart"
     );
     // ...but around it.
-    let d = next_within(&mut cons, Duration::from_secs(4)).await.expect("delivered after its due time");
+    let d = next_within(&mut cons, Duration::from_secs(4))
+        .await
+        .expect("delivered after its due time");
     assert_about("delay across the restart", nacked_at.elapsed(), 1500);
     assert_eq!(delivery_count(&d), Some(1), "the count survived");
     // The schedule continues from the kept count: the 2nd return waits 2 × 1500 ms.
     let t = Instant::now();
     nack(&d, true).await;
-    let d = next_within(&mut cons, Duration::from_secs(6)).await.expect("second retry");
+    let d = next_within(&mut cons, Duration::from_secs(6))
+        .await
+        .expect("second retry");
     assert_about("second delay after the restart", t.elapsed(), 3000);
     assert_eq!(delivery_count(&d), Some(2));
     ack(&d).await;

@@ -35,7 +35,10 @@ async fn queue_ttl_without_consumers_expires_everything() {
     assert!(get_now(&ch, "q").await.is_none());
     // New messages still arrive and can be consumed before they expire.
     publish(&ch, "q", "fresh", BasicProperties::default()).await;
-    assert_eq!(get_now(&ch, "q").await.map(|d| body(&d)).as_deref(), Some("fresh"));
+    assert_eq!(
+        get_now(&ch, "q").await.map(|d| body(&d)).as_deref(),
+        Some("fresh")
+    );
 }
 
 #[tokio::test]
@@ -86,7 +89,9 @@ async fn time_to_dlq(queue_ttl: Option<i64>, expiration: Option<u64>) -> Duratio
     };
     let t = Instant::now();
     publish(&ch, "q", "m", props).await;
-    let d = get_within(&ch, "dlq", Duration::from_secs(8)).await.expect("expired into the DLQ");
+    let d = get_within(&ch, "dlq", Duration::from_secs(8))
+        .await
+        .expect("expired into the DLQ");
     let took = t.elapsed();
     assert_eq!(x_death(&d)[0].reason(), "expired");
     took
@@ -94,8 +99,16 @@ async fn time_to_dlq(queue_ttl: Option<i64>, expiration: Option<u64>) -> Duratio
 
 #[tokio::test]
 async fn the_smaller_of_queue_ttl_and_expiration_wins() {
-    assert_about("queue TTL 150, expiration 5000", time_to_dlq(Some(150), Some(5000)).await, 150);
-    assert_about("queue TTL 5000, expiration 150", time_to_dlq(Some(5000), Some(150)).await, 150);
+    assert_about(
+        "queue TTL 150, expiration 5000",
+        time_to_dlq(Some(150), Some(5000)).await,
+        150,
+    );
+    assert_about(
+        "queue TTL 5000, expiration 150",
+        time_to_dlq(Some(5000), Some(150)).await,
+        150,
+    );
     assert_about("queue TTL 300 alone", time_to_dlq(Some(300), None).await, 300);
     assert_about("expiration 300 alone", time_to_dlq(None, Some(300)).await, 300);
 }
@@ -161,11 +174,21 @@ async fn an_unacked_message_past_its_ttl_is_expired_when_returned() {
     publish(&ch, "q", "slow", BasicProperties::default()).await;
     let d = next(&mut cons).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(count(&ch, "dlq").await, 0, "an unacked message does not expire while the consumer holds it");
+    assert_eq!(
+        count(&ch, "dlq").await,
+        0,
+        "an unacked message does not expire while the consumer holds it"
+    );
     nack(&d, true).await;
     let got = next_within(&mut cons, Duration::from_millis(400)).await;
-    assert!(got.is_none(), "expired message redelivered: {:?}", got.map(|d| body(&d)));
-    let d = get_within(&ch, "dlq", WAIT).await.expect("dead-lettered as expired");
+    assert!(
+        got.is_none(),
+        "expired message redelivered: {:?}",
+        got.map(|d| body(&d))
+    );
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("dead-lettered as expired");
     assert_eq!(x_death(&d)[0].reason(), "expired");
 }
 
@@ -186,7 +209,9 @@ async fn invalid_expiration_property_is_a_precondition_failure() {
         )
         .await;
     let err = match r {
-        Ok(confirm) => confirm.await.expect_err("publish with expiration 'soon' should fail"),
+        Ok(confirm) => confirm
+            .await
+            .expect_err("publish with expiration 'soon' should fail"),
         Err(e) => e,
     };
     let (code, text) = amqp_error(&err);
@@ -202,10 +227,19 @@ async fn unused_queue_with_x_expires_disappears() {
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
     declare(&ch, "temp", &[("x-expires", int(200))]).await;
-    publish(&ch, "temp", "messages do not count as use", BasicProperties::default()).await;
+    publish(
+        &ch,
+        "temp",
+        "messages do not count as use",
+        BasicProperties::default(),
+    )
+    .await;
     assert!(queue_exists(&conn, "temp").await);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!queue_exists(&conn, "temp").await, "the queue should have expired");
+    assert!(
+        !queue_exists(&conn, "temp").await,
+        "the queue should have expired"
+    );
     // It can be declared again.
     declare(&ch, "temp", &[("x-expires", int(200))]).await;
     assert_eq!(count(&ch, "temp").await, 0, "a fresh queue");
@@ -221,16 +255,25 @@ async fn a_consumer_keeps_an_x_expires_queue_alive_until_it_leaves() {
     let _cons = consume(&c, "temp", "keeper").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(queue_exists(&conn, "temp").await, "in use by a consumer");
-    c.basic_cancel("keeper".into(), BasicCancelOptions::default()).await.unwrap();
+    c.basic_cancel("keeper".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     let t = Instant::now();
     loop {
         if !queue_exists(&conn, "temp").await {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "not expired 2 s after the consumer left");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "not expired 2 s after the consumer left"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(t.elapsed() >= Duration::from_millis(100), "expired too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(100),
+        "expired too early: {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
