@@ -296,11 +296,16 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
         let _ = wr.flush().await;
     }
     let abort = reader.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), reader)
-        .await
-        .is_err()
-    {
+    // close-ok comes after the broker processed every publish before it: wait for it (a
+    // broker applying flow control may be seconds behind) before dropping the socket.
+    let wait = s.drain_timeout.max(Duration::from_secs(2));
+    if tokio::time::timeout(wait, reader).await.is_err() {
         abort.abort();
+        stats.fail(format!(
+            "producer {}: no connection.close-ok within {:.1} s; publishes still in flight may be lost",
+            ctx.id,
+            wait.as_secs_f64()
+        ));
     }
     result
 }
