@@ -43,7 +43,11 @@ fn refused(server: &Server, key: &str, value: FieldValue) -> String {
     c.send_method(1, Method::ChannelCloseOk(protocol::ChannelCloseOk));
     let t = close.reply_text.to_string();
     assert_eq!(close.reply_code, 406, "{key} = {value:?}: {t}");
-    assert_eq!((close.class_id, close.method_id), (50, 10), "blames queue.declare");
+    assert_eq!(
+        (close.class_id, close.method_id),
+        (50, 10),
+        "blames queue.declare"
+    );
     assert!(t.starts_with("PRECONDITION_FAILED - "), "{t}");
     assert!(t.contains(key), "the text names the argument {key}: {t}");
     // The queue was not created, and the connection is fine.
@@ -62,7 +66,11 @@ fn refused(server: &Server, key: &str, value: FieldValue) -> String {
     );
     match m {
         Method::ChannelClose(cl) => {
-            assert_eq!(cl.reply_code, 404, "the refused queue must not exist: {}", cl.reply_text);
+            assert_eq!(
+                cl.reply_code, 404,
+                "the refused queue must not exist: {}",
+                cl.reply_text
+            );
             c.send_method(2, Method::ChannelCloseOk(protocol::ChannelCloseOk));
         }
         m => panic!("the refused queue exists: {m:?}"),
@@ -203,27 +211,54 @@ fn valid_arguments_of_every_integer_width_are_accepted() {
 fn redeclare_with_a_different_ttl_is_inequivalent() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
-    let m = declare(&mut c, 1, "q", args(vec![("x-message-ttl", FieldValue::I32(100))]));
+    let m = declare(
+        &mut c,
+        1,
+        "q",
+        args(vec![("x-message-ttl", FieldValue::I32(100))]),
+    );
     assert!(matches!(m, Method::QueueDeclareOk(_)), "{m:?}");
     // Same value, other integer width: equivalent.
-    let m = declare(&mut c, 1, "q", args(vec![("x-message-ttl", FieldValue::I64(100))]));
+    let m = declare(
+        &mut c,
+        1,
+        "q",
+        args(vec![("x-message-ttl", FieldValue::I64(100))]),
+    );
     assert!(matches!(m, Method::QueueDeclareOk(_)), "{m:?}");
-    let m = declare(&mut c, 1, "q", args(vec![("x-message-ttl", FieldValue::I32(200))]));
+    let m = declare(
+        &mut c,
+        1,
+        "q",
+        args(vec![("x-message-ttl", FieldValue::I32(200))]),
+    );
     let Method::ChannelClose(close) = m else {
         panic!("accepted a different x-message-ttl: {m:?}")
     };
     c.send_method(1, Method::ChannelCloseOk(protocol::ChannelCloseOk));
     assert_eq!(close.reply_code, 406);
     let t = close.reply_text.to_string();
-    assert!(t.contains("inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/'"), "{t}");
+    assert!(
+        t.contains("inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/'"),
+        "{t}"
+    );
     // Dropping the DLX on redeclare is inequivalent too.
     c.open_channel(2);
-    let m = declare(&mut c, 2, "d", args(vec![("x-dead-letter-exchange", text("dlx"))]));
+    let m = declare(
+        &mut c,
+        2,
+        "d",
+        args(vec![("x-dead-letter-exchange", text("dlx"))]),
+    );
     assert!(matches!(m, Method::QueueDeclareOk(_)), "{m:?}");
     let m = declare(&mut c, 2, "d", FieldTable::new());
     let Method::ChannelClose(close) = m else {
         panic!("accepted a redeclare without the DLX: {m:?}")
     };
     assert_eq!(close.reply_code, 406);
-    assert!(close.reply_text.as_str().contains("x-dead-letter-exchange"), "{}", close.reply_text);
+    assert!(
+        close.reply_text.as_str().contains("x-dead-letter-exchange"),
+        "{}",
+        close.reply_text
+    );
 }

@@ -107,7 +107,12 @@ async fn single_active_consumer_gets_everything_and_fails_over_on_cancel() {
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "sac", &[("x-single-active-consumer", lapin::types::AMQPValue::Boolean(true))]).await;
+    declare(
+        &ch,
+        "sac",
+        &[("x-single-active-consumer", lapin::types::AMQPValue::Boolean(true))],
+    )
+    .await;
     let c1ch = channel(&conn).await;
     let c2ch = channel(&conn).await;
     let mut c1 = consume(&c1ch, "sac", "first").await;
@@ -120,8 +125,13 @@ async fn single_active_consumer_gets_everything_and_fails_over_on_cancel() {
         assert_eq!(body(&d), format!("m{i}"));
         ack(&d).await;
     }
-    assert!(next_within(&mut c2, Duration::from_millis(300)).await.is_none(), "the second consumer is idle");
-    c1ch.basic_cancel("first".into(), BasicCancelOptions::default()).await.unwrap();
+    assert!(
+        next_within(&mut c2, Duration::from_millis(300)).await.is_none(),
+        "the second consumer is idle"
+    );
+    c1ch.basic_cancel("first".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     for i in 10..15 {
         publish(&ch, "sac", &format!("m{i}"), BasicProperties::default()).await;
     }
@@ -137,7 +147,12 @@ async fn single_active_consumer_fails_over_on_channel_close_with_unacked_message
     let server = Server::start();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    declare(&ch, "sac", &[("x-single-active-consumer", lapin::types::AMQPValue::Boolean(true))]).await;
+    declare(
+        &ch,
+        "sac",
+        &[("x-single-active-consumer", lapin::types::AMQPValue::Boolean(true))],
+    )
+    .await;
     let conn1 = connect(&server).await;
     let c1ch = channel(&conn1).await;
     let c2ch = channel(&conn).await;
@@ -158,7 +173,11 @@ async fn single_active_consumer_fails_over_on_channel_close_with_unacked_message
         got.push(body(&d));
         ack(&d).await;
     }
-    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"], "redelivered to the new active consumer in order");
+    assert_eq!(
+        got,
+        ["m0", "m1", "m2", "m3", "m4"],
+        "redelivered to the new active consumer in order"
+    );
 }
 
 // ---- consumer priorities ----
@@ -228,7 +247,9 @@ async fn deleting_a_queue_cancels_its_lapin_consumers() {
     publish(&ch, "doomed", "last", BasicProperties::default()).await;
     let d = next(&mut cons).await;
     ack(&d).await;
-    ch.queue_delete("doomed".into(), QueueDeleteOptions::default()).await.unwrap();
+    ch.queue_delete("doomed".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     match tokio::time::timeout(Duration::from_secs(3), cons.next()).await {
         Ok(None) => {}
         Ok(Some(other)) => panic!("expected the consumer to end, got {other:?}"),
@@ -246,7 +267,10 @@ fn raw_with_capabilities(addr: std::net::SocketAddr, cancel_notify: bool) -> Raw
     caps.insert("publisher_confirms", FieldValue::Bool(true));
     let mut props = protocol::FieldTable::new();
     props.insert("capabilities", FieldValue::Table(caps));
-    props.insert("product", FieldValue::LongStr(protocol::LongStr::from("failure-tests")));
+    props.insert(
+        "product",
+        FieldValue::LongStr(protocol::LongStr::from("failure-tests")),
+    );
     c.send_method(
         0,
         Method::ConnectionStartOk(protocol::ConnectionStartOk {
@@ -318,6 +342,9 @@ fn raw_client_without_consumer_cancel_notify_gets_no_basic_cancel() {
     c.declare_queue(1, "doomed");
     c.consume(1, "doomed", "watcher", false, false);
     delete_queue(server.addr, "doomed");
-    assert!(c.is_quiet_for(Duration::from_millis(400)), "no basic.cancel without the capability");
+    assert!(
+        c.is_quiet_for(Duration::from_millis(400)),
+        "no basic.cancel without the capability"
+    );
     c.round_trip(1);
 }

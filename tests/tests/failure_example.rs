@@ -10,9 +10,15 @@ fn the_documented_retry_and_dlq_example_works() {
     eprintln!("{out}");
     assert!(out.contains("handled: ['order-1', 'order-2']"), "{out}");
     for n in 0..4 {
-        assert!(out.contains(&format!("poison delivery with x-delivery-count={n} ")), "{out}");
+        assert!(
+            out.contains(&format!("poison delivery with x-delivery-count={n} ")),
+            "{out}"
+        );
     }
-    assert!(out.contains("x-death reason: delivery_limit queue: orders count: 1"), "{out}");
+    assert!(
+        out.contains("x-death reason: delivery_limit queue: orders count: 1"),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with("OK"), "{out}");
 }
 
@@ -30,12 +36,23 @@ fn the_doc_shows_the_script_that_is_tested() {
     let root = mailroom_tests::workspace_root();
     let doc = std::fs::read_to_string(root.join("docs/failure-handling.md")).unwrap();
     let script = std::fs::read_to_string(root.join("tests/python/failure_example.py")).unwrap();
-    let section = doc.split("### Worked example").nth(1).expect("worked example section");
+    let section = doc
+        .split("### Worked example")
+        .nth(1)
+        .expect("worked example section");
     let block = section
         .split("```python\n")
         .nth(1)
         .and_then(|b| b.split("\n```").next())
         .expect("python block");
-    let code = script.split("\"\"\"\n").nth(1).expect("script after its docstring").trim();
-    assert_eq!(block.trim(), code, "docs/failure-handling.md and tests/python/failure_example.py differ");
+    let code = script
+        .split("\"\"\"\n")
+        .nth(1)
+        .expect("script after its docstring")
+        .trim();
+    assert_eq!(
+        block.trim(),
+        code,
+        "docs/failure-handling.md and tests/python/failure_example.py differ"
+    );
 }

@@ -62,10 +62,15 @@ async fn ttl_that_falls_due_while_the_broker_is_down_expires_into_the_dlq_after_
     server.restart();
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    let d = get_within(&ch, "dlq", WAIT).await.expect("expired into the DLQ after the restart");
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("expired into the DLQ after the restart");
     assert_eq!(body(&d), "stale");
     assert_eq!(x_death(&d)[0].reason(), "expired");
-    assert!(get_now(&ch, "dq").await.is_none(), "never delivered from the source queue");
+    assert!(
+        get_now(&ch, "dq").await.is_none(),
+        "never delivered from the source queue"
+    );
 }
 
 async fn dead_lettered_message_survives(graceful: bool) {
@@ -77,7 +82,10 @@ async fn dead_lettered_message_survives(graceful: bool) {
         declare_durable(
             &ch,
             "dq",
-            &[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("dlq"))],
+            &[
+                ("x-dead-letter-exchange", s("")),
+                ("x-dead-letter-routing-key", s("dlq")),
+            ],
         )
         .await;
         ch.confirm_select(Default::default()).await.unwrap();
@@ -97,14 +105,19 @@ async fn dead_lettered_message_survives(graceful: bool) {
     down(&mut server, graceful);
     let conn = connect(&server).await;
     let ch = channel(&conn).await;
-    let d = get_within(&ch, "dlq", WAIT).await.expect("the dead-lettered copy survived");
+    let d = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("the dead-lettered copy survived");
     assert_eq!(body(&d), "bad");
     assert_eq!(d.properties.delivery_mode(), &Some(2), "still persistent");
     let x = x_death(&d);
     assert_eq!(x.len(), 1);
     assert_eq!(x[0].reason(), "rejected");
     assert_eq!(x[0].queue(), "dq");
-    assert!(get_now(&ch, "dq").await.is_none(), "and it is not back in the source queue");
+    assert!(
+        get_now(&ch, "dq").await.is_none(),
+        "and it is not back in the source queue"
+    );
 }
 
 #[tokio::test]
@@ -141,7 +154,9 @@ async fn delivery_limit_continues_after_restart(graceful: bool) {
     let ch = channel(&conn).await;
     let d = nack_once_via_get(&ch, "dq").await;
     assert_eq!(delivery_count(&d), Some(2), "the count survived");
-    let dl = get_within(&ch, "dlq", WAIT).await.expect("the third return hits the limit");
+    let dl = get_within(&ch, "dlq", WAIT)
+        .await
+        .expect("the third return hits the limit");
     assert_eq!(x_death(&dl)[0].reason(), "delivery_limit");
     assert!(get_now(&ch, "dq").await.is_none());
 }
@@ -163,8 +178,15 @@ async fn retry_due_time_survives_a_crash() {
     {
         let conn = connect(&server).await;
         let ch = channel(&conn).await;
-        declare_durable(&ch, "dq", &[("x-delayed-retry-min", int(1500)), ("x-delayed-retry-multiplier", int(1))])
-            .await;
+        declare_durable(
+            &ch,
+            "dq",
+            &[
+                ("x-delayed-retry-min", int(1500)),
+                ("x-delayed-retry-multiplier", int(1)),
+            ],
+        )
+        .await;
         ch.confirm_select(Default::default()).await.unwrap();
         publish(&ch, "dq", "persistent", persistent()).await;
         nack_once_via_get(&ch, "dq").await;
@@ -177,8 +199,13 @@ async fn retry_due_time_survives_a_crash() {
     let c = channel(&conn).await;
     let mut cons = consume(&c, "dq", "c").await;
     let early = Duration::from_millis(1500 * 6 / 10).saturating_sub(nacked_at.elapsed());
-    assert!(next_within(&mut cons, early).await.is_none(), "delivered before its due time after a crash");
-    let d = next_within(&mut cons, Duration::from_secs(4)).await.expect("delivered after its due time");
+    assert!(
+        next_within(&mut cons, early).await.is_none(),
+        "delivered before its due time after a crash"
+    );
+    let d = next_within(&mut cons, Duration::from_secs(4))
+        .await
+        .expect("delivered after its due time");
     assert_about("delay across the crash", nacked_at.elapsed(), 1500);
     assert_eq!(delivery_count(&d), Some(1));
 }
