@@ -278,3 +278,65 @@ async fn auto_deleted_durable_exchange_stays_deleted_after_restart() {
     assert_no_errors(run_matrix(&ch, "ad_keep", &["dq"], &[case("", &["dq"])]).await);
     conn.close(200, "bye".into()).await.unwrap();
 }
+
+/// exchange.delete of a destination auto-deletes a durable auto-delete source that lost its last binding;
+/// after a restart neither comes back.
+#[tokio::test]
+async fn exchanges_removed_by_exchange_delete_cascade_stay_deleted_after_restart() {
+    let mut server = Server::start();
+    {
+        let conn = connect(&server).await;
+        let ch = channel(&conn).await;
+        let ad = ExchangeDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        exchange_with(&ch, "src_ad", ExchangeKind::Fanout, ad, FieldTable::default()).await;
+        exchange_with(&ch, "dst", ExchangeKind::Fanout, durable(), FieldTable::default()).await;
+        xbind(&ch, "dst", "src_ad", "").await;
+        ch.exchange_delete("dst".into(), Default::default()).await.unwrap();
+        assert!(!exchange_exists(&conn, "dst").await);
+        assert!(!exchange_exists(&conn, "src_ad").await, "src_ad went with its last binding");
+        conn.close(200, "bye".into()).await.unwrap();
+    }
+    restart(&mut server);
+    let conn = connect(&server).await;
+    let dst = exchange_exists(&conn, "dst").await;
+    let src = exchange_exists(&conn, "src_ad").await;
+    assert_eq!((dst, src), (false, false), "(dst, src_ad) exist after restart");
+    conn.close(200, "bye".into()).await.unwrap();
+}
+
+/// When an auto-delete exchange goes (its last queue binding removed), the e2e bindings *to* it go too. A new
+/// exchange of the same name must not inherit them after a restart.
+#[tokio::test]
+async fn bindings_to_an_auto_deleted_exchange_do_not_come_back_after_restart() {
+    let mut server = Server::start();
+    let ad = ExchangeDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    {
+        let conn = connect(&server).await;
+        let ch = confirm_channel(&conn).await;
+        exchange_with(&ch, "x", ExchangeKind::Direct, durable(), FieldTable::default()).await;
+        exchange_with(&ch, "ad", ExchangeKind::Fanout, ad, FieldTable::default()).await;
+        durable_queue(&ch, "dq").await;
+        durable_queue(&ch, "dq2").await;
+        xbind(&ch, "ad", "x", "k").await; // x --k--> ad
+        bind(&ch, "dq", "ad", "").await;
+        unbind(&ch, "dq", "ad", "").await; // ad auto-deleted, with x --k--> ad
+        assert!(!exchange_exists(&conn, "ad").await);
+        exchange_with(&ch, "ad", ExchangeKind::Fanout, ad, FieldTable::default()).await;
+        bind(&ch, "dq2", "ad", "").await;
+        assert_no_errors(run_matrix(&ch, "x", &["dq", "dq2"], &[case("k", &[])]).await);
+        conn.close(200, "bye".into()).await.unwrap();
+    }
+    restart(&mut server);
+    let conn = connect(&server).await;
+    let ch = confirm_channel(&conn).await;
+    assert_no_errors(run_matrix(&ch, "x", &["dq", "dq2"], &[case("k", &[])]).await);
+    conn.close(200, "bye".into()).await.unwrap();
+}
