@@ -405,3 +405,39 @@ async fn several_matching_bindings_enqueue_once() {
     assert_no_errors(run_matrix(&ch, "h", &["q", "other"], &cases).await);
     conn.close(200, "bye".into()).await.unwrap();
 }
+
+/// Header values compare as RabbitMQ's `PV == DV` on the decoded values: numbers by value across widths and
+/// between integers and floats, longstr equal to a byte array with the same bytes; but inside arrays the
+/// elements are `{Type, Value}` pairs, so the element types must agree.
+#[tokio::test]
+async fn headers_value_equality_follows_erlang_terms() {
+    use lapin::types::{ByteArray, FieldArray};
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = confirm_channel(&conn).await;
+    exchange(&ch, "h", ExchangeKind::Headers).await;
+    let queues = ["num", "str", "arr"];
+    for q in queues {
+        queue(&ch, q).await;
+    }
+    bind_args(&ch, "num", "h", "", table(&[("x-match", s("any")), ("n", int(1))])).await;
+    bind_args(&ch, "str", "h", "", table(&[("x-match", s("any")), ("s", s("x"))])).await;
+    let arr = |v: AMQPValue| AMQPValue::FieldArray(FieldArray::from(vec![v]));
+    bind_args(&ch, "arr", "h", "", table(&[("x-match", s("any")), ("a", arr(int(1)))])).await;
+    let cases = [
+        hcase(h(&[("n", AMQPValue::ShortShortInt(1))]), &["num"]),
+        hcase(h(&[("n", AMQPValue::LongLongInt(1))]), &["num"]),
+        hcase(h(&[("n", AMQPValue::Double(1.0))]), &["num"]),
+        hcase(h(&[("n", AMQPValue::Double(1.5))]), &[]),
+        hcase(h(&[("n", AMQPValue::Timestamp(1))]), &["num"]),
+        hcase(h(&[("n", AMQPValue::Boolean(true))]), &[]),
+        hcase(h(&[("s", AMQPValue::ByteArray(ByteArray::from(&b"x"[..])))]), &["str"]),
+        hcase(h(&[("s", s("X"))]), &[]),
+        hcase(h(&[("a", arr(int(1)))]), &["arr"]),
+        hcase(h(&[("a", arr(int(2)))]), &[]),
+        // {long, 1} is not {signedint, 1}: no match inside an array.
+        hcase(h(&[("a", arr(AMQPValue::LongLongInt(1)))]), &[]),
+    ];
+    assert_no_errors(run_matrix(&ch, "h", &queues, &cases).await);
+    conn.close(200, "bye".into()).await.unwrap();
+}
