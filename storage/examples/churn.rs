@@ -62,7 +62,7 @@ fn open(dir: &std::path::Path, a: &Args) -> Store {
         dir,
         StoreOptions {
             cache_capacity_bytes: a.cache_mib * 1024 * 1024,
-            flush_interval_ms: None,
+            ..StoreOptions::default()
         },
     )
     .expect("open")

@@ -4,8 +4,9 @@
 //! [meta_len u32 BE][postcard MessageMeta (meta_len bytes)][properties (properties_len bytes)][body ..]
 //! ```
 //!
-//! Properties and body are raw bytes after the postcard header, so reading a message hands them
-//! out as `Bytes` slices of the sled value without copying (`Bytes::from_owner(ivec)`).
+//! Properties and body are raw bytes after the postcard header. The message log (`seglog`) stores
+//! this value as a record's payload; reading copies the payload once into a `Bytes` and hands out
+//! properties and body as slices of it.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,8 @@ struct MessageMeta<'a> {
     properties_len: u32,
 }
 
-pub(crate) fn encode_message(msg: &StoredMessage) -> Result<Vec<u8>, StoreError> {
+/// Appends the encoded message to `v`.
+pub(crate) fn encode_message_into(v: &mut Vec<u8>, msg: &StoredMessage) -> Result<(), StoreError> {
     let properties_len = u32::try_from(msg.properties.len())
         .map_err(|_| StoreError::Corrupt("message properties longer than 4 GiB".into()))?;
     let meta = MessageMeta {
@@ -36,16 +38,15 @@ pub(crate) fn encode_message(msg: &StoredMessage) -> Result<Vec<u8>, StoreError>
         properties_len,
     };
     let meta = postcard::to_allocvec(&meta).map_err(encode_err)?;
-    let mut v = Vec::with_capacity(4 + meta.len() + msg.properties.len() + msg.body.len());
+    v.reserve(4 + meta.len() + msg.properties.len() + msg.body.len());
     v.extend_from_slice(&(meta.len() as u32).to_be_bytes());
     v.extend_from_slice(&meta);
     v.extend_from_slice(&msg.properties);
     v.extend_from_slice(&msg.body);
-    Ok(v)
+    Ok(())
 }
 
-pub(crate) fn decode_message(value: sled::IVec) -> Result<StoredMessage, StoreError> {
-    let bytes = Bytes::from_owner(value);
+pub(crate) fn decode_message(bytes: Bytes) -> Result<StoredMessage, StoreError> {
     if bytes.len() < 4 {
         return Err(StoreError::Corrupt(
             "message value shorter than its header".into(),

@@ -9,8 +9,7 @@ pub(crate) const USER: u8 = 0x02;
 pub(crate) const EXCHANGE: u8 = 0x03;
 pub(crate) const QUEUE: u8 = 0x04;
 pub(crate) const BINDING: u8 = 0x05;
-/// `[0x10][queue id u32 BE][seq u64 BE]` -> message value (see `codec`).
-pub(crate) const MESSAGE: u8 = 0x10;
+// 0x10 held messages up to schema version 1; they now live in the segment log (`seglog`).
 /// `[0x11][queue id u32 BE][seq u64 BE]` -> postcard `MessageState`.
 pub(crate) const MSG_STATE: u8 = 0x11;
 
@@ -60,7 +59,7 @@ impl Key {
     }
 }
 
-/// `[tag][queue id u32 BE][seq u64 BE]`, for `MESSAGE` and `MSG_STATE`.
+/// `[tag][queue id u32 BE][seq u64 BE]`, for `MSG_STATE`.
 pub(crate) fn msg_key(tag: u8, queue_id: u32, seq: u64) -> [u8; MSG_KEY_LEN] {
     let mut k = [0u8; MSG_KEY_LEN];
     k[0] = tag;
@@ -69,7 +68,7 @@ pub(crate) fn msg_key(tag: u8, queue_id: u32, seq: u64) -> [u8; MSG_KEY_LEN] {
     k
 }
 
-/// `[tag][queue id u32 BE]`: the prefix shared by every message (or state) key of one queue.
+/// `[tag][queue id u32 BE]`: the prefix shared by every key of one queue.
 pub(crate) fn queue_prefix(tag: u8, queue_id: u32) -> [u8; 5] {
     let mut k = [0u8; 5];
     k[0] = tag;
@@ -77,7 +76,7 @@ pub(crate) fn queue_prefix(tag: u8, queue_id: u32) -> [u8; 5] {
     k
 }
 
-/// Decode a message or state key into (queue id, seq).
+/// Decode a message state key into (queue id, seq).
 pub(crate) fn parse_msg_key(k: &[u8]) -> Option<(u32, u64)> {
     if k.len() != MSG_KEY_LEN {
         return None;
@@ -109,8 +108,8 @@ mod tests {
             (u32::MAX, u64::MAX),
         ];
         for w in pairs.windows(2) {
-            let a = msg_key(MESSAGE, w[0].0, w[0].1);
-            let b = msg_key(MESSAGE, w[1].0, w[1].1);
+            let a = msg_key(MSG_STATE, w[0].0, w[0].1);
+            let b = msg_key(MSG_STATE, w[1].0, w[1].1);
             assert!(a < b, "{:?} !< {:?}", w[0], w[1]);
             assert_eq!(parse_msg_key(&a), Some(w[0]));
         }

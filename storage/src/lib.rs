@@ -1,19 +1,24 @@
-//! Mailroom's durable store: a narrow API over sled 0.34.
+//! Mailroom's durable store: a narrow API over sled 0.34 and an append-only message log.
 //!
-//! * Definitions (vhosts, users, exchanges, queues, bindings) and messages live in one sled tree
-//!   under hand-encoded big-endian keys; values are postcard (messages: postcard header + raw
-//!   bytes). Layout: docs/storage-format.md.
-//! * Every write is applied to sled at once (in memory) and returns a *ticket*. One flusher
-//!   thread per store calls `sled::Db::flush` whenever there are unflushed writes and then
-//!   publishes the highest ticket it covered on a `tokio::sync::watch` channel (group commit):
-//!   a write is durable once `*durable_watch().borrow() >= ticket`.
+//! * Definitions (vhosts, users, exchanges, queues, bindings) and small per-message state live in
+//!   one sled tree under hand-encoded big-endian keys; values are postcard.
+//! * Messages live in per-queue append-only segment files (`seglog`); acks are appended to a side
+//!   file per segment and a segment is deleted once all of its messages are acked, which gives the
+//!   disk space back. Layout: docs/storage-format.md.
+//! * Every write is applied at once (sled in memory, the log to an in-process buffer) and returns
+//!   a *ticket*. One flusher thread per store writes out the log buffers, `sync_data`s every file
+//!   written since its last round, flushes sled if it was written, and then publishes the highest
+//!   ticket it covered on a `tokio::sync::watch` channel (group commit): a write is durable once
+//!   `*durable_watch().borrow() >= ticket`.
 //! * The data directory is locked for the lifetime of the store (`LOCK`, `File::try_lock`).
 //!
 //! The crate knows nothing about AMQP: argument tables and message properties are opaque bytes.
 
 mod codec;
 mod keys;
+mod seglog;
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -25,17 +30,22 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use keys::{Key, BINDING, EXCHANGE, MESSAGE, MSG_STATE, QUEUE, USER, VHOST};
+use keys::{Key, BINDING, EXCHANGE, MSG_STATE, QUEUE, USER, VHOST};
+use seglog::MsgLog;
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// sled's log segment size. It is persisted by sled in `sled/conf` at creation and sled refuses
 /// to open a store with a different value, so it is a constant, not an option.
 /// See docs/storage-format.md for why this value.
-pub const SEGMENT_SIZE: usize = 512 * 1024;
+pub const SLED_SEGMENT_SIZE: usize = 512 * 1024;
 
-/// Deletes (purge, delete_queue, orphan clean-up) are applied in sled batches of this many keys.
+/// Default maximum size of a message segment file (`StoreOptions::segment_bytes`).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
 const DELETE_CHUNK: usize = 10_000;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -59,6 +69,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage engine (sled) error: {0}")]
     Engine(String),
+    #[error(
+        "message seq {seq} appended to queue {queue_id} after seq {last}: seqs must increase \
+         per queue"
+    )]
+    OutOfOrder { queue_id: u32, seq: u64, last: u64 },
 }
 
 impl From<sled::Error> for StoreError {
@@ -77,6 +92,9 @@ pub struct StoreOptions {
     /// sled's own background flush every N ms. `None` (the default): off, the store's flusher
     /// thread flushes whenever there are unflushed writes.
     pub flush_interval_ms: Option<u64>,
+    /// A message segment file is closed and a new one started when the next record would take it
+    /// past this size (a larger record gets a segment of its own). Default 8 MiB.
+    pub segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -84,6 +102,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_interval_ms: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -160,13 +179,17 @@ pub struct MessageState {
 pub struct StoreStats {
     /// Write operations (= the current ticket). A batch counts once.
     pub writes: u64,
-    /// Completed `sled::Db::flush` calls (each one fsync round), flusher and `flush_blocking`.
+    /// Completed flush rounds (group commits), flusher and `flush_blocking`.
     pub flushes: u64,
-    /// Key + value bytes handed to sled (logical, before sled's own framing).
+    /// fsync calls made by the flush rounds: `sync_data` of segment and ack files, directory
+    /// syncs, `sled::Db::flush` calls.
+    pub fsyncs: u64,
+    /// Message record bytes plus key + value bytes handed to sled (logical, before sled's own
+    /// framing).
     pub bytes_written: u64,
     pub messages_appended: u64,
-    /// Message keys removed by `delete_messages` (requested, whether or not they existed),
-    /// purge and delete_queue.
+    /// Messages removed by `delete_messages` (requested, whether or not they existed), purge and
+    /// delete_queue.
     pub messages_deleted: u64,
     /// Highest durable ticket published.
     pub durable: u64,
@@ -181,10 +204,25 @@ struct WakeState {
     shutdown: bool,
 }
 
+/// The flusher's carry-over between rounds: syncs that failed and are retried.
+#[derive(Default)]
+struct Unsynced {
+    files: Vec<(PathBuf, Arc<File>)>,
+    dirs: Vec<PathBuf>,
+    sled: bool,
+}
+
 struct Shared {
     db: sled::Db,
+    log: MsgLog,
+    /// sled was written since the last flush round took this flag.
+    sled_dirty: AtomicBool,
+    /// Held for a whole flush round: rounds never overlap (a round publishes only after every
+    /// earlier round's syncs completed).
+    round: Mutex<Unsynced>,
     ticket: AtomicU64,
     flushes: AtomicU64,
+    fsyncs: AtomicU64,
     flush_errors: AtomicU64,
     bytes_written: AtomicU64,
     messages_appended: AtomicU64,
@@ -198,7 +236,13 @@ struct Shared {
 }
 
 impl Shared {
-    /// Called after a sled operation has returned: takes the next ticket and wakes the flusher.
+    /// Called after a sled write has returned: marks sled dirty, takes the next ticket.
+    fn bump_sled(&self, bytes: usize) -> u64 {
+        self.sled_dirty.store(true, SeqCst);
+        self.bump(bytes)
+    }
+
+    /// Called after a write has been applied: takes the next ticket and wakes the flusher.
     fn bump(&self, bytes: usize) -> u64 {
         self.bytes_written.fetch_add(bytes as u64, SeqCst);
         let t = self.ticket.fetch_add(1, SeqCst) + 1;
@@ -220,19 +264,46 @@ impl Shared {
         });
     }
 
+    /// One group commit. The ticket is read first: every write with a ticket <= T was applied
+    /// (to a log buffer or to sled) before, so writing out the buffers, syncing the files written
+    /// and flushing sled afterwards makes all of them durable before T is published.
     fn flush_now(&self) -> Result<()> {
+        let mut round = self.round.lock();
         let t = self.ticket.load(SeqCst);
-        match self.db.flush() {
-            Ok(_) => {
+        match self.sync_round(&mut round) {
+            Ok(()) => {
                 self.flushes.fetch_add(1, SeqCst);
                 self.publish(t);
                 Ok(())
             }
             Err(e) => {
                 self.flush_errors.fetch_add(1, SeqCst);
-                Err(e.into())
+                Err(e)
             }
         }
+    }
+
+    fn sync_round(&self, u: &mut Unsynced) -> Result<()> {
+        self.log.collect_for_sync(&mut u.files, &mut u.dirs)?;
+        if self.sled_dirty.swap(false, SeqCst) {
+            u.sled = true;
+        }
+        while let Some((path, f)) = u.files.last() {
+            f.sync_data().map_err(io_err(path))?;
+            self.fsyncs.fetch_add(1, SeqCst);
+            u.files.pop();
+        }
+        while let Some(d) = u.dirs.last() {
+            seglog::sync_dir(d)?;
+            self.fsyncs.fetch_add(1, SeqCst);
+            u.dirs.pop();
+        }
+        if u.sled {
+            self.db.flush()?;
+            self.fsyncs.fetch_add(1, SeqCst);
+            u.sled = false;
+        }
+        Ok(())
     }
 }
 
@@ -316,7 +387,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -325,8 +396,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 impl Store {
     /// Open (or create) the store in `dir`. Creates the directory if missing, locks it, opens
-    /// sled under `dir/sled`, checks the schema version and removes messages left behind by a
-    /// `delete_queue` interrupted by a crash. Does not read message bodies.
+    /// sled under `dir/sled`, checks the schema version, and loads the message log under
+    /// `dir/messages`: reads every segment once to check its records (cutting off a torn tail
+    /// left by a crash) and every ack file, removes fully acked segments and the messages of
+    /// queues that have no queue record (a `delete_queue` interrupted by a crash).
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
@@ -356,7 +429,7 @@ impl Store {
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_interval_ms)
             .use_compression(false)
-            .segment_size(SEGMENT_SIZE)
+            .segment_size(SLED_SEGMENT_SIZE)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(source) => StoreError::Io {
@@ -390,11 +463,30 @@ impl Store {
             }
         }
 
+        let known: HashSet<u32> = list_records::<QueueRecord>(&db, QUEUE, "queue")?
+            .into_iter()
+            .map(|q| q.id)
+            .collect();
+        let (log, recovery) = MsgLog::open(&dir.join("messages"), opts.segment_bytes, &known)?;
+        for q in &recovery.orphan_queues {
+            tracing::warn!(queue_id = q, "removed the messages of a deleted queue");
+        }
+        if recovery.truncated_files > 0 {
+            tracing::warn!(
+                files = recovery.truncated_files,
+                "cut off torn tails of message files (a crash during a write)"
+            );
+        }
+
         let (durable_tx, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             db,
+            log,
+            sled_dirty: AtomicBool::new(false),
+            round: Mutex::new(Unsynced::default()),
             ticket: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             messages_appended: AtomicU64::new(0),
@@ -422,7 +514,7 @@ impl Store {
                 _lock: lock,
             }),
         };
-        store.remove_orphan_messages()?;
+        store.remove_orphan_state(&known)?;
         Ok(store)
     }
 
@@ -444,23 +536,17 @@ impl Store {
     fn put_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64> {
         let n = key.len() + value.len();
         self.db().insert(key, value)?;
-        Ok(self.sh().bump(n))
+        Ok(self.sh().bump_sled(n))
     }
 
     fn remove_raw(&self, key: Vec<u8>) -> Result<u64> {
         let n = key.len();
         self.db().remove(key)?;
-        Ok(self.sh().bump(n))
+        Ok(self.sh().bump_sled(n))
     }
 
     fn list<T: for<'a> Deserialize<'a>>(&self, tag: u8, what: &str) -> Result<Vec<T>> {
-        self.db()
-            .scan_prefix([tag])
-            .map(|kv| {
-                let (_, v) = kv?;
-                codec::decode(what, &v)
-            })
-            .collect()
+        list_records(self.db(), tag, what)
     }
 
     // --- vhosts and users (rare admin writes: durable when the call returns) -----------------
@@ -540,7 +626,7 @@ impl Store {
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
             .map(u32::from_be_bytes)
             .ok_or_else(|| StoreError::Corrupt("queue id counter is malformed".into()))?;
-        self.sh().bump(keys::QUEUE_ID_KEY.len() + 4);
+        self.sh().bump_sled(keys::QUEUE_ID_KEY.len() + 4);
         Ok(id)
     }
 
@@ -551,8 +637,8 @@ impl Store {
 
     /// Deletes the queue record (and its delivered mark) and then all messages and message
     /// states of queue `id`.
-    /// The record goes first (one batch), the messages follow in batches of 10,000 keys; if the
-    /// process dies in between, `open` removes the orphaned messages.
+    /// The record goes first (one sled batch), then the queue's message directory, then its state
+    /// keys in batches of 10,000; if the process dies in between, `open` removes the orphans.
     pub fn delete_queue(&self, vhost: &str, name: &str, id: u32) -> Result<u64> {
         let mut batch = sled::Batch::default();
         let qkey = Key::new(QUEUE).str(vhost).str(name).into_vec();
@@ -561,9 +647,11 @@ impl Store {
         batch.remove(&keys::queue_prefix(keys::DELIVERED_MARK, id));
         batch.remove(&keys::queue_prefix(keys::QUEUE_COUNT, id));
         self.db().apply_batch(batch)?;
-        let t = self.sh().bump(n);
-        let (_, t2) = self.purge_queue(id)?;
-        Ok(t.max(t2))
+        self.sh().bump_sled(n);
+        let removed = self.sh().log.remove_queue(id)?;
+        self.remove_prefix(&keys::queue_prefix(MSG_STATE, id))?;
+        self.sh().messages_deleted.fetch_add(removed, SeqCst);
+        Ok(self.sh().bump(0))
     }
 
     pub fn queues(&self) -> Result<Vec<QueueRecord>> {
@@ -595,46 +683,51 @@ impl Store {
 
     // --- messages -----------------------------------------------------------------------------
 
-    /// Store one message under (queue id, seq). Seqs are chosen by the caller (per queue,
-    /// increasing); an existing (queue, seq) is overwritten.
+    /// Store one message under (queue id, seq). Seqs are chosen by the caller and must increase
+    /// per queue: `seq` must be above every seq appended to the queue since the store was opened
+    /// and above the queue's last message at open (else `StoreError::OutOfOrder`). After a
+    /// restart the seqs after the last stored message may be used again.
     pub fn append_message(&self, queue_id: u32, seq: u64, msg: &StoredMessage) -> Result<u64> {
-        let v = codec::encode_message(msg)?;
-        let n = keys::MSG_KEY_LEN + v.len();
-        self.db().insert(keys::msg_key(MESSAGE, queue_id, seq), v)?;
-        self.sh().messages_appended.fetch_add(1, SeqCst);
-        Ok(self.sh().bump(n))
+        self.append_messages(&[(queue_id, seq, msg)])
     }
 
-    /// Store several messages (any queues) in one atomic sled batch; one ticket.
+    /// Store several messages (any queues; per queue in increasing seq order); one ticket. Not
+    /// atomic across a crash: until the ticket is durable, any subset may be lost.
     pub fn append_messages(&self, items: &[(u32, u64, &StoredMessage)]) -> Result<u64> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for (q, seq, msg) in items {
-            let v = codec::encode_message(msg)?;
-            n += keys::MSG_KEY_LEN + v.len();
-            batch.insert(&keys::msg_key(MESSAGE, *q, *seq), v);
-        }
-        self.db().apply_batch(batch)?;
+        let n = self.sh().log.append(items)?;
         self.sh().messages_appended.fetch_add(items.len() as u64, SeqCst);
         Ok(self.sh().bump(n))
     }
 
-    /// Remove messages (and their state keys) in one atomic batch, e.g. on ack. Absent seqs are
-    /// ignored (a sled no-op).
+    /// Remove messages (and their state keys), e.g. on ack: their seqs are appended to the ack
+    /// files of their segments, and a segment left without a live message is deleted. Absent or
+    /// already deleted seqs are ignored.
     pub fn delete_messages(&self, queue_id: u32, seqs: &[u64]) -> Result<u64> {
-        let mut batch = sled::Batch::default();
-        for &s in seqs {
-            batch.remove(&keys::msg_key(MESSAGE, queue_id, s));
-            batch.remove(&keys::msg_key(MSG_STATE, queue_id, s));
+        let gone = self.sh().log.delete(queue_id, seqs)?;
+        let mut n = seqs.len() * 8;
+        if !gone.state_seqs.is_empty() {
+            let mut batch = sled::Batch::default();
+            for s in &gone.state_seqs {
+                batch.remove(&keys::msg_key(MSG_STATE, queue_id, *s));
+            }
+            self.db().apply_batch(batch)?;
+            self.sh().sled_dirty.store(true, SeqCst);
+            n += gone.state_seqs.len() * keys::MSG_KEY_LEN;
         }
-        self.db().apply_batch(batch)?;
+        for (first, last) in gone.state_ranges {
+            self.remove_range(
+                keys::msg_key(MSG_STATE, queue_id, first),
+                keys::msg_key(MSG_STATE, queue_id, last),
+            )?;
+        }
         self.sh().messages_deleted.fetch_add(seqs.len() as u64, SeqCst);
-        Ok(self.sh().bump(seqs.len() * 2 * keys::MSG_KEY_LEN))
+        Ok(self.sh().bump(n))
     }
 
     /// Record the mutable part of a message (written on redelivery; the body is not rewritten).
     /// `read_messages` merges it in.
     pub fn set_message_state(&self, queue_id: u32, seq: u64, state: &MessageState) -> Result<u64> {
+        self.sh().log.note_state(queue_id, seq);
         let k = keys::msg_key(MSG_STATE, queue_id, seq).to_vec();
         self.put_raw(k, codec::encode(state)?)
     }
@@ -649,7 +742,7 @@ impl Store {
 
     /// Up to `limit` messages of `queue_id` with seq >= `from_seq`, in seq order, with their
     /// state merged in (`delivery_count`, `not_before_ms` taken from the state record if any).
-    /// Bodies and properties are zero-copy slices of sled's buffers.
+    /// Each message's properties and body are slices of one buffer holding a copy of its record.
     pub fn read_messages(
         &self,
         queue_id: u32,
@@ -664,6 +757,8 @@ impl Store {
     }
 
     /// Like `read_messages`, also returning each message's state record (for `redelivered`).
+    /// Sequential reads (each `from_seq` just after the last seq returned) continue where the
+    /// previous read stopped; any other `from_seq` scans its segment from the start.
     #[allow(clippy::type_complexity)]
     pub fn read_messages_with_state(
         &self,
@@ -671,18 +766,13 @@ impl Store {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, StoredMessage, Option<MessageState>)>> {
-        let mut out = Vec::with_capacity(limit.min(1024));
-        if limit == 0 {
-            return Ok(out);
-        }
-        let start = keys::msg_key(MESSAGE, queue_id, from_seq);
-        let end = keys::msg_key(MESSAGE, queue_id, u64::MAX);
-        for kv in self.db().range(start..=end).take(limit) {
-            let (k, v) = kv?;
-            let (_, seq) =
-                keys::parse_msg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            out.push((seq, codec::decode_message(v)?, None));
-        }
+        let mut out: Vec<(u64, StoredMessage, Option<MessageState>)> = self
+            .sh()
+            .log
+            .read(queue_id, from_seq, limit)?
+            .into_iter()
+            .map(|(s, m)| (s, m, None))
+            .collect();
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
             let s = keys::msg_key(MSG_STATE, queue_id, first.0);
             let e = keys::msg_key(MSG_STATE, queue_id, last.0);
@@ -705,20 +795,9 @@ impl Store {
         Ok(out)
     }
 
-    /// All seqs of a queue in order. Cost: a scan of the queue's key range; sled keeps values
-    /// inline in its leaf pages, so this pages in the leaves (bodies included) though it decodes
-    /// none of them — O(messages), roughly the queue's size in I/O when cold.
+    /// All seqs of a queue in order, from the in-memory index (no I/O): O(messages).
     pub fn message_seqs(&self, queue_id: u32) -> Result<Vec<u64>> {
-        self.db()
-            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
-            .keys()
-            .map(|k| {
-                let k = k?;
-                keys::parse_msg_key(&k)
-                    .map(|(_, s)| s)
-                    .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))
-            })
-            .collect()
+        Ok(self.sh().log.seqs(queue_id))
     }
 
     /// Records that messages of `queue_id` up to `seq` may have been delivered, so that after a crash
@@ -767,6 +846,7 @@ impl Store {
     /// Marks the store as closed cleanly (call after the last `put_queue_count`; durable on return).
     pub fn mark_clean_shutdown(&self) -> Result<()> {
         self.db().insert(keys::CLEAN_KEY, &[1u8])?;
+        self.sh().bump_sled(keys::CLEAN_KEY.len() + 1);
         self.flush_blocking()
     }
 
@@ -774,6 +854,7 @@ impl Store {
     /// seen as one, and forgets the queue counts it vouched for.
     pub fn take_clean_shutdown(&self) -> Result<bool> {
         let was = self.db().remove(keys::CLEAN_KEY)?.is_some();
+        self.sh().bump_sled(keys::CLEAN_KEY.len());
         self.flush_blocking()?;
         Ok(was)
     }
@@ -783,85 +864,49 @@ impl Store {
         for k in self.db().scan_prefix([keys::QUEUE_COUNT]).keys() {
             self.db().remove(k?)?;
         }
+        self.sh().sled_dirty.store(true, SeqCst);
         Ok(())
     }
 
-    /// (first seq, last seq) of a queue, or None if it holds no message. O(log n): two seeks.
+    /// (first seq, last seq) of a queue, or None if it holds no message. From the in-memory
+    /// index: O(segments).
     pub fn queue_bounds(&self, queue_id: u32) -> Result<Option<(u64, u64)>> {
-        let mut it = self
-            .db()
-            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
-            .keys();
-        let first = match it.next() {
-            None => return Ok(None),
-            Some(k) => k?,
-        };
-        let last = match it.next_back() {
-            None => first.clone(),
-            Some(k) => k?,
-        };
-        let parse = |k: &[u8]| {
-            keys::parse_msg_key(k)
-                .map(|(_, s)| s)
-                .ok_or_else(|| StoreError::Corrupt("malformed message key".into()))
-        };
-        Ok(Some((parse(&first)?, parse(&last)?)))
+        Ok(self.sh().log.bounds(queue_id))
     }
 
-    /// Number of messages in a queue. Same cost as `message_seqs` (a scan of the queue's key
-    /// range, no decoding, no allocation per message).
+    /// Number of messages in a queue, from the in-memory index: O(segments).
     pub fn count_messages(&self, queue_id: u32) -> Result<u64> {
-        let mut n = 0u64;
-        for k in self
-            .db()
-            .scan_prefix(keys::queue_prefix(MESSAGE, queue_id))
-            .keys()
-        {
-            k?;
-            n += 1;
-        }
-        Ok(n)
+        Ok(self.sh().log.count(queue_id))
     }
 
-    /// Ids of all queues that have at least one message, by seeking from queue to queue
-    /// (O(queues · log n), no scan of messages).
+    /// Ids of all queues that have at least one message, in order (from the in-memory index).
     pub fn queue_ids_with_messages(&self) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        let mut from = keys::queue_prefix(MESSAGE, 0).to_vec();
-        let end = [MESSAGE + 1];
-        loop {
-            let next = self.db().range(from.as_slice()..&end[..]).keys().next();
-            let k = match next {
-                None => break,
-                Some(k) => k?,
-            };
-            let (q, _) =
-                keys::parse_msg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed message key".into()))?;
-            ids.push(q);
-            match q.checked_add(1) {
-                Some(n) => from = keys::queue_prefix(MESSAGE, n).to_vec(),
-                None => break,
-            }
-        }
-        Ok(ids)
+        Ok(self.sh().log.queue_ids())
     }
 
-    /// Remove all messages and states of a queue (batches of 10,000 keys).
-    /// Returns (messages removed, ticket of the last batch).
+    /// Remove all messages and states of a queue: its segment files are deleted, its state keys
+    /// removed in batches of 10,000. Returns (messages removed, ticket).
     pub fn purge_queue(&self, queue_id: u32) -> Result<(u64, u64)> {
-        let removed = self.remove_prefix(&keys::queue_prefix(MESSAGE, queue_id))?;
+        let removed = self.sh().log.purge(queue_id)?;
         self.remove_prefix(&keys::queue_prefix(MSG_STATE, queue_id))?;
         self.sh().messages_deleted.fetch_add(removed, SeqCst);
-        let n = keys::queue_prefix(MESSAGE, queue_id).len();
-        Ok((removed, self.sh().bump(n)))
+        Ok((removed, self.sh().bump(0)))
     }
 
     fn remove_prefix(&self, prefix: &[u8]) -> Result<u64> {
+        let mut end = prefix.to_vec();
+        end.extend_from_slice(&[0xFF; keys::MSG_KEY_LEN]);
+        self.remove_range(prefix, &end)
+    }
+
+    /// Removes the keys in `start..=end` in sled batches of `DELETE_CHUNK`.
+    fn remove_range(&self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Result<u64> {
+        let (start, end) = (start.as_ref(), end.as_ref());
         let mut removed = 0u64;
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for k in self.db().scan_prefix(prefix).keys().take(DELETE_CHUNK) {
+            for k in self.db().range(start..=end).keys().take(DELETE_CHUNK) {
                 batch.remove(k?);
                 n += 1;
             }
@@ -870,14 +915,14 @@ impl Store {
             }
             self.db().apply_batch(batch)?;
             removed += n as u64;
-            self.sh().bump(n * keys::MSG_KEY_LEN);
+            self.sh().bump_sled(n * keys::MSG_KEY_LEN);
         }
     }
 
-    /// Messages and delivered marks whose queue has no record are leftovers of an interrupted
-    /// `delete_queue`.
-    fn remove_orphan_messages(&self) -> Result<()> {
-        let known: std::collections::HashSet<u32> = self.queues()?.into_iter().map(|q| q.id).collect();
+    /// Delivered marks of queues that have no record, and state keys of messages that are gone
+    /// (their queue was deleted, or the message was deleted and the state removal was lost in a
+    /// crash), are removed at open. The state keys of live messages are noted in the log index.
+    fn remove_orphan_state(&self, known: &HashSet<u32>) -> Result<()> {
         for k in self.db().scan_prefix([keys::DELIVERED_MARK]).keys() {
             let k = k?;
             let q = <[u8; 4]>::try_from(&k[1..]).map(u32::from_be_bytes);
@@ -885,11 +930,21 @@ impl Store {
                 self.remove_raw(k.to_vec())?;
             }
         }
-        for q in self.queue_ids_with_messages()? {
-            if !known.contains(&q) {
-                let (n, _) = self.purge_queue(q)?;
-                tracing::warn!(queue_id = q, messages = n, "removed messages of a deleted queue");
+        let mut stale = sled::Batch::default();
+        let mut n = 0;
+        for k in self.db().scan_prefix([MSG_STATE]).keys() {
+            let k = k?;
+            let live = keys::parse_msg_key(&k)
+                .is_some_and(|(q, seq)| known.contains(&q) && self.sh().log.note_state(q, seq));
+            if !live {
+                stale.remove(k);
+                n += 1;
             }
+        }
+        if n > 0 {
+            self.db().apply_batch(stale)?;
+            self.sh().bump_sled(n * keys::MSG_KEY_LEN);
+            tracing::info!(keys = n, "removed state keys of messages that are gone");
         }
         Ok(())
     }
@@ -935,6 +990,7 @@ impl Store {
             bytes_written: sh.bytes_written.load(SeqCst),
             messages_appended: sh.messages_appended.load(SeqCst),
             messages_deleted: sh.messages_deleted.load(SeqCst),
+            fsyncs: sh.fsyncs.load(SeqCst),
             durable: *sh.durable_tx.borrow(),
             flush_errors: sh.flush_errors.load(SeqCst),
         }
@@ -950,6 +1006,15 @@ impl Store {
     pub fn sled_size_on_disk(&self) -> Result<u64> {
         Ok(self.db().size_on_disk()?)
     }
+}
+
+fn list_records<T: for<'a> Deserialize<'a>>(db: &sled::Db, tag: u8, what: &str) -> Result<Vec<T>> {
+    db.scan_prefix([tag])
+        .map(|kv| {
+            let (_, v) = kv?;
+            codec::decode(what, &v)
+        })
+        .collect()
 }
 
 /// Wait (up to `timeout`) until nobody holds sled's flock on `sled_dir/db`. Returns whether it

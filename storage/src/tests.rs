@@ -182,9 +182,8 @@ fn append_read_in_order_across_seq_widths() {
         1 << 56,
         u64::MAX,
     ];
-    // insert in reverse to make sure order comes from the keys
     for &q in &[255u32, 256, 1] {
-        for &seq in seqs.iter().rev() {
+        for &seq in seqs.iter() {
             s.append_message(q, seq, &msg(seq)).unwrap();
         }
     }
@@ -211,6 +210,26 @@ fn append_read_in_order_across_seq_widths() {
 }
 
 #[test]
+fn appends_out_of_order_are_refused() {
+    let d = tmp();
+    let s = open(d.path());
+    s.append_message(1, 10, &msg(10)).unwrap();
+    for bad in [10, 9, 0] {
+        let err = s.append_message(1, bad, &msg(bad)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::OutOfOrder { queue_id: 1, seq, last: 10 } if seq == bad),
+            "{err:?}"
+        );
+    }
+    // other queues are independent; deleting the tail does not allow going back within a run
+    s.append_message(2, 0, &msg(0)).unwrap();
+    s.delete_messages(1, &[10]).unwrap();
+    assert!(s.append_message(1, 10, &msg(10)).is_err());
+    s.append_message(1, 11, &msg(11)).unwrap();
+    assert_eq!(s.message_seqs(1).unwrap(), vec![11]);
+}
+
+#[test]
 fn bodies_are_slices_of_one_buffer() {
     let d = tmp();
     let s = open(d.path());
@@ -234,6 +253,14 @@ fn bodies_are_slices_of_one_buffer() {
 fn batch_append_delete_and_state() {
     let d = tmp();
     let s = open(d.path());
+    for id in [1, 2] {
+        s.put_queue(&QueueRecord {
+            id,
+            name: format!("q{id}"),
+            ..Default::default()
+        })
+        .unwrap();
+    }
     let msgs: Vec<StoredMessage> = (0..10).map(msg).collect();
     let items: Vec<(u32, u64, &StoredMessage)> = msgs
         .iter()
@@ -265,16 +292,27 @@ fn batch_append_delete_and_state() {
         }
     }
 
+    s.set_message_state(1, 8, &st).unwrap();
     let t2 = s.delete_messages(1, &[0, 4, 8, 999]).unwrap();
-    assert_eq!(t2, t + 2);
+    assert_eq!(t2, t + 3);
     assert_eq!(s.message_seqs(1).unwrap(), vec![2, 6]);
     assert_eq!(s.message_state(1, 4).unwrap(), None, "state removed with message");
-    // re-using seq 4 does not resurrect the old state
-    s.append_message(1, 4, &msg(4)).unwrap();
-    let got = s.read_messages(1, 4, 1).unwrap();
-    assert_eq!(got[0].1.delivery_count, 0);
+    assert_eq!(s.message_state(1, 8).unwrap(), None, "state removed with message");
     assert_eq!(s.queue_bounds(1).unwrap(), Some((2, 6)));
     assert_eq!(s.message_seqs(2).unwrap(), vec![1, 3, 5, 7, 9]);
+    drop(s);
+    // after a restart the broker re-uses the seqs after the last message (8 here): the old
+    // message and its state do not come back
+    let s = open(d.path());
+    s.append_message(1, 7, &msg(7)).unwrap();
+    s.append_message(1, 8, &msg(8)).unwrap();
+    let got = s.read_messages_with_state(1, 7, 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0, 8);
+    assert_eq!(got[1].1, msg(8));
+    assert_eq!(got[1].2, None);
+    assert_eq!(s.queue_bounds(1).unwrap(), Some((2, 8)));
+    assert_eq!(s.message_seqs(1).unwrap(), vec![2, 6, 7, 8]);
 }
 
 #[test]
@@ -598,7 +636,10 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Append(u32, u64),
+        /// Append `n` messages to a queue, the first `gap` seqs after the queue's next seq (seqs
+        /// taken by transient messages in the broker), the others consecutive.
+        Append(u32, u64, u8),
+        /// Delete seqs given as offsets back from the queue's next seq.
         Delete(u32, Vec<u64>),
         State(u32, u64, u32),
         Purge(u32),
@@ -607,14 +648,27 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         let q = 0u32..3;
-        let seq = prop_oneof![0u64..300, Just(u64::MAX), (0u64..4).prop_map(|i| 1u64 << (8 * i))];
+        let gap = prop_oneof![8 => Just(0u64), 2 => 1u64..5, 1 => Just(1u64 << 40)];
+        let back = 1u64..80;
         prop_oneof![
-            6 => (q.clone(), seq.clone()).prop_map(|(q, s)| Op::Append(q, s)),
-            2 => (q.clone(), proptest::collection::vec(seq.clone(), 0..6)).prop_map(|(q, v)| Op::Delete(q, v)),
-            2 => (q.clone(), seq, 1u32..5).prop_map(|(q, s, c)| Op::State(q, s, c)),
+            6 => (q.clone(), gap, 1u8..30).prop_map(|(q, g, n)| Op::Append(q, g, n)),
+            3 => (q.clone(), proptest::collection::vec(back.clone(), 0..40)).prop_map(|(q, v)| Op::Delete(q, v)),
+            2 => (q.clone(), back, 1u32..5).prop_map(|(q, s, c)| Op::State(q, s, c)),
             1 => q.prop_map(Op::Purge),
             1 => Just(Op::Reopen),
         ]
+    }
+
+    /// Small segments, so that the model crosses many segment boundaries.
+    fn open_small(d: &Path) -> Store {
+        Store::open(
+            d,
+            StoreOptions {
+                segment_bytes: 512,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
     }
 
     proptest! {
@@ -622,7 +676,9 @@ mod model {
         #[test]
         fn store_matches_a_btreemap(ops in proptest::collection::vec(op(), 1..40)) {
             let d = tmp();
-            let mut s = Some(open(d.path()));
+            let mut s = Some(open_small(d.path()));
+            // the broker's next seq per queue: after a restart, the last stored seq + 1
+            let mut next = [0u64; 3];
             for q in 0..3u32 {
                 s.as_ref().unwrap().put_queue(&QueueRecord { id: q, name: format!("q{q}"), ..Default::default() }).unwrap();
             }
@@ -631,19 +687,32 @@ mod model {
             for op in ops {
                 let st = s.as_ref().unwrap();
                 match op {
-                    Op::Append(q, seq) => {
-                        let m = msg(seq);
-                        st.append_message(q, seq, &m).unwrap();
-                        // a message state written earlier for this (q, seq) may survive an
-                        // overwrite; the broker never re-uses a live seq, so the model keeps it
-                        let dc = model.get(&(q, seq)).map(|e| e.1).unwrap_or(0);
-                        model.insert((q, seq), (m, dc));
+                    Op::Append(q, gap, n) => {
+                        let first = next[q as usize] + gap;
+                        let msgs: Vec<(u64, StoredMessage)> =
+                            (first..first + n as u64).map(|seq| (seq, msg(seq))).collect();
+                        if n % 2 == 0 {
+                            let items: Vec<(u32, u64, &StoredMessage)> =
+                                msgs.iter().map(|(seq, m)| (q, *seq, m)).collect();
+                            st.append_messages(&items).unwrap();
+                        } else {
+                            for (seq, m) in &msgs {
+                                st.append_message(q, *seq, m).unwrap();
+                            }
+                        }
+                        next[q as usize] = first + n as u64;
+                        for (seq, m) in msgs {
+                            model.insert((q, seq), (m, 0));
+                        }
                     }
-                    Op::Delete(q, seqs) => {
+                    Op::Delete(q, backs) => {
+                        let seqs: Vec<u64> =
+                            backs.iter().map(|b| next[q as usize].saturating_sub(*b)).collect();
                         st.delete_messages(q, &seqs).unwrap();
                         for x in seqs { model.remove(&(q, x)); }
                     }
-                    Op::State(q, seq, c) => {
+                    Op::State(q, back, c) => {
+                        let seq = next[q as usize].saturating_sub(back);
                         if let Some(e) = model.get_mut(&(q, seq)) {
                             st.set_message_state(q, seq, &MessageState { delivery_count: c, redelivered: true, not_before_ms: None }).unwrap();
                             e.1 = c;
@@ -656,7 +725,13 @@ mod model {
                     }
                     Op::Reopen => {
                         drop(s.take());
-                        s = Some(open(d.path()));
+                        s = Some(open_small(d.path()));
+                        for q in 0..3u32 {
+                            next[q as usize] = model
+                                .range((q, 0)..=(q, u64::MAX))
+                                .next_back()
+                                .map_or(0, |(k, _)| k.1 + 1);
+                        }
                     }
                 }
             }
@@ -668,6 +743,19 @@ mod model {
                     .collect();
                 let got = st.read_messages(q, 0, usize::MAX).unwrap();
                 prop_assert_eq!(&got, &want);
+                prop_assert_eq!(st.message_seqs(q).unwrap(), want.iter().map(|e| e.0).collect::<Vec<_>>());
+                // sequential paging (the broker's refill) gives the same sequence
+                let mut paged = Vec::new();
+                let mut from = 0;
+                loop {
+                    let page = st.read_messages(q, from, 7).unwrap();
+                    match page.last() {
+                        Some(l) => from = l.0 + 1,
+                        None => break,
+                    }
+                    paged.extend(page);
+                }
+                prop_assert_eq!(&paged, &want);
                 prop_assert_eq!(st.count_messages(q).unwrap(), want.len() as u64);
                 let bounds = want.first().map(|f| (f.0, want.last().unwrap().0));
                 prop_assert_eq!(st.queue_bounds(q).unwrap(), bounds);
