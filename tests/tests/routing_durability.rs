@@ -56,13 +56,20 @@ async fn durable_exchanges_and_bindings_survive_transient_ones_do_not() {
         bind(&ch, "dq1", "dt", "a.#").await;
         xbind(&ch, "df", "dt", "*.b").await; // durable e2e binding
         bind(&ch, "dq2", "df", "").await;
-        bind_args(&ch, "dq3", "dh", "", table(&[("x-match", s("any")), ("k", s("v"))])).await;
+        bind_args(
+            &ch,
+            "dq3",
+            "dh",
+            "",
+            table(&[("x-match", s("any")), ("k", s("v"))]),
+        )
+        .await;
         bind(&ch, "dq3", "dx", "key").await;
         bind(&ch, "dqae", "dae", "").await;
         xbind(&ch, "dint", "dx", "int").await;
         bind(&ch, "dq1", "dint", "").await;
         bind(&ch, "dq1", "amq.direct", "pre").await; // durable predeclared source
-        // Transient: the exchange, the queue, and bindings with a transient end.
+                                                     // Transient: the exchange, the queue, and bindings with a transient end.
         bind(&ch, "dq1", "tx", "k").await;
         bind(&ch, "tq", "dt", "#").await;
         xbind(&ch, "tx", "dt", "#").await;
@@ -108,7 +115,12 @@ async fn durable_exchanges_and_bindings_survive_transient_ones_do_not() {
             &ch,
             "dt",
             &qs,
-            &[case("a.b", &["dq1", "dq2"]), case("a", &["dq1"]), case("z.b", &["dq2"]), case("z", &[])],
+            &[
+                case("a.b", &["dq1", "dq2"]),
+                case("a", &["dq1"]),
+                case("z.b", &["dq2"]),
+                case("z", &[]),
+            ],
         )
         .await,
     );
@@ -126,7 +138,11 @@ async fn durable_exchanges_and_bindings_survive_transient_ones_do_not() {
             &ch,
             "dx",
             &qs,
-            &[case("key", &["dq3"]), case("int", &["dq1"]), case("other", &["dqae"])],
+            &[
+                case("key", &["dq3"]),
+                case("int", &["dq1"]),
+                case("other", &["dqae"]),
+            ],
         )
         .await,
     );
@@ -135,7 +151,13 @@ async fn durable_exchanges_and_bindings_survive_transient_ones_do_not() {
     let probe = confirm_channel(&conn).await;
     let r = async {
         probe
-            .basic_publish("dint".into(), "".into(), Default::default(), b"x", BasicProperties::default())
+            .basic_publish(
+                "dint".into(),
+                "".into(),
+                Default::default(),
+                b"x",
+                BasicProperties::default(),
+            )
             .await?
             .await
     }
@@ -160,10 +182,19 @@ async fn deleted_durable_exchange_stays_deleted_after_restart() {
     {
         let conn = connect(&server).await;
         let ch = channel(&conn).await;
-        exchange_with(&ch, "gone", ExchangeKind::Direct, durable(), FieldTable::default()).await;
+        exchange_with(
+            &ch,
+            "gone",
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await;
         durable_queue(&ch, "dq").await;
         bind(&ch, "dq", "gone", "k").await;
-        ch.exchange_delete("gone".into(), Default::default()).await.unwrap();
+        ch.exchange_delete("gone".into(), Default::default())
+            .await
+            .unwrap();
         assert!(!exchange_exists(&conn, "gone").await);
         conn.close(200, "bye".into()).await.unwrap();
     }
@@ -222,7 +253,9 @@ async fn unbind_and_queue_delete_stay_done_after_restart() {
         bind(&ch, "keep", "x2", "").await;
         unbind(&ch, "unbound", "x", "#").await;
         xunbind(&ch, "x2", "x", "e2e").await;
-        ch.queue_delete("deleted".into(), Default::default()).await.unwrap();
+        ch.queue_delete("deleted".into(), Default::default())
+            .await
+            .unwrap();
         conn.close(200, "bye".into()).await.unwrap();
     }
     restart(&mut server);
@@ -237,7 +270,11 @@ async fn unbind_and_queue_delete_stay_done_after_restart() {
             &ch,
             "x",
             &qs,
-            &[case("z", &["keep"]), case("a.b", &["keep", "unbound"]), case("e2e", &["keep"])],
+            &[
+                case("z", &["keep"]),
+                case("a.b", &["keep", "unbound"]),
+                case("e2e", &["keep"]),
+            ],
         )
         .await,
     );
@@ -271,9 +308,18 @@ async fn auto_deleted_durable_exchange_stays_deleted_after_restart() {
     }
     restart(&mut server);
     let conn = connect(&server).await;
-    assert!(!exchange_exists(&conn, "ad").await, "auto-deleted (unbind) came back");
-    assert!(!exchange_exists(&conn, "ad_q").await, "auto-deleted (queue.delete) came back");
-    assert!(exchange_exists(&conn, "ad_keep").await, "bound durable auto-delete exchange survives");
+    assert!(
+        !exchange_exists(&conn, "ad").await,
+        "auto-deleted (unbind) came back"
+    );
+    assert!(
+        !exchange_exists(&conn, "ad_q").await,
+        "auto-deleted (queue.delete) came back"
+    );
+    assert!(
+        exchange_exists(&conn, "ad_keep").await,
+        "bound durable auto-delete exchange survives"
+    );
     let ch = confirm_channel(&conn).await;
     assert_no_errors(run_matrix(&ch, "ad_keep", &["dq"], &[case("", &["dq"])]).await);
     conn.close(200, "bye".into()).await.unwrap();
@@ -295,9 +341,14 @@ async fn exchanges_removed_by_exchange_delete_cascade_stay_deleted_after_restart
         exchange_with(&ch, "src_ad", ExchangeKind::Fanout, ad, FieldTable::default()).await;
         exchange_with(&ch, "dst", ExchangeKind::Fanout, durable(), FieldTable::default()).await;
         xbind(&ch, "dst", "src_ad", "").await;
-        ch.exchange_delete("dst".into(), Default::default()).await.unwrap();
+        ch.exchange_delete("dst".into(), Default::default())
+            .await
+            .unwrap();
         assert!(!exchange_exists(&conn, "dst").await);
-        assert!(!exchange_exists(&conn, "src_ad").await, "src_ad went with its last binding");
+        assert!(
+            !exchange_exists(&conn, "src_ad").await,
+            "src_ad went with its last binding"
+        );
         conn.close(200, "bye".into()).await.unwrap();
     }
     restart(&mut server);

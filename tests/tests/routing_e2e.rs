@@ -75,7 +75,11 @@ async fn exchange_to_exchange_chains_bind_and_unbind() {
         case("other", &[]), // x1 has no 'other' binding
     ];
     assert_no_errors(run_matrix(&ch, "x1", &queues, &cases).await);
-    let cases = [case("other", &["q2", "q3"]), case("k", &["q2", "q4"]), case("z", &["q2"])];
+    let cases = [
+        case("other", &["q2", "q3"]),
+        case("k", &["q2", "q4"]),
+        case("z", &["q2"]),
+    ];
     assert_no_errors(run_matrix(&ch, "x2", &queues, &cases).await);
     // qh's binding to xh has no arguments: x-match all with nothing to match takes every message.
     let cases = [
@@ -256,8 +260,22 @@ async fn alternate_exchange_chains_cycles_and_e2e_interplay() {
     // the inner exchange's own AE is.
     exchange(&ch, "outer_ae", ExchangeKind::Fanout).await;
     exchange(&ch, "inner_ae", ExchangeKind::Fanout).await;
-    exchange_with(&ch, "outer", ExchangeKind::Fanout, Default::default(), ae("outer_ae")).await;
-    exchange_with(&ch, "inner", ExchangeKind::Direct, Default::default(), ae("inner_ae")).await;
+    exchange_with(
+        &ch,
+        "outer",
+        ExchangeKind::Fanout,
+        Default::default(),
+        ae("outer_ae"),
+    )
+    .await;
+    exchange_with(
+        &ch,
+        "inner",
+        ExchangeKind::Direct,
+        Default::default(),
+        ae("inner_ae"),
+    )
+    .await;
     queue(&ch, "qo").await;
     queue(&ch, "qi").await;
     bind(&ch, "qo", "outer_ae", "").await;

@@ -64,12 +64,18 @@ fn queue_bind_with_empty_queue_and_key_uses_the_last_declared_queue() {
         Some("by-name"),
         "queue.bind('', key '') must bind the last declared queue with its name as the key"
     );
-    assert!(c.get(1, "qq", true).is_none(), "nothing routed with the empty key");
+    assert!(
+        c.get(1, "qq", true).is_none(),
+        "nothing routed with the empty key"
+    );
     // The same shortcut on unbind removes that binding.
     let m = c.call(1, qunbind("", "amq.direct", ""));
     assert!(matches!(m, Method::QueueUnbindOk(_)), "{m:?}");
     c.publish(1, "amq.direct", "qq", b"after-unbind");
-    assert!(c.get(1, "qq", true).is_none(), "unbind('', '') removed the 'qq' binding");
+    assert!(
+        c.get(1, "qq", true).is_none(),
+        "unbind('', '') removed the 'qq' binding"
+    );
 }
 
 /// With an explicit (non-empty) key, the empty queue name still means the last declared queue.
@@ -170,13 +176,26 @@ async fn tx_publish_is_routed_at_publish_time() {
     bind(&admin, "before", "x", "k").await;
     let tx = channel(&conn).await;
     tx.tx_select().await.unwrap();
-    tx.basic_publish("x".into(), "k".into(), Default::default(), b"txmsg", BasicProperties::default())
-        .await
-        .unwrap();
+    tx.basic_publish(
+        "x".into(),
+        "k".into(),
+        Default::default(),
+        b"txmsg",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
     // A round trip on the tx channel so the publish has certainly been received.
-    tx.queue_declare("before".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    tx.queue_declare(
+        "before".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     unbind(&admin, "before", "x", "k").await;
     bind(&admin, "after", "x", "k").await;
     tx.tx_commit().await.unwrap();
@@ -204,7 +223,12 @@ fn tx_publish_to_an_internal_exchange_fails_at_publish() {
     match f {
         Some(protocol::Frame::Method(1, Method::ChannelClose(m))) => assert_eq!(
             (m.reply_code, m.reply_text.as_str(), m.class_id, m.method_id),
-            (403, "ACCESS_REFUSED - cannot publish to internal exchange 'ix' in vhost '/'", 60, 40)
+            (
+                403,
+                "ACCESS_REFUSED - cannot publish to internal exchange 'ix' in vhost '/'",
+                60,
+                40
+            )
         ),
         other => panic!("expected channel.close 403 at publish time, got {other:?}"),
     }

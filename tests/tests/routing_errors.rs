@@ -124,7 +124,17 @@ fn passive_declare_of_a_missing_exchange_is_404() {
     );
     // Passive ignores type and flags of an existing exchange.
     ok(&mut c, xdecl("x", "topic", Flags::default()));
-    ok(&mut c, xdecl("x", "fanout", Flags { durable: true, ..passive }));
+    ok(
+        &mut c,
+        xdecl(
+            "x",
+            "fanout",
+            Flags {
+                durable: true,
+                ..passive
+            },
+        ),
+    );
     ok(&mut c, xdecl("amq.direct", "", passive));
     c.round_trip(1);
 }
@@ -139,13 +149,50 @@ fn redeclare_with_different_type_or_flags_is_406() {
         format!("PRECONDITION_FAILED - inequivalent arg '{field}' for exchange 'x' in vhost '/': received {received} but current is {current}")
     };
     let text = t("type", "'fanout'", "'direct'");
-    ch_err(&mut c, xdecl("x", "fanout", Flags::default()), (406, &text, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl("x", "fanout", Flags::default()),
+        (406, &text, 40, 10),
+    );
     let text = t("durable", "'true'", "'false'");
-    ch_err(&mut c, xdecl("x", "direct", Flags { durable: true, ..Default::default() }), (406, &text, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl(
+            "x",
+            "direct",
+            Flags {
+                durable: true,
+                ..Default::default()
+            },
+        ),
+        (406, &text, 40, 10),
+    );
     let text = t("auto_delete", "'true'", "'false'");
-    ch_err(&mut c, xdecl("x", "direct", Flags { auto_delete: true, ..Default::default() }), (406, &text, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl(
+            "x",
+            "direct",
+            Flags {
+                auto_delete: true,
+                ..Default::default()
+            },
+        ),
+        (406, &text, 40, 10),
+    );
     let text = t("internal", "'true'", "'false'");
-    ch_err(&mut c, xdecl("x", "direct", Flags { internal: true, ..Default::default() }), (406, &text, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl(
+            "x",
+            "direct",
+            Flags {
+                internal: true,
+                ..Default::default()
+            },
+        ),
+        (406, &text, 40, 10),
+    );
 
     // Only alternate-exchange among the arguments is compared (as RabbitMQ).
     let mut other = RawTable::new();
@@ -206,7 +253,17 @@ fn reserved_amq_prefix_is_403() {
         ),
     );
     // Existing amq.* exchanges may be redeclared equivalently but not deleted.
-    ok(&mut c, xdecl("amq.topic", "topic", Flags { durable: true, ..Default::default() }));
+    ok(
+        &mut c,
+        xdecl(
+            "amq.topic",
+            "topic",
+            Flags {
+                durable: true,
+                ..Default::default()
+            },
+        ),
+    );
     ch_err(
         &mut c,
         xdelete("amq.topic", false),
@@ -227,12 +284,20 @@ fn default_exchange_declare_delete_bind_are_403() {
     let mut c = client(&server);
     c.declare_queue(1, "q");
     ok(&mut c, xdecl("x", "direct", Flags::default()));
-    ch_err(&mut c, xdecl("", "direct", Flags::default()), (403, DEFAULT_REFUSED, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl("", "direct", Flags::default()),
+        (403, DEFAULT_REFUSED, 40, 10),
+    );
     let passive = Flags {
         passive: true,
         ..Default::default()
     };
-    ch_err(&mut c, xdecl("", "direct", passive), (403, DEFAULT_REFUSED, 40, 10));
+    ch_err(
+        &mut c,
+        xdecl("", "direct", passive),
+        (403, DEFAULT_REFUSED, 40, 10),
+    );
     ch_err(&mut c, xdelete("", false), (403, DEFAULT_REFUSED, 40, 20));
     ch_err(&mut c, qbind("q", "", "q"), (403, DEFAULT_REFUSED, 50, 20));
     ch_err(&mut c, qunbind("q", "", "q"), (403, DEFAULT_REFUSED, 50, 50));
@@ -252,7 +317,12 @@ fn unknown_exchange_type_closes_the_connection_503() {
         let (code, text, cls, mth) = c.expect_connection_close();
         assert_eq!(
             (code, text.as_str(), cls, mth),
-            (503, format!("COMMAND_INVALID - unknown exchange type '{kind}'").as_str(), 40, 10),
+            (
+                503,
+                format!("COMMAND_INVALID - unknown exchange type '{kind}'").as_str(),
+                40,
+                10
+            ),
             "declare '{name}' of type '{kind}'"
         );
         assert!(c.is_closed_by_server());
@@ -262,7 +332,10 @@ fn unknown_exchange_type_closes_the_connection_503() {
     ok(&mut c, xdecl("exists", "direct", Flags::default()));
     c.send_method(1, xdecl("exists", "bogus", Flags::default()));
     let (code, text, _, _) = c.expect_connection_close();
-    assert_eq!((code, text.as_str()), (503, "COMMAND_INVALID - unknown exchange type 'bogus'"));
+    assert_eq!(
+        (code, text.as_str()),
+        (503, "COMMAND_INVALID - unknown exchange type 'bogus'")
+    );
 }
 
 #[test]
@@ -276,7 +349,12 @@ fn exchange_delete_if_unused_and_idempotence() {
     ch_err(
         &mut c,
         xdelete("x", true),
-        (406, "PRECONDITION_FAILED - exchange 'x' in vhost '/' in use", 40, 20),
+        (
+            406,
+            "PRECONDITION_FAILED - exchange 'x' in vhost '/' in use",
+            40,
+            20,
+        ),
     );
     // An exchange bound as source of an e2e binding is in use too.
     ok(&mut c, qunbind("q", "x", "k"));
@@ -284,7 +362,12 @@ fn exchange_delete_if_unused_and_idempotence() {
     ch_err(
         &mut c,
         xdelete("x", true),
-        (406, "PRECONDITION_FAILED - exchange 'x' in vhost '/' in use", 40, 20),
+        (
+            406,
+            "PRECONDITION_FAILED - exchange 'x' in vhost '/' in use",
+            40,
+            20,
+        ),
     );
     // Being only a destination does not count (RabbitMQ checks bindings with the exchange as source).
     ok(&mut c, xdelete("dst", true));
@@ -361,7 +444,10 @@ fn bind_checks_default_exchange_then_source_before_the_queue() {
         c.send_method(1, m);
         let (code, text, cls, mth) = c.expect_channel_close(1);
         if (code, text.as_str(), cls, mth) != expected {
-            wrong.push(format!("{sent}\n  got      {:?}\n  expected {expected:?}", (code, &text, cls, mth)));
+            wrong.push(format!(
+                "{sent}\n  got      {:?}\n  expected {expected:?}",
+                (code, &text, cls, mth)
+            ));
         }
         c.open_channel(1);
     }
@@ -399,12 +485,27 @@ fn publish_to_a_missing_exchange_is_404_channel_close() {
 fn publish_to_internal_exchange_is_403_with_ids() {
     let server = Server::start();
     let mut c = client(&server);
-    ok(&mut c, xdecl("ix", "fanout", Flags { internal: true, ..Default::default() }));
+    ok(
+        &mut c,
+        xdecl(
+            "ix",
+            "fanout",
+            Flags {
+                internal: true,
+                ..Default::default()
+            },
+        ),
+    );
     c.publish(1, "ix", "", b"no");
     let (code, text, cls, mth) = c.expect_channel_close(1);
     assert_eq!(
         (code, text.as_str(), cls, mth),
-        (403, "ACCESS_REFUSED - cannot publish to internal exchange 'ix' in vhost '/'", 60, 40)
+        (
+            403,
+            "ACCESS_REFUSED - cannot publish to internal exchange 'ix' in vhost '/'",
+            60,
+            40
+        )
     );
 }
 
@@ -426,50 +527,110 @@ async fn auto_delete_exchange_goes_with_its_last_binding() {
         queue(&ch, q).await;
     }
     // Never bound: stays.
-    exchange_with(&ch, "ad0", ExchangeKind::Direct, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad0",
+        ExchangeKind::Direct,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     // Two queue bindings: the first unbind keeps it, the last removes it.
-    exchange_with(&ch, "ad1", ExchangeKind::Direct, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad1",
+        ExchangeKind::Direct,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     bind(&ch, "q1", "ad1", "a").await;
     bind(&ch, "q2", "ad1", "b").await;
     unbind(&ch, "q1", "ad1", "a").await;
     assert!(exchange_exists(&conn, "ad1").await, "ad1 still has a binding");
     unbind(&ch, "q2", "ad1", "b").await;
     assert!(!exchange_exists(&conn, "ad1").await, "ad1 lost its last binding");
-    assert!(exchange_exists(&conn, "ad0").await, "never-bound auto-delete exchange stays");
+    assert!(
+        exchange_exists(&conn, "ad0").await,
+        "never-bound auto-delete exchange stays"
+    );
 
     // Queue deletion removes the binding, and so the exchange.
-    exchange_with(&ch, "ad2", ExchangeKind::Fanout, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad2",
+        ExchangeKind::Fanout,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     bind(&ch, "q3", "ad2", "").await;
     ch.queue_delete("q3".into(), Default::default()).await.unwrap();
     assert!(!exchange_exists(&conn, "ad2").await, "ad2 went with q3");
 
     // As the source of an e2e binding; exchange.unbind removes it.
-    exchange_with(&ch, "ad3", ExchangeKind::Fanout, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad3",
+        ExchangeKind::Fanout,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     exchange(&ch, "plain", ExchangeKind::Fanout).await;
     xbind(&ch, "plain", "ad3", "").await;
     xunbind(&ch, "plain", "ad3", "").await;
     assert!(!exchange_exists(&conn, "ad3").await, "ad3 lost its e2e binding");
 
     // Deleting the destination exchange removes the binding, and so the auto-delete source.
-    exchange_with(&ch, "ad4", ExchangeKind::Fanout, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad4",
+        ExchangeKind::Fanout,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     xbind(&ch, "plain", "ad4", "").await;
-    ch.exchange_delete("plain".into(), Default::default()).await.unwrap();
-    assert!(!exchange_exists(&conn, "ad4").await, "ad4 went with its destination");
+    ch.exchange_delete("plain".into(), Default::default())
+        .await
+        .unwrap();
+    assert!(
+        !exchange_exists(&conn, "ad4").await,
+        "ad4 went with its destination"
+    );
 
     // Being the destination of a binding does not keep or remove an auto-delete exchange: only bindings
     // with it as source count.
-    exchange_with(&ch, "ad5", ExchangeKind::Fanout, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch,
+        "ad5",
+        ExchangeKind::Fanout,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     exchange(&ch, "src", ExchangeKind::Fanout).await;
     queue(&ch, "q5").await;
     bind(&ch, "q5", "ad5", "").await;
     xbind(&ch, "ad5", "src", "").await;
     xunbind(&ch, "ad5", "src", "").await;
-    assert!(exchange_exists(&conn, "ad5").await, "ad5 still has its queue binding");
+    assert!(
+        exchange_exists(&conn, "ad5").await,
+        "ad5 still has its queue binding"
+    );
 
     // An exclusive queue's end (connection close) removes its bindings and the auto-delete exchange.
     let conn2 = connect(&server).await;
     let ch2 = channel(&conn2).await;
-    exchange_with(&ch2, "ad6", ExchangeKind::Topic, auto_delete(), FieldTable::default()).await;
+    exchange_with(
+        &ch2,
+        "ad6",
+        ExchangeKind::Topic,
+        auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
     ch2.queue_declare(
         "excl".into(),
         QueueDeclareOptions {
@@ -484,7 +645,10 @@ async fn auto_delete_exchange_goes_with_its_last_binding() {
     conn2.close(200, "bye".into()).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while exchange_exists(&conn, "ad6").await {
-        assert!(std::time::Instant::now() < deadline, "ad6 did not go with the exclusive queue");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ad6 did not go with the exclusive queue"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     conn.close(200, "bye".into()).await.unwrap();

@@ -219,7 +219,10 @@ async fn bindings_edited_while_publishing_route_consistently() {
     let progress = publisher.await.expect("publisher task");
     let (states, markers) = editor.await.expect("editor task");
     let edits = states.len() - 1;
-    assert!(edits >= 20, "only {edits} edits overlapped the publisher: the test proves little");
+    assert!(
+        edits >= 20,
+        "only {edits} edits overlapped the publisher: the test proves little"
+    );
 
     // ---- the publisher never stalled ----
     let mut max_gap = Duration::ZERO;
@@ -274,7 +277,10 @@ async fn bindings_edited_while_publishing_route_consistently() {
     for (pos, m) in all.iter().enumerate() {
         match *m {
             Msg::P(s) => {
-                assert_eq!(s, next_p, "`all`: publisher message out of order or lost/duplicated");
+                assert_eq!(
+                    s, next_p,
+                    "`all`: publisher message out of order or lost/duplicated"
+                );
                 pos_p[s as usize] = pos;
                 markers_before_p[s as usize] = markers_seen;
                 next_p += 1;
@@ -322,9 +328,13 @@ async fn bindings_edited_while_publishing_route_consistently() {
                 problems.push(format!(
                     "p:{s} key {key}: reached {} but the states in its window [{lo}, {hi}] give {:?}{}",
                     names(got),
-                    (lo..=hi).map(|k| names(expected(states[k], key))).collect::<Vec<_>>(),
+                    (lo..=hi)
+                        .map(|k| names(expected(states[k], key)))
+                        .collect::<Vec<_>>(),
                     match any {
-                        Some(k) => format!(" (matches state {k}, older than the state {k_cur} an earlier message saw)"),
+                        Some(k) => format!(
+                            " (matches state {k}, older than the state {k_cur} an earlier message saw)"
+                        ),
                         None => String::new(),
                     }
                 ));
@@ -345,7 +355,12 @@ async fn bindings_edited_while_publishing_route_consistently() {
             problems.push(format!("unknown message {m:?}"));
         }
     }
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     setup.close(200, "bye".into()).await.unwrap();
 }
 

@@ -45,11 +45,7 @@ async fn direct_matrix_several_keys_and_several_queues_per_key() {
     // Unbinding one key of dq2 leaves the other; unbinding dq1 leaves dq2 on 'a'.
     unbind(&ch, "dq2", "d", "b").await;
     unbind(&ch, "dq1", "d", "a").await;
-    let cases = [
-        case("a", &["dq2"]),
-        case("b", &[]),
-        case("c", &["dq3"]),
-    ];
+    let cases = [case("a", &["dq2"]), case("b", &[]), case("c", &["dq3"])];
     assert_no_errors(run_matrix(&ch, "d", &queues, &cases).await);
     conn.close(200, "bye".into()).await.unwrap();
 }
@@ -118,10 +114,15 @@ async fn topic_matrix_star_hash_empty_words() {
         case("a", &["t_hasha", "t_all", "t_one", "t_hs", "t_hah"]),
         case(
             "a.b",
-            &["t_star", "t_hasha", "t_all", "t_ab", "t_hs", "t_ss", "t_hb", "t_lit", "t_hah"],
+            &[
+                "t_star", "t_hasha", "t_all", "t_ab", "t_hs", "t_ss", "t_hb", "t_lit", "t_hah",
+            ],
         ),
         case("a.x.c", &["t_hasha", "t_all", "t_mid", "t_hs", "t_hah"]),
-        case("a..b", &["t_hasha", "t_all", "t_ab", "t_hs", "t_ew", "t_hb", "t_hah"]),
+        case(
+            "a..b",
+            &["t_hasha", "t_all", "t_ab", "t_hs", "t_ew", "t_hb", "t_hah"],
+        ),
         case("a.x.y.b", &["t_hasha", "t_all", "t_ab", "t_hs", "t_hb", "t_hah"]),
         case("b", &["t_all", "t_one", "t_hs", "t_hb"]),
         case(".", &["t_all", "t_hs", "t_ss"]),
@@ -183,12 +184,21 @@ async fn headers_matrix_all_any_with_x() {
     let ch = confirm_channel(&conn).await;
     exchange(&ch, "h", ExchangeKind::Headers).await;
     let bindings: Vec<(&str, FieldTable)> = vec![
-        ("h_all", table(&[("x-match", s("all")), ("a", int(1)), ("b", s("x"))])),
-        ("h_any", table(&[("x-match", s("any")), ("a", int(1)), ("b", s("x"))])),
+        (
+            "h_all",
+            table(&[("x-match", s("all")), ("a", int(1)), ("b", s("x"))]),
+        ),
+        (
+            "h_any",
+            table(&[("x-match", s("any")), ("a", int(1)), ("b", s("x"))]),
+        ),
         ("h_default", table(&[("a", int(1))])),
         ("h_empty_all", table(&[("x-match", s("all"))])),
         ("h_empty_any", table(&[("x-match", s("any"))])),
-        ("h_allx", table(&[("x-match", s("all-with-x")), ("x-k", s("v")), ("a", int(1))])),
+        (
+            "h_allx",
+            table(&[("x-match", s("all-with-x")), ("x-k", s("v")), ("a", int(1))]),
+        ),
         ("h_anyx", table(&[("x-match", s("any-with-x")), ("x-k", s("v"))])),
         ("h_any_plainx", table(&[("x-match", s("any")), ("x-k", s("v"))])),
         ("h_all_plainx", table(&[("x-match", s("all")), ("x-k", s("v"))])),
@@ -210,8 +220,14 @@ async fn headers_matrix_all_any_with_x() {
         hcase(None, &with(&[])),
         hcase(h(&[]), &with(&[])),
         hcase(h(&[("a", int(1))]), &with(&["h_any", "h_default"])),
-        hcase(h(&[("a", int(1)), ("b", s("x"))]), &with(&["h_all", "h_any", "h_default"])),
-        hcase(h(&[("b", s("x")), ("a", int(1))]), &with(&["h_all", "h_any", "h_default"])),
+        hcase(
+            h(&[("a", int(1)), ("b", s("x"))]),
+            &with(&["h_all", "h_any", "h_default"]),
+        ),
+        hcase(
+            h(&[("b", s("x")), ("a", int(1))]),
+            &with(&["h_all", "h_any", "h_default"]),
+        ),
         hcase(h(&[("a", int(1)), ("b", s("y"))]), &with(&["h_any", "h_default"])),
         hcase(h(&[("b", s("x"))]), &with(&["h_any"])),
         hcase(h(&[("x-k", s("v"))]), &with(&["h_anyx"])),
@@ -223,9 +239,15 @@ async fn headers_matrix_all_any_with_x() {
         // Types matter between strings and numbers: "1" is not 1.
         hcase(h(&[("a", s("1"))]), &with(&[])),
         // ...but integers compare by value whatever their width (Erlang ==).
-        hcase(h(&[("a", AMQPValue::LongLongInt(1))]), &with(&["h_any", "h_default"])),
+        hcase(
+            h(&[("a", AMQPValue::LongLongInt(1))]),
+            &with(&["h_any", "h_default"]),
+        ),
         hcase(h(&[("c", s("anything"))]), &with(&["h_void"])),
-        hcase(h(&[("c", int(0)), ("a", int(1)), ("zz", int(9))]), &with(&["h_void", "h_any", "h_default"])),
+        hcase(
+            h(&[("c", int(0)), ("a", int(1)), ("zz", int(9))]),
+            &with(&["h_void", "h_any", "h_default"]),
+        ),
         hcase(h(&[("a", int(2))]), &with(&[])),
     ];
     assert_no_errors(run_matrix(&ch, "h", &queues, &cases).await);
@@ -337,12 +359,17 @@ async fn predeclared_amq_exchanges_route_by_their_type() {
     bind(&ch, "pf1", "amq.fanout", "").await;
     bind(&ch, "pf2", "amq.fanout", "zzz").await;
     bind(&ch, "pt", "amq.topic", "a.*").await;
-    bind_args(&ch, "ph", "amq.headers", "", table(&[("x-match", s("any")), ("a", int(1))])).await;
+    bind_args(
+        &ch,
+        "ph",
+        "amq.headers",
+        "",
+        table(&[("x-match", s("any")), ("a", int(1))]),
+    )
+    .await;
     bind_args(&ch, "pm", "amq.match", "", table(&[("b", s("x"))])).await;
 
-    assert_no_errors(
-        run_matrix(&ch, "amq.direct", &queues, &[case("k", &["pd"]), case("j", &[])]).await,
-    );
+    assert_no_errors(run_matrix(&ch, "amq.direct", &queues, &[case("k", &["pd"]), case("j", &[])]).await);
     assert_no_errors(run_matrix(&ch, "amq.fanout", &queues, &[case("k", &["pf1", "pf2"])]).await);
     assert_no_errors(
         run_matrix(
@@ -358,7 +385,10 @@ async fn predeclared_amq_exchanges_route_by_their_type() {
             &ch,
             "amq.headers",
             &queues,
-            &[hcase(h(&[("a", int(1))]), &["ph"]), hcase(h(&[("b", s("x"))]), &[])],
+            &[
+                hcase(h(&[("a", int(1))]), &["ph"]),
+                hcase(h(&[("b", s("x"))]), &[]),
+            ],
         )
         .await,
     );
@@ -420,10 +450,31 @@ async fn headers_value_equality_follows_erlang_terms() {
     for q in queues {
         queue(&ch, q).await;
     }
-    bind_args(&ch, "num", "h", "", table(&[("x-match", s("any")), ("n", int(1))])).await;
-    bind_args(&ch, "str", "h", "", table(&[("x-match", s("any")), ("s", s("x"))])).await;
+    bind_args(
+        &ch,
+        "num",
+        "h",
+        "",
+        table(&[("x-match", s("any")), ("n", int(1))]),
+    )
+    .await;
+    bind_args(
+        &ch,
+        "str",
+        "h",
+        "",
+        table(&[("x-match", s("any")), ("s", s("x"))]),
+    )
+    .await;
     let arr = |v: AMQPValue| AMQPValue::FieldArray(FieldArray::from(vec![v]));
-    bind_args(&ch, "arr", "h", "", table(&[("x-match", s("any")), ("a", arr(int(1)))])).await;
+    bind_args(
+        &ch,
+        "arr",
+        "h",
+        "",
+        table(&[("x-match", s("any")), ("a", arr(int(1)))]),
+    )
+    .await;
     let cases = [
         hcase(h(&[("n", AMQPValue::ShortShortInt(1))]), &["num"]),
         hcase(h(&[("n", AMQPValue::LongLongInt(1))]), &["num"]),
@@ -431,7 +482,10 @@ async fn headers_value_equality_follows_erlang_terms() {
         hcase(h(&[("n", AMQPValue::Double(1.5))]), &[]),
         hcase(h(&[("n", AMQPValue::Timestamp(1))]), &["num"]),
         hcase(h(&[("n", AMQPValue::Boolean(true))]), &[]),
-        hcase(h(&[("s", AMQPValue::ByteArray(ByteArray::from(&b"x"[..])))]), &["str"]),
+        hcase(
+            h(&[("s", AMQPValue::ByteArray(ByteArray::from(&b"x"[..])))]),
+            &["str"],
+        ),
         hcase(h(&[("s", s("X"))]), &[]),
         hcase(h(&[("a", arr(int(1)))]), &["arr"]),
         hcase(h(&[("a", arr(int(2)))]), &[]),

@@ -61,7 +61,14 @@ pub async fn durable_queue(ch: &Channel, name: &str) {
 
 /// A transient, non-auto-delete, non-internal exchange.
 pub async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
-    exchange_with(ch, name, kind, ExchangeDeclareOptions::default(), FieldTable::default()).await
+    exchange_with(
+        ch,
+        name,
+        kind,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 pub async fn exchange_with(
