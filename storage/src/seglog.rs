@@ -171,7 +171,7 @@ impl Seqs {
         let i = self.runs.partition_point(|r| r.start <= seq);
         let r = self.runs.get(i.checked_sub(1)?)?;
         let off = seq - r.start;
-        (off < r.len as u64).then_some(r.rank0 + off as u32)
+        (off < r.len as u64).then(|| r.rank0 + off as u32)
     }
 
     fn seq_at(&self, rank: u32) -> u64 {
