@@ -78,7 +78,7 @@ pub fn message_headers(props: &RawProperties) -> Option<Args> {
 }
 
 /// RabbitMQ's name for a field value's type, as its error texts use.
-fn type_name(v: &FieldValue) -> &'static str {
+pub fn type_name(v: &FieldValue) -> &'static str {
     match v {
         FieldValue::Bool(_) => "bool",
         FieldValue::I8(_) => "byte",
@@ -158,9 +158,16 @@ pub fn check_equivalent_args(
 }
 
 /// Type and range checks of the queue arguments Mailroom understands (406 naming the argument, as RabbitMQ).
-pub fn validate_queue_args(args: &FieldTable) -> AmqpResult<()> {
+pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
+    if args.contains_key("x-dead-letter-routing-key") && !args.contains_key("x-dead-letter-exchange") {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': routing_key_but_no_dlx_defined"
+        )));
+    }
     let invalid = |key: &str, why: String| {
-        AmqpError::precondition_failed(format!("invalid arg '{key}' for queue: {why}"))
+        AmqpError::precondition_failed(format!(
+            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+        ))
     };
     for (key, v) in args.iter() {
         let key = key.as_str();
@@ -213,12 +220,12 @@ mod tests {
     fn negative_ttl_names_the_argument() {
         let mut t = FieldTable::new();
         t.insert("x-message-ttl", FieldValue::I32(-1));
-        let e = validate_queue_args(&t).unwrap_err();
+        let e = validate_queue_args(&t, "q", "/").unwrap_err();
         assert_eq!(e.code, 406);
         assert!(e.text.contains("x-message-ttl"), "{}", e.text);
         let mut t = FieldTable::new();
         t.insert("x-overflow", FieldValue::LongStr(LongStr::from("bogus")));
-        assert!(validate_queue_args(&t).is_err());
+        assert!(validate_queue_args(&t, "q", "/").is_err());
     }
 
     #[test]

@@ -39,7 +39,8 @@ struct PendingConfirm {
 /// What a transaction holds until commit.
 #[derive(Default)]
 struct TxState {
-    publishes: Vec<(BasicPublish, Arc<Message>)>,
+    /// Publishes routed at publish time (as RabbitMQ), enqueued at commit.
+    publishes: Vec<(BasicPublish, Arc<Message>, Vec<router::Name>)>,
     settles: Vec<Settle>,
 }
 
@@ -374,6 +375,16 @@ impl Conn {
                 .declare_exchange_passive(d.exchange.as_str())?;
         } else {
             let kind = router::ExchangeKind::parse(d.kind.as_str())?;
+            if let Some(v) = d.arguments.get("alternate-exchange") {
+                if !matches!(v, protocol::FieldValue::LongStr(_)) {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid type '{}' for arg 'alternate-exchange' in exchange '{}' in vhost '{}'",
+                        crate::args::type_name(v),
+                        d.exchange,
+                        vhost.name
+                    )));
+                }
+            }
             let def = router::ExchangeDef {
                 name: d.exchange.as_str().into(),
                 kind,
@@ -392,10 +403,7 @@ impl Conn {
 
     fn exchange_delete(&mut self, ch: u16, d: protocol::ExchangeDelete) -> AmqpResult<()> {
         let vhost = self.vhost().clone();
-        vhost
-            .router
-            .write()
-            .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+        vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
         if !d.no_wait {
             self.send_method(ch, &Method::ExchangeDeleteOk(protocol::ExchangeDeleteOk));
         }
@@ -489,7 +497,7 @@ impl Conn {
                     )));
                 }
             }
-            crate::args::validate_queue_args(&d.arguments)?;
+            crate::args::validate_queue_args(&d.arguments, &name, &vhost.name)?;
             let spec = QueueSpec {
                 name: name.clone(),
                 durable: d.durable,
@@ -524,12 +532,41 @@ impl Conn {
         Ok(())
     }
 
+    /// RabbitMQ's order of checks for queue.bind/unbind: the default exchange (403), then the exchange (404).
+    fn check_bind_source(&self, exchange: &str) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let vhost = self.vhost();
+        if vhost.router.read().exchange(exchange).is_none() {
+            return Err(AmqpError::not_found(format!(
+                "no exchange '{exchange}' in vhost '{}'",
+                vhost.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// RabbitMQ's shortcut: an empty queue name and an empty routing key bind with the last declared queue's
+    /// name as the key.
+    fn binding_key(&mut self, ch: u16, queue: &ShortStr, key: &ShortStr) -> AmqpResult<Arc<str>> {
+        if queue.is_empty() && key.is_empty() {
+            return self.queue_name(ch, queue);
+        }
+        Ok(key.as_str().into())
+    }
+
     fn queue_bind(&mut self, ch: u16, b: protocol::QueueBind) -> AmqpResult<()> {
+        self.check_bind_source(b.exchange.as_str())?;
         let q = self.usable_queue(ch, &b.queue)?;
+        let routing_key = self.binding_key(ch, &b.queue, &b.routing_key)?;
         let binding = router::Binding {
             source: b.exchange.as_str().into(),
             destination: router::Destination::Queue(q.name().clone()),
-            routing_key: b.routing_key.as_str().into(),
+            routing_key,
+
             arguments: crate::args::to_router_args(&b.arguments),
         };
         self.vhost().clone().bind(binding)?;
@@ -540,14 +577,21 @@ impl Conn {
     }
 
     fn queue_unbind(&mut self, ch: u16, b: protocol::QueueUnbind) -> AmqpResult<()> {
+        if b.exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
         let name = self.queue_name(ch, &b.queue)?;
         if let Some(q) = self.vhost().queue(&name) {
             self.check_exclusive(&q)?;
         }
+        let routing_key = self.binding_key(ch, &b.queue, &b.routing_key)?;
         let binding = router::Binding {
             source: b.exchange.as_str().into(),
             destination: router::Destination::Queue(name),
-            routing_key: b.routing_key.as_str().into(),
+            routing_key,
+
             arguments: crate::args::to_router_args(&b.arguments),
         };
         self.vhost().clone().unbind(&binding)?;
@@ -823,42 +867,44 @@ impl Conn {
             header.properties,
             body,
         ));
-        if self.channel(ch).tx.is_some() {
-            // Check the exchange now, as RabbitMQ does, so a bad publish fails at once.
-            let vhost = self.vhost().clone();
-            if vhost.router.read().exchange(p.exchange.as_str()).is_none() {
-                return Err(AmqpError::not_found(format!(
-                    "no exchange '{}' in vhost '{}'",
-                    p.exchange, vhost.name
-                )));
-            }
-            self.channel(ch).tx.as_mut().expect("tx").publishes.push((p, msg));
+        let mut dests = std::mem::take(&mut self.route_scratch);
+        if let Err(e) = self.route(&p, &msg, &mut dests) {
+            self.route_scratch = dests;
+            return Err(e);
+        }
+        if let Some(tx) = self.channel(ch).tx.as_mut() {
+            // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
+            tx.publishes.push((p, msg, dests.clone()));
+            self.route_scratch = dests;
             return Ok(());
         }
-        self.route_and_enqueue(ch, &p, msg)
+        self.enqueue(ch, &p, msg, &dests);
+        self.route_scratch = dests;
+        Ok(())
     }
 
-    /// Routes one message, enqueues it on every queue it reached, returns it if mandatory and unroutable, and
-    /// records its confirm.
-    fn route_and_enqueue(&mut self, ch: u16, p: &BasicPublish, msg: Arc<Message>) -> AmqpResult<()> {
-        let vhost = self.vhost().clone();
+    /// The queues a message goes to.
+    fn route(&self, p: &BasicPublish, msg: &Message, dests: &mut Vec<router::Name>) -> AmqpResult<()> {
+        let vhost = self.vhost();
         let headers = crate::args::message_headers(&msg.properties);
-        let mut dests = std::mem::take(&mut self.route_scratch);
-        let routed = vhost.router.read().route(
+        vhost.router.read().route(
             p.exchange.as_str(),
             p.routing_key.as_str(),
             headers.as_ref(),
-            &mut dests,
-        );
-        if let Err(e) = routed {
-            self.route_scratch = dests;
-            return Err(e.into());
-        }
+            dests,
+        )?;
+        Ok(())
+    }
+
+    /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
+    /// records its confirm.
+    fn enqueue(&mut self, ch: u16, p: &BasicPublish, msg: Arc<Message>, dests: &[router::Name]) {
+        let vhost = self.vhost().clone();
         let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut ticket = 0u64;
-        vhost.with_queues(&dests, |q| match q.publish(msg.clone(), now) {
+        vhost.with_queues(dests, |q| match q.publish(msg.clone(), now) {
             Ok(t) => {
                 enqueued += 1;
                 ticket = ticket.max(t);
@@ -866,7 +912,6 @@ impl Conn {
             Err(crate::queue::Rejected::Store | crate::queue::Rejected::Full) => failed = true,
             Err(crate::queue::Rejected::Deleted) => {}
         });
-        self.route_scratch = dests;
         if enqueued == 0 && p.mandatory {
             let frame_max = self.frame_max;
             let m = Method::BasicReturn(protocol::BasicReturn {
@@ -888,7 +933,6 @@ impl Conn {
                 ack: !failed,
             });
         }
-        Ok(())
     }
 
     fn tx_commit(&mut self, ch: u16) -> AmqpResult<()> {
@@ -897,9 +941,10 @@ impl Conn {
             return Err(AmqpError::precondition_failed("channel is not transactional"));
         };
         let TxState { publishes, settles } = std::mem::take(tx);
-        for (p, msg) in publishes {
-            self.route_and_enqueue(ch, &p, msg)?;
+        for (p, msg, dests) in publishes {
+            self.enqueue(ch, &p, msg, &dests);
         }
+
         for s in settles {
             self.apply_settle(ch, s)?;
         }

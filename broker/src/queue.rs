@@ -345,8 +345,14 @@ impl Queue {
         if q.deleted {
             return Err(Rejected::Deleted);
         }
-        let expires_at = self.expiry_for(&msg, now);
-        if expires_at.is_some_and(|t| t <= now) && q.consumers.is_empty() {
+        let mut expires_at = self.expiry_for(&msg, now);
+        if expires_at.is_some_and(|t| t <= now) {
+            if q.consumers.iter().any(|c| c.waiting) {
+                // TTL 0: a consumer that can take it now gets it.
+                expires_at = None;
+            }
+        }
+        if expires_at.is_some_and(|t| t <= now) {
             // x-message-ttl 0 (or an expiration of 0) with nobody to take it now: it dies at once.
             let seq = q.next_seq;
             q.next_seq += 1;
@@ -879,7 +885,8 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut q = self.inner.lock();
-        let n = q.ready_count() + q.delayed.len() as u32;
+        let n = q.ready_count();
+
         let mut gone = q.ready.drain();
         gone.extend(std::mem::take(&mut q.delayed).into_values());
         let paged = q.paged.take();

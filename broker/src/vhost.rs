@@ -226,9 +226,23 @@ impl VHost {
         source && dest
     }
 
+    /// Removes auto-deleted exchanges and every stored binding from or to them.
     fn forget_exchanges(&self, names: &[router::Name]) {
+        if names.is_empty() {
+            return;
+        }
         for n in names {
             let _ = self.store.delete_exchange(&self.name, n);
+        }
+        if let Ok(bindings) = self.store.bindings() {
+            for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
+                let touches = names
+                    .iter()
+                    .any(|n| **n == *b.source || (!b.destination_is_queue && **n == *b.destination));
+                if touches {
+                    let _ = self.store.delete_binding(b);
+                }
+            }
         }
     }
 
