@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use broker::broker::Broker;
 use broker::config::Config;
+use broker::deadletter::Redriven;
 use broker::message::Message;
 use broker::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
 use broker::signal::ConnSignal;
@@ -50,6 +51,8 @@ const TOLERATE_SEQ_REUSE_AFTER_RESTART: bool = true;
 
 #[derive(Debug, Clone, Copy)]
 struct Cfg {
+    /// Dead-letter to "dlq"; without, dead messages are dropped.
+    dlx: bool,
     delivery_limit: Option<u32>,
     message_ttl: Option<u64>,
     retry_min: Option<u64>,
@@ -65,11 +68,13 @@ impl Cfg {
 
     fn arguments(&self) -> FieldTable {
         let mut t = FieldTable::new();
-        t.insert("x-dead-letter-exchange", FieldValue::LongStr(LongStr::from("")));
-        t.insert(
-            "x-dead-letter-routing-key",
-            FieldValue::LongStr(LongStr::from("dlq")),
-        );
+        if self.dlx {
+            t.insert("x-dead-letter-exchange", FieldValue::LongStr(LongStr::from("")));
+            t.insert(
+                "x-dead-letter-routing-key",
+                FieldValue::LongStr(LongStr::from("dlq")),
+            );
+        }
         if let Some(l) = self.delivery_limit {
             t.insert("x-delivery-limit", FieldValue::I32(l as i32));
         }
@@ -110,7 +115,13 @@ enum Op {
     Advance(u64),
     /// Stop and start again. Clean: connections close first (every unacked message is requeued, in delivery
     /// order) and `Broker::shutdown` records the queue counts; not clean: a crash (nothing is requeued).
-    Restart { clean: bool },
+    Restart {
+        clean: bool,
+    },
+    /// `VHost::redrive("dlq", None, max)`: dead letters go back to "q".
+    Redrive {
+        max: Option<usize>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -131,6 +142,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::RequeueAll),
         2 => prop_oneof![Just(0u64), Just(10), Just(30), Just(60), Just(150), Just(500)].prop_map(Op::Advance),
         1 => any::<bool>().prop_map(|clean| Op::Restart { clean }),
+        1 => prop_oneof![Just(None), (0usize..3).prop_map(Some)].prop_map(|max| Op::Redrive { max }),
     ]
 }
 
@@ -145,8 +157,10 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         ],
         prop_oneof![2 => Just(None), 1 => Just(Some(40u64)), 1 => Just(Some(200u64))],
         prop_oneof![2 => Just(None), 1 => Just(Some(25u64))],
+        prop_oneof![4 => Just(true), 1 => Just(false)],
     )
-        .prop_map(|(delivery_limit, message_ttl, retry_min)| Cfg {
+        .prop_map(|(delivery_limit, message_ttl, retry_min, dlx)| Cfg {
+            dlx,
             delivery_limit,
             message_ttl,
             retry_min,
@@ -175,12 +189,27 @@ impl Reason {
 #[derive(Debug, Clone)]
 struct MMsg {
     id: u64,
+    /// Position in "q" (publish order; a redriven message goes to the tail).
+    seq: u64,
     persistent: bool,
     expiration: Option<u64>,
     expires_at: Option<u64>,
     redelivered: Redel,
     count: u32,
     not_before: Option<u64>,
+    /// Its x-death entries, most recent first (empty until it first dies).
+    deaths: Vec<MDeath>,
+    first_reason: Option<Reason>,
+    /// The routing key it carries: "q" as published, "dlq" once dead-lettered (redrive keeps it).
+    rk: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct MDeath {
+    reason: Reason,
+    count: i64,
+    original_expiration: Option<u64>,
+    routing_key: &'static str,
 }
 
 /// The redelivered flag the model expects.
@@ -237,6 +266,7 @@ struct Model {
     cfg: Option<Cfg>,
     now: u64,
     next_id: u64,
+    next_seq: u64,
     /// Ready messages by id (= publish order).
     ready: Vec<MMsg>,
     /// Returned messages waiting out their retry delay.
@@ -266,35 +296,93 @@ impl Model {
         let id = self.next_id;
         self.next_id += 1;
         self.published.push((id, persistent, expiration));
-        let ttl_at = self.cfg().message_ttl.map(|t| self.now + t);
-        let exp_at = expiration.map(|t| self.now + t);
-        let expires_at = match (ttl_at, exp_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let m = MMsg {
             id,
+            seq: 0,
             persistent,
             expiration,
-            expires_at,
-            redelivered: if self.restarted && TOLERATE_SEQ_REUSE_AFTER_RESTART {
-                Redel::Maybe
-            } else {
-                Redel::No
-            },
+            expires_at: None,
+            redelivered: Redel::No,
             count: 0,
             not_before: None,
+            deaths: Vec::new(),
+            first_reason: None,
+            rk: "q",
         };
-        if m.expired(self.now) && !self.has_consumer {
-            self.dlq.push((m, Reason::Expired));
-        } else {
-            self.ready.push(m);
-        }
+        self.enqueue(m);
         id
     }
 
+    /// A message enters "q" at the tail (publish, redrive).
+    fn enqueue(&mut self, mut m: MMsg) {
+        m.seq = self.next_seq;
+        self.next_seq += 1;
+        m.redelivered = if self.restarted && TOLERATE_SEQ_REUSE_AFTER_RESTART {
+            Redel::Maybe
+        } else {
+            Redel::No
+        };
+        m.count = 0;
+        m.not_before = None;
+        let ttl_at = self.cfg().message_ttl.map(|t| self.now + t);
+        let exp_at = m.expiration.map(|t| self.now + t);
+        m.expires_at = match (ttl_at, exp_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if m.expired(self.now) && !self.has_consumer {
+            self.die(m, Reason::Expired);
+        } else {
+            self.ready.push(m);
+        }
+    }
+
+    /// Redrive: up to `max` dead letters, in dlq order, back to "q" (where they all died).
+    fn redrive(&mut self, max: Option<usize>) -> usize {
+        let n = max.unwrap_or(usize::MAX).min(self.dlq.len());
+        let moved: Vec<(MMsg, Reason)> = self.dlq.drain(..n).collect();
+        for (m, _) in moved {
+            self.enqueue(m);
+        }
+        n
+    }
+
+    /// A message dies: to the dlq, or nowhere without a dead-letter exchange.
+    fn die(&mut self, mut m: MMsg, reason: Reason) {
+        if self.cfg().dlx {
+            // deadletter.rs: the (queue, reason) entry is counted up and moved to the front, or added there
+            // (taking the expiration as `original-expiration`); the copy is published with the DLRK.
+            let d = match m.deaths.iter().position(|d| d.reason == reason) {
+                Some(i) => {
+                    let mut d = m.deaths.remove(i);
+                    d.count += 1;
+                    d
+                }
+                None => MDeath {
+                    reason,
+                    count: 1,
+                    original_expiration: m.expiration,
+                    routing_key: m.rk,
+                },
+            };
+            m.deaths.insert(0, d);
+            m.first_reason.get_or_insert(reason);
+            m.expiration = None;
+            m.expires_at = None;
+            m.rk = "dlq";
+            self.dlq.push((m, reason));
+        } else {
+            let why = match reason {
+                Reason::Rejected => "rejected, no DLX",
+                Reason::Expired => "expired, no DLX",
+                Reason::DeliveryLimit => "over the delivery limit, no DLX",
+            };
+            self.dropped.push((m.id, why));
+        }
+    }
+
     fn insert_ready(&mut self, m: MMsg) {
-        let pos = self.ready.partition_point(|x| x.id < m.id);
+        let pos = self.ready.partition_point(|x| x.seq < m.seq);
         self.ready.insert(pos, m);
     }
 
@@ -315,7 +403,7 @@ impl Model {
         while !self.ready.is_empty() {
             let m = self.ready.remove(0);
             if m.expired(self.now) {
-                self.dlq.push((m, Reason::Expired));
+                self.die(m, Reason::Expired);
                 continue;
             }
             return Some(m);
@@ -347,7 +435,7 @@ impl Model {
         self.release_due();
         while self.ready.first().is_some_and(|m| m.expired(self.now)) {
             let m = self.ready.remove(0);
-            self.dlq.push((m, Reason::Expired));
+            self.die(m, Reason::Expired);
         }
     }
 
@@ -364,7 +452,7 @@ impl Model {
             m.redelivered = Redel::Yes;
             m.count += 1;
             if self.cfg().effective_limit().is_some_and(|l| m.count > l) {
-                self.dlq.push((m, Reason::DeliveryLimit));
+                self.die(m, Reason::DeliveryLimit);
                 continue;
             }
             match self.cfg().retry_min {
@@ -408,7 +496,7 @@ impl Model {
                 self.dropped.push((m.id, "transient delayed at restart"));
             }
         }
-        back.sort_by_key(|m| m.id);
+        back.sort_by_key(|m| m.seq);
         for m in back {
             // Unacked ones come back ready: their delay, if any, is long past.
             let mut m = m;
@@ -476,8 +564,12 @@ impl Live {
         let broker = Broker::open(config).expect("open broker");
         let vhost = broker.vhost("/").expect("vhost /");
         if let Some(cfg) = fresh {
-            vhost.declare_queue(spec("dlq", FieldTable::new())).expect("declare dlq");
-            vhost.declare_queue(spec("q", cfg.arguments())).expect("declare q");
+            vhost
+                .declare_queue(spec("dlq", FieldTable::new()))
+                .expect("declare dlq");
+            vhost
+                .declare_queue(spec("q", cfg.arguments()))
+                .expect("declare q");
         }
         let q = vhost.queue("q").expect("q exists");
         let dlq = vhost.queue("dlq").expect("dlq exists");
@@ -561,17 +653,19 @@ fn seen_entry(e: &Entry) -> Seen {
     }
 }
 
-/// What the x-death header of a dead letter says.
+/// One x-death entry of a dead letter.
 #[derive(Debug, PartialEq, Eq)]
 struct Death {
     queue: String,
     reason: String,
     count: i64,
     original_expiration: Option<String>,
-    first_reason: Option<String>,
+    exchange: Option<String>,
+    routing_keys: Vec<String>,
 }
 
-fn death_of(msg: &Message) -> Death {
+/// The x-death entries of a dead letter (most recent first) and its x-first-death-reason.
+fn deaths_of(msg: &Message) -> (Vec<Death>, Option<String>) {
     let h = msg
         .properties
         .headers()
@@ -580,16 +674,26 @@ fn death_of(msg: &Message) -> Death {
     let Some(FieldValue::Array(deaths)) = h.get("x-death") else {
         panic!("no x-death array in {h:?}")
     };
-    assert_eq!(deaths.len(), 1, "one death from one queue: {deaths:?}");
-    let t = deaths[0].as_table().expect("x-death entry is a table");
     let s = |t: &FieldTable, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    Death {
-        queue: s(t, "queue").unwrap_or_default(),
-        reason: s(t, "reason").unwrap_or_default(),
-        count: t.get("count").and_then(|v| v.as_i64()).unwrap_or(-1),
-        original_expiration: s(t, "original-expiration"),
-        first_reason: s(&h, "x-first-death-reason"),
-    }
+    let list = deaths
+        .iter()
+        .map(|v| {
+            let t = v.as_table().expect("x-death entry is a table");
+            Death {
+                queue: s(t, "queue").unwrap_or_default(),
+                reason: s(t, "reason").unwrap_or_default(),
+                count: t.get("count").and_then(|v| v.as_i64()).unwrap_or(-1),
+                original_expiration: s(t, "original-expiration"),
+                exchange: s(t, "exchange"),
+                routing_keys: t
+                    .get("routing-keys")
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    (list, s(&h, "x-first-death-reason"))
 }
 
 // ------------------------------------------------------------------------------------------------ the run
@@ -673,7 +777,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
                         m.requeue(vec![mm]);
                     } else {
                         l.q.reject(vec![e], now);
-                        m.dlq.push((mm, Reason::Rejected));
+                        m.die(mm, Reason::Rejected);
                     }
                 }
             }
@@ -681,7 +785,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
                 if let (Some(e), Some(mm)) = (l.take_unacked(*k), m.take_unacked(*k)) {
                     check!(id_of(&e.msg) == mm.id, "step {step}: unacked lists diverged");
                     l.q.reject(vec![e], now);
-                    m.dlq.push((mm, Reason::Rejected));
+                    m.die(mm, Reason::Rejected);
                 }
             }
             Op::RequeueAll => {
@@ -694,6 +798,14 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
                 m.now += ms;
                 l.vhost.tick(m.now);
                 m.tick();
+            }
+            Op::Redrive { max } => {
+                let r = l.vhost.redrive("dlq", None, *max, now);
+                let want = m.redrive(*max);
+                check!(
+                    r == Ok(Redriven { moved: want, kept: 0 }),
+                    "step {step} {op:?}: redrive {r:?}, model moved {want}"
+                );
             }
             Op::Restart { clean } => {
                 let l = live.take().expect("live");
@@ -776,15 +888,30 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
     let want: Vec<u64> = m.dlq.iter().map(|(x, _)| x.id).collect();
     check!(got == want, "dlq holds {got:?}, model {want:?}");
     for (e, (mm, reason)) in dead.iter().zip(&m.dlq) {
-        let d = death_of(&e.msg);
-        let want = Death {
-            queue: "q".into(),
-            reason: reason.as_str().into(),
-            count: 1,
-            original_expiration: mm.expiration.map(|x| x.to_string()),
-            first_reason: Some(reason.as_str().into()),
-        };
-        check!(d == want, "dead letter m{}: x-death {d:?}, want {want:?}", mm.id);
+        let (d, first) = deaths_of(&e.msg);
+        let want: Vec<Death> = mm
+            .deaths
+            .iter()
+            .map(|d| Death {
+                queue: "q".into(),
+                reason: d.reason.as_str().into(),
+                count: d.count,
+                original_expiration: d.original_expiration.map(|x| x.to_string()),
+                exchange: Some(String::new()),
+                routing_keys: vec![d.routing_key.into()],
+            })
+            .collect();
+        check!(
+            d == want,
+            "dead letter m{} (last {reason:?}): x-death {d:?}, want {want:?}",
+            mm.id
+        );
+        let first_want = mm.first_reason.map(|r| r.as_str().to_string());
+        check!(
+            first == first_want,
+            "dead letter m{}: x-first-death-reason {first:?}, want {first_want:?}",
+            mm.id
+        );
         check!(
             e.msg.persistent == mm.persistent,
             "dead letter m{} persistent {} (original {})",
@@ -796,6 +923,13 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
             e.msg.expiration_ms.is_none(),
             "dead letter m{} still has an expiration",
             mm.id
+        );
+        check!(
+            e.msg.exchange.as_str() == "" && e.msg.routing_key.as_str() == "dlq",
+            "dead letter m{} published as ({:?}, {:?}), want the DLX \"\" and the DLRK \"dlq\"",
+            mm.id,
+            e.msg.exchange,
+            e.msg.routing_key
         );
     }
 
@@ -830,7 +964,7 @@ proptest! {
     })]
 
     #[test]
-    fn queue_matches_model(cfg in cfg(), ops in proptest::collection::vec(op(), 1..40)) {
+    fn queue_matches_model(cfg in cfg(), ops in proptest::collection::vec(op(), 1..50)) {
         if let Err(e) = run(cfg, &ops) {
             prop_assert!(false, "{e}\ncfg: {cfg:?}\nops: {ops:#?}");
         }
@@ -839,6 +973,7 @@ proptest! {
 
 fn plain() -> Cfg {
     Cfg {
+        dlx: true,
         delivery_limit: None,
         message_ttl: None,
         retry_min: None,
@@ -943,6 +1078,7 @@ fn restart_does_not_flag_never_delivered_messages() {
 #[test]
 fn retry_delay_and_count_survive_restart() {
     let cfg = Cfg {
+        dlx: true,
         delivery_limit: Some(1),
         message_ttl: None,
         retry_min: Some(100),
@@ -969,7 +1105,7 @@ fn retry_delay_and_count_survive_restart() {
     l.q.requeue([e], BASE + 100); // count 2 > limit 1
     assert_eq!(l.q.counts().0, 0);
     let (d, _) = l.dlq.get(false, BASE + 100).expect("dead-lettered");
-    assert_eq!(death_of(&d.msg).reason, "delivery_limit");
+    assert_eq!(deaths_of(&d.msg).0[0].reason, "delivery_limit");
 }
 
 /// The same seq reuse, without a second restart: m0 and m1 are delivered (mark = seq 1), m1 is acked and m0

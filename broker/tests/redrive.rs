@@ -39,7 +39,9 @@ impl Env {
     }
 
     fn q(&self, name: &str) -> Arc<Queue> {
-        self.vhost.queue(name).unwrap_or_else(|| panic!("queue {name} exists"))
+        self.vhost
+            .queue(name)
+            .unwrap_or_else(|| panic!("queue {name} exists"))
     }
 
     /// A durable queue; with `dlx`, dead-lettering to the default exchange with routing key "dlq".
@@ -47,7 +49,10 @@ impl Env {
         let mut arguments = FieldTable::new();
         if dlx {
             arguments.insert("x-dead-letter-exchange", FieldValue::LongStr(LongStr::from("")));
-            arguments.insert("x-dead-letter-routing-key", FieldValue::LongStr(LongStr::from("dlq")));
+            arguments.insert(
+                "x-dead-letter-routing-key",
+                FieldValue::LongStr(LongStr::from("dlq")),
+            );
         }
         let (q, created) = self
             .vhost
@@ -154,7 +159,10 @@ fn check_redrive(env: &Env) {
     let (dlq, a, b, c) = (env.q("dlq"), env.q("A"), env.q("B"), env.q("C"));
 
     // To a named queue, at most one: the first dead letter (a1) goes to C.
-    let r = env.vhost.redrive("dlq", Some("C"), Some(1), NOW).expect("redrive to C");
+    let r = env
+        .vhost
+        .redrive("dlq", Some("C"), Some(1), NOW)
+        .expect("redrive to C");
     assert_eq!(r, Redriven { moved: 1, kept: 0 });
     assert_eq!(dlq.counts().0, 2);
     let in_c = env.pull_all(&c);
@@ -197,10 +205,16 @@ fn check_redrive(env: &Env) {
     dlq.requeue(got, NOW);
 
     // The dlq itself as the destination: nothing moves, nothing is lost.
-    let r = env.vhost.redrive("dlq", Some("dlq"), None, NOW).expect("redrive to itself");
+    let r = env
+        .vhost
+        .redrive("dlq", Some("dlq"), None, NOW)
+        .expect("redrive to itself");
     assert_eq!(r, Redriven { moved: 0, kept: 1 });
     assert_eq!(dlq.counts().0, 1);
-    let r = env.vhost.redrive("dlq", None, Some(0), NOW).expect("redrive none");
+    let r = env
+        .vhost
+        .redrive("dlq", None, Some(0), NOW)
+        .expect("redrive none");
     assert_eq!(r, Redriven { moved: 0, kept: 0 });
     assert_eq!(dlq.counts().0, 1);
 
