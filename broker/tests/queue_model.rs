@@ -12,7 +12,8 @@
 //!   (`delivery_limit`) instead; with `x-delayed-retry-min` it waits `min × count` ms first (linear);
 //! * a message expires (queue TTL or its own expiration, whichever is first) only at the head of the queue
 //!   (on pull, get or the timer); an unacked message never expires; one that is already expired when
-//!   published to a queue without consumers dies at once;
+//!   published (TTL 0) dies at once unless a consumer is waiting for messages, in which case it loses its
+//!   expiry and is delivered;
 //! * reject / nack without requeue dead-letters with reason `rejected`;
 //! * dead letters carry `x-death` [{queue: "q", reason, count: 1, ...}], the original expiration moved to
 //!   `original-expiration`, and keep the original's delivery mode;
@@ -273,7 +274,9 @@ struct Model {
     delayed: Vec<MMsg>,
     /// Delivered and not settled, in delivery order.
     unacked: Vec<MMsg>,
-    has_consumer: bool,
+    /// The consumer found "q" empty with credit left and has not been woken since (queue.rs `waiting`): a
+    /// publish, a requeue into the ready list, or the timer releasing retries wakes it.
+    waiting: bool,
     restarted: bool,
     /// After a crash, a recovered queue reports the span of its stored seqs (an upper bound) until it has
     /// read its messages back (vhost.rs: "exact once the queue is read back"): (q, dlq).
@@ -330,11 +333,18 @@ impl Model {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if m.expired(self.now) && !self.has_consumer {
-            self.die(m, Reason::Expired);
-        } else {
-            self.ready.push(m);
+        if m.expired(self.now) {
+            if self.waiting {
+                // TTL 0 (queue.rs publish): a consumer that can take it now gets it; it no longer expires.
+                m.expires_at = None;
+            } else {
+                // Nobody to take it now: it dies at once.
+                self.die(m, Reason::Expired);
+                return;
+            }
         }
+        self.ready.push(m);
+        self.waiting = false;
     }
 
     /// Redrive: up to `max` dead letters, in dlq order, back to "q" (where they all died).
@@ -386,16 +396,19 @@ impl Model {
         self.ready.insert(pos, m);
     }
 
-    fn release_due(&mut self) {
+    /// Moves due retries back to their positions; returns how many.
+    fn release_due(&mut self) -> usize {
         let now = self.now;
         let (due, wait): (Vec<MMsg>, Vec<MMsg>) = std::mem::take(&mut self.delayed)
             .into_iter()
             .partition(|m| m.not_before.is_some_and(|t| t <= now));
         self.delayed = wait;
+        let n = due.len();
         for mut m in due {
             m.not_before = None;
             self.insert_ready(m);
         }
+        n
     }
 
     /// The head message that is not expired; expired ones met on the way are dead-lettered.
@@ -412,13 +425,15 @@ impl Model {
     }
 
     fn deliver(&mut self, n: usize) -> Vec<Want> {
-        self.has_consumer = true;
         self.release_due();
         let mut out = Vec::new();
         while out.len() < n {
             let Some(m) = self.take_head() else { break };
             out.push(seen(&m));
             self.unacked.push(m);
+        }
+        if out.len() < n {
+            self.waiting = true;
         }
         out
     }
@@ -432,7 +447,9 @@ impl Model {
     }
 
     fn tick(&mut self) {
-        self.release_due();
+        if self.release_due() > 0 {
+            self.waiting = false;
+        }
         while self.ready.first().is_some_and(|m| m.expired(self.now)) {
             let m = self.ready.remove(0);
             self.die(m, Reason::Expired);
@@ -460,13 +477,16 @@ impl Model {
                     m.not_before = Some(self.now + min * m.count as u64);
                     self.delayed.push(m);
                 }
-                None => self.insert_ready(m),
+                None => {
+                    self.insert_ready(m);
+                    self.waiting = false;
+                }
             }
         }
     }
 
     fn restart(&mut self) {
-        self.has_consumer = false;
+        self.waiting = false;
         self.restarted = true;
         let mut back = Vec::new();
         for mut m in std::mem::take(&mut self.unacked) {
