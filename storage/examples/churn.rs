@@ -10,7 +10,13 @@
 //!   --rounds R         publish+ack rounds, to show that space is reused (default 2)
 //!   --dir PATH         store directory (default: a fresh temp dir, removed at the end)
 //!   --cache-mib M      sled cache (default 64)
+//!   --segment-mib M    message segment size (default 8)
+//!   --publish-only     publish one round and exit, keeping the data (use with --dir)
+//!   --open-only        open an existing --dir, time it and the first read, and exit
 //! ```
+//!
+//! Cold open: `--publish-only --dir D`, then drop D's files from the page cache
+//! (`find D -type f -exec dd if={} iflag=nocache count=0 status=none \;`), then `--open-only --dir D`.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,6 +31,9 @@ struct Args {
     rounds: u32,
     dir: Option<PathBuf>,
     cache_mib: u64,
+    segment_mib: u64,
+    publish_only: bool,
+    open_only: bool,
 }
 
 fn parse() -> Args {
@@ -36,6 +45,9 @@ fn parse() -> Args {
         rounds: 2,
         dir: None,
         cache_mib: 64,
+        segment_mib: 8,
+        publish_only: false,
+        open_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -47,6 +59,9 @@ fn parse() -> Args {
             "--rounds" => a.rounds = val().parse().unwrap(),
             "--dir" => a.dir = Some(val().into()),
             "--cache-mib" => a.cache_mib = val().parse().unwrap(),
+            "--segment-mib" => a.segment_mib = val().parse().unwrap(),
+            "--publish-only" => a.publish_only = true,
+            "--open-only" => a.open_only = true,
             n => a.n = n.replace('_', "").parse().expect("N"),
         }
     }
@@ -62,6 +77,7 @@ fn open(dir: &std::path::Path, a: &Args) -> Store {
         dir,
         StoreOptions {
             cache_capacity_bytes: a.cache_mib * 1024 * 1024,
+            segment_bytes: a.segment_mib * 1024 * 1024,
             ..StoreOptions::default()
         },
     )
@@ -90,6 +106,10 @@ fn main() {
         a.producers,
         a.rounds
     );
+    if a.open_only {
+        open_only(&dir, &a);
+        return;
+    }
     let mut store = open(&dir, &a);
     let queues: Vec<u32> = (0..a.producers)
         .map(|i| {
@@ -153,14 +173,22 @@ fn main() {
         let s1 = store.stats();
         let published = per_queue * a.producers as u64;
         let flushes = s1.flushes - s0.flushes;
+        let fsyncs = s1.fsyncs - s0.fsyncs;
         println!(
-            "round {round}: published {published} in {:.2} s = {:.0} msg/s, {} flushes = {:.2} fsyncs/1000 msgs, disk {}",
+            "round {round}: published {published} in {:.2} s = {:.0} msg/s, {} flush rounds ({:.0} msgs/round), {} fsyncs = {:.2} fsyncs/1000 msgs, disk {}",
             el.as_secs_f64(),
             published as f64 / el.as_secs_f64(),
             flushes,
-            flushes as f64 * 1000.0 / published as f64,
+            published as f64 / flushes.max(1) as f64,
+            fsyncs,
+            fsyncs as f64 * 1000.0 / published as f64,
             mib(store.size_on_disk().unwrap())
         );
+        if a.publish_only {
+            drop(store);
+            println!("published; kept in {}", dir.display());
+            return;
+        }
 
         // ---- queue inspection at peak
         let t0 = Instant::now();
@@ -170,7 +198,7 @@ fn main() {
         let c = store.count_messages(queues[0]).unwrap();
         let tc = t0.elapsed();
         println!(
-            "  queue {}: bounds {:?} in {:.3} ms; count {} in {:.1} ms (keys-only scan)",
+            "  queue {}: bounds {:?} in {:.3} ms; count {} in {:.3} ms",
             queues[0],
             b,
             tb.as_secs_f64() * 1e3,
@@ -221,10 +249,11 @@ fn main() {
         let el = t0.elapsed();
         let s1 = store.stats();
         println!(
-            "  acked {acked} in {:.2} s = {:.0} msg/s, {} flushes, disk {}",
+            "  acked {acked} in {:.2} s = {:.0} msg/s, {} flushes, {} fsyncs, disk {}",
             el.as_secs_f64(),
             acked as f64 / el.as_secs_f64(),
             s1.flushes - s0.flushes,
+            s1.fsyncs - s0.fsyncs,
             mib(store.size_on_disk().unwrap())
         );
         std::thread::sleep(std::time::Duration::from_secs(2));
@@ -232,9 +261,10 @@ fn main() {
     }
     let st = store.stats();
     println!(
-        "since the reopen after round 1: {} writes, {} flushes, {} logical; sled's size_on_disk {}",
+        "since the reopen after round 1: {} writes, {} flushes, {} fsyncs, {} logical; sled's size_on_disk {}",
         st.writes,
         st.flushes,
+        st.fsyncs,
         mib(st.bytes_written),
         mib(store.sled_size_on_disk().unwrap())
     );
@@ -243,4 +273,36 @@ fn main() {
         "after close: disk {}",
         mib(storage::dir_allocated_bytes(&dir).unwrap())
     );
+}
+
+fn open_only(dir: &std::path::Path, a: &Args) {
+    println!(
+        "disk before open: {}",
+        mib(storage::dir_allocated_bytes(dir).unwrap())
+    );
+    let t0 = Instant::now();
+    let store = open(dir, a);
+    let topen = t0.elapsed();
+    let t0 = Instant::now();
+    let queues: Vec<u32> = store.queues().unwrap().iter().map(|q| q.id).collect();
+    let b = store.queue_bounds(queues[0]).unwrap().unwrap();
+    let first = store.read_messages(queues[0], b.0, 1).unwrap();
+    assert_eq!(first.len(), 1);
+    let tfirst = t0.elapsed();
+    let total: u64 = queues.iter().map(|q| store.count_messages(*q).unwrap()).sum();
+    println!(
+        "open {:.0} ms, then bounds + first message {:.1} ms; {} queues, {} messages",
+        topen.as_secs_f64() * 1e3,
+        tfirst.as_secs_f64() * 1e3,
+        queues.len(),
+        total
+    );
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for l in status
+            .lines()
+            .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        {
+            println!("  {l}");
+        }
+    }
 }

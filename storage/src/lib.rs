@@ -45,6 +45,9 @@ pub const SLED_SEGMENT_SIZE: usize = 512 * 1024;
 /// Default maximum size of a message segment file (`StoreOptions::segment_bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// A flush round syncs up to this many files at once.
+const SYNC_THREADS: usize = 8;
+
 /// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
 const DELETE_CHUNK: usize = 10_000;
 
@@ -283,27 +286,88 @@ impl Shared {
         }
     }
 
+    /// Syncs everything collected, up to `SYNC_THREADS` at a time: one queue's files are
+    /// independent of another's, and concurrent fsyncs share the file system's journal commits,
+    /// so a round costs about one fsync, not one per queue. What fails stays in `u` for the next
+    /// round.
     fn sync_round(&self, u: &mut Unsynced) -> Result<()> {
         self.log.collect_for_sync(&mut u.files, &mut u.dirs)?;
         if self.sled_dirty.swap(false, SeqCst) {
             u.sled = true;
         }
-        while let Some((path, f)) = u.files.last() {
-            f.sync_data().map_err(io_err(path))?;
-            self.fsyncs.fetch_add(1, SeqCst);
-            u.files.pop();
+        let (nf, nd) = (u.files.len(), u.dirs.len());
+        let total = nf + nd + u.sled as usize;
+        let run = |i: usize| -> Result<()> {
+            if i < nf {
+                let (path, f) = &u.files[i];
+                f.sync_data().map_err(io_err(path))
+            } else if i < nf + nd {
+                seglog::sync_dir(&u.dirs[i - nf])
+            } else {
+                self.db.flush().map(drop).map_err(StoreError::from)
+            }
+        };
+        let mut results: Vec<Option<Result<()>>> = (0..total).map(|_| None).collect();
+        let workers = total.min(SYNC_THREADS);
+        if workers <= 1 {
+            for (i, r) in results.iter_mut().enumerate() {
+                *r = Some(run(i));
+            }
+        } else {
+            let run = &run;
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = (1..workers)
+                    .map(|w| {
+                        sc.spawn(move || {
+                            (w..total)
+                                .step_by(workers)
+                                .map(|i| (i, run(i)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for i in (0..total).step_by(workers) {
+                    results[i] = Some(run(i));
+                }
+                for h in handles {
+                    // a panicking sync leaves its results `None`: retried as failures
+                    for (i, r) in h.join().unwrap_or_default() {
+                        results[i] = Some(r);
+                    }
+                }
+            });
         }
-        while let Some(d) = u.dirs.last() {
-            seglog::sync_dir(d)?;
-            self.fsyncs.fetch_add(1, SeqCst);
-            u.dirs.pop();
-        }
-        if u.sled {
-            self.db.flush()?;
-            self.fsyncs.fetch_add(1, SeqCst);
+        let mut first_err = None;
+        let mut ok = |i: usize| match results[i].take() {
+            Some(Ok(())) => {
+                self.fsyncs.fetch_add(1, SeqCst);
+                true
+            }
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+                false
+            }
+            None => {
+                first_err.get_or_insert(StoreError::Engine("a sync thread panicked".into()));
+                false
+            }
+        };
+        let mut i = 0;
+        u.files.retain(|_| {
+            i += 1;
+            !ok(i - 1)
+        });
+        u.dirs.retain(|_| {
+            i += 1;
+            !ok(i - 1)
+        });
+        if u.sled && ok(i) {
             u.sled = false;
         }
-        Ok(())
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 }
 
