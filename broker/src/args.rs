@@ -1,22 +1,22 @@
 //! AMQP argument tables: conversion for the router, and the checks RabbitMQ applies to queue arguments.
 
 use protocol::{FieldTable, FieldValue, RawProperties};
-use router::{ArgValue, Args};
+use router::{ArgValue, Args, FloatType, IntType};
 
 use crate::error::{AmqpError, AmqpResult};
 
 pub fn to_router_value(v: &FieldValue) -> ArgValue {
     match v {
         FieldValue::Bool(b) => ArgValue::Bool(*b),
-        FieldValue::I8(x) => ArgValue::Int(*x as i64),
-        FieldValue::U8(x) => ArgValue::Int(*x as i64),
-        FieldValue::I16(x) => ArgValue::Int(*x as i64),
-        FieldValue::U16(x) => ArgValue::Int(*x as i64),
-        FieldValue::I32(x) => ArgValue::Int(*x as i64),
-        FieldValue::U32(x) => ArgValue::Int(*x as i64),
-        FieldValue::I64(x) => ArgValue::Int(*x),
-        FieldValue::F32(x) => ArgValue::Float(*x as f64),
-        FieldValue::F64(x) => ArgValue::Float(*x),
+        FieldValue::I8(x) => ArgValue::Int(*x as i64, IntType::Byte),
+        FieldValue::U8(x) => ArgValue::Int(*x as i64, IntType::UnsignedByte),
+        FieldValue::I16(x) => ArgValue::Int(*x as i64, IntType::Short),
+        FieldValue::U16(x) => ArgValue::Int(*x as i64, IntType::UnsignedShort),
+        FieldValue::I32(x) => ArgValue::Int(*x as i64, IntType::SignedInt),
+        FieldValue::U32(x) => ArgValue::Int(*x as i64, IntType::UnsignedInt),
+        FieldValue::I64(x) => ArgValue::Int(*x, IntType::Long),
+        FieldValue::F32(x) => ArgValue::Float(*x as f64, FloatType::Float),
+        FieldValue::F64(x) => ArgValue::Float(*x, FloatType::Double),
         FieldValue::Decimal { scale, value } => ArgValue::Decimal(*scale, *value),
         FieldValue::LongStr(s) => match std::str::from_utf8(s.as_bytes()) {
             Ok(s) => ArgValue::Str(s.to_string()),
@@ -42,8 +42,18 @@ pub fn from_router_value(v: &ArgValue) -> FieldValue {
     match v {
         ArgValue::Str(s) => FieldValue::LongStr(protocol::LongStr::from(s.as_str())),
         ArgValue::Bytes(b) => FieldValue::Bytes(bytes::Bytes::copy_from_slice(b)),
-        ArgValue::Int(i) => FieldValue::I64(*i),
-        ArgValue::Float(f) => FieldValue::F64(*f),
+        // The value came from a field of that type, so it fits.
+        ArgValue::Int(i, t) => match t {
+            IntType::Byte => FieldValue::I8(*i as i8),
+            IntType::UnsignedByte => FieldValue::U8(*i as u8),
+            IntType::Short => FieldValue::I16(*i as i16),
+            IntType::UnsignedShort => FieldValue::U16(*i as u16),
+            IntType::SignedInt => FieldValue::I32(*i as i32),
+            IntType::UnsignedInt => FieldValue::U32(*i as u32),
+            IntType::Long => FieldValue::I64(*i),
+        },
+        ArgValue::Float(f, FloatType::Float) => FieldValue::F32(*f as f32),
+        ArgValue::Float(f, FloatType::Double) => FieldValue::F64(*f),
         ArgValue::Bool(b) => FieldValue::Bool(*b),
         ArgValue::Decimal(scale, value) => FieldValue::Decimal {
             scale: *scale,

@@ -27,7 +27,10 @@ use crate::vhost::VHost;
 /// Ready messages a durable queue keeps in memory; beyond this, persistent messages stay on disk only and
 /// are read back in batches as the head advances (long queues live on disk, not in RAM).
 pub const MEM_MAX: usize = 4096;
+/// How long a TTL-0 message handed to a waiting consumer may wait for that consumer's pull.
+const TTL_ZERO_GRACE_MS: u64 = 100;
 /// Messages read from disk per refill.
+
 const REFILL: usize = 1024;
 
 pub type ConsumerId = u64;
@@ -304,6 +307,10 @@ impl Queue {
                 inner.has_expiring = true;
             }
         }
+        if let Some(mark) = inner.delivered_mark {
+            // Never reuse a seq at or below the delivered mark: a new message would read as redelivered.
+            inner.next_seq = inner.next_seq.max(mark + 1);
+        }
         Queue {
             spec,
             args,
@@ -348,8 +355,8 @@ impl Queue {
         let mut expires_at = self.expiry_for(&msg, now);
         if expires_at.is_some_and(|t| t <= now) {
             if q.consumers.iter().any(|c| c.waiting) {
-                // TTL 0: a consumer that can take it now gets it.
-                expires_at = None;
+                // TTL 0: a consumer that can take it now gets it; if it does not within a moment, it expires.
+                expires_at = Some(now + TTL_ZERO_GRACE_MS);
             }
         }
         if expires_at.is_some_and(|t| t <= now) {

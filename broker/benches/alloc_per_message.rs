@@ -1,0 +1,257 @@
+//! Heap allocations per message on the hot path (publish → route → enqueue → deliver → ack), counted by a
+//! counting global allocator around an in-process broker driven over loopback TCP by a minimal client that
+//! itself allocates nothing per message. Run: `cargo bench -p mailroom-broker --bench alloc_per_message`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use protocol::{Frame, FrameCodec, Method, RawProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Client {
+    s: TcpStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Client {
+    async fn send(&mut self, ch: u16, m: Method) {
+        let mut b = BytesMut::new();
+        protocol::write_method(&mut b, ch, &m);
+        self.s.write_all(&b).await.unwrap();
+    }
+    async fn frame(&mut self) -> Frame {
+        loop {
+            if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                return f;
+            }
+            self.buf.reserve(1 << 20);
+            let n = self.s.read_buf(&mut self.buf).await.unwrap();
+            assert!(n > 0, "broker closed the connection");
+        }
+    }
+    async fn method(&mut self) -> Method {
+        loop {
+            if let Frame::Method(_, m) = self.frame().await {
+                return m;
+            }
+        }
+    }
+}
+
+async fn open(addr: std::net::SocketAddr) -> Client {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&protocol::PROTOCOL_HEADER).await.unwrap();
+    let mut codec = FrameCodec::new();
+    codec.set_max_frame_size(0);
+    let mut c = Client {
+        s,
+        buf: BytesMut::with_capacity(1 << 20),
+        codec,
+    };
+    c.method().await;
+    c.send(
+        0,
+        Method::ConnectionStartOk(protocol::ConnectionStartOk {
+            client_properties: protocol::FieldTable::new(),
+            mechanism: "PLAIN".into(),
+            response: protocol::LongStr::from(b"\0guest\0guest".to_vec()),
+            locale: "en_US".into(),
+        }),
+    )
+    .await;
+    let Method::ConnectionTune(t) = c.method().await else {
+        panic!("tune")
+    };
+    c.send(
+        0,
+        Method::ConnectionTuneOk(protocol::ConnectionTuneOk {
+            channel_max: t.channel_max,
+            frame_max: t.frame_max,
+            heartbeat: 0,
+        }),
+    )
+    .await;
+    c.send(
+        0,
+        Method::ConnectionOpen(protocol::ConnectionOpen {
+            virtual_host: "/".into(),
+        }),
+    )
+    .await;
+    c.method().await;
+    c.send(1, Method::ChannelOpen(protocol::ChannelOpen)).await;
+    c.method().await;
+    c
+}
+
+/// Publishes `n` messages of `size` bytes to queue `q` from one connection while another consumes them
+/// (no-ack, or acking each one); returns allocations per message.
+async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, ack: bool) -> f64 {
+    let q = format!("alloc-{}-{}-{}", size, persistent, ack);
+    let mut p = open(addr).await;
+    p.send(
+        1,
+        Method::QueueDeclare(protocol::QueueDeclare {
+            queue: q.as_str().into(),
+            passive: false,
+            durable: persistent,
+            exclusive: false,
+            auto_delete: false,
+            no_wait: false,
+            arguments: protocol::FieldTable::new(),
+        }),
+    )
+    .await;
+    p.method().await;
+    let mut c = open(addr).await;
+    if ack {
+        c.send(
+            1,
+            Method::BasicQos(protocol::BasicQos {
+                prefetch_size: 0,
+                prefetch_count: 200,
+                global: false,
+            }),
+        )
+        .await;
+        c.method().await;
+    }
+    c.send(
+        1,
+        Method::BasicConsume(protocol::BasicConsume {
+            queue: q.as_str().into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: !ack,
+            exclusive: false,
+            no_wait: false,
+            arguments: protocol::FieldTable::new(),
+        }),
+    )
+    .await;
+    c.method().await;
+
+    // One pre-encoded batch of 100 publishes, written again and again: the client allocates nothing per message.
+    let props = RawProperties::from_properties(&protocol::BasicProperties {
+        delivery_mode: Some(if persistent { 2 } else { 1 }),
+        ..Default::default()
+    });
+    let body = vec![7u8; size];
+    let mut batch = BytesMut::new();
+    for _ in 0..100 {
+        let m = Method::BasicPublish(protocol::BasicPublish {
+            exchange: "".into(),
+            routing_key: q.as_str().into(),
+            mandatory: false,
+            immediate: false,
+        });
+        protocol::write_method(&mut batch, 1, &m);
+        protocol::write_content(&mut batch, 1, 60, &props, &body, 131072);
+    }
+    let batch = batch.freeze();
+    let mut ack_buf = BytesMut::with_capacity(64 * 1024);
+
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n / 100 {
+            p.s.write_all(&batch).await.unwrap();
+        }
+        p
+    });
+    let mut got = 0u64;
+    while got < n {
+        match c.frame().await {
+            Frame::Method(_, Method::BasicDeliver(d)) => {
+                got += 1;
+                if ack {
+                    protocol::write_method(
+                        &mut ack_buf,
+                        1,
+                        &Method::BasicAck(protocol::BasicAck {
+                            delivery_tag: d.delivery_tag,
+                            multiple: false,
+                        }),
+                    );
+                }
+            }
+            _ => continue,
+        }
+        if ack && (c.buf.remaining() < 64 || ack_buf.len() > 32 * 1024) {
+            c.s.write_all(&ack_buf).await.unwrap();
+            ack_buf.clear();
+        }
+    }
+    if !ack_buf.is_empty() {
+        c.s.write_all(&ack_buf).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let _p = publisher.await.unwrap();
+    let per = allocs as f64 / n as f64;
+    println!(
+        "{:>5} B {:<10} {:<7}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
+        size,
+        if persistent { "persistent" } else { "transient" },
+        if ack { "ack" } else { "no-ack" },
+        n,
+        allocs,
+        per,
+        n as f64 / elapsed.as_secs_f64()
+    );
+    per
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = broker::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let server = broker::Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        let n = std::env::var("ALLOC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000u64);
+        println!("heap allocations per message, broker and client in one process (client allocates nothing per message)");
+        run(addr, n, 16, false, false).await;
+        run(addr, n, 1024, false, true).await;
+        run(addr, n / 4, 1024, true, true).await;
+        shutdown.cancel();
+        let _ = handle.await;
+    });
+}
