@@ -149,14 +149,14 @@ fn bench_headers(c: &mut Criterion) {
                 .with("x-match", s(mode))
                 .with("format", s(if i % 3 == 0 { "pdf" } else { "zip" }))
                 .with("region", s(&format!("r{}", i % 17)))
-                .with("tenant", ArgValue::Int((i % 101) as i64));
+                .with("tenant", ArgValue::long((i % 101) as i64));
             r.bind(Binding::queue("h", &format!("q{}", i % QUEUES), "").with_args(args))
                 .unwrap();
         }
         let msgs: Vec<Args> = (0..16)
             .map(|j| {
                 Args::new()
-                    .with("tenant", ArgValue::Int(j * 7))
+                    .with("tenant", ArgValue::long(j * 7))
                     .with("format", s("pdf"))
                     .with("region", s(&format!("r{}", j % 17)))
                     .with("content-type", s("application/json"))

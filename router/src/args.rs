@@ -3,18 +3,73 @@
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
-/// A field value. The broker converts AMQP field values into this.
+/// The AMQP type of an integer field value, named as RabbitMQ names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntType {
+    /// `b`, signed 8-bit.
+    Byte,
+    /// `B`, unsigned 8-bit.
+    UnsignedByte,
+    /// `s`, signed 16-bit.
+    Short,
+    /// `u`, unsigned 16-bit.
+    UnsignedShort,
+    /// `I`, signed 32-bit.
+    SignedInt,
+    /// `i`, unsigned 32-bit.
+    UnsignedInt,
+    /// `l`, signed 64-bit.
+    Long,
+}
+
+impl IntType {
+    /// RabbitMQ's type name: `byte`, `unsignedbyte`, `short`,
+    /// `unsignedshort`, `signedint`, `unsignedint`, `long`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntType::Byte => "byte",
+            IntType::UnsignedByte => "unsignedbyte",
+            IntType::Short => "short",
+            IntType::UnsignedShort => "unsignedshort",
+            IntType::SignedInt => "signedint",
+            IntType::UnsignedInt => "unsignedint",
+            IntType::Long => "long",
+        }
+    }
+}
+
+/// The AMQP type of a floating-point field value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloatType {
+    /// `f`, 32-bit (the value is held widened, exactly, to `f64`).
+    Float,
+    /// `d`, 64-bit.
+    Double,
+}
+
+impl FloatType {
+    /// RabbitMQ's type name: `float` or `double`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatType::Float => "float",
+            FloatType::Double => "double",
+        }
+    }
+}
+
+/// A field value. The broker converts AMQP field values into this, keeping
+/// each integer's and float's AMQP type.
 ///
 /// `PartialEq`/`Eq`/`Hash` are *identity* comparisons (same variant, same
-/// value; floats compared bit-for-bit so that a NaN argument can still be
-/// unbound). Header *matching* uses RabbitMQ's looser Erlang `==` rules
-/// instead (see [`ArgValue::matches_header`]).
+/// AMQP type, same value; floats compared bit-for-bit so that a NaN argument
+/// can still be unbound). Header *matching* uses RabbitMQ's looser Erlang
+/// `==` rules instead (see [`ArgValue::matches_header`]).
 #[derive(Debug, Clone)]
 pub enum ArgValue {
     Str(String),
     Bytes(Vec<u8>),
-    Int(i64),
-    Float(f64),
+    Int(i64, IntType),
+    Float(f64, FloatType),
     Bool(bool),
     /// (scale, value)
     Decimal(u8, u32),
@@ -30,8 +85,8 @@ impl PartialEq for ArgValue {
         match (self, other) {
             (Str(a), Str(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
-            (Int(a), Int(b)) => a == b,
-            (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
+            (Int(a, ta), Int(b, tb)) => ta == tb && a == b,
+            (Float(a, ta), Float(b, tb)) => ta == tb && a.to_bits() == b.to_bits(),
             (Bool(a), Bool(b)) => a == b,
             (Decimal(s1, v1), Decimal(s2, v2)) => s1 == s2 && v1 == v2,
             (Timestamp(a), Timestamp(b)) => a == b,
@@ -51,8 +106,14 @@ impl Hash for ArgValue {
         match self {
             Str(s) => s.hash(state),
             Bytes(b) => b.hash(state),
-            Int(i) => i.hash(state),
-            Float(f) => f.to_bits().hash(state),
+            Int(i, t) => {
+                i.hash(state);
+                t.hash(state)
+            }
+            Float(f, t) => {
+                f.to_bits().hash(state);
+                t.hash(state)
+            }
             Bool(b) => b.hash(state),
             Decimal(s, v) => {
                 s.hash(state);
@@ -67,13 +128,28 @@ impl Hash for ArgValue {
 }
 
 impl ArgValue {
+    /// A `long` (64-bit signed) integer.
+    pub fn long(v: i64) -> ArgValue {
+        ArgValue::Int(v, IntType::Long)
+    }
+
+    /// A `signedint` (32-bit signed) integer.
+    pub fn signedint(v: i32) -> ArgValue {
+        ArgValue::Int(v as i64, IntType::SignedInt)
+    }
+
+    /// A `double`.
+    pub fn double(v: f64) -> ArgValue {
+        ArgValue::Float(v, FloatType::Double)
+    }
+
     /// RabbitMQ's name for the field type (as used in its error texts).
     pub fn type_name(&self) -> &'static str {
         match self {
             ArgValue::Str(_) => "longstr",
             ArgValue::Bytes(_) => "binary",
-            ArgValue::Int(_) => "long",
-            ArgValue::Float(_) => "double",
+            ArgValue::Int(_, t) => t.name(),
+            ArgValue::Float(_, t) => t.name(),
             ArgValue::Bool(_) => "bool",
             ArgValue::Decimal(..) => "decimal",
             ArgValue::Timestamp(_) => "timestamp",
@@ -83,10 +159,28 @@ impl ArgValue {
         }
     }
 
+    /// `rabbit_misc:type_class/1`: every integer type (and `decimal`) is
+    /// `int`, `float` and `double` are `float`, other types are themselves.
+    pub fn type_class(&self) -> &'static str {
+        match self {
+            ArgValue::Int(..) | ArgValue::Decimal(..) => "int",
+            ArgValue::Float(..) => "float",
+            other => other.type_name(),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             ArgValue::Str(s) => Some(s),
             ArgValue::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value of an integer of any AMQP width.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            ArgValue::Int(i, _) => Some(*i),
             _ => None,
         }
     }
@@ -101,21 +195,23 @@ impl ArgValue {
 
     /// Erlang `==` on the *values* of two top-level header fields, which is
     /// what RabbitMQ's headers exchange uses: the AMQP type tags are not
-    /// compared, so `Str("a") == Bytes(b"a")`, `Int(1) == Float(1.0)`,
-    /// `Int(5) == Timestamp(5)`. Inside arrays and tables the type tags are
-    /// part of the Erlang term, so nested values must have the same variant.
+    /// compared, so `Str("a") == Bytes(b"a")`, `signedint 1 == long 1`,
+    /// `long 1 == double 1.0`, `long 5 == timestamp 5`. Inside arrays and
+    /// tables the type tags are part of the Erlang term (`{Type, Value}`),
+    /// so nested values must have the same AMQP type (see
+    /// [`ArgValue::typed_eq`]).
     pub fn matches_header(&self, other: &ArgValue) -> bool {
         use ArgValue::*;
         if let (Some(a), Some(b)) = (self.as_binary(), other.as_binary()) {
             return a == b;
         }
         match (self, other) {
-            (Int(a), Int(b)) => a == b,
+            (Int(a, _), Int(b, _)) => a == b,
             (Timestamp(a), Timestamp(b)) => a == b,
-            (Int(a), Timestamp(b)) | (Timestamp(b), Int(a)) => *a as i128 == *b as i128,
-            (Float(a), Float(b)) => a == b,
-            (Int(i), Float(f)) | (Float(f), Int(i)) => int_eq_float(*i as i128, *f),
-            (Timestamp(t), Float(f)) | (Float(f), Timestamp(t)) => int_eq_float(*t as i128, *f),
+            (Int(a, _), Timestamp(b)) | (Timestamp(b), Int(a, _)) => *a as i128 == *b as i128,
+            (Float(a, _), Float(b, _)) => a == b,
+            (Int(i, _), Float(f, _)) | (Float(f, _), Int(i, _)) => int_eq_float(*i as i128, *f),
+            (Timestamp(t), Float(f, _)) | (Float(f, _), Timestamp(t)) => int_eq_float(*t as i128, *f),
             (Bool(a), Bool(b)) => a == b,
             (Decimal(s1, v1), Decimal(s2, v2)) => s1 == s2 && v1 == v2,
             (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.typed_eq(y)),
@@ -125,14 +221,17 @@ impl ArgValue {
         }
     }
 
-    /// Equality of `{Type, Value}` Erlang terms: same variant, values `==`.
-    fn typed_eq(&self, other: &ArgValue) -> bool {
+    /// Erlang `==` on `{Type, Value}` terms, as array elements and table
+    /// entries are compared: the same AMQP type (so `signedint 1` is not
+    /// `long 1`, `float 1.0` is not `double 1.0`, `longstr` is not
+    /// `binary`), then equal values.
+    pub fn typed_eq(&self, other: &ArgValue) -> bool {
         use ArgValue::*;
         match (self, other) {
             (Str(a), Str(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
-            (Int(a), Int(b)) => a == b,
-            (Float(a), Float(b)) => a == b,
+            (Int(a, ta), Int(b, tb)) => ta == tb && a == b,
+            (Float(a, ta), Float(b, tb)) => ta == tb && a == b,
             (Bool(a), Bool(b)) => a == b,
             (Decimal(s1, v1), Decimal(s2, v2)) => s1 == s2 && v1 == v2,
             (Timestamp(a), Timestamp(b)) => a == b,
@@ -148,13 +247,25 @@ impl ArgValue {
         match self {
             ArgValue::Str(s) => format!("<<\"{s}\">>"),
             ArgValue::Bytes(b) => format!("<<\"{}\">>", String::from_utf8_lossy(b)),
-            ArgValue::Int(i) => i.to_string(),
-            ArgValue::Float(f) => format!("{f:?}"),
+            ArgValue::Int(i, _) => i.to_string(),
+            ArgValue::Float(f, _) => format!("{f:?}"),
             ArgValue::Bool(b) => b.to_string(),
             ArgValue::Decimal(s, v) => format!("{{{s},{v}}}"),
             ArgValue::Timestamp(t) => t.to_string(),
-            ArgValue::Array(a) => format!("{a:?}"),
-            ArgValue::Table(t) => format!("{:?}", t.0),
+            ArgValue::Array(a) => {
+                let items: Vec<String> = a
+                    .iter()
+                    .map(|v| format!("{{{},{}}}", v.type_name(), v.erl_format()))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            ArgValue::Table(t) => {
+                let items: Vec<String> =
+                    t.0.iter()
+                        .map(|(k, v)| format!("{{<<\"{k}\">>,{},{}}}", v.type_name(), v.erl_format()))
+                        .collect();
+                format!("[{}]", items.join(","))
+            }
             ArgValue::Void => "undefined".to_string(),
         }
     }

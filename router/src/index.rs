@@ -130,11 +130,29 @@ pub fn split_words(key: &str) -> impl Iterator<Item = &str> {
     it
 }
 
-/// Scratch space for trie walks.
+/// Scratch space for trie walks, reused across calls (and across tries:
+/// the marks are stamped with a counter that only ever grows, so marks left
+/// by another trie or an earlier call never look current).
 #[derive(Debug, Default)]
 pub struct TrieScratch {
     words: Vec<(u32, u32)>,
-    stack: Vec<(u32, u32)>,
+    /// Nodes active at the current word position.
+    cur: Vec<u32>,
+    /// Nodes active at the next word position.
+    next: Vec<u32>,
+    /// Per node: the stamp of the position it was last added at.
+    mark: Vec<u32>,
+    stamp: u32,
+    /// (node, position) states visited by the last walk.
+    visited: usize,
+}
+
+impl TrieScratch {
+    /// The number of (trie node, word position) states the last
+    /// [`TopicTrie::route`] visited; at most nodes × (words + 1).
+    pub fn visited_states(&self) -> usize {
+        self.visited
+    }
 }
 
 /// A trie of binding patterns; `*` and `#` are edges of their own.
@@ -253,7 +271,15 @@ impl TopicTrie {
 
     /// Calls `emit` for the destinations of every matching pattern (a
     /// destination may be reported more than once).
+    ///
+    /// A simulation of the trie as an NFA over word positions: the set of
+    /// nodes active after `i` words, each node at most once per position
+    /// (a `#` node keeps itself active as it swallows words). So a walk
+    /// visits at most nodes × (words + 1) states, whatever the patterns:
+    /// a depth-first walk that tries every way a `#` can split the key is
+    /// exponential in the number of `#`s (`#.a.#.a.….z` against `a.a.….a`).
     pub fn route(&self, key: &str, s: &mut TrieScratch, emit: &mut impl FnMut(DestId)) {
+        s.visited = 0;
         if self.len == 0 {
             return;
         }
@@ -268,32 +294,148 @@ impl TopicTrie {
             }
             s.words.push((start, key.len() as u32));
         }
-        let n = s.words.len() as u32;
-        s.stack.clear();
-        s.stack.push((0, 0));
-        while let Some((id, i)) = s.stack.pop() {
-            let node = &self.nodes[id as usize];
-            if node.hash != NONE {
-                // `#` swallows zero or more words.
-                for j in i..=n {
-                    s.stack.push((node.hash, j));
+        let n = s.words.len();
+        if s.mark.len() < self.nodes.len() {
+            s.mark.resize(self.nodes.len(), 0);
+        }
+        // This walk uses stamps s.stamp + 1 ..= s.stamp + n + 1 and leaves
+        // s.stamp at the last one used.
+        if s.stamp as u64 + n as u64 + 2 >= u32::MAX as u64 {
+            s.mark.iter_mut().for_each(|m| *m = 0);
+            s.stamp = 0;
+        }
+        s.stamp += 1;
+        s.cur.clear();
+        s.next.clear();
+        s.mark[0] = s.stamp;
+        s.cur.push(0);
+        let mut i = 0usize;
+        loop {
+            let stamp = s.stamp;
+            let next_stamp = stamp + 1;
+            let last = i == n;
+            let word = if last {
+                ""
+            } else {
+                let (a, b) = s.words[i];
+                &key[a as usize..b as usize]
+            };
+            // `cur` grows while it is scanned: `#` children join the
+            // position their parent is at (the `#` matching zero words).
+            let mut k = 0;
+            while k < s.cur.len() {
+                let id = s.cur[k];
+                k += 1;
+                let node = &self.nodes[id as usize];
+                if node.hash != NONE && s.mark[node.hash as usize] != stamp {
+                    s.mark[node.hash as usize] = stamp;
+                    s.cur.push(node.hash);
+                }
+                if last {
+                    for d in node.dests.iter() {
+                        emit(d);
+                    }
+                    continue;
+                }
+                let mut advance = |c: u32| {
+                    if s.mark[c as usize] != next_stamp {
+                        s.mark[c as usize] = next_stamp;
+                        s.next.push(c);
+                    }
+                };
+                if matches!(node.edge, Edge::Hash) {
+                    // `#` swallows this word and stays.
+                    advance(id);
+                }
+                if node.star != NONE {
+                    advance(node.star);
+                }
+                if !node.lit.is_empty() {
+                    if let Some(&c) = node.lit.get(word) {
+                        advance(c);
+                    }
                 }
             }
-            if i == n {
-                for d in node.dests.iter() {
-                    emit(d);
-                }
-                continue;
+            s.visited += s.cur.len();
+            if last {
+                break;
             }
-            if node.star != NONE {
-                s.stack.push((node.star, i + 1));
+            std::mem::swap(&mut s.cur, &mut s.next);
+            s.next.clear();
+            s.stamp = next_stamp;
+            if s.cur.is_empty() {
+                break;
             }
-            if !node.lit.is_empty() {
-                let (a, b) = s.words[i as usize];
-                if let Some(&c) = node.lit.get(&key[a as usize..b as usize]) {
-                    s.stack.push((c, i + 1));
-                }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(t: &TopicTrie, key: &str, s: &mut TrieScratch) -> Vec<DestId> {
+        let mut out = Vec::new();
+        t.route(key, s, &mut |d| out.push(d));
+        out.sort_by_key(|d| match d {
+            DestId::Queue(q) | DestId::Exchange(q) => *q,
+        });
+        out.dedup();
+        out
+    }
+
+    /// `#.a.` × 12 then `z` against 60 `a`s: a walk that tries every split
+    /// of the key among the `#`s is exponential here (it never finished);
+    /// the position-by-position walk visits each (node, position) once.
+    #[test]
+    fn many_hashes_against_a_long_key_stay_polynomial() {
+        let mut t = TopicTrie::default();
+        let pattern = format!("{}z", "#.a.".repeat(12));
+        t.add(&pattern, DestId::Queue(1));
+        let nodes = t.nodes.len();
+        assert_eq!(nodes, 1 + 24 + 1);
+        let mut s = TrieScratch::default();
+        let key = vec!["a"; 60].join(".");
+        assert!(matches(&t, &key, &mut s).is_empty());
+        assert!(s.visited_states() <= nodes * 61, "{}", s.visited_states());
+        assert!(s.visited_states() > 0);
+        let key_z = format!("{key}.z");
+        assert_eq!(matches(&t, &key_z, &mut s), [DestId::Queue(1)]);
+        assert!(s.visited_states() <= nodes * 62, "{}", s.visited_states());
+        // Exactly twelve `a`s are needed before the `z`.
+        let short = format!("{}z", "a.".repeat(11));
+        assert!(matches(&t, &short, &mut s).is_empty());
+        let enough = format!("{}z", "x.a.".repeat(12));
+        assert_eq!(matches(&t, &enough, &mut s), [DestId::Queue(1)]);
+        // Other patterns in the same trie are unaffected.
+        t.add("a.#", DestId::Queue(2));
+        t.add("#", DestId::Queue(3));
+        assert_eq!(
+            matches(&t, &key_z, &mut s),
+            [DestId::Queue(1), DestId::Queue(2), DestId::Queue(3)]
+        );
+        assert_eq!(matches(&t, "", &mut s), [DestId::Queue(3)]);
+    }
+
+    /// Marks survive across tries and calls without false positives, and
+    /// the stamp counter wraps safely.
+    #[test]
+    fn scratch_is_reusable_across_tries_and_stamp_wrap() {
+        let mut a = TopicTrie::default();
+        a.add("x.*.z", DestId::Queue(1));
+        a.add("#.z", DestId::Queue(2));
+        let mut b = TopicTrie::default();
+        b.add("*", DestId::Queue(3));
+        let mut s = TrieScratch::default();
+        for round in 0..3 {
+            if round == 2 {
+                s.stamp = u32::MAX - 3;
             }
+            assert_eq!(matches(&a, "x.y.z", &mut s), [DestId::Queue(1), DestId::Queue(2)]);
+            assert_eq!(matches(&b, "x", &mut s), [DestId::Queue(3)]);
+            assert!(matches(&b, "x.y", &mut s).is_empty());
+            assert_eq!(matches(&a, "z", &mut s), [DestId::Queue(2)]);
         }
     }
 }

@@ -9,7 +9,7 @@ mod headers;
 mod index;
 mod router;
 
-pub use args::{ArgValue, Args};
+pub use args::{ArgValue, Args, FloatType, IntType};
 pub use headers::XMatch;
 pub use router::{DeletedExchange, RouteScratch, Router};
 

@@ -100,6 +100,13 @@ impl RouteScratch {
         RouteScratch::default()
     }
 
+    /// How many (trie node, word position) states the last topic-exchange
+    /// walk made with this scratch visited (a diagnostic: it is at most the
+    /// trie's node count × (words in the key + 1)).
+    pub fn topic_states_visited(&self) -> usize {
+        self.trie.visited_states()
+    }
+
     fn begin(&mut self, nx: usize, nq: usize) -> u32 {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
@@ -328,9 +335,11 @@ impl Router {
         match (c, r) {
             (None, None) => Ok(()),
             (Some(c), Some(r)) => {
+                // {Same, Same}, or the same type class (all integer widths
+                // are `int`, float/double are `float`) and equal values.
                 let same_class =
-                    c.type_name() == r.type_name() || (c.as_str().is_some() && r.as_str().is_some());
-                if same_class && c.matches_header(r) {
+                    c.type_class() == r.type_class() || (c.as_str().is_some() && r.as_str().is_some());
+                if c == r || (same_class && c.matches_header(r)) {
                     Ok(())
                 } else {
                     Err(self.inequivalent(x, AE, &raw_val(r), &raw_val(c)))

@@ -51,7 +51,7 @@ fn route_does_not_allocate_in_steady_state() {
             Binding::queue("amq.headers", &q, "").with_args(
                 Args::new()
                     .with("x-match", ArgValue::Str("any".into()))
-                    .with("n", ArgValue::Int(i % 3)),
+                    .with("n", ArgValue::long(i % 3)),
             ),
         )
         .unwrap();
@@ -63,7 +63,7 @@ fn route_does_not_allocate_in_steady_state() {
     r.bind(Binding::exchange("e", "amq.direct", "k.#")).unwrap();
     r.bind(Binding::exchange("amq.direct", "e", "k1")).unwrap();
     let hdrs = Args::new()
-        .with("n", ArgValue::Int(1))
+        .with("n", ArgValue::long(1))
         .with("z", ArgValue::Bool(true));
     let calls: Vec<(&str, &str, Option<&Args>)> = vec![
         ("amq.topic", "a.7.b.c", None),

@@ -195,7 +195,7 @@ fn declare_and_equivalence() {
     );
     // Arguments: like RabbitMQ, only alternate-exchange is compared.
     let mut d = def("x", ExchangeKind::Direct);
-    d.arguments = Args::new().with("x-whatever", ArgValue::Int(1));
+    d.arguments = Args::new().with("x-whatever", ArgValue::long(1));
     assert_eq!(r.declare_exchange(d).unwrap(), Declared::Existed);
     let mut d = def("x", ExchangeKind::Direct);
     d.arguments = Args::new().with("alternate-exchange", s("ae"));
@@ -299,8 +299,8 @@ fn bind_errors() {
 #[test]
 fn binding_identity_and_args_order() {
     let mut r = r();
-    let a = Args::new().with("a", ArgValue::Int(1)).with("b", s("x"));
-    let b = Args::new().with("b", s("x")).with("a", ArgValue::Int(1));
+    let a = Args::new().with("a", ArgValue::long(1)).with("b", s("x"));
+    let b = Args::new().with("b", s("x")).with("a", ArgValue::long(1));
     assert_eq!(a, b);
     assert!(r
         .bind(Binding::queue("amq.direct", "q1", "k").with_args(a.clone()))
@@ -472,16 +472,156 @@ fn headers_x_keys_and_with_x() {
 #[test]
 fn headers_value_semantics() {
     let mut r = r();
-    r.bind(Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("n", ArgValue::Int(1))))
+    r.bind(Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("n", ArgValue::long(1))))
         .unwrap();
     r.bind(Binding::queue("amq.headers", "q2", "").with_args(Args::new().with("present", ArgValue::Void)))
         .unwrap();
     let h = |a: Args| route_h(&r, "amq.headers", "", Some(&a));
     // Erlang `==`: 1 == 1.0.
-    assert_eq!(h(Args::new().with("n", ArgValue::Float(1.0))), ["q1"]);
+    assert_eq!(h(Args::new().with("n", ArgValue::double(1.0))), ["q1"]);
     assert_eq!(h(Args::new().with("n", ArgValue::Timestamp(1))), ["q1"]);
     assert!(h(Args::new().with("n", s("1"))).is_empty());
     assert_eq!(h(Args::new().with("present", ArgValue::Bool(false))), ["q2"]);
+    // Top level: integer widths and float/double are not compared.
+    for v in [
+        ArgValue::Int(1, IntType::Byte),
+        ArgValue::Int(1, IntType::UnsignedByte),
+        ArgValue::Int(1, IntType::Short),
+        ArgValue::Int(1, IntType::UnsignedShort),
+        ArgValue::signedint(1),
+        ArgValue::Int(1, IntType::UnsignedInt),
+        ArgValue::Float(1.0, FloatType::Float),
+    ] {
+        assert_eq!(h(Args::new().with("n", v.clone())), ["q1"], "{v:?}");
+    }
+}
+
+/// Inside arrays and tables values are Erlang `{Type, Value}` terms, so the
+/// AMQP types must agree (`[{signedint,1}]` is not `[{long,1}]`).
+#[test]
+fn headers_nested_values_compare_with_types() {
+    let mut r = r();
+    let arr = |v: ArgValue| ArgValue::Array(vec![v]);
+    r.bind(
+        Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("a", arr(ArgValue::signedint(1)))),
+    )
+    .unwrap();
+    r.bind(
+        Binding::queue("amq.headers", "q2", "")
+            .with_args(Args::new().with("t", ArgValue::Table(Args::new().with("k", ArgValue::double(1.0))))),
+    )
+    .unwrap();
+    r.bind(Binding::queue("amq.headers", "q3", "").with_args(Args::new().with("a", arr(s("1")))))
+        .unwrap();
+    let h = |a: Args| route_h(&r, "amq.headers", "", Some(&a));
+    assert_eq!(h(Args::new().with("a", arr(ArgValue::signedint(1)))), ["q1"]);
+    assert!(h(Args::new().with("a", arr(ArgValue::long(1)))).is_empty());
+    assert!(h(Args::new().with("a", arr(ArgValue::Int(1, IntType::UnsignedInt)))).is_empty());
+    assert!(h(Args::new().with("a", arr(ArgValue::double(1.0)))).is_empty());
+    assert!(h(Args::new().with("a", arr(ArgValue::signedint(2)))).is_empty());
+    assert!(h(Args::new().with("a", arr(ArgValue::Bytes(b"1".to_vec())))).is_empty());
+    assert_eq!(h(Args::new().with("a", arr(s("1")))), ["q3"]);
+    let tbl = |v: ArgValue| ArgValue::Table(Args::new().with("k", v));
+    assert_eq!(h(Args::new().with("t", tbl(ArgValue::double(1.0)))), ["q2"]);
+    assert!(h(Args::new().with("t", tbl(ArgValue::Float(1.0, FloatType::Float)))).is_empty());
+    assert!(h(Args::new().with("t", tbl(ArgValue::long(1)))).is_empty());
+}
+
+#[test]
+fn arg_type_names() {
+    let names: Vec<&str> = [
+        ArgValue::Int(-1, IntType::Byte),
+        ArgValue::Int(1, IntType::UnsignedByte),
+        ArgValue::Int(1, IntType::Short),
+        ArgValue::Int(1, IntType::UnsignedShort),
+        ArgValue::signedint(1),
+        ArgValue::Int(1, IntType::UnsignedInt),
+        ArgValue::long(1),
+        ArgValue::Float(1.0, FloatType::Float),
+        ArgValue::double(1.0),
+        s("x"),
+        ArgValue::Bytes(vec![1]),
+        ArgValue::Timestamp(1),
+        ArgValue::Decimal(1, 1),
+        ArgValue::Void,
+    ]
+    .iter()
+    .map(ArgValue::type_name)
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "byte",
+            "unsignedbyte",
+            "short",
+            "unsignedshort",
+            "signedint",
+            "unsignedint",
+            "long",
+            "float",
+            "double",
+            "longstr",
+            "binary",
+            "timestamp",
+            "decimal",
+            "void"
+        ]
+    );
+    assert_eq!(ArgValue::signedint(1).type_class(), "int");
+    assert_eq!(ArgValue::Float(1.0, FloatType::Float).type_class(), "float");
+}
+
+/// Binding identity includes the AMQP types of the arguments.
+#[test]
+fn binding_identity_keeps_integer_types() {
+    let mut r = r();
+    let b = |v: ArgValue| Binding::queue("amq.direct", "q1", "k").with_args(Args::new().with("n", v));
+    assert!(r.bind(b(ArgValue::signedint(1))).unwrap());
+    assert!(r.bind(b(ArgValue::long(1))).unwrap());
+    assert!(!r.bind(b(ArgValue::signedint(1))).unwrap());
+    assert!(r.bind(b(ArgValue::Float(1.0, FloatType::Float))).unwrap());
+    assert!(r.bind(b(ArgValue::double(1.0))).unwrap());
+    assert_eq!(r.bindings_for_queue("q1").len(), 4);
+    let mut got: Vec<ArgValue> = r
+        .bindings_for_queue("q1")
+        .into_iter()
+        .map(|b| b.arguments.get("n").unwrap().clone())
+        .collect();
+    got.sort_by_key(|v| v.type_name());
+    assert_eq!(
+        got,
+        [
+            ArgValue::double(1.0),
+            ArgValue::Float(1.0, FloatType::Float),
+            ArgValue::long(1),
+            ArgValue::signedint(1)
+        ]
+    );
+    assert_eq!(r.unbind(&b(ArgValue::long(1))).unwrap(), (true, vec![]));
+    assert_eq!(r.bindings_for_queue("q1").len(), 3);
+}
+
+/// `#.a.` × 12 then `z` against a 60-word key: exponential for a walk that
+/// tries every split of the key among the `#`s; must finish promptly.
+#[test]
+fn pathological_topic_pattern_routes() {
+    let mut r = r();
+    let pattern = format!("{}z", "#.a.".repeat(12));
+    r.bind(Binding::queue("amq.topic", "q1", &pattern)).unwrap();
+    r.bind(Binding::queue("amq.topic", "q2", "a.#.a")).unwrap();
+    let key = vec!["a"; 60].join(".");
+    assert_eq!(route(&r, "amq.topic", &key), ["q2"]);
+    assert_eq!(route(&r, "amq.topic", &format!("{key}.z")), ["q1"]);
+    assert_eq!(route(&r, "amq.topic", &format!("{}z", "a.".repeat(12))), ["q1"]);
+    assert!(route(&r, "amq.topic", &format!("{}z", "a.".repeat(11))).is_empty());
+    // Each (trie node, word position) state is visited at most once: the
+    // trie has 1 + 24 + 1 + 3 nodes, the key 61 positions.
+    let mut scratch = RouteScratch::new();
+    let mut out = Vec::new();
+    r.route_with("amq.topic", &key, None, &mut out, &mut scratch)
+        .unwrap();
+    let visited = scratch.topic_states_visited();
+    assert!(visited > 0 && visited <= 29 * 61, "{visited}");
 }
 
 #[test]
@@ -495,11 +635,31 @@ fn headers_invalid_x_match() {
     );
     err(
         r.bind(
-            Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("x-match", ArgValue::Int(5))),
+            Binding::queue("amq.headers", "q1", "").with_args(Args::new().with("x-match", ArgValue::long(5))),
         )
         .unwrap_err(),
         ErrorKind::PreconditionFailed,
         "Invalid x-match field type long (value 5); expected longstr",
+    );
+    err(
+        r.bind(
+            Binding::queue("amq.headers", "q1", "")
+                .with_args(Args::new().with("x-match", ArgValue::signedint(1))),
+        )
+        .unwrap_err(),
+        ErrorKind::PreconditionFailed,
+        "Invalid x-match field type signedint (value 1); expected longstr",
+    );
+    err(
+        r.bind(
+            Binding::queue("amq.headers", "q1", "").with_args(Args::new().with(
+                "x-match",
+                ArgValue::Array(vec![ArgValue::Int(1, IntType::UnsignedByte), s("a")]),
+            )),
+        )
+        .unwrap_err(),
+        ErrorKind::PreconditionFailed,
+        "Invalid x-match field type array (value [{unsignedbyte,1},{longstr,<<\"a\">>}]); expected longstr",
     );
     // Non-headers exchanges do not validate.
     r.bind(Binding::queue("amq.direct", "q1", "").with_args(Args::new().with("x-match", s("some"))))

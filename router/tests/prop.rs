@@ -108,17 +108,21 @@ enum Norm {
     Num(f64),
     Bool(bool),
     Void,
+    /// Array elements are Erlang `{Type, Value}` terms: the type is kept.
+    Arr(Vec<(&'static str, Norm)>),
 }
 
+/// The Erlang value of a field (what top-level `==` compares).
 fn norm(v: &ArgValue) -> Norm {
     match v {
         ArgValue::Str(s) => Norm::Bin(s.as_bytes().to_vec()),
         ArgValue::Bytes(b) => Norm::Bin(b.clone()),
-        ArgValue::Int(i) => Norm::Num(*i as f64),
+        ArgValue::Int(i, _) => Norm::Num(*i as f64),
         ArgValue::Timestamp(t) => Norm::Num(*t as f64),
-        ArgValue::Float(f) => Norm::Num(*f),
+        ArgValue::Float(f, _) => Norm::Num(*f),
         ArgValue::Bool(b) => Norm::Bool(*b),
         ArgValue::Void => Norm::Void,
+        ArgValue::Array(a) => Norm::Arr(a.iter().map(|x| (x.type_name(), norm(x))).collect()),
         other => panic!("not generated: {other:?}"),
     }
 }
@@ -149,18 +153,43 @@ fn headers_ref(binding: &[(String, ArgValue)], data: &[(String, ArgValue)]) -> b
     }
 }
 
-fn hvalue() -> impl Strategy<Value = ArgValue> {
+fn scalar() -> impl Strategy<Value = ArgValue> {
     prop_oneof![
         Just(ArgValue::Str("1".into())),
         Just(ArgValue::Bytes(b"1".to_vec())),
         Just(ArgValue::Str("x".into())),
-        Just(ArgValue::Int(1)),
-        Just(ArgValue::Int(2)),
-        Just(ArgValue::Float(1.0)),
-        Just(ArgValue::Float(1.5)),
+        Just(ArgValue::long(1)),
+        Just(ArgValue::signedint(1)),
+        Just(ArgValue::Int(1, IntType::UnsignedByte)),
+        Just(ArgValue::long(2)),
+        Just(ArgValue::Int(2, IntType::Short)),
+        Just(ArgValue::double(1.0)),
+        Just(ArgValue::Float(1.0, FloatType::Float)),
+        Just(ArgValue::double(1.5)),
+        Just(ArgValue::Float(1.5, FloatType::Float)),
         Just(ArgValue::Timestamp(2)),
         Just(ArgValue::Bool(true)),
         Just(ArgValue::Void),
+    ]
+}
+
+fn hvalue() -> impl Strategy<Value = ArgValue> {
+    prop_oneof![
+        4 => scalar(),
+        1 => proptest::collection::vec(
+            proptest::sample::select(vec![
+                ArgValue::long(1),
+                ArgValue::signedint(1),
+                ArgValue::double(1.0),
+                ArgValue::Float(1.0, FloatType::Float),
+                ArgValue::Str("1".into()),
+                ArgValue::Bytes(b"1".to_vec()),
+                ArgValue::Timestamp(1),
+            ]),
+            0..3
+        )
+        .prop_map(ArgValue::Array),
+        1 => proptest::collection::vec(scalar(), 1..3).prop_map(ArgValue::Array),
     ]
 }
 
@@ -225,6 +254,72 @@ proptest! {
             prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "message {:?}", m);
         }
     }
+}
+
+/// Every pair of a set of values (scalars of every type, and arrays of
+/// them), one key on each side, against the reference: top-level `==`
+/// ignores AMQP types, array elements compare with them.
+#[test]
+fn header_value_equality_matches_reference_exhaustively() {
+    let scalars = [
+        ArgValue::Str("1".into()),
+        ArgValue::Bytes(b"1".to_vec()),
+        ArgValue::Str("x".into()),
+        ArgValue::Int(1, IntType::Byte),
+        ArgValue::Int(1, IntType::UnsignedByte),
+        ArgValue::Int(1, IntType::Short),
+        ArgValue::Int(1, IntType::UnsignedShort),
+        ArgValue::signedint(1),
+        ArgValue::Int(1, IntType::UnsignedInt),
+        ArgValue::long(1),
+        ArgValue::long(2),
+        ArgValue::Float(1.0, FloatType::Float),
+        ArgValue::double(1.0),
+        ArgValue::double(1.5),
+        ArgValue::Timestamp(1),
+        ArgValue::Bool(true),
+        ArgValue::Void,
+    ];
+    let mut values: Vec<ArgValue> = scalars.to_vec();
+    values.extend(scalars.iter().map(|v| ArgValue::Array(vec![v.clone()])));
+    values.push(ArgValue::Array(vec![]));
+    values.push(ArgValue::Array(vec![
+        ArgValue::long(1),
+        ArgValue::Str("1".into()),
+    ]));
+    values.push(ArgValue::Array(vec![
+        ArgValue::signedint(1),
+        ArgValue::Str("1".into()),
+    ]));
+    let mut r = Router::new("/");
+    for (i, v) in values.iter().enumerate() {
+        let q = format!("q{i}");
+        r.declare_queue(q.as_str().into());
+        r.bind(Binding::queue("amq.headers", &q, "").with_args(Args::new().with("k", v.clone())))
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    let mut matched_pairs = 0;
+    for w in &values {
+        r.route(
+            "amq.headers",
+            "",
+            Some(&Args::new().with("k", w.clone())),
+            &mut out,
+        )
+        .unwrap();
+        let got = sorted(&out);
+        let want: BTreeSet<String> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, ArgValue::Void) || norm(v) == norm(w))
+            .map(|(i, _)| format!("q{i}"))
+            .collect();
+        matched_pairs += want.len();
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "message value {w:?}");
+    }
+    // Sanity: the reference is neither everything nor nothing.
+    assert!(matched_pairs > values.len() * 2 && matched_pairs < values.len() * values.len() / 2);
 }
 
 // ---------------------------------------------------------------- graphs
