@@ -424,6 +424,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
+            shared.log.seal_all();
             shared.wake.lock().shutdown = true;
             shared.cv.notify_all();
             if let Some(h) = self.flusher.take() {
@@ -579,6 +580,10 @@ impl Store {
             }),
         };
         store.remove_orphan_state(&known)?;
+        if recovery.scanned_segments > 0 {
+            // their new footers
+            store.request_flush();
+        }
         Ok(store)
     }
 
@@ -908,7 +913,10 @@ impl Store {
     }
 
     /// Marks the store as closed cleanly (call after the last `put_queue_count`; durable on return).
+    /// Also seals every queue's current segment (appends after this start new ones), so that the
+    /// next open reads only segment footers.
     pub fn mark_clean_shutdown(&self) -> Result<()> {
+        self.sh().log.seal_all();
         self.db().insert(keys::CLEAN_KEY, &[1u8])?;
         self.sh().bump_sled(keys::CLEAN_KEY.len() + 1);
         self.flush_blocking()

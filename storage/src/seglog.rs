@@ -27,6 +27,12 @@ const ACK_HEADER: usize = 8;
 const PENDING_MAX: usize = 1 << 20;
 /// Reads fetch this much of a segment at a time (more if one record is larger).
 const READ_CHUNK: usize = 256 << 10;
+/// A sealed segment ends with a footer describing its records, so that `open` need not read it:
+/// `[n_runs × (start u64 BE, len u32 BE)][n_runs u32 BE][records u32 BE][data_len u64 BE]
+///  [crc32 u32 BE of all of the footer before it][FOOTER_MAGIC]`.
+const FOOTER_MAGIC: &[u8; 8] = b"MRSEGEND";
+const FOOTER_TAIL: usize = 28;
+const FOOTER_RUN: usize = 12;
 
 fn queue_dir_name(id: u32) -> String {
     format!("{id:08x}")
@@ -89,6 +95,92 @@ fn parse_record(buf: &[u8]) -> Result<Option<(usize, u64)>, usize> {
     }
     let seq = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
     Ok(Some((total, seq)))
+}
+
+fn encode_footer(seqs: &Seqs, data_len: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    for r in &seqs.runs {
+        out.extend_from_slice(&r.start.to_be_bytes());
+        out.extend_from_slice(&r.len.to_be_bytes());
+    }
+    out.extend_from_slice(&(seqs.runs.len() as u32).to_be_bytes());
+    out.extend_from_slice(&seqs.n.to_be_bytes());
+    out.extend_from_slice(&data_len.to_be_bytes());
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(FOOTER_MAGIC);
+}
+
+/// A segment's footer, if it has a valid one: its seqs and the length of its records.
+fn read_footer(f: &File, file_len: u64) -> io::Result<Option<(Seqs, u64)>> {
+    if file_len < FOOTER_TAIL as u64 {
+        return Ok(None);
+    }
+    let mut tail = [0u8; FOOTER_TAIL];
+    f.read_exact_at(&mut tail, file_len - FOOTER_TAIL as u64)?;
+    if &tail[20..28] != FOOTER_MAGIC {
+        return Ok(None);
+    }
+    let be32 = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
+    let n_runs = be32(&tail[0..4]) as u64;
+    let n = be32(&tail[4..8]);
+    let data_len = u64::from_be_bytes(tail[8..16].try_into().expect("8 bytes"));
+    let body_len = n_runs * FOOTER_RUN as u64;
+    if data_len.checked_add(body_len + FOOTER_TAIL as u64) != Some(file_len) {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; body_len as usize];
+    f.read_exact_at(&mut body, data_len)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&body);
+    h.update(&tail[0..16]);
+    if h.finalize() != be32(&tail[16..20]) {
+        return Ok(None);
+    }
+    let mut seqs = Seqs::default();
+    for c in body.chunks_exact(FOOTER_RUN) {
+        let start = u64::from_be_bytes(c[0..8].try_into().expect("8 bytes"));
+        let len = be32(&c[8..12]);
+        let ordered = seqs.last().is_none_or(|l| start > l);
+        if len == 0 || !ordered || start.checked_add(len as u64 - 1).is_none() {
+            return Ok(None);
+        }
+        seqs.runs.push(Run {
+            start,
+            len,
+            rank0: seqs.n,
+        });
+        seqs.n = match seqs.n.checked_add(len) {
+            Some(n) => n,
+            None => return Ok(None),
+        };
+    }
+    Ok((seqs.n == n).then_some((seqs, data_len)))
+}
+
+/// The valid records at the start of a segment's bytes, as (seq, end offset), and the length of
+/// that valid prefix. Records must have seqs in `first..next_first`, strictly increasing.
+fn scan_records(buf: &[u8], first: u64, next_first: Option<u64>) -> (Vec<(u64, u64)>, usize) {
+    let mut recs = Vec::new();
+    let mut pos = 0usize;
+    let mut prev: Option<u64> = None;
+    while pos < buf.len() {
+        let Ok(Some((total, seq))) = parse_record(&buf[pos..]) else {
+            break;
+        };
+        let in_order = seq >= first && prev.is_none_or(|p| seq > p) && next_first.is_none_or(|n| seq < n);
+        if !in_order {
+            break;
+        }
+        pos += total;
+        recs.push((seq, pos as u64));
+        prev = Some(seq);
+    }
+    (recs, pos)
+}
+
+fn footer_len(runs: usize) -> u64 {
+    (runs * FOOTER_RUN + FOOTER_TAIL) as u64
 }
 
 fn encode_ack_batch(seqs: &[u64], out: &mut Vec<u8>) {
@@ -353,6 +445,8 @@ struct Segment {
     seqs: Seqs,
     acked: Bits,
     live: u32,
+    /// Sealed (a footer follows the records, nothing is appended any more): where the records end.
+    sealed_len: Option<u64>,
     /// Some record may have a `0x11` state key in sled.
     has_states: bool,
     seg: LogFile,
@@ -360,6 +454,32 @@ struct Segment {
 }
 
 impl Segment {
+    fn new(seg: LogFile, ack: LogFile) -> Segment {
+        Segment {
+            seqs: Seqs::default(),
+            acked: Bits::default(),
+            live: 0,
+            sealed_len: None,
+            has_states: false,
+            seg,
+            ack,
+        }
+    }
+
+    /// Appends the footer to the write buffer.
+    fn seal(&mut self) {
+        if self.sealed_len.is_none() {
+            let data_len = self.seg.len();
+            encode_footer(&self.seqs, data_len, &mut self.seg.pending);
+            self.sealed_len = Some(data_len);
+        }
+    }
+
+    /// End of the records in the file (once the buffer is written out).
+    fn data_end(&self) -> u64 {
+        self.sealed_len.unwrap_or(self.seg.written)
+    }
+
     fn first_live(&self) -> Option<u64> {
         self.acked.first_clear(self.seqs.n).map(|r| self.seqs.seq_at(r))
     }
@@ -459,6 +579,19 @@ impl QueueLog {
     fn live(&self) -> u64 {
         self.segs.values().map(|s| s.live as u64).sum()
     }
+
+    /// Seals the write segment, if any: appends go to a new segment from now on.
+    fn seal_write_seg(&mut self) -> bool {
+        let Some(w) = self.write_seg.take() else {
+            return false;
+        };
+        let Some(seg) = self.segs.get_mut(&w) else {
+            return false;
+        };
+        seg.seal();
+        self.dirty_segs.insert(w);
+        true
+    }
 }
 
 /// What `MsgLog::delete` leaves to sled: state keys to remove.
@@ -486,6 +619,8 @@ pub(crate) struct Recovery {
     pub orphan_queues: Vec<u32>,
     /// Segment or ack files whose torn tail was cut off.
     pub truncated_files: usize,
+    /// Segments read whole because they had no valid footer (the write segments of a crash).
+    pub scanned_segments: usize,
 }
 
 impl MsgLog {
@@ -503,6 +638,7 @@ impl MsgLog {
         let mut rec = Recovery {
             orphan_queues: Vec::new(),
             truncated_files: 0,
+            scanned_segments: 0,
         };
         let mut buf = Vec::new();
         let mut changed_root = false;
@@ -531,7 +667,7 @@ impl MsgLog {
             }
             let mut q = QueueLog::new(id, root);
             q.dir_exists = true;
-            let changed = Self::load_queue(&mut q, &mut buf, &mut rec)?;
+            let changed = log.load_queue(&mut q, &mut buf, &mut rec)?;
             if q.segs.is_empty() {
                 fs::remove_dir_all(&path).map_err(io_err(&path))?;
                 changed_root = true;
@@ -548,7 +684,7 @@ impl MsgLog {
     }
 
     /// Reads one queue's segments and acks. Returns whether files were changed.
-    fn load_queue(q: &mut QueueLog, buf: &mut Vec<u8>, rec: &mut Recovery) -> Result<bool> {
+    fn load_queue(&self, q: &mut QueueLog, buf: &mut Vec<u8>, rec: &mut Recovery) -> Result<bool> {
         let mut segs = BTreeSet::new();
         let mut acks = BTreeSet::new();
         for e in fs::read_dir(&q.dir).map_err(io_err(&q.dir))? {
@@ -569,13 +705,11 @@ impl MsgLog {
             changed = true;
         }
         let firsts: Vec<u64> = segs.into_iter().collect();
-        // (first, end offset of the last live record, its rank)
-        let mut last_live: Option<(u64, u64, u32)> = None;
         for (i, &first) in firsts.iter().enumerate() {
             let next_first = firsts.get(i + 1).copied();
             // acks
             let apath = ack_path(&q.dir, first);
-            let mut acked_seqs = match fs::read(&apath) {
+            let (acked_seqs, ack_len) = match fs::read(&apath) {
                 Ok(b) => {
                     let (seqs, valid) = parse_acks(&b);
                     if valid < b.len() {
@@ -584,62 +718,53 @@ impl MsgLog {
                         rec.truncated_files += 1;
                         changed = true;
                     }
-                    seqs
+                    (seqs, valid as u64)
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), 0),
                 Err(e) => return Err(io_err(&apath)(e)),
             };
-            acked_seqs.sort_unstable();
-            acked_seqs.dedup();
-            // records
+            // records: from the footer, else by reading the segment
             let spath = seg_path(&q.dir, first);
-            let mut f = File::open(&spath).map_err(io_err(&spath))?;
-            buf.clear();
-            io::Read::read_to_end(&mut f, buf).map_err(io_err(&spath))?;
-            drop(f);
-            let mut seg = Segment {
-                seqs: Seqs::default(),
-                acked: Bits::default(),
-                live: 0,
-                has_states: false,
-                seg: LogFile::existing(spath.clone(), 0),
-                ack: LogFile::existing(apath, 0),
-            };
-            let mut pos = 0usize;
-            let mut prev: Option<u64> = None;
-            let mut seg_last_live = None;
-            while pos < buf.len() {
-                let (total, seq) = match parse_record(&buf[pos..]) {
-                    Ok(Some(r)) => r,
-                    _ => break,
-                };
-                let in_order =
-                    seq >= first && prev.is_none_or(|p| seq > p) && next_first.is_none_or(|n| seq < n);
-                if !in_order {
-                    break;
+            let f = File::open(&spath).map_err(io_err(&spath))?;
+            let file_len = f.metadata().map_err(io_err(&spath))?.len();
+            let footer = read_footer(&f, file_len)
+                .map_err(io_err(&spath))?
+                .filter(|(s, _)| {
+                    s.runs.first().is_some_and(|r| r.start >= first)
+                        && next_first.is_none_or(|n| s.last().is_some_and(|l| l < n))
+                });
+            let mut seg = Segment::new(
+                LogFile::existing(spath.clone(), file_len),
+                LogFile::existing(apath, ack_len),
+            );
+            match footer {
+                Some((seqs, data_len)) => {
+                    seg.seqs = seqs;
+                    seg.sealed_len = Some(data_len);
                 }
-                let rank = seg.seqs.n;
-                seg.seqs.push(seq);
-                if acked_seqs.binary_search(&seq).is_ok() {
-                    seg.acked.set(rank);
-                } else {
-                    seg.live += 1;
-                    seg_last_live = Some(((pos + total) as u64, rank));
+                None => {
+                    rec.scanned_segments += 1;
+                    buf.clear();
+                    io::Read::read_to_end(&mut &f, buf).map_err(io_err(&spath))?;
+                    let (recs, valid) = scan_records(buf, first, next_first);
+                    if (valid as u64) < file_len {
+                        tracing::warn!(path = %spath.display(), valid, len = file_len, "truncating a torn segment tail");
+                        truncate_file(&spath, valid as u64)?;
+                        rec.truncated_files += 1;
+                        changed = true;
+                    }
+                    seg.seg.written = valid as u64;
+                    for (s, _) in recs {
+                        seg.seqs.push(s);
+                    }
                 }
-                prev = Some(seq);
-                pos += total;
             }
-            if pos < buf.len() {
-                tracing::warn!(path = %spath.display(), valid = pos, len = buf.len(), "truncating a torn segment tail");
-                truncate_file(&spath, pos as u64)?;
-                rec.truncated_files += 1;
-                changed = true;
+            for s in acked_seqs {
+                if let Some(r) = seg.seqs.rank(s) {
+                    seg.acked.set(r);
+                }
             }
-            seg.seg.written = pos as u64;
-            seg.ack.written = fs::metadata(&seg.ack.path).map_or(0, |m| m.len());
-            if let Some((end, rank)) = seg_last_live {
-                last_live = Some((first, end, rank));
-            }
+            seg.live = (0..seg.seqs.n).filter(|r| !seg.acked.get(*r)).count() as u32;
             q.segs.insert(first, seg);
         }
         // Fully acked segments go (none is being written to). The acked tail of the last segment
@@ -657,16 +782,46 @@ impl MsgLog {
                 changed = true;
             }
         }
-        if let Some((first, end, rank)) = last_live {
-            let seg = q.segs.get_mut(&first).expect("segment with live messages");
-            if seg.seg.written > end {
-                truncate_file(&seg.seg.path, end)?;
-                seg.seg.written = end;
-                seg.seqs.truncate(rank + 1);
-                seg.acked.truncate(rank + 1);
+        if let Some((&first, seg)) = q.segs.iter_mut().next_back() {
+            let last_rank = seg.acked.last_clear(seg.seqs.n).expect("live segment");
+            if last_rank + 1 < seg.seqs.n {
+                let end = seg.data_end();
+                buf.resize(end as usize, 0);
+                let f = seg.seg.handle()?;
+                f.read_exact_at(buf, 0).map_err(io_err(&seg.seg.path))?;
+                let (recs, _) = scan_records(buf, first, None);
+                let cut = recs
+                    .get(last_rank as usize)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "{} is shorter than its footer says",
+                            seg.seg.path.display()
+                        ))
+                    })?
+                    .1;
+                truncate_file(&seg.seg.path, cut)?;
+                seg.seg.written = cut;
+                seg.sealed_len = None;
+                seg.seqs.truncate(last_rank + 1);
+                seg.acked.truncate(last_rank + 1);
                 changed = true;
             }
             q.last_appended = seg.seqs.last();
+        }
+        // Segments read whole get their footer now, so that the next open need not read them.
+        let unsealed: Vec<u64> = q
+            .segs
+            .iter()
+            .filter(|(_, s)| s.sealed_len.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        for f in unsealed {
+            q.segs.get_mut(&f).expect("segment").seal();
+            q.dirty_segs.insert(f);
+            self.touch(q);
+        }
+        if buf.capacity() > 2 * READ_CHUNK {
+            *buf = Vec::new();
         }
         Ok(changed)
     }
@@ -734,7 +889,10 @@ impl MsgLog {
         let rec = encode_record(seq, msg)?;
         let full = match q.write_seg.and_then(|w| q.segs.get(&w)) {
             None => true,
-            Some(s) => s.seqs.n > 0 && s.seg.len() + rec.len() as u64 > self.segment_bytes,
+            Some(s) => {
+                s.seqs.n > 0
+                    && s.seg.len() + rec.len() as u64 + footer_len(s.seqs.runs.len() + 1) > self.segment_bytes
+            }
         };
         if full {
             self.start_segment(q, seq)?;
@@ -761,9 +919,11 @@ impl MsgLog {
     /// Seals the write segment (removing it if nothing in it is live) and creates a new one named
     /// `first`.
     fn start_segment(&self, q: &mut QueueLog, first: u64) -> Result<()> {
-        if let Some(w) = q.write_seg.take() {
+        if let Some(w) = q.write_seg {
             if q.segs.get(&w).is_some_and(|s| s.live == 0) {
                 q.drop_segment(w, &self.dirty_dirs)?;
+            } else {
+                q.seal_write_seg();
             }
         }
         if !q.dir_exists {
@@ -774,17 +934,7 @@ impl MsgLog {
         // the ack file first: a stale one of the same name must not apply to the new records
         let ack = LogFile::create(ack_path(&q.dir, first))?;
         let seg = LogFile::create(seg_path(&q.dir, first))?;
-        q.segs.insert(
-            first,
-            Segment {
-                seqs: Seqs::default(),
-                acked: Bits::default(),
-                live: 0,
-                has_states: false,
-                seg,
-                ack,
-            },
-        );
+        q.segs.insert(first, Segment::new(seg, ack));
         q.write_seg = Some(first);
         q.dirty_segs.insert(first);
         self.dirty_dirs.lock().insert(q.dir.clone());
@@ -893,7 +1043,7 @@ impl MsgLog {
             let skip = seg.live == 0 || seg.seqs.last().is_none_or(|l| l < from);
             if !skip {
                 seg.seg.write_out()?;
-                let end = seg.seg.written;
+                let end = seg.data_end();
                 let file = seg.seg.handle()?;
                 while cur.offset < end {
                     let want = (end - cur.offset).min(READ_CHUNK as u64) as usize;
@@ -1026,6 +1176,17 @@ impl MsgLog {
         q.segs.clear();
         q.dirty_segs.clear();
         Ok(n)
+    }
+
+    /// Seals every queue's write segment (at a clean shutdown): the next open reads only footers.
+    pub(crate) fn seal_all(&self) {
+        let queues: Vec<_> = self.queues.read().values().cloned().collect();
+        for q in queues {
+            let mut q = q.lock();
+            if !q.removed && q.seal_write_seg() {
+                self.touch(&mut q);
+            }
+        }
     }
 
     /// Writes out every buffer and hands over the files (and directories) that need a sync.
