@@ -908,7 +908,10 @@ impl MsgLog {
             seg.seg.pending.extend_from_slice(&rec);
         }
         if seg.seg.pending.len() > PENDING_MAX {
-            seg.seg.write_out()?;
+            // best effort: on failure the buffer stays and the flusher retries (and reports)
+            if let Err(e) = seg.seg.write_out() {
+                tracing::warn!(error = %e, "writing out a segment buffer failed");
+            }
         }
         q.dirty_segs.insert(w);
         q.last_appended = Some(seq);
@@ -989,7 +992,9 @@ impl MsgLog {
             } else {
                 encode_ack_batch(&acked, &mut seg.ack.pending);
                 if seg.ack.pending.len() > PENDING_MAX {
-                    seg.ack.write_out()?;
+                    if let Err(e) = seg.ack.write_out() {
+                        tracing::warn!(error = %e, "writing out an ack buffer failed");
+                    }
                 }
                 q.dirty_segs.insert(first);
                 self.touch(&mut q);
