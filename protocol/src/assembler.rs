@@ -114,9 +114,7 @@ impl ContentAssembler {
         match &self.state {
             State::Idle => {}
             State::Header(m) => return Err(unexpected(expected_header(m.class_id()), Some(m))),
-            State::Body { method: m, .. } => {
-                return Err(unexpected(EXPECTED_BODY.to_string(), Some(m)))
-            }
+            State::Body { method: m, .. } => return Err(unexpected(EXPECTED_BODY.to_string(), Some(m))),
         }
         if method.has_content() {
             self.state = State::Header(method);
@@ -127,10 +125,7 @@ impl ContentAssembler {
     }
 
     /// Feeds a content header frame. A body_size of 0 completes the command.
-    pub fn push_header(
-        &mut self,
-        header: ContentHeader,
-    ) -> Result<Option<Assembled>, ProtocolError> {
+    pub fn push_header(&mut self, header: ContentHeader) -> Result<Option<Assembled>, ProtocolError> {
         let method = match std::mem::take(&mut self.state) {
             State::Header(m) => m,
             State::Idle => return Err(unexpected(EXPECTED_METHOD.to_string(), None)),
@@ -237,10 +232,6 @@ impl ContentAssembler {
             (None, Some(b)) => b,
             (None, None) => Bytes::new(),
         };
-        Ok(Some(Assembled::Content {
-            method,
-            header,
-            body,
-        }))
+        Ok(Some(Assembled::Content { method, header, body }))
     }
 }

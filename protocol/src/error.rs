@@ -133,17 +133,14 @@ impl ProtocolError {
     pub fn reply_text(&self) -> String {
         match self {
             ProtocolError::FrameTooLarge { size, max } => {
-                format!(
-                    "frame_too_large: payload size {size} exceeds frame_max payload limit {max}"
-                )
+                format!("frame_too_large: payload size {size} exceeds frame_max payload limit {max}")
             }
             ProtocolError::BadFrameEnd(b) => format!("invalid_frame_end_marker: {b}"),
             ProtocolError::UnknownFrameType(t) => format!("type {t}: unknown_frame"),
             ProtocolError::Malformed(what) => format!("cannot decode frame: {what}"),
-            ProtocolError::UnknownMethod {
-                class_id,
-                method_id,
-            } => format!("unknown method: class {class_id}, method {method_id}"),
+            ProtocolError::UnknownMethod { class_id, method_id } => {
+                format!("unknown method: class {class_id}, method {method_id}")
+            }
             ProtocolError::UnknownFieldType(t) => {
                 if t.is_ascii_graphic() {
                     format!("unsupported field table type '{}'", *t as char)
@@ -164,9 +161,7 @@ impl ProtocolError {
             }
             ProtocolError::UnexpectedFrame(text) => text.clone(),
             ProtocolError::Io { message, .. } => message.clone(),
-            ProtocolError::BodyOverrun => {
-                "content body frame exceeds remaining content size".to_string()
-            }
+            ProtocolError::BodyOverrun => "content body frame exceeds remaining content size".to_string(),
             ProtocolError::BodyTooLarge { size, max } => {
                 format!("content body size {size} exceeds maximum allowed size {max}")
             }

@@ -92,9 +92,7 @@ impl Frame {
     /// The channel the frame is on.
     pub fn channel(&self) -> u16 {
         match self {
-            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => {
-                *c
-            }
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => *c,
         }
     }
 
@@ -109,11 +107,7 @@ impl Frame {
     }
 
     /// Decodes a frame payload of type `frame_type`.
-    pub fn from_payload(
-        frame_type: u8,
-        channel: u16,
-        payload: Bytes,
-    ) -> Result<Frame, ProtocolError> {
+    pub fn from_payload(frame_type: u8, channel: u16, payload: Bytes) -> Result<Frame, ProtocolError> {
         match frame_type {
             FRAME_METHOD => Ok(Frame::Method(channel, Method::decode(payload)?)),
             FRAME_HEADER => Ok(Frame::Header(channel, ContentHeader::decode(payload)?)),

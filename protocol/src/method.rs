@@ -12,19 +12,15 @@ impl Method {
     /// allocate. Trailing bytes after the arguments are an error, as in RabbitMQ.
     pub fn decode(mut payload: Bytes) -> Result<Method, ProtocolError> {
         if payload.len() < 4 {
-            return Err(ProtocolError::Malformed(
-                "method frame shorter than 4 bytes",
-            ));
+            return Err(ProtocolError::Malformed("method frame shorter than 4 bytes"));
         }
         let class_id = wire::get_u16(&mut payload)?;
         let method_id = wire::get_u16(&mut payload)?;
         let method = Method::decode_args(class_id, method_id, &mut payload)
             .map_err(|e| e.in_method(class_id, method_id))?;
         if !payload.is_empty() {
-            return Err(
-                ProtocolError::Malformed("trailing bytes after method arguments")
-                    .in_method(class_id, method_id),
-            );
+            return Err(ProtocolError::Malformed("trailing bytes after method arguments")
+                .in_method(class_id, method_id));
         }
         Ok(method)
     }

@@ -1500,11 +1500,7 @@ impl QueueDelete {
     pub fn encode_args(&self, dst: &mut BytesMut) {
         dst.put_u16(0);
         self.queue.encode(dst);
-        dst.put_u8(
-            u8::from(self.if_unused)
-                | (u8::from(self.if_empty) << 1)
-                | (u8::from(self.no_wait) << 2),
-        );
+        dst.put_u8(u8::from(self.if_unused) | (u8::from(self.if_empty) << 1) | (u8::from(self.no_wait) << 2));
     }
 }
 
@@ -3097,9 +3093,7 @@ impl Method {
             (10, 60) => Method::ConnectionBlocked(ConnectionBlocked::decode_args(src)?),
             (10, 61) => Method::ConnectionUnblocked(ConnectionUnblocked::decode_args(src)?),
             (10, 70) => Method::ConnectionUpdateSecret(ConnectionUpdateSecret::decode_args(src)?),
-            (10, 71) => {
-                Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode_args(src)?)
-            }
+            (10, 71) => Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode_args(src)?),
             (20, 10) => Method::ChannelOpen(ChannelOpen::decode_args(src)?),
             (20, 11) => Method::ChannelOpenOk(ChannelOpenOk::decode_args(src)?),
             (20, 20) => Method::ChannelFlow(ChannelFlow::decode_args(src)?),
@@ -3152,12 +3146,7 @@ impl Method {
             (90, 31) => Method::TxRollbackOk(TxRollbackOk::decode_args(src)?),
             (85, 10) => Method::ConfirmSelect(ConfirmSelect::decode_args(src)?),
             (85, 11) => Method::ConfirmSelectOk(ConfirmSelectOk::decode_args(src)?),
-            _ => {
-                return Err(ProtocolError::UnknownMethod {
-                    class_id,
-                    method_id,
-                })
-            }
+            _ => return Err(ProtocolError::UnknownMethod { class_id, method_id }),
         })
     }
 }

@@ -72,8 +72,8 @@ pub fn name(code: u16) -> &'static str {
 pub fn is_hard_error(code: u16) -> bool {
     match code {
         CONNECTION_FORCED | INVALID_PATH => true,
-        CONTENT_TOO_LARGE | NO_ROUTE | NO_CONSUMERS | ACCESS_REFUSED | NOT_FOUND
-        | RESOURCE_LOCKED | PRECONDITION_FAILED | REPLY_SUCCESS => false,
+        CONTENT_TOO_LARGE | NO_ROUTE | NO_CONSUMERS | ACCESS_REFUSED | NOT_FOUND | RESOURCE_LOCKED
+        | PRECONDITION_FAILED | REPLY_SUCCESS => false,
         c => c >= 500,
     }
 }

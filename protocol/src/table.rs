@@ -67,13 +67,7 @@ impl PartialEq for FieldValue {
             (I64(a), I64(b)) => a == b,
             (F32(a), F32(b)) => a.to_bits() == b.to_bits(),
             (F64(a), F64(b)) => a.to_bits() == b.to_bits(),
-            (
-                Decimal { scale, value },
-                Decimal {
-                    scale: s2,
-                    value: v2,
-                },
-            ) => scale == s2 && value == v2,
+            (Decimal { scale, value }, Decimal { scale: s2, value: v2 }) => scale == s2 && value == v2,
             (LongStr(a), LongStr(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
             (Array(a), Array(b)) => a == b,
@@ -455,7 +449,8 @@ mod tests {
         t.insert("s", FieldValue::from("v"));
         let mut buf = BytesMut::new();
         t.encode(&mut buf);
-        let expected: &[u8] = b"\x00\x00\x00\x1e\x0cx-max-lengthl\x00\x00\x00\x00\x00\x00\x00\x0a\x01sS\x00\x00\x00\x01v";
+        let expected: &[u8] =
+            b"\x00\x00\x00\x1e\x0cx-max-lengthl\x00\x00\x00\x00\x00\x00\x00\x0a\x01sS\x00\x00\x00\x01v";
         assert_eq!(&buf[..], expected);
         assert_eq!(t.encoded_len(), buf.len());
         let mut src = buf.freeze();
@@ -491,9 +486,6 @@ mod tests {
         buf.put_slice(b"deep");
         buf.put_slice(&body);
         let mut src = buf.freeze();
-        assert_eq!(
-            FieldTable::decode(&mut src),
-            Err(ProtocolError::NestingTooDeep)
-        );
+        assert_eq!(FieldTable::decode(&mut src), Err(ProtocolError::NestingTooDeep));
     }
 }

@@ -88,9 +88,7 @@ fn hot_path_decoding_does_not_allocate() {
         assert_eq!(n, 0, "decoding {} allocated", m.name());
         let (n, f) = allocations(|| codec.decode(&mut buf).unwrap().unwrap());
         assert_eq!(n, 0, "decoding a content header allocated");
-        let Frame::Header(_, header) = f else {
-            panic!()
-        };
+        let Frame::Header(_, header) = f else { panic!() };
         let (n, v) = allocations(|| {
             let p = &header.properties;
             (

@@ -141,10 +141,7 @@ fn content_header_with_delivery_mode_2_and_body() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        decode_one(&body),
-        Frame::Body(1, Bytes::from_static(b"hello"))
-    );
+    assert_eq!(decode_one(&body), Frame::Body(1, Bytes::from_static(b"hello")));
 }
 
 #[test]
@@ -179,8 +176,7 @@ fn connection_start_with_table() {
     };
     let inner = "12 7075626C69736865725F636F6E6669726D73 74 01"; // "publisher_confirms" t 1
     let outer = format!("0C 6361706162696C6974696573 46 00000015 {inner}"); // "capabilities" F len
-    let payload =
-        format!("000A 000A 00 09 00000027 {outer} 00000005 504C41494E 00000005 656E5F5553");
+    let payload = format!("000A 000A 00 09 00000027 {outer} 00000005 504C41494E 00000005 656E5F5553");
     let bytes = hex(&payload);
     let expected = hex(&format!("01 0000 {:08X} {payload} CE", bytes.len()));
     assert_eq!(method_frame(0, m.clone()), expected);

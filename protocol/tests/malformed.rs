@@ -30,10 +30,7 @@ fn incomplete_input_is_not_an_error() {
     let mut buf = whole.clone();
     buf.extend_from_slice(&whole[..3]);
     let mut codec = FrameCodec::new();
-    assert!(matches!(
-        codec.decode(&mut buf),
-        Ok(Some(Frame::Body(1, _)))
-    ));
+    assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Body(1, _)))));
     assert_eq!(codec.decode(&mut buf), Ok(None));
     assert_eq!(buf.len(), 3);
 }
@@ -61,11 +58,7 @@ fn oversized_frame_is_rejected_before_buffering() {
     let mut codec = FrameCodec::new();
     codec.set_max_frame_size(0);
     assert_eq!(codec.decode(&mut buf), Ok(None));
-    assert!(
-        buf.capacity() <= (1 << 20) + 64,
-        "reserved {}",
-        buf.capacity()
-    );
+    assert!(buf.capacity() <= (1 << 20) + 64, "reserved {}", buf.capacity());
 }
 
 #[test]
@@ -163,11 +156,7 @@ fn truncated_and_overlong_method_arguments() {
     assert!(matches!(err.root(), ProtocolError::Malformed(_)), "{err:?}");
     assert_eq!(err.reply_code(), reply::FRAME_ERROR);
     assert_eq!((err.class_id(), err.method_id()), (60, 40));
-    assert!(
-        err.reply_text().contains("basic.publish"),
-        "{}",
-        err.reply_text()
-    );
+    assert!(err.reply_text().contains("basic.publish"), "{}", err.reply_text());
 
     let mut long = BytesMut::from(&full[..]);
     long.put_u8(0);

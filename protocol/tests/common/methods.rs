@@ -15,14 +15,12 @@ pub fn arb_connection_start() -> impl Strategy<Value = ConnectionStart> {
         arb_longstr(),
     )
         .prop_map(
-            |(version_major, version_minor, server_properties, mechanisms, locales)| {
-                ConnectionStart {
-                    version_major,
-                    version_minor,
-                    server_properties,
-                    mechanisms,
-                    locales,
-                }
+            |(version_major, version_minor, server_properties, mechanisms, locales)| ConnectionStart {
+                version_major,
+                version_minor,
+                server_properties,
+                mechanisms,
+                locales,
             },
         )
 }
@@ -146,16 +144,14 @@ pub fn arb_access_request() -> impl Strategy<Value = AccessRequest> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(
-            |(realm, exclusive, passive, active, write, read)| AccessRequest {
-                realm,
-                exclusive,
-                passive,
-                active,
-                write,
-                read,
-            },
-        )
+        .prop_map(|(realm, exclusive, passive, active, write, read)| AccessRequest {
+            realm,
+            exclusive,
+            passive,
+            active,
+            write,
+            read,
+        })
 }
 
 pub fn arb_access_request_ok() -> impl Strategy<Value = AccessRequestOk> {
@@ -174,17 +170,15 @@ pub fn arb_exchange_declare() -> impl Strategy<Value = ExchangeDeclare> {
         arb_table(),
     )
         .prop_map(
-            |(exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments)| {
-                ExchangeDeclare {
-                    exchange,
-                    kind,
-                    passive,
-                    durable,
-                    auto_delete,
-                    internal,
-                    no_wait,
-                    arguments,
-                }
+            |(exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments)| ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                no_wait,
+                arguments,
             },
         )
 }
@@ -194,12 +188,10 @@ pub fn arb_exchange_declare_ok() -> impl Strategy<Value = ExchangeDeclareOk> {
 }
 
 pub fn arb_exchange_delete() -> impl Strategy<Value = ExchangeDelete> {
-    (arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, if_unused, no_wait)| {
-        ExchangeDelete {
-            exchange,
-            if_unused,
-            no_wait,
-        }
+    (arb_shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, if_unused, no_wait)| ExchangeDelete {
+        exchange,
+        if_unused,
+        no_wait,
     })
 }
 
@@ -277,13 +269,13 @@ pub fn arb_queue_declare() -> impl Strategy<Value = QueueDeclare> {
 }
 
 pub fn arb_queue_declare_ok() -> impl Strategy<Value = QueueDeclareOk> {
-    (arb_shortstr(), any::<u32>(), any::<u32>()).prop_map(
-        |(queue, message_count, consumer_count)| QueueDeclareOk {
+    (arb_shortstr(), any::<u32>(), any::<u32>()).prop_map(|(queue, message_count, consumer_count)| {
+        QueueDeclareOk {
             queue,
             message_count,
             consumer_count,
-        },
-    )
+        }
+    })
 }
 
 pub fn arb_queue_bind() -> impl Strategy<Value = QueueBind> {
@@ -294,15 +286,13 @@ pub fn arb_queue_bind() -> impl Strategy<Value = QueueBind> {
         any::<bool>(),
         arb_table(),
     )
-        .prop_map(
-            |(queue, exchange, routing_key, no_wait, arguments)| QueueBind {
-                queue,
-                exchange,
-                routing_key,
-                no_wait,
-                arguments,
-            },
-        )
+        .prop_map(|(queue, exchange, routing_key, no_wait, arguments)| QueueBind {
+            queue,
+            exchange,
+            routing_key,
+            no_wait,
+            arguments,
+        })
 }
 
 pub fn arb_queue_bind_ok() -> impl Strategy<Value = QueueBindOk> {
@@ -348,13 +338,11 @@ pub fn arb_queue_unbind_ok() -> impl Strategy<Value = QueueUnbindOk> {
 }
 
 pub fn arb_basic_qos() -> impl Strategy<Value = BasicQos> {
-    (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(
-        |(prefetch_size, prefetch_count, global)| BasicQos {
-            prefetch_size,
-            prefetch_count,
-            global,
-        },
-    )
+    (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(|(prefetch_size, prefetch_count, global)| BasicQos {
+        prefetch_size,
+        prefetch_count,
+        global,
+    })
 }
 
 pub fn arb_basic_qos_ok() -> impl Strategy<Value = BasicQosOk> {
@@ -494,12 +482,10 @@ pub fn arb_basic_recover_ok() -> impl Strategy<Value = BasicRecoverOk> {
 }
 
 pub fn arb_basic_nack() -> impl Strategy<Value = BasicNack> {
-    (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| {
-        BasicNack {
-            delivery_tag,
-            multiple,
-            requeue,
-        }
+    (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| BasicNack {
+        delivery_tag,
+        multiple,
+        requeue,
     })
 }
 

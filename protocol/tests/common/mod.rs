@@ -86,15 +86,7 @@ pub fn arb_properties() -> impl Strategy<Value = BasicProperties> {
     );
     (a, b).prop_map(
         |(
-            (
-                content_type,
-                content_encoding,
-                headers,
-                delivery_mode,
-                priority,
-                correlation_id,
-                reply_to,
-            ),
+            (content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to),
             (expiration, message_id, timestamp, kind, user_id, app_id, cluster_id),
         )| BasicProperties {
             content_type,
