@@ -39,7 +39,10 @@ fn unusable_data_dir_is_a_clear_error() {
     let out = run_mailroom(&file.join("data"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
-    assert!(err.contains("cannot open the data directory"), "unclear error: {err}");
+    assert!(
+        err.contains("cannot open the data directory"),
+        "unclear error: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -48,7 +51,14 @@ fn config_file_env_and_flags_layer() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("mailroom.toml");
     let file_dir = tmp.path().join("from-file");
-    std::fs::write(&cfg, format!("listen = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n", file_dir.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n",
+            file_dir.display()
+        ),
+    )
+    .unwrap();
     // Flags win over the file: the listen flag is used, the data dir comes from the file.
     let mut child = Command::new(mailroom_bin())
         .args(["--listen", "127.0.0.1:0", "--config"])
@@ -62,7 +72,10 @@ fn config_file_env_and_flags_layer() {
     while !file_dir.join("LOCK").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(file_dir.join("LOCK").exists(), "data dir from the config file was not used");
+    assert!(
+        file_dir.join("LOCK").exists(),
+        "data dir from the config file was not used"
+    );
     // The env var wins over the file: a second broker pointed by env at another dir starts too.
     let env_dir = tmp.path().join("from-env");
     let mut second = Command::new(mailroom_bin())
@@ -75,7 +88,10 @@ fn config_file_env_and_flags_layer() {
     while !env_dir.join("LOCK").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(env_dir.join("LOCK").exists(), "MAILROOM_DATA_DIR did not win over the file");
+    assert!(
+        env_dir.join("LOCK").exists(),
+        "MAILROOM_DATA_DIR did not win over the file"
+    );
     for c in [&mut child, &mut second] {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
