@@ -46,6 +46,16 @@ fn unusable_data_dir_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Kills the child on drop, so a failing assertion does not leave brokers running.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn config_file_env_and_flags_layer() {
     let tmp = tempfile::tempdir().unwrap();
@@ -60,14 +70,16 @@ fn config_file_env_and_flags_layer() {
     )
     .unwrap();
     // Flags win over the file: the listen flag is used, the data dir comes from the file.
-    let mut child = Command::new(mailroom_bin())
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .env_remove("MAILROOM_DATA_DIR")
-        .env("MAILROOM_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        Command::new(mailroom_bin())
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .env_remove("MAILROOM_DATA_DIR")
+            .env("MAILROOM_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !file_dir.join("LOCK").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -78,13 +90,15 @@ fn config_file_env_and_flags_layer() {
     );
     // The env var wins over the file: a second broker pointed by env at another dir starts too.
     let env_dir = tmp.path().join("from-env");
-    let mut second = Command::new(mailroom_bin())
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .env("MAILROOM_DATA_DIR", &env_dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut second = Reap(
+        Command::new(mailroom_bin())
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .env("MAILROOM_DATA_DIR", &env_dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     while !env_dir.join("LOCK").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -92,10 +106,11 @@ fn config_file_env_and_flags_layer() {
         env_dir.join("LOCK").exists(),
         "MAILROOM_DATA_DIR did not win over the file"
     );
-    for c in [&mut child, &mut second] {
+    for c in [&mut child.0, &mut second.0] {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        assert!(c.wait().unwrap().success(), "SIGTERM exits 0");
+        let status = c.wait().unwrap();
+        assert!(status.success(), "SIGTERM exits 0, got {status}");
     }
 }
