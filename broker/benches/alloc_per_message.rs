@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use protocol::{Frame, FrameCodec, Method, RawProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,9 +46,18 @@ impl Client {
         self.s.write_all(&b).await.unwrap();
     }
     async fn frame(&mut self) -> Frame {
+        self.frame_flushing(&mut BytesMut::new()).await
+    }
+
+    /// The next frame; before waiting for the socket, writes out `pending` (acks).
+    async fn frame_flushing(&mut self, pending: &mut BytesMut) -> Frame {
         loop {
             if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
                 return f;
+            }
+            if !pending.is_empty() {
+                self.s.write_all(pending).await.unwrap();
+                pending.clear();
             }
             self.buf.reserve(1 << 20);
             let n = self.s.read_buf(&mut self.buf).await.unwrap();
@@ -188,7 +197,7 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
     });
     let mut got = 0u64;
     while got < n {
-        match c.frame().await {
+        match c.frame_flushing(&mut ack_buf).await {
             Frame::Method(_, Method::BasicDeliver(d)) => {
                 got += 1;
                 if ack {
@@ -203,10 +212,6 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
                 }
             }
             _ => continue,
-        }
-        if ack && (c.buf.remaining() < 64 || ack_buf.len() > 32 * 1024) {
-            c.s.write_all(&ack_buf).await.unwrap();
-            ack_buf.clear();
         }
     }
     if !ack_buf.is_empty() {

@@ -161,3 +161,39 @@ impl Broker {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_may_only_log_in_from_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let broker = Broker::open(config).unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(broker.login("guest", "guest", lo).is_ok());
+        assert_eq!(
+            broker.login("guest", "guest", remote).unwrap_err(),
+            LoginError::LoopbackOnly
+        );
+        assert_eq!(
+            broker.login("guest", "nope", lo).unwrap_err(),
+            LoginError::BadCredentials
+        );
+        assert_eq!(
+            broker.login("nobody", "guest", lo).unwrap_err(),
+            LoginError::BadCredentials
+        );
+        broker.add_user(User {
+            name: "app".into(),
+            password: "pw".into(),
+            loopback_only: false,
+        });
+        assert!(broker.login("app", "pw", remote).is_ok());
+    }
+}

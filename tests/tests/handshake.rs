@@ -355,3 +355,25 @@ fn sigterm_sends_connection_forced_then_exits_0() {
     assert!(closed);
     let _ = addr;
 }
+
+/// A client that sends the protocol header and then nothing is disconnected after the 10 s handshake
+/// timeout (RabbitMQ's default); the broker keeps serving others meanwhile.
+#[test]
+fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let server = Server::start();
+    let mut idle = RawClient::connect(server.addr);
+    idle.send_raw(&protocol::PROTOCOL_HEADER);
+    let start = idle.expect_method();
+    assert!(matches!(start, Method::ConnectionStart(_)));
+    // Another client completes a handshake while the first one idles.
+    let _busy = RawClient::open(server.addr, 131072);
+    idle.stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(idle.is_closed_by_server(), "the idle client must be disconnected");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_secs(5),
+        "not before the timeout"
+    );
+}
