@@ -107,18 +107,23 @@ impl Channel {
 
     /// Removes the unacked deliveries named by an ack/nack/reject, RabbitMQ's way: `multiple` takes every
     /// tag up to and including `tag` (0 = all); an unknown tag is 406 and nothing is taken.
-    fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+    /// Moves the deliveries into `out` (a reused buffer, so a single ack allocates nothing).
+    fn take_unacked(&mut self, tag: u64, multiple: bool, out: &mut Vec<Unacked>) -> AmqpResult<()> {
         if multiple && tag == 0 {
-            return Ok(self.unacked.drain(..).collect());
+            out.extend(self.unacked.drain(..));
+            return Ok(());
         }
         let pos = self.unacked.binary_search_by_key(&tag, |u| u.tag);
         match pos {
-            Ok(i) if multiple => Ok(self.unacked.drain(..=i).collect()),
-            Ok(i) => Ok(vec![self.unacked.remove(i).expect("found")]),
-            Err(_) => Err(AmqpError::precondition_failed(format!(
-                "unknown delivery tag {tag}"
-            ))),
+            Ok(i) if multiple => out.extend(self.unacked.drain(..=i)),
+            Ok(i) => out.push(self.unacked.remove(i).expect("found")),
+            Err(_) => {
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )))
+            }
         }
+        Ok(())
     }
 }
 
@@ -802,21 +807,30 @@ impl Conn {
     }
 
     fn apply_settle(&mut self, ch: u16, s: Settle) -> AmqpResult<()> {
-        let channel = self.channel(ch);
-        let (taken, requeue) = match s {
-            Settle::Ack { tag, multiple } => (channel.take_unacked(tag, multiple)?, false),
+        let mut taken = std::mem::take(&mut self.settle_scratch);
+        let channel = self.channels.get_mut(&ch).expect("channel exists");
+        let (r, requeue) = match s {
+            Settle::Ack { tag, multiple } => (channel.take_unacked(tag, multiple, &mut taken), false),
             Settle::Reject {
                 tag,
                 multiple,
                 requeue,
-            } => (channel.take_unacked(tag, multiple)?, requeue),
+            } => (channel.take_unacked(tag, multiple, &mut taken), requeue),
         };
+        if let Err(e) = r {
+            self.settle_scratch = taken;
+            return Err(e);
+        }
         self.after_settle(ch, &taken);
         match s {
-            _ if requeue => requeue_grouped(taken, now_ms()),
-            Settle::Ack { .. } => settle_grouped(&taken),
-            Settle::Reject { .. } => reject_grouped(taken, now_ms()),
+            _ if requeue => requeue_grouped(std::mem::take(&mut taken), now_ms()),
+            Settle::Ack { .. } => {
+                settle_grouped(&taken);
+                taken.clear();
+            }
+            Settle::Reject { .. } => reject_grouped(std::mem::take(&mut taken), now_ms()),
         }
+        self.settle_scratch = taken;
         Ok(())
     }
 
@@ -1142,8 +1156,7 @@ fn settle_grouped(taken: &[Unacked]) {
         while j < taken.len() && Arc::ptr_eq(&taken[j].queue, q) {
             j += 1;
         }
-        let entries: Vec<Entry> = taken[i..j].iter().map(|u| u.entry.clone()).collect();
-        q.settle(&entries);
+        q.settle(taken[i..j].iter().map(|u| &u.entry));
         i = j;
     }
 }

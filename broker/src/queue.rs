@@ -30,7 +30,6 @@ pub const MEM_MAX: usize = 4096;
 /// How long a TTL-0 message handed to a waiting consumer may wait for that consumer's pull.
 const TTL_ZERO_GRACE_MS: u64 = 100;
 /// Messages read from disk per refill.
-
 const REFILL: usize = 1024;
 
 pub type ConsumerId = u64;
@@ -353,11 +352,9 @@ impl Queue {
             return Err(Rejected::Deleted);
         }
         let mut expires_at = self.expiry_for(&msg, now);
-        if expires_at.is_some_and(|t| t <= now) {
-            if q.consumers.iter().any(|c| c.waiting) {
-                // TTL 0: a consumer that can take it now gets it; if it does not within a moment, it expires.
-                expires_at = Some(now + TTL_ZERO_GRACE_MS);
-            }
+        if expires_at.is_some_and(|t| t <= now) && q.consumers.iter().any(|c| c.waiting) {
+            // TTL 0: a consumer that can take it now gets it; if it does not within a moment, it expires.
+            expires_at = Some(now + TTL_ZERO_GRACE_MS);
         }
         if expires_at.is_some_and(|t| t <= now) {
             // x-message-ttl 0 (or an expiration of 0) with nobody to take it now: it dies at once.
@@ -675,12 +672,14 @@ impl Queue {
     }
 
     /// Settles unacked messages for good (ack): they leave the store.
-    pub fn settle(&self, entries: &[Entry]) {
+    pub fn settle<'a>(&self, entries: impl ExactSizeIterator<Item = &'a Entry> + Clone) {
         {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
         }
-        self.forget(entries);
+        if let Some(store) = &self.store {
+            store.delete(entries.filter(|e| e.msg.persistent).map(|e| e.seq));
+        }
     }
 
     /// Rejected without requeue: dead-lettered (reason `rejected`) or dropped.

@@ -103,11 +103,24 @@ impl QueueStore {
     }
 
     pub fn delete(&self, seqs: impl Iterator<Item = u64>) {
-        let seqs: Vec<u64> = seqs.collect();
-        if seqs.is_empty() {
-            return;
+        // In chunks from a stack buffer: acks of one message (the common case) allocate nothing here.
+        let mut buf = [0u64; 128];
+        let mut n = 0;
+        for s in seqs {
+            buf[n] = s;
+            n += 1;
+            if n == buf.len() {
+                self.delete_chunk(&buf);
+                n = 0;
+            }
         }
-        if let Err(e) = self.store.delete_messages(self.id, &seqs) {
+        if n > 0 {
+            self.delete_chunk(&buf[..n]);
+        }
+    }
+
+    fn delete_chunk(&self, seqs: &[u64]) {
+        if let Err(e) = self.store.delete_messages(self.id, seqs) {
             tracing::error!(queue = %self.name, error = %e, "store delete failed");
         }
     }

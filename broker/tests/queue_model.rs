@@ -785,7 +785,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
             Op::Ack(k) => {
                 if let (Some(e), Some(mm)) = (l.take_unacked(*k), m.take_unacked(*k)) {
                     check!(id_of(&e.msg) == mm.id, "step {step}: unacked lists diverged");
-                    l.q.settle(std::slice::from_ref(&e));
+                    l.q.settle(std::slice::from_ref(&e).iter());
                     broker_acked.push(mm.id);
                     m.acked.push(mm.id);
                 }
@@ -890,7 +890,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> Result<(), String> {
     );
     l.unacked.extend(out);
     let all = std::mem::take(&mut l.unacked);
-    l.q.settle(&all);
+    l.q.settle(all.iter());
     broker_acked.extend(all.iter().map(|e| id_of(&e.msg)));
     m.acked
         .extend(std::mem::take(&mut m.unacked).into_iter().map(|x| x.id));
@@ -1077,7 +1077,7 @@ fn restart_does_not_flag_never_delivered_messages() {
     l.q.publish(message(0, true, None), BASE).unwrap();
     pull_all(&mut l, BASE);
     let all = std::mem::take(&mut l.unacked);
-    l.q.settle(&all);
+    l.q.settle(all.iter());
     drop(l);
     let l = Live::open(dir.path(), None);
     l.q.publish(message(1, true, None), BASE).unwrap();
@@ -1141,7 +1141,7 @@ fn message_published_after_restart_is_not_flagged_redelivered() {
     l.q.publish(message(1, true, None), BASE).unwrap();
     pull_all(&mut l, BASE);
     let m1 = l.unacked.pop().unwrap();
-    l.q.settle(&[m1]);
+    l.q.settle([m1].iter());
     drop(l);
     let mut l = Live::open(dir.path(), None);
     l.q.publish(message(2, true, None), BASE).unwrap();

@@ -170,7 +170,7 @@ fn check_redrive(env: &Env) {
     assert_eq!(deaths(&in_c[0].msg), [("A".into(), "rejected".into(), 1)]);
     assert_eq!(app_header(&in_c[0].msg).as_deref(), Some("h-a1"));
     assert_eq!((in_c[0].delivery_count, in_c[0].redelivered), (0, false));
-    c.settle(&in_c);
+    c.settle(in_c.iter());
 
     // Returned once while in the dlq: still starts over at 0 in its origin queue.
     let got = env.pull_all(&dlq);
@@ -198,7 +198,7 @@ fn check_redrive(env: &Env) {
 
     // Dying again in A counts a second (A, rejected) death.
     a.reject(in_a, NOW);
-    b.settle(&in_b);
+    b.settle(in_b.iter());
     let got = env.pull_all(&dlq);
     assert_eq!(bodies(&got), ["a2"]);
     assert_eq!(deaths(&got[0].msg), [("A".into(), "rejected".into(), 2)]);
@@ -228,7 +228,7 @@ fn check_redrive(env: &Env) {
     assert_eq!(r, Redriven { moved: 1, kept: 0 });
     let in_a = env.pull_all(&a);
     assert_eq!(bodies(&in_a), ["a2"]);
-    a.settle(&in_a);
+    a.settle(in_a.iter());
 }
 
 #[test]

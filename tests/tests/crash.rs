@@ -124,8 +124,8 @@ async fn confirmed_messages_survive_kill_9_exactly_once() {
             let body = String::from_utf8(m.delivery.data.clone()).unwrap();
             assert!(seen.insert(body.clone()), "cycle {cycle}: {body} delivered twice");
         }
-        let sent = sent.lock().unwrap();
-        let confirmed = confirmed.lock().unwrap();
+        let sent = std::mem::take(&mut *sent.lock().unwrap());
+        let confirmed = std::mem::take(&mut *confirmed.lock().unwrap());
         for body in confirmed.iter() {
             assert!(
                 seen.contains(body),

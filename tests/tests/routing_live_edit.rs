@@ -56,13 +56,10 @@ const TOGGLED_QUEUES: [&str; 6] = ["t0", "t1", "t2", "t3", "i1", "i2"];
 
 /// Does toggle `t`'s pattern match `key`? (The topic semantics are proven by routing_matrix; here a table.)
 fn matches(t: usize, key: &str) -> bool {
-    match (t, key) {
-        (0, "k.a") => true,
-        (1, "k.a" | "k.b") => true,
-        (2, "k.a" | "x.a") => true,
-        (3 | 4, "k.a" | "k.b" | "k.a.b") => true,
-        _ => false,
-    }
+    matches!(
+        (t, key),
+        (0, "k.a") | (1, "k.a" | "k.b") | (2, "k.a" | "x.a") | (3 | 4, "k.a" | "k.b" | "k.a.b")
+    )
 }
 
 /// Bit set over TOGGLED_QUEUES of where a message with `key` goes under binding state `state` (bit t =
@@ -186,7 +183,7 @@ async fn bindings_edited_while_publishing_route_consistently() {
     let ech = confirm_channel(&econn).await;
     let ed_done = done.clone();
     let editor = tokio::spawn(async move {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0f_ed17);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x005e_ed0f_ed17);
         let mut state = initial;
         // states[k] = binding state after k edits; markers[i-1] = (target, key) of marker i.
         let mut states = vec![state];
