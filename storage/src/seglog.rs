@@ -361,6 +361,9 @@ struct LogFile {
     pending: Vec<u8>,
     /// Written since the last `take_sync`.
     unsynced: bool,
+    /// Sealed: once the buffer (the footer) is written out, free it and close the handle, so a long
+    /// queue costs no memory or file descriptor per finished segment.
+    release: bool,
 }
 
 impl LogFile {
@@ -371,6 +374,7 @@ impl LogFile {
             written: len,
             pending: Vec::new(),
             unsynced: false,
+            release: false,
         }
     }
 
@@ -390,6 +394,7 @@ impl LogFile {
             pending: Vec::new(),
             // the truncation (of a stale file of the same name) must be durable too
             unsynced: true,
+            release: false,
         })
     }
 
@@ -424,7 +429,9 @@ impl LogFile {
             .map_err(io_err(&self.path))?;
         self.written += self.pending.len() as u64;
         self.pending.clear();
-        if self.pending.capacity() > PENDING_MAX {
+        if self.release {
+            self.pending = Vec::new();
+        } else if self.pending.capacity() > PENDING_MAX {
             self.pending.shrink_to(PENDING_MAX);
         }
         self.unsynced = true;
@@ -437,6 +444,10 @@ impl LogFile {
                 out.push((self.path.clone(), f.clone()));
             }
             self.unsynced = false;
+        }
+        if self.release && self.pending.is_empty() {
+            // The sync list holds its own handle; reads reopen the file when needed.
+            self.file = None;
         }
     }
 }
@@ -472,6 +483,7 @@ impl Segment {
             let data_len = self.seg.len();
             encode_footer(&self.seqs, data_len, &mut self.seg.pending);
             self.sealed_len = Some(data_len);
+            self.seg.release = true;
         }
     }
 
