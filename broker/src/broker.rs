@@ -91,7 +91,6 @@ impl Broker {
 
             self.vhosts.write().insert(name, vhost);
         }
-        self.store.clear_queue_counts()?;
         tracing::info!(
             clean,
             exchanges = exchanges.len(),
@@ -150,9 +149,8 @@ impl Broker {
 
     /// Called once every connection has closed: makes every write durable.
     pub fn shutdown(&self) {
-        let counts = self.vhosts().iter().try_for_each(|v| v.record_counts());
-        let r = counts.and_then(|_| self.store.mark_clean_shutdown());
-        if let Err(e) = r {
+        // Seals the queues' write segments (their footers make the next open quick) and flushes.
+        if let Err(e) = self.store.mark_clean_shutdown() {
             tracing::error!(error = %e, "final store flush failed");
         }
     }

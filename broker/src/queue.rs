@@ -822,21 +822,6 @@ impl Queue {
         (q.ready_count(), q.consumers.len() as u32)
     }
 
-    /// Persistent messages of this queue held in the store and not delivered: what a clean shutdown
-    /// records so the next start need not count them.
-    pub fn stored_ready_count(&self) -> u64 {
-        let q = self.inner.lock();
-        let mem = q
-            .ready
-            .levels
-            .iter()
-            .flatten()
-            .chain(q.delayed.values())
-            .filter(|e| e.msg.persistent)
-            .count();
-        mem as u64 + q.paged.as_ref().map_or(0, |p| p.on_disk)
-    }
-
     /// Messages delivered and not yet settled.
     pub fn unacked_count(&self) -> u64 {
         self.inner.lock().unacked

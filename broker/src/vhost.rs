@@ -114,17 +114,6 @@ impl VHost {
         self.queues.read().values().cloned().collect()
     }
 
-    /// At a clean shutdown: records each durable queue's stored message count for the next start.
-    pub fn record_counts(&self) -> Result<(), storage::StoreError> {
-        for q in self.queues() {
-            let Some(id) = q.store_id() else { continue };
-            if let Some((_, last)) = self.store.queue_bounds(id)? {
-                self.store.put_queue_count(id, q.stored_ready_count(), last)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The timer's visit: message TTLs, retry delays and unused `x-expires` queues.
     pub fn tick(&self, now: u64) {
         let timed: Vec<Arc<Queue>> = self
@@ -310,14 +299,11 @@ impl VHost {
                 continue;
             }
             let name: Arc<str> = r.name.as_str().into();
-            // After a clean shutdown the count was recorded; after a crash, the span of sequence numbers is
-            // an upper bound (holes are messages acked out of order), corrected as the queue drains.
+            // The store knows its queues' live message counts from its segment index (no scan), after a
+            // clean stop and after a crash alike.
             let recovered = match self.store.queue_bounds(r.id)? {
                 Some((first_seq, last_seq)) => {
-                    let count = match self.store.queue_count(r.id)? {
-                        Some((count, last)) if clean && last == last_seq => count,
-                        _ => last_seq - first_seq + 1,
-                    };
+                    let count = self.store.count_messages(r.id)?;
                     tracing::debug!(
                         queue = r.name,
                         first_seq,

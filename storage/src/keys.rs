@@ -17,9 +17,6 @@ pub(crate) const MSG_STATE: u8 = 0x11;
 /// `Store::set_delivered_mark`).
 pub(crate) const DELIVERED_MARK: u8 = 0x12;
 
-/// `[0x13][queue id u32 BE]` -> count u64 BE ++ last seq u64 BE, written at a clean shutdown (see
-/// `Store::put_queue_count`).
-pub(crate) const QUEUE_COUNT: u8 = 0x13;
 /// Present (value `[1]`) while the store is closed cleanly with its queue counts written.
 pub(crate) const CLEAN_KEY: &[u8] = b"\x00clean_shutdown";
 

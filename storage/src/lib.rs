@@ -714,7 +714,6 @@ impl Store {
         let n = qkey.len();
         batch.remove(qkey);
         batch.remove(&keys::queue_prefix(keys::DELIVERED_MARK, id));
-        batch.remove(&keys::queue_prefix(keys::QUEUE_COUNT, id));
         self.db().apply_batch(batch)?;
         self.sh().bump_sled(n);
         let removed = self.sh().log.remove_queue(id)?;
@@ -889,30 +888,7 @@ impl Store {
         }
     }
 
-    /// At a clean shutdown: how many messages queue `queue_id` holds and its last seq, so that the
-    /// next start need not count them. Only trusted when `take_clean_shutdown` says the store was
-    /// closed cleanly after it was written.
-    pub fn put_queue_count(&self, queue_id: u32, count: u64, last_seq: u64) -> Result<u64> {
-        let key = keys::queue_prefix(keys::QUEUE_COUNT, queue_id).to_vec();
-        let mut v = count.to_be_bytes().to_vec();
-        v.extend_from_slice(&last_seq.to_be_bytes());
-        self.put_raw(key, v)
-    }
-
-    /// The (count, last seq) a clean shutdown recorded for a queue.
-    pub fn queue_count(&self, queue_id: u32) -> Result<Option<(u64, u64)>> {
-        match self.db().get(keys::queue_prefix(keys::QUEUE_COUNT, queue_id))? {
-            None => Ok(None),
-            Some(v) if v.len() == 16 => {
-                let count = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                let last = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
-                Ok(Some((count, last)))
-            }
-            Some(_) => Err(StoreError::Corrupt("queue count record is malformed".into())),
-        }
-    }
-
-    /// Marks the store as closed cleanly (call after the last `put_queue_count`; durable on return).
+    /// Marks the store as closed cleanly (durable on return).
     /// Also seals every queue's current segment (appends after this start new ones), so that the
     /// next open reads only segment footers.
     pub fn mark_clean_shutdown(&self) -> Result<()> {
@@ -929,15 +905,6 @@ impl Store {
         self.sh().bump_sled(keys::CLEAN_KEY.len());
         self.flush_blocking()?;
         Ok(was)
-    }
-
-    /// Drops the recorded counts (after they were read at start).
-    pub fn clear_queue_counts(&self) -> Result<()> {
-        for k in self.db().scan_prefix([keys::QUEUE_COUNT]).keys() {
-            self.db().remove(k?)?;
-        }
-        self.sh().sled_dirty.store(true, SeqCst);
-        Ok(())
     }
 
     /// (first seq, last seq) of a queue, or None if it holds no message. From the in-memory
