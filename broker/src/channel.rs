@@ -663,10 +663,7 @@ impl Conn {
             channel.consumer_prefetch = q.prefetch_count;
         }
         // A raised limit may let consumers take more.
-        let ids: Vec<ConsumerId> = channel.consumers.values().copied().collect();
-        for id in ids {
-            self.schedule_pull(id);
-        }
+        self.schedule_channel(ch);
         self.send_method(ch, &Method::BasicQosOk(protocol::BasicQosOk));
         Ok(())
     }
@@ -849,9 +846,21 @@ impl Conn {
         let channel = self.channel(ch);
         channel.consumer_unacked = channel.consumer_unacked.saturating_sub(from_consumers);
         if from_consumers > 0 && channel.channel_prefetch > 0 {
-            let ids: Vec<ConsumerId> = channel.consumers.values().copied().collect();
-            for id in ids {
-                self.schedule_pull(id);
+            self.schedule_channel(ch);
+        }
+    }
+
+    /// Schedules a pull for every consumer of the channel (its shared limit changed), without allocating.
+    fn schedule_channel(&mut self, ch: u16) {
+        let Some(channel) = self.channels.get(&ch) else {
+            return;
+        };
+        for id in channel.consumers.values() {
+            if let Some(c) = self.consumers.get_mut(id) {
+                if !c.scheduled {
+                    c.scheduled = true;
+                    self.pull_list.push(*id);
+                }
             }
         }
     }

@@ -75,6 +75,7 @@ pub struct Conn {
     pub exclusive_queues: Vec<Arc<Queue>>,
     pub route_scratch: Vec<router::Name>,
     pub settle_scratch: Vec<crate::channel::Unacked>,
+    ready_scratch: Vec<ConsumerId>,
     pub pull_scratch: Vec<Entry>,
     last_recv: Instant,
     closing_deadline: Option<tokio::time::Instant>,
@@ -119,6 +120,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
         exclusive_queues: Vec::new(),
         route_scratch: Vec::new(),
         settle_scratch: Vec::new(),
+        ready_scratch: Vec::new(),
         pull_scratch: Vec::new(),
         last_recv: Instant::now(),
         closing_deadline: None,
@@ -509,9 +511,12 @@ impl Conn {
     }
 
     fn on_signal(&mut self) {
-        for id in self.signal.take_ready() {
+        let mut ready = std::mem::take(&mut self.ready_scratch);
+        self.signal.take_ready(&mut ready);
+        for &id in &ready {
             self.schedule_pull(id);
         }
+        self.ready_scratch = ready;
         for ev in self.signal.take_events() {
             match ev {
                 ConnEvent::ConsumerCancelled(id, tag) => self.server_cancel(id, tag),

@@ -319,10 +319,6 @@ impl Queue {
         }
     }
 
-    pub fn store_id(&self) -> Option<u32> {
-        self.store.as_ref().map(|s| s.id())
-    }
-
     pub fn name(&self) -> &Arc<str> {
         &self.spec.name
     }
@@ -356,53 +352,41 @@ impl Queue {
             // TTL 0: a consumer that can take it now gets it; if it does not within a moment, it expires.
             expires_at = Some(now + TTL_ZERO_GRACE_MS);
         }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let entry = Entry {
+            seq,
+            msg,
+            redelivered: false,
+            delivery_count: 0,
+            expires_at,
+            not_before: None,
+        };
         if expires_at.is_some_and(|t| t <= now) {
             // x-message-ttl 0 (or an expiration of 0) with nobody to take it now: it dies at once.
-            let seq = q.next_seq;
-            q.next_seq += 1;
-            let entry = Entry {
-                seq,
-                msg,
-                redelivered: false,
-                delivery_count: 0,
-                expires_at,
-                not_before: None,
-            };
             dead.push(Dead {
                 entry,
                 reason: DeathReason::Expired,
             });
             return Ok(0);
         }
-        if self.args.max_length.is_some() || self.args.max_length_bytes.is_some() {
-            let full = self.is_full(&q, msg.size());
-            if full && self.args.overflow != Overflow::DropHead {
-                if self.args.overflow == Overflow::RejectPublishDlx {
-                    let seq = q.next_seq;
-                    q.next_seq += 1;
-                    let entry = Entry {
-                        seq,
-                        msg,
-                        redelivered: false,
-                        delivery_count: 0,
-                        expires_at,
-                        not_before: None,
-                    };
-                    dead.push(Dead {
-                        entry,
-                        reason: DeathReason::Maxlen,
-                    });
-                }
-                return Err(Rejected::Full);
+        if (self.args.max_length.is_some() || self.args.max_length_bytes.is_some())
+            && self.args.overflow != Overflow::DropHead
+            && self.is_full(&q, entry.msg.size())
+        {
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                dead.push(Dead {
+                    entry,
+                    reason: DeathReason::Maxlen,
+                });
             }
+            return Err(Rejected::Full);
         }
-        let seq = q.next_seq;
-        q.next_seq += 1;
         let mut ticket = 0;
-        let persist = msg.persistent && self.store.is_some();
+        let persist = entry.msg.persistent && self.store.is_some();
         if persist {
             let store = self.store.as_ref().expect("checked");
-            match store.append(seq, &msg, expires_at) {
+            match store.append(seq, &entry.msg, expires_at) {
                 Ok(t) => ticket = t,
                 Err(e) => {
                     tracing::error!(queue = %self.spec.name, error = %e, "store append failed");
@@ -413,14 +397,6 @@ impl Queue {
         if expires_at.is_some() {
             q.has_expiring = true;
         }
-        let entry = Entry {
-            seq,
-            msg,
-            redelivered: false,
-            delivery_count: 0,
-            expires_at,
-            not_before: None,
-        };
         let prioritised = self.args.max_priority.is_some();
         let inner = &mut *q;
         match &mut inner.paged {
@@ -677,9 +653,7 @@ impl Queue {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
         }
-        if let Some(store) = &self.store {
-            store.delete(entries.filter(|e| e.msg.persistent).map(|e| e.seq));
-        }
+        self.delete_stored(entries);
     }
 
     /// Rejected without requeue: dead-lettered (reason `rejected`) or dropped.
@@ -700,8 +674,12 @@ impl Queue {
 
     /// Removes delivered messages from the store (no-ack deliveries, settled messages).
     pub fn forget(&self, entries: &[Entry]) {
+        self.delete_stored(entries.iter());
+    }
+
+    fn delete_stored<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
         if let Some(store) = &self.store {
-            store.delete(entries.iter().filter(|e| e.msg.persistent).map(|e| e.seq));
+            store.delete(entries.filter(|e| e.msg.persistent).map(|e| e.seq));
         }
     }
 
@@ -825,14 +803,6 @@ impl Queue {
     /// Messages delivered and not yet settled.
     pub fn unacked_count(&self) -> u64 {
         self.inner.lock().unacked
-    }
-
-    pub fn consumer_count(&self) -> usize {
-        self.inner.lock().consumers.len()
-    }
-
-    pub fn is_deleted(&self) -> bool {
-        self.inner.lock().deleted
     }
 
     /// The timer: expires messages at the heads, releases due retries, reports an unused `x-expires` queue.
@@ -1088,7 +1058,9 @@ mod tests {
         assert_eq!(q.pull(7, 10, true, 0, &mut out), 0);
         q.publish(m("x"), 0).unwrap();
         q.publish(m("y"), 0).unwrap();
-        assert_eq!(sig.take_ready(), vec![7]);
+        let mut ready = Vec::new();
+        sig.take_ready(&mut ready);
+        assert_eq!(ready, vec![7]);
         assert!(q
             .add_consumer(8, ShortStr::from_static("u"), true, 0, sig, "/", 0)
             .is_err());

@@ -36,17 +36,15 @@ impl ConnSignal {
         self.notify.notify_one();
     }
 
-    /// Wake the task without news (for example when the store made writes durable).
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
     pub async fn notified(&self) {
         self.notify.notified().await
     }
 
-    pub fn take_ready(&self) -> Vec<ConsumerId> {
-        std::mem::take(&mut *self.ready.lock())
+    /// Swaps the ready list with `into` (cleared first): the two buffers trade places, so waking a
+    /// consumer allocates nothing once both have grown.
+    pub fn take_ready(&self, into: &mut Vec<ConsumerId>) {
+        into.clear();
+        std::mem::swap(&mut *self.ready.lock(), into);
     }
 
     pub fn take_events(&self) -> Vec<ConnEvent> {

@@ -39,10 +39,6 @@ impl QueueStore {
         }
     }
 
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
     /// After a restart: messages up to the stored mark may have been delivered before it.
     pub fn load_delivered_mark(&mut self) -> Result<(), storage::StoreError> {
         self.delivered_mark = self.store.delivered_mark(self.id)?;

@@ -89,9 +89,9 @@ impl RawClient {
 
     /// The next frame, or None on EOF / timeout.
     pub fn read_frame(&mut self) -> Option<Frame> {
-        use tokio_util_codec_shim::decode;
+        use tokio_util::codec::Decoder;
         loop {
-            match decode(&mut self.codec, &mut self.buf) {
+            match self.codec.decode(&mut self.buf) {
                 Ok(Some(f)) => return Some(f),
                 Ok(None) => {}
                 Err(e) => panic!("server sent an undecodable frame: {e}"),
@@ -490,15 +490,5 @@ impl RawClient {
         self.publish(ch, "", &q.queue, body.as_bytes());
         let got = self.get(ch, &q.queue, true).expect("round trip message");
         assert_eq!(got.body, body.as_bytes());
-    }
-}
-
-/// Decoder glue without depending on tokio-util from here.
-mod tokio_util_codec_shim {
-    use bytes::BytesMut;
-    use protocol::{Frame, FrameCodec, ProtocolError};
-
-    pub fn decode(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        tokio_util::codec::Decoder::decode(codec, buf)
     }
 }
