@@ -160,7 +160,9 @@ impl Conn {
                 let half = Duration::from_millis(self.heartbeat as u64 * 500);
                 heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
             }
-            let has_pulls = !self.pull_list.is_empty();
+            // Pull work exists only while open (a closing connection has released its consumers), so this
+            // branch is never ready without the pass below making progress.
+            let has_pulls = self.phase == Phase::Open && !self.pull_list.is_empty();
             let handshaking = matches!(
                 self.phase,
                 Phase::AwaitStartOk | Phase::AwaitTuneOk | Phase::AwaitOpen
@@ -219,10 +221,15 @@ impl Conn {
                 self.run_pulls();
                 let durable_now = *durable.borrow_and_update();
                 self.flush_confirms(durable_now);
+            } else {
+                self.pull_list.clear();
             }
             if self.write_out().await.is_err() || eof || self.phase == Phase::Closed {
                 break;
             }
+            // Tokio's cooperative budget: even if some branch above were always ready, the task yields
+            // after a bounded amount of work, so one connection can never keep a worker from the others.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
@@ -541,6 +548,8 @@ impl Conn {
             self.release_channel(ch);
         }
         self.channels.clear();
+        // No consumers are left, so nothing may stay scheduled for a pull.
+        self.pull_list.clear();
     }
 
     fn cleanup(&mut self) {

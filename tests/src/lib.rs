@@ -157,6 +157,27 @@ impl Server {
         child.wait().expect("wait for broker")
     }
 
+    /// Sends `signal` and waits up to `within` for the exit: `None` if the broker is still running then
+    /// (it is killed, so a frozen broker never outlives its test).
+    pub fn signal_and_wait(&mut self, signal: i32, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, then waits for the exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
