@@ -28,6 +28,9 @@ pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing filter such as `broker=debug`).
     #[arg(long, env = "MAILROOM_LOG", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Seconds a graceful shutdown (SIGTERM/SIGINT) may take before the broker exits anyway (code 70).
+    #[arg(long, env = "MAILROOM_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
     /// TOML file with `listen`, `data_dir`, `log_level` and the tuning settings.
     #[arg(long, env = "MAILROOM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -44,6 +47,7 @@ pub struct FileConfig {
     pub channel_max: Option<u16>,
     pub heartbeat: Option<u16>,
     pub store_cache_mib: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
 }
 
 /// The settings the broker runs with.
@@ -62,6 +66,8 @@ pub struct Config {
     pub handshake_timeout: std::time::Duration,
     /// sled's page cache, bytes.
     pub store_cache_bytes: u64,
+    /// Time a graceful shutdown may take before a forced exit.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
             heartbeat: 60,
             handshake_timeout: std::time::Duration::from_secs(10),
             store_cache_bytes: 64 << 20,
+            shutdown_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -122,6 +129,11 @@ impl Config {
                 .store_cache_mib
                 .map(|m| m << 20)
                 .unwrap_or(d.store_cache_bytes),
+            shutdown_timeout: cli
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.shutdown_timeout),
         })
     }
 }

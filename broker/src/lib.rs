@@ -17,6 +17,7 @@ pub mod server;
 pub mod signal;
 pub mod store;
 pub mod vhost;
+pub mod watchdog;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -76,10 +76,20 @@ impl Server {
     }
 
     pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::try_start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Server::try_start_in`], with extra environment variables (the debug build's test hooks).
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(mailroom_bin())
             .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("MAILROOM_LISTEN")
             .env_remove("MAILROOM_DATA_DIR")
             .env_remove("MAILROOM_LOG")
@@ -139,6 +149,11 @@ impl Server {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -146,6 +161,19 @@ impl Server {
     /// Log lines printed so far (drains them).
     pub fn log_lines(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// Waits up to `within` for a log line containing `needle` and returns it (drains lines read so far).
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// SIGTERM, then waits for the exit.
