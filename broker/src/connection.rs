@@ -132,17 +132,37 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
         let _ = conn.wr.shutdown().await;
         return;
     }
-    let framed = FramedRead::with_capacity(rd, FrameCodec::new(), 64 * 1024);
-    conn.run(framed, shutdown, handshake_timeout).await;
+    let mut framed = FramedRead::with_capacity(rd, FrameCodec::new(), 64 * 1024);
+    conn.run(&mut framed, shutdown, handshake_timeout).await;
     conn.cleanup();
+    // As RabbitMQ does: shut our write side down (the client sees close-ok, then a clean EOF), and read and
+    // discard until the client closes too, for a few seconds at most. Closing with the client's bytes still
+    // unread would make the kernel reset the connection, and the client would get ECONNRESET instead of
+    // close-ok.
     let _ = conn.wr.shutdown().await;
+    drain_until_eof(framed.get_mut()).await;
     debug!(%peer, id, "connection closed");
+}
+
+/// How long a closed connection keeps reading (and discarding) while it waits for the client's EOF.
+const LINGER: Duration = Duration::from_secs(3);
+
+async fn drain_until_eof(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl Conn {
     async fn run(
         &mut self,
-        mut framed: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+        framed: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
         shutdown: CancellationToken,
         handshake_timeout: Duration,
     ) {
