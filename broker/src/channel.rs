@@ -8,11 +8,11 @@ use protocol::{
     reply, Assembled, BasicDeliver, BasicPublish, ContentAssembler, ContentHeader, Frame, Method, ShortStr,
 };
 
+use crate::clock::now_ms;
 use crate::connection::{truncate_text, Conn};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
-use crate::store::now_ms;
 
 /// Most messages pulled for one consumer in one go.
 const PULL_BATCH: usize = 128;
@@ -762,7 +762,14 @@ impl Conn {
                 });
                 protocol::write_method(&mut self.out, ch, &m);
                 let props = delivery_properties(&entry);
-                protocol::write_content(&mut self.out, ch, 60, &props, &entry.msg.body, frame_max);
+                protocol::write_content(
+                    &mut self.out,
+                    ch,
+                    protocol::CLASS_BASIC,
+                    &props,
+                    &entry.msg.body,
+                    frame_max,
+                );
                 drop(props);
                 if g.no_ack {
                     q.forget(std::slice::from_ref(&entry));
@@ -944,7 +951,14 @@ impl Conn {
                 routing_key: p.routing_key.clone(),
             });
             protocol::write_method(&mut self.out, ch, &m);
-            protocol::write_content(&mut self.out, ch, 60, &msg.properties, &msg.body, frame_max);
+            protocol::write_content(
+                &mut self.out,
+                ch,
+                protocol::CLASS_BASIC,
+                &msg.properties,
+                &msg.body,
+                frame_max,
+            );
         }
         let channel = self.channel(ch);
         if channel.confirm {
@@ -981,7 +995,7 @@ impl Conn {
     pub fn run_pulls(&mut self) {
         let mut i = 0;
         while i < self.pull_list.len() {
-            if self.out.len() >= (1 << 20) {
+            if self.out.len() >= crate::connection::WRITE_HIGH_WATER {
                 break;
             }
             let id = self.pull_list[i];
@@ -1045,7 +1059,14 @@ impl Conn {
             });
             protocol::write_method(&mut self.out, ch, &m);
             let props = delivery_properties(&entry);
-            protocol::write_content(&mut self.out, ch, 60, &props, &entry.msg.body, frame_max);
+            protocol::write_content(
+                &mut self.out,
+                ch,
+                protocol::CLASS_BASIC,
+                &props,
+                &entry.msg.body,
+                frame_max,
+            );
             if !no_ack {
                 channel.unacked.push_back(Unacked {
                     tag: delivery_tag,

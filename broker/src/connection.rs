@@ -30,7 +30,7 @@ use crate::signal::{ConnEvent, ConnSignal};
 use crate::vhost::VHost;
 
 /// Write buffer size above which the connection writes before producing more deliveries.
-const WRITE_HIGH_WATER: usize = 1 << 20;
+pub const WRITE_HIGH_WATER: usize = 1 << 20;
 /// Frames handled per wake-up before the connection writes what it produced.
 const FRAMES_PER_ROUND: usize = 512;
 

@@ -5,6 +5,7 @@ pub mod args;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod deadletter;

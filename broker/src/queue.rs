@@ -11,7 +11,6 @@
 //! ever held while another queue is locked.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -21,6 +20,7 @@ use crate::error::AmqpError;
 use crate::message::Message;
 use crate::queue_args::{Overflow, QueueArgs};
 use crate::signal::ConnSignal;
+pub use crate::signal::{next_consumer_id, ConsumerId};
 use crate::store::QueueStore;
 use crate::vhost::VHost;
 
@@ -31,15 +31,6 @@ pub const MEM_MAX: usize = 4096;
 const TTL_ZERO_GRACE_MS: u64 = 100;
 /// Messages read from disk per refill.
 const REFILL: usize = 1024;
-
-pub type ConsumerId = u64;
-
-static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A process-wide unique consumer id.
-pub fn next_consumer_id() -> ConsumerId {
-    NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// A message sitting in a queue (ready) or delivered and not yet acked (held by a channel).
 #[derive(Debug, Clone)]

@@ -2,20 +2,14 @@
 //! broker values and storage records. The broker never touches sled; everything goes through `storage::Store`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use protocol::{FieldTable, RawProperties, ShortStr};
 use storage::{MessageState, Store, StoredMessage};
 
+use crate::clock::now_ms;
 use crate::message::Message;
 use crate::queue::Entry;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A durable queue's messages in the store.
 #[derive(Clone)]

@@ -8,9 +8,10 @@ use parking_lot::RwLock;
 use router::{Binding, Declared, Destination, ExchangeDef, Router};
 use storage::{BindingRecord, ExchangeRecord, QueueRecord, Store};
 
+use crate::clock::now_ms;
 use crate::error::AmqpError;
 use crate::queue::{Queue, QueueSpec, Recovered};
-use crate::store::{decode_table, encode_table, now_ms, QueueStore};
+use crate::store::{decode_table, encode_table, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
@@ -21,6 +22,14 @@ pub struct VHost {
     store: Store,
     /// Handed to queues so they can dead-letter through this vhost.
     this: Weak<VHost>,
+}
+
+/// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
+/// in the store and comes back at the next start, where recovery skips what no longer fits.
+fn log_store_err<T>(what: &str, r: Result<T, storage::StoreError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, what, "store write failed");
+    }
 }
 
 fn store_err(e: storage::StoreError) -> AmqpError {
@@ -103,7 +112,10 @@ impl VHost {
         };
         if queue.spec.durable {
             for b in &bindings {
-                let _ = self.store.delete_binding(&self.binding_record(b));
+                log_store_err(
+                    "delete binding",
+                    self.store.delete_binding(&self.binding_record(b)),
+                );
             }
         }
         self.forget_exchanges(&auto_deleted);
@@ -172,7 +184,10 @@ impl VHost {
             }
             for b in &bindings {
                 if self.binding_is_durable(b) || def.durable {
-                    let _ = self.store.delete_binding(&self.binding_record(b));
+                    log_store_err(
+                        "delete binding",
+                        self.store.delete_binding(&self.binding_record(b)),
+                    );
                 }
             }
         }
@@ -221,17 +236,20 @@ impl VHost {
             return;
         }
         for n in names {
-            let _ = self.store.delete_exchange(&self.name, n);
+            log_store_err("delete exchange", self.store.delete_exchange(&self.name, n));
         }
-        if let Ok(bindings) = self.store.bindings() {
-            for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
-                let touches = names
-                    .iter()
-                    .any(|n| **n == *b.source || (!b.destination_is_queue && **n == *b.destination));
-                if touches {
-                    let _ = self.store.delete_binding(b);
+        match self.store.bindings() {
+            Ok(bindings) => {
+                for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
+                    let touches = names
+                        .iter()
+                        .any(|n| **n == *b.source || (!b.destination_is_queue && **n == *b.destination));
+                    if touches {
+                        log_store_err("delete binding", self.store.delete_binding(b));
+                    }
                 }
             }
+            Err(e) => tracing::error!(error = %e, "store read of bindings failed"),
         }
     }
 
