@@ -12,7 +12,8 @@ use crate::clock::now_ms;
 use crate::connection::{truncate_text, Conn};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
-use crate::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
+use crate::queue::{next_consumer_id, ConsumerId, DeadLetters, Entry, Queue, QueueSpec};
+use crate::vhost::VHost;
 
 /// Most messages pulled for one consumer in one go.
 const PULL_BATCH: usize = 128;
@@ -230,7 +231,9 @@ impl Conn {
         for id in consumers {
             self.remove_consumer(id);
         }
-        requeue_grouped(unacked, now_ms());
+        if let Some(vhost) = &self.vhost {
+            requeue_grouped(vhost, unacked, now_ms());
+        }
     }
 
     fn remove_consumer(&mut self, id: ConsumerId) {
@@ -746,7 +749,11 @@ impl Conn {
 
     fn basic_get(&mut self, ch: u16, g: protocol::BasicGet) -> AmqpResult<()> {
         let q = self.usable_queue(ch, &g.queue)?;
-        match q.get(!g.no_ack, now_ms()) {
+        let now = now_ms();
+        let mut dead = DeadLetters::new();
+        let got = q.get(!g.no_ack, now, &mut dead);
+        self.vhost().dead_letter(&q, &mut dead, now);
+        match got {
             None => self.send_method(ch, &Method::BasicGetEmpty(protocol::BasicGetEmpty)),
             Some((entry, remaining)) => {
                 let frame_max = self.frame_max;
@@ -794,7 +801,7 @@ impl Conn {
         let unacked: Vec<Unacked> = channel.unacked.drain(..).collect();
         channel.consumer_unacked = 0;
         self.after_settle(ch, &unacked);
-        requeue_grouped(unacked, now_ms());
+        requeue_grouped(self.vhost(), unacked, now_ms());
         if reply {
             self.send_method(ch, &Method::BasicRecoverOk(protocol::BasicRecoverOk));
         }
@@ -827,12 +834,12 @@ impl Conn {
         }
         self.after_settle(ch, &taken);
         match s {
-            _ if requeue => requeue_grouped(std::mem::take(&mut taken), now_ms()),
+            _ if requeue => requeue_grouped(self.vhost(), std::mem::take(&mut taken), now_ms()),
             Settle::Ack { .. } => {
                 settle_grouped(&taken);
                 taken.clear();
             }
-            Settle::Reject { .. } => reject_grouped(std::mem::take(&mut taken), now_ms()),
+            Settle::Reject { .. } => reject_grouped(self.vhost(), std::mem::take(&mut taken), now_ms()),
         }
         self.settle_scratch = taken;
         Ok(())
@@ -934,14 +941,25 @@ impl Conn {
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut ticket = 0u64;
-        vhost.with_queues(dests, |q| match q.publish(msg.clone(), now) {
-            Ok(t) => {
-                enqueued += 1;
-                ticket = ticket.max(t);
+        let mut dead = DeadLetters::new();
+        // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
+        let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
+        vhost.with_queues(dests, |q| {
+            match q.publish(msg.clone(), now, &mut dead) {
+                Ok(t) => {
+                    enqueued += 1;
+                    ticket = ticket.max(t);
+                }
+                Err(crate::queue::Rejected::Store | crate::queue::Rejected::Full) => failed = true,
+                Err(crate::queue::Rejected::Deleted) => {}
             }
-            Err(crate::queue::Rejected::Store | crate::queue::Rejected::Full) => failed = true,
-            Err(crate::queue::Rejected::Deleted) => {}
+            if !dead.is_empty() {
+                deferred.push((q.clone(), dead.take()));
+            }
         });
+        for (q, mut d) in deferred {
+            vhost.dead_letter(&q, &mut d, now);
+        }
         if enqueued == 0 && p.mandatory {
             let frame_max = self.frame_max;
             let m = Method::BasicReturn(protocol::BasicReturn {
@@ -1036,7 +1054,12 @@ impl Conn {
             return false;
         }
         let mut batch = std::mem::take(&mut self.pull_scratch);
-        let n = c.queue.pull(id, credit, !c.no_ack, now_ms(), &mut batch);
+        let now = now_ms();
+        let mut dead = DeadLetters::new();
+        let n = c.queue.pull(id, credit, !c.no_ack, now, &mut batch, &mut dead);
+        if !dead.is_empty() {
+            self.vhost().dead_letter(&c.queue, &mut dead, now);
+        }
         if n == 0 {
             self.pull_scratch = batch;
             return false;
@@ -1164,16 +1187,20 @@ fn group_by_queue(unacked: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Entry>)> {
 }
 
 /// Requeues deliveries, one queue lock per queue.
-fn requeue_grouped(unacked: Vec<Unacked>, now: u64) {
+fn requeue_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
+    let mut dead = DeadLetters::new();
     for (q, entries) in group_by_queue(unacked) {
-        q.requeue(entries, now);
+        q.requeue(entries, now, &mut dead);
+        vhost.dead_letter(&q, &mut dead, now);
     }
 }
 
 /// Rejects deliveries without requeue: dead-lettered or dropped.
-fn reject_grouped(unacked: Vec<Unacked>, now: u64) {
+fn reject_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
+    let mut dead = DeadLetters::new();
     for (q, entries) in group_by_queue(unacked) {
-        q.reject(entries, now);
+        q.reject(entries, &mut dead);
+        vhost.dead_letter(&q, &mut dead, now);
     }
 }
 
