@@ -139,7 +139,7 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Test-only fault injection, compiled into debug builds only: `MAILROOM_TEST_STALL_AFTER_MS=N` makes every
