@@ -343,7 +343,13 @@ impl VHost {
 
     pub fn unbind(&self, binding: &Binding) -> Result<(), AmqpError> {
         let durable = self.binding_is_durable(binding);
-        let (removed, auto_deleted) = self.router.write().unbind(binding)?;
+        let (removed, auto_deleted) = match self.router.write().unbind(binding) {
+            Ok(r) => r,
+            // RabbitMQ 4.x answers unbind-ok when an end of the binding does not exist
+            // (rabbit_db_binding:delete_v2/2: "No absent queues, always present on disk" -> ok).
+            Err(e) if e.kind == router::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         if removed && durable {
             self.store
                 .delete_binding(&self.binding_record(binding))
