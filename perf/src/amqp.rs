@@ -85,6 +85,8 @@ pub struct WriteStall {
     total_ns: AtomicU64,
     /// Number of writes that had to wait.
     count: AtomicU64,
+    /// Longest single wait, ns.
+    max_ns: AtomicU64,
     /// `mono_ns()` at which the current wait began; 0 when not waiting.
     since_ns: AtomicU64,
 }
@@ -99,6 +101,13 @@ impl WriteStall {
     /// Writes that had to wait.
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// Longest single wait up to `now` (a wait in progress counts), ns.
+    pub fn max_ns(&self, now: u64) -> u64 {
+        let since = self.since_ns.load(Relaxed);
+        let current = if since > 0 { now.saturating_sub(since) } else { 0 };
+        self.max_ns.load(Relaxed).max(current)
     }
 
     /// Whether a write is waiting right now, and since when (`mono_ns`).
@@ -116,7 +125,9 @@ impl WriteStall {
     fn end(&self, now: u64) {
         let since = self.since_ns.swap(0, Relaxed);
         if since > 0 {
-            self.total_ns.fetch_add(now.saturating_sub(since), Relaxed);
+            let d = now.saturating_sub(since);
+            self.total_ns.fetch_add(d, Relaxed);
+            self.max_ns.fetch_max(d, Relaxed);
         }
     }
 }
@@ -482,6 +493,8 @@ mod tests {
         assert!(w.buf.is_empty() && w.written() == 0);
         assert!(w.stall.count() >= 1);
         assert!(w.stall.total_ns(mono_ns()) > 0);
+        assert!(w.stall.max_ns(mono_ns()) > 0);
+        assert!(w.stall.max_ns(mono_ns()) <= w.stall.total_ns(mono_ns()));
         assert!(w.stall.waiting_since().is_none());
         drop(w);
         assert_eq!(reader.await.unwrap(), 64 * 1024);

@@ -52,6 +52,8 @@ pub struct ProducerFlow {
     pub write_wait_s: f64,
     /// Writes that had to wait.
     pub write_waits: u64,
+    /// Longest single wait for the socket, s (a broker that stopped reading shows here).
+    pub write_wait_longest_s: f64,
     /// Gave up waiting for the broker at the end (blocked, or socket not read).
     pub stuck_at_end: bool,
     /// Encoded publishes never written (dropped when giving up); not counted as published.
@@ -111,6 +113,9 @@ pub struct Report {
     pub drain_rate: f64,
     /// Routed copies not yet delivered when publishing stopped.
     pub backlog_publish_end: u64,
+    /// How fast the backlog grew over the second half of publishing, copies/s (about 0
+    /// when consumers keep up: a steady backlog is what is in flight).
+    pub backlog_growth_rate: f64,
     /// Routed copies never delivered by the end of the run (queues without consumers
     /// included).
     pub backlog_end: u64,
@@ -240,14 +245,16 @@ pub fn per_message_ns(seconds: f64, messages: u64) -> Option<f64> {
 
 impl Report {
     /// Whether the consumers fell behind the publishers: with consumers running while
-    /// publishing, the backlog when publishing stopped was more than 1 % of the routed
-    /// copies and more than 1,000 messages (a prefetch window and socket buffers' worth
-    /// in flight is normal).
+    /// publishing, the backlog grew over the second half of publishing by more than 5 % of
+    /// the routed rate, and more than 1,000 copies were queued when publishing stopped. (A
+    /// steady backlog — a prefetch window and socket buffers in flight — is not falling
+    /// behind; a growing one is.)
     pub fn fell_behind(&self) -> bool {
+        let routed_rate = self.routed as f64 / self.publishing_s.max(1e-9);
         self.consumers > 0
             && !self.consume_after_publish
             && self.backlog_publish_end > 1000
-            && self.backlog_publish_end * 100 > self.routed
+            && self.backlog_growth_rate > 0.05 * routed_rate
     }
 
     /// Consume rate while publishing ÷ routed-copy rate while publishing (1.0 = consumers
@@ -292,6 +299,14 @@ impl Report {
         self.producer_flow
             .iter()
             .map(|p| p.write_wait_s)
+            .fold(0.0, f64::max)
+    }
+
+    /// Longest single socket-write wait of any producer, s.
+    pub fn write_wait_longest_s(&self) -> f64 {
+        self.producer_flow
+            .iter()
+            .map(|p| p.write_wait_longest_s)
             .fold(0.0, f64::max)
     }
 
@@ -350,9 +365,10 @@ impl Report {
         );
         let _ = write!(
             o,
-            "\"routed\":{},\"backlog_publish_end\":{},\"backlog_end\":{},\"fell_behind\":{},\"queue_depth_publish_end\":{},\"queue_depth_end\":{},",
+            "\"routed\":{},\"backlog_publish_end\":{},\"backlog_growth_rate\":{},\"backlog_end\":{},\"fell_behind\":{},\"queue_depth_publish_end\":{},\"queue_depth_end\":{},",
             self.routed,
             self.backlog_publish_end,
+            num(self.backlog_growth_rate),
             self.backlog_end,
             self.fell_behind(),
             opt_u64(self.queue_depth_publish_end),
@@ -366,7 +382,7 @@ impl Report {
         );
         let _ = write!(
             o,
-            "\"heartbeat_s\":{},\"blocked_s\":{},\"blocked_max_s\":{},\"blocks\":{},\"blocked_at_end\":{},\"write_wait_s\":{},\"write_wait_max_s\":{},\"producer_flow\":[{}],",
+            "\"heartbeat_s\":{},\"blocked_s\":{},\"blocked_max_s\":{},\"blocks\":{},\"blocked_at_end\":{},\"write_wait_s\":{},\"write_wait_max_s\":{},\"write_wait_longest_s\":{},\"producer_flow\":[{}],",
             self.heartbeat_s,
             num(self.blocked_s()),
             num(self.blocked_max_s()),
@@ -374,10 +390,11 @@ impl Report {
             self.producer_flow.iter().filter(|p| p.blocked_at_end).count(),
             num(self.write_wait_s()),
             num(self.write_wait_max_s()),
+            num(self.write_wait_longest_s()),
             self.producer_flow
                 .iter()
                 .map(|p| format!(
-                    "{{\"id\":{},\"blocked_s\":{},\"blocks\":{},\"block_reason\":{},\"blocked_at_end\":{},\"write_wait_s\":{},\"write_waits\":{},\"stuck_at_end\":{},\"unsent\":{},\"heartbeats_sent\":{}}}",
+                    "{{\"id\":{},\"blocked_s\":{},\"blocks\":{},\"block_reason\":{},\"blocked_at_end\":{},\"write_wait_s\":{},\"write_waits\":{},\"write_wait_longest_s\":{},\"stuck_at_end\":{},\"unsent\":{},\"heartbeats_sent\":{}}}",
                     p.id,
                     num(p.blocked_s),
                     p.blocks,
@@ -385,6 +402,7 @@ impl Report {
                     p.blocked_at_end,
                     num(p.write_wait_s),
                     p.write_waits,
+                    num(p.write_wait_longest_s),
                     p.stuck_at_end,
                     p.unsent,
                     p.heartbeats_sent
@@ -491,10 +509,19 @@ impl Report {
             depth(self.queue_depth_end)
         );
         if self.fell_behind() {
+            let routed_rate = self.routed as f64 / self.publishing_s.max(1e-9);
             let _ = writeln!(
                 o,
-                "                  CONSUMERS FELL BEHIND: {:.1} % of the routed copies were still queued when publishing stopped",
+                "                  CONSUMERS FELL BEHIND: the backlog grew by {:.0} copies/s ({:.0} % of the routed rate) over the second half of publishing; {:.1} % of the routed copies were still queued when publishing stopped",
+                self.backlog_growth_rate,
+                self.backlog_growth_rate * 100.0 / routed_rate.max(1e-9),
                 self.backlog_publish_end as f64 * 100.0 / self.routed.max(1) as f64
+            );
+        } else if self.consumers > 0 && !self.consume_after_publish && self.published > 0 {
+            let _ = writeln!(
+                o,
+                "                  consumers kept up (backlog growth {:.0} copies/s over the second half of publishing)",
+                self.backlog_growth_rate
             );
         }
         if self.consume_after_publish {
@@ -528,13 +555,14 @@ impl Report {
         let at_end = self.producer_flow.iter().filter(|p| p.blocked_at_end).count();
         let _ = writeln!(
             o,
-            "producers         blocked {} time(s), {:.2} s in total (longest per producer {:.2} s{}); waiting in socket writes {:.2} s in total (longest per producer {:.2} s); heartbeat {}",
+            "producers         blocked {} time(s), {:.2} s in total (longest per producer {:.2} s{}); waiting in socket writes {:.2} s in total (longest per producer {:.2} s, longest single wait {}); heartbeat {}",
             self.blocks(),
             self.blocked_s(),
             self.blocked_max_s(),
             if at_end > 0 { format!(", {at_end} still blocked at the end") } else { String::new() },
             self.write_wait_s(),
             self.write_wait_max_s(),
+            fmt_us(self.write_wait_longest_s() * 1e6),
             if self.heartbeat_s > 0 { format!("{} s", self.heartbeat_s) } else { "off".into() }
         );
         for p in &self.producer_flow {
@@ -683,6 +711,7 @@ mod tests {
             consumed_publishing: 600_000,
             consume_rate_publishing: 60_000.0,
             backlog_publish_end: 400_000,
+            backlog_growth_rate: 40_000.0,
             queue_depth_publish_end: Some(399_900),
             producer_flow: vec![
                 ProducerFlow {
@@ -691,6 +720,7 @@ mod tests {
                     blocks: 2,
                     block_reason: Some("low on memory".into()),
                     write_wait_s: 0.25,
+                    write_wait_longest_s: 0.125,
                     ..Default::default()
                 },
                 ProducerFlow {
@@ -719,6 +749,8 @@ mod tests {
         let j = r.to_json();
         for f in [
             "\"fell_behind\":true",
+            "\"backlog_growth_rate\":40000",
+            "\"write_wait_longest_s\":0.125,",
             "\"keep_up_ratio\":0.6",
             "\"blocked_s\":2,",
             "\"blocks\":3",
@@ -734,7 +766,9 @@ mod tests {
         }
         let t = r.to_text();
         for f in [
-            "CONSUMERS FELL BEHIND: 40.0 %",
+            "CONSUMERS FELL BEHIND: the backlog grew by 40000 copies/s (40 % of the routed rate)",
+            "40.0 % of the routed copies were still queued",
+            "longest single wait 125.0 ms",
             "while publishing",
             "(0.60 × the routed rate)",
             "blocked 3 time(s), 2.00 s in total",
@@ -745,12 +779,18 @@ mod tests {
         ] {
             assert!(t.contains(f), "{f} missing in\n{t}");
         }
-        // Kept up: a backlog of a prefetch window is not "behind".
-        let ok = Report {
+        // Kept up: a steady backlog (what is in flight) is not "behind", even a large one.
+        let steady = Report {
+            backlog_growth_rate: 100.0,
+            ..r.clone()
+        };
+        assert!(!steady.fell_behind());
+        assert!(steady.to_text().contains("consumers kept up"));
+        let small = Report {
             backlog_publish_end: 200,
             ..r.clone()
         };
-        assert!(!ok.fell_behind());
+        assert!(!small.fell_behind());
         // No consumers while publishing: not "behind" either (nothing consumes by design).
         let after = Report {
             consume_after_publish: true,

@@ -162,6 +162,8 @@ struct Live {
     copies: Vec<u64>,
     consumers: Mutex<Vec<Arc<ConsumerStats>>>,
     total_hist: Mutex<Histogram>,
+    /// (`mono_ns`, backlog) once a second while publishing.
+    backlog_samples: Mutex<Vec<(u64, u64)>>,
 }
 
 /// Counter readings at one moment.
@@ -272,6 +274,24 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// Backlog growth in copies/s over the second half of publishing: from the sample nearest
+/// the middle of [start, end] (or from an empty backlog at the start when there is none) to
+/// `backlog_end` at `end`. Times are `mono_ns` readings.
+pub fn backlog_growth_rate(samples: &[(u64, u64)], start: u64, end: u64, backlog_end: u64) -> f64 {
+    let mid = start + end.saturating_sub(start) / 2;
+    let (t, b) = samples
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t > start && *t < end)
+        .min_by_key(|(t, _)| t.abs_diff(mid))
+        .unwrap_or((start, 0));
+    let dt = secs(end.saturating_sub(t));
+    if dt <= 0.0 {
+        return 0.0;
+    }
+    (backlog_end as f64 - b as f64) / dt
+}
+
 /// Runs the whole benchmark and returns its report.
 pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let s = Arc::new(settings);
@@ -343,6 +363,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
             .collect(),
         consumers: Mutex::new(consumers.iter().map(|(st, _)| st.clone()).collect()),
         total_hist: Mutex::new(Histogram::new()),
+        backlog_samples: Mutex::new(Vec::new()),
     });
     clock.start();
     let publish_start = start.elapsed();
@@ -378,6 +399,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
                 let dt = last_t.elapsed().as_secs_f64().max(1e-9);
                 last_t = Instant::now();
                 let h = live.take_interval();
+                if clock.publishing() > 0 {
+                    live.backlog_samples
+                        .lock()
+                        .unwrap()
+                        .push((mono_ns(), now.routed.saturating_sub(now.unique)));
+                }
                 if !s.quiet {
                     let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / dt).round() as u64;
                     let broker = monitor.as_ref().map(|m| {
@@ -582,6 +609,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
             blocked_at_end: b.at_end,
             write_wait_s: secs(p.stall.total_ns(now)),
             write_waits: p.stall.count(),
+            write_wait_longest_s: secs(p.stall.max_ns(now)),
             stuck_at_end: p.stuck_at_end.load(Relaxed),
             unsent: p.unsent.load(Relaxed),
             heartbeats_sent: p.heartbeats_sent.load(Relaxed),
@@ -601,6 +629,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     report.consumed_after = report.consumed - report.consumed_publishing;
     report.backlog_publish_end = report.routed.saturating_sub(unique_publishing);
     report.backlog_end = report.routed.saturating_sub(unique);
+    report.backlog_growth_rate = backlog_growth_rate(
+        &live.backlog_samples.lock().unwrap(),
+        clock.start_ns(),
+        end_ns,
+        report.backlog_publish_end,
+    );
     report.queue_depth_publish_end = queue_depth_publish_end;
 
     report.publish_s = live
@@ -691,6 +725,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backlog_growth_over_the_second_half() {
+        const S: u64 = 1_000_000_000;
+        // Linear growth of 1000 copies/s over 10 s: samples each second.
+        let grow: Vec<(u64, u64)> = (1..10).map(|i| (i * S, i * 1000)).collect();
+        assert!((backlog_growth_rate(&grow, 0, 10 * S, 10_000) - 1000.0).abs() < 1e-6);
+        // Steady backlog (what is in flight): no growth.
+        let flat: Vec<(u64, u64)> = (1..10).map(|i| (i * S, 50_000)).collect();
+        assert_eq!(backlog_growth_rate(&flat, 0, 10 * S, 50_000), 0.0);
+        // Shrinking.
+        assert!(backlog_growth_rate(&flat, 0, 10 * S, 0) < 0.0);
+        // Too short for a sample: from an empty backlog at the start.
+        assert!((backlog_growth_rate(&[], 0, S / 2, 500) - 1000.0).abs() < 1e-6);
+        // Samples outside the window are ignored.
+        assert!((backlog_growth_rate(&[(20 * S, 7)], 0, 2 * S, 2000) - 1000.0).abs() < 1e-6);
+        assert_eq!(backlog_growth_rate(&[], 5, 5, 10), 0.0);
+    }
 
     #[test]
     fn progress_lines_show_rates_backlog_and_flow() {
