@@ -116,6 +116,9 @@ pub struct Report {
     /// How fast the backlog grew over the second half of publishing, copies/s (about 0
     /// when consumers keep up: a steady backlog is what is in flight).
     pub backlog_growth_rate: f64,
+    /// That growth ÷ the routed rate over the same stretch (0 = kept up, 1 = nothing
+    /// delivered).
+    pub backlog_growth_share: f64,
     /// Routed copies never delivered by the end of the run (queues without consumers
     /// included).
     pub backlog_end: u64,
@@ -246,15 +249,14 @@ pub fn per_message_ns(seconds: f64, messages: u64) -> Option<f64> {
 impl Report {
     /// Whether the consumers fell behind the publishers: with consumers running while
     /// publishing, the backlog grew over the second half of publishing by more than 5 % of
-    /// the routed rate, and more than 1,000 copies were queued when publishing stopped. (A
-    /// steady backlog — a prefetch window and socket buffers in flight — is not falling
-    /// behind; a growing one is.)
+    /// the routed rate over that half, and more than 1,000 copies were queued when publishing
+    /// stopped. (A steady backlog — a prefetch window and socket buffers in flight — is not
+    /// falling behind; a growing one is.)
     pub fn fell_behind(&self) -> bool {
-        let routed_rate = self.routed as f64 / self.publishing_s.max(1e-9);
         self.consumers > 0
             && !self.consume_after_publish
             && self.backlog_publish_end > 1000
-            && self.backlog_growth_rate > 0.05 * routed_rate
+            && self.backlog_growth_share > 0.05
     }
 
     /// Consume rate while publishing ÷ routed-copy rate while publishing (1.0 = consumers
@@ -365,10 +367,11 @@ impl Report {
         );
         let _ = write!(
             o,
-            "\"routed\":{},\"backlog_publish_end\":{},\"backlog_growth_rate\":{},\"backlog_end\":{},\"fell_behind\":{},\"queue_depth_publish_end\":{},\"queue_depth_end\":{},",
+            "\"routed\":{},\"backlog_publish_end\":{},\"backlog_growth_rate\":{},\"backlog_growth_share\":{},\"backlog_end\":{},\"fell_behind\":{},\"queue_depth_publish_end\":{},\"queue_depth_end\":{},",
             self.routed,
             self.backlog_publish_end,
             num(self.backlog_growth_rate),
+            num(self.backlog_growth_share),
             self.backlog_end,
             self.fell_behind(),
             opt_u64(self.queue_depth_publish_end),
@@ -509,12 +512,11 @@ impl Report {
             depth(self.queue_depth_end)
         );
         if self.fell_behind() {
-            let routed_rate = self.routed as f64 / self.publishing_s.max(1e-9);
             let _ = writeln!(
                 o,
                 "                  CONSUMERS FELL BEHIND: the backlog grew by {:.0} copies/s ({:.0} % of the routed rate) over the second half of publishing; {:.1} % of the routed copies were still queued when publishing stopped",
                 self.backlog_growth_rate,
-                self.backlog_growth_rate * 100.0 / routed_rate.max(1e-9),
+                self.backlog_growth_share * 100.0,
                 self.backlog_publish_end as f64 * 100.0 / self.routed.max(1) as f64
             );
         } else if self.consumers > 0 && !self.consume_after_publish && self.published > 0 {
@@ -712,6 +714,7 @@ mod tests {
             consume_rate_publishing: 60_000.0,
             backlog_publish_end: 400_000,
             backlog_growth_rate: 40_000.0,
+            backlog_growth_share: 0.4,
             queue_depth_publish_end: Some(399_900),
             producer_flow: vec![
                 ProducerFlow {
@@ -750,6 +753,7 @@ mod tests {
         for f in [
             "\"fell_behind\":true",
             "\"backlog_growth_rate\":40000",
+            "\"backlog_growth_share\":0.4,",
             "\"write_wait_longest_s\":0.125,",
             "\"keep_up_ratio\":0.6",
             "\"blocked_s\":2,",
@@ -782,6 +786,7 @@ mod tests {
         // Kept up: a steady backlog (what is in flight) is not "behind", even a large one.
         let steady = Report {
             backlog_growth_rate: 100.0,
+            backlog_growth_share: 0.001,
             ..r.clone()
         };
         assert!(!steady.fell_behind());

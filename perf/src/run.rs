@@ -162,8 +162,8 @@ struct Live {
     copies: Vec<u64>,
     consumers: Mutex<Vec<Arc<ConsumerStats>>>,
     total_hist: Mutex<Histogram>,
-    /// (`mono_ns`, backlog) once a second while publishing.
-    backlog_samples: Mutex<Vec<(u64, u64)>>,
+    /// (`mono_ns`, backlog, routed copies) once a second while publishing.
+    backlog_samples: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// Counter readings at one moment.
@@ -274,22 +274,32 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// Backlog growth in copies/s over the second half of publishing: from the sample nearest
-/// the middle of [start, end] (or from an empty backlog at the start when there is none) to
-/// `backlog_end` at `end`. Times are `mono_ns` readings.
-pub fn backlog_growth_rate(samples: &[(u64, u64)], start: u64, end: u64, backlog_end: u64) -> f64 {
+/// Backlog growth over the second half of publishing: from the sample nearest the middle
+/// of [start, end] (or from nothing at the start when there is none) to (`backlog_end`,
+/// `routed_end`) at `end`. Returns (backlog growth in copies/s, the same divided by the
+/// routed rate over that stretch; 0 without routing). Times are `mono_ns` readings;
+/// samples are (time, backlog, routed copies).
+pub fn backlog_growth(
+    samples: &[(u64, u64, u64)],
+    start: u64,
+    end: u64,
+    backlog_end: u64,
+    routed_end: u64,
+) -> (f64, f64) {
     let mid = start + end.saturating_sub(start) / 2;
-    let (t, b) = samples
+    let (t, b, r) = samples
         .iter()
         .copied()
-        .filter(|(t, _)| *t > start && *t < end)
-        .min_by_key(|(t, _)| t.abs_diff(mid))
-        .unwrap_or((start, 0));
+        .filter(|(t, ..)| *t > start && *t < end)
+        .min_by_key(|(t, ..)| t.abs_diff(mid))
+        .unwrap_or((start, 0, 0));
     let dt = secs(end.saturating_sub(t));
     if dt <= 0.0 {
-        return 0.0;
+        return (0.0, 0.0);
     }
-    (backlog_end as f64 - b as f64) / dt
+    let growth = (backlog_end as f64 - b as f64) / dt;
+    let routed = routed_end.saturating_sub(r) as f64 / dt;
+    (growth, if routed > 0.0 { growth / routed } else { 0.0 })
 }
 
 /// Runs the whole benchmark and returns its report.
@@ -400,10 +410,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
                 last_t = Instant::now();
                 let h = live.take_interval();
                 if clock.publishing() > 0 {
-                    live.backlog_samples
-                        .lock()
-                        .unwrap()
-                        .push((mono_ns(), now.routed.saturating_sub(now.unique)));
+                    live.backlog_samples.lock().unwrap().push((
+                        mono_ns(),
+                        now.routed.saturating_sub(now.unique),
+                        now.routed,
+                    ));
                 }
                 if !s.quiet {
                     let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / dt).round() as u64;
@@ -629,11 +640,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     report.consumed_after = report.consumed - report.consumed_publishing;
     report.backlog_publish_end = report.routed.saturating_sub(unique_publishing);
     report.backlog_end = report.routed.saturating_sub(unique);
-    report.backlog_growth_rate = backlog_growth_rate(
+    (report.backlog_growth_rate, report.backlog_growth_share) = backlog_growth(
         &live.backlog_samples.lock().unwrap(),
         clock.start_ns(),
         end_ns,
         report.backlog_publish_end,
+        report.routed,
     );
     report.queue_depth_publish_end = queue_depth_publish_end;
 
@@ -729,19 +741,31 @@ mod tests {
     #[test]
     fn backlog_growth_over_the_second_half() {
         const S: u64 = 1_000_000_000;
-        // Linear growth of 1000 copies/s over 10 s: samples each second.
-        let grow: Vec<(u64, u64)> = (1..10).map(|i| (i * S, i * 1000)).collect();
-        assert!((backlog_growth_rate(&grow, 0, 10 * S, 10_000) - 1000.0).abs() < 1e-6);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        // Routing 4000 copies/s, delivering 3000: the backlog grows 1000/s, a quarter.
+        let grow: Vec<(u64, u64, u64)> = (1..10).map(|i| (i * S, i * 1000, i * 4000)).collect();
+        let (g, share) = backlog_growth(&grow, 0, 10 * S, 10_000, 40_000);
+        assert!(close(g, 1000.0) && close(share, 0.25), "{g} {share}");
+        // The share is over the second half: a slow start does not inflate it.
+        let slow_start: Vec<(u64, u64, u64)> = vec![(5 * S, 500, 1000)];
+        let (g, share) = backlog_growth(&slow_start, 0, 10 * S, 5500, 11_000);
+        assert!(close(g, 1000.0) && close(share, 0.5), "{g} {share}");
         // Steady backlog (what is in flight): no growth.
-        let flat: Vec<(u64, u64)> = (1..10).map(|i| (i * S, 50_000)).collect();
-        assert_eq!(backlog_growth_rate(&flat, 0, 10 * S, 50_000), 0.0);
+        let flat: Vec<(u64, u64, u64)> = (1..10).map(|i| (i * S, 50_000, i * 100_000)).collect();
+        assert_eq!(backlog_growth(&flat, 0, 10 * S, 50_000, 1_000_000), (0.0, 0.0));
         // Shrinking.
-        assert!(backlog_growth_rate(&flat, 0, 10 * S, 0) < 0.0);
-        // Too short for a sample: from an empty backlog at the start.
-        assert!((backlog_growth_rate(&[], 0, S / 2, 500) - 1000.0).abs() < 1e-6);
+        assert!(backlog_growth(&flat, 0, 10 * S, 0, 1_000_000).0 < 0.0);
+        // Too short for a sample: from nothing at the start.
+        let (g, share) = backlog_growth(&[], 0, S / 2, 500, 1000);
+        assert!(close(g, 1000.0) && close(share, 0.5));
         // Samples outside the window are ignored.
-        assert!((backlog_growth_rate(&[(20 * S, 7)], 0, 2 * S, 2000) - 1000.0).abs() < 1e-6);
-        assert_eq!(backlog_growth_rate(&[], 5, 5, 10), 0.0);
+        assert!(close(
+            backlog_growth(&[(20 * S, 7, 7)], 0, 2 * S, 2000, 4000).0,
+            1000.0
+        ));
+        assert_eq!(backlog_growth(&[], 5, 5, 10, 10), (0.0, 0.0));
+        // Nothing routed: no share.
+        assert_eq!(backlog_growth(&[], 0, S, 0, 0), (0.0, 0.0));
     }
 
     #[test]
