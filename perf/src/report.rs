@@ -529,7 +529,7 @@ impl Report {
         if self.consume_after_publish {
             let _ = writeln!(
                 o,
-                "                  accepted by the broker: {} ready messages once the producers finished",
+                "                  accepted by the broker: {} ready messages once the producers finished writing (publishes still in the socket buffers of a blocked connection are read later)",
                 depth(self.queue_depth_publish_end)
             );
         }
