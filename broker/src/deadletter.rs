@@ -84,7 +84,7 @@ pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> Ra
 }
 
 /// The queues named in a message's `x-death`, most recent first, with their reasons.
-fn deaths(props: &RawProperties) -> Vec<(String, String)> {
+pub fn deaths(props: &RawProperties) -> Vec<(String, String)> {
     let Ok(Some(h)) = props.headers() else {
         return Vec::new();
     };
@@ -104,7 +104,7 @@ fn deaths(props: &RawProperties) -> Vec<(String, String)> {
 
 /// RabbitMQ's cycle rule: dead-lettering to `target` is a cycle if `target` already appears in `x-death` and
 /// no death on the way round was a client's rejection (a fully automatic loop would never end).
-fn is_cycle(target: &str, deaths: &[(String, String)]) -> bool {
+pub fn is_cycle(target: &str, deaths: &[(String, String)]) -> bool {
     match deaths.iter().position(|(q, _)| q == target) {
         None => false,
         Some(i) => deaths[..=i].iter().all(|(_, reason)| reason != "rejected"),
