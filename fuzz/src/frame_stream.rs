@@ -5,8 +5,8 @@
 //!
 //! Checks: feeding the stream in random read sizes gives exactly the frames and the error that feeding
 //! it whole gives (no state leaks between partial reads); every decoded frame encodes back to a frame
-//! that decodes equal, byte for byte the same as received for header, body and heartbeat frames and of
-//! the same length for method frames (only reserved bits of bit-packed octets may differ); no frame is
+//! that decodes equal, byte for byte the same as received for header, body and heartbeat frames and no
+//! longer for method frames (reserved bits and deprecated string fields are written as zero/empty); no frame is
 //! larger than the limit allows; every error has a hard-error reply code and a reply text.
 
 use bytes::BytesMut;
@@ -109,7 +109,7 @@ pub fn run(data: &[u8]) {
         let mut enc = BytesMut::new();
         frame.encode(&mut enc);
         match frame {
-            Frame::Method(..) => assert_eq!(enc.len(), original.len(), "method re-encoded to another length"),
+            Frame::Method(..) => assert!(enc.len() <= original.len(), "method re-encoded longer"),
             _ => assert_eq!(&enc[..], original, "frame re-encoded differently"),
         }
         let mut c = codec(0, 0);

@@ -6,7 +6,8 @@
 //! fuzzed even though the ids are a 1-in-65536 guess).
 //!
 //! Checks: a decoded method has the ids it was decoded from and the name `method_name` gives them; it
-//! encodes to a payload of the same length that decodes equal, and that encoding is stable; unknown ids
+//! encodes to a payload no longer than the original (deprecated string fields are written empty) that
+//! decodes equal, and that encoding is stable; unknown ids
 //! are 540 NOT_IMPLEMENTED; every error has a hard-error reply code, a reply text and the method's ids.
 
 use bytes::Bytes;
@@ -49,7 +50,9 @@ pub fn check(payload: &[u8]) {
             assert_eq!(known.3, m.has_content(), "{}", m.name());
             let _ = m.is_synchronous();
             let enc = m.to_bytes();
-            assert_eq!(enc.len(), payload.len(), "{} re-encoded to another length", m.name());
+            // Same length, except that deprecated string fields (connection.open's capabilities, basic.get-empty's
+            // cluster-id, ...) are skipped on decode and written empty.
+            assert!(enc.len() <= payload.len(), "{} re-encoded longer", m.name());
             let again = Method::decode(enc.clone()).expect("re-encoded method decodes");
             assert_eq!(again, m, "method round trip");
             assert_eq!(again.to_bytes(), enc, "encoding is not stable");
