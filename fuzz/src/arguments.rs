@@ -57,7 +57,11 @@ fn queue_args(t: &protocol::FieldTable) {
         }
         Err(e) => {
             assert_eq!(e.code, protocol::reply::PRECONDITION_FAILED, "{e:?}");
-            assert!(e.text.starts_with("PRECONDITION_FAILED - invalid arg '"), "{}", e.text);
+            assert!(
+                e.text.starts_with("PRECONDITION_FAILED - invalid arg '"),
+                "{}",
+                e.text
+            );
         }
     }
 }
@@ -74,7 +78,11 @@ fn exchange_and_binding(kind: ExchangeKind, args: &Args) {
     };
     let _ = def.alternate_exchange();
     assert_eq!(r.declare_exchange(def.clone()), Ok(Declared::Created));
-    assert_eq!(r.declare_exchange(def), Ok(Declared::Existed), "redeclare with the same arguments");
+    assert_eq!(
+        r.declare_exchange(def),
+        Ok(Declared::Existed),
+        "redeclare with the same arguments"
+    );
     r.declare_queue("q".into());
     let b = Binding::queue("fx", "q", "rk").with_args(args.clone());
     match r.bind(b.clone()) {
@@ -89,7 +97,11 @@ fn exchange_and_binding(kind: ExchangeKind, args: &Args) {
             keys.dedup();
             if keys.len() == args.len() {
                 reversed.arguments.0.reverse();
-                assert_eq!(r.bind(reversed.clone()), Ok(false), "argument order changes binding identity");
+                assert_eq!(
+                    r.bind(reversed.clone()),
+                    Ok(false),
+                    "argument order changes binding identity"
+                );
             }
             let mut out = Vec::new();
             r.route("fx", "rk", Some(args), &mut out).expect("route");

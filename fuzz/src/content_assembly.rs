@@ -36,7 +36,7 @@ enum Model {
 /// What a push should give: a finished command, nothing yet, or an error with this reply code.
 #[derive(Debug, PartialEq)]
 enum Want {
-    Done(Assembled),
+    Done(Box<Assembled>),
     More,
     Error(u16),
 }
@@ -51,7 +51,7 @@ impl Model {
                 *self = Model::Header(m);
                 Want::More
             }
-            Model::Idle => Want::Done(Assembled::Method(m)),
+            Model::Idle => Want::Done(Box::new(Assembled::Method(m))),
             _ => Want::Error(UNEXPECTED_FRAME),
         }
     }
@@ -69,11 +69,11 @@ impl Model {
         let method = m.clone();
         if h.body_size == 0 {
             *self = Model::Idle;
-            return Want::Done(Assembled::Content {
+            return Want::Done(Box::new(Assembled::Content {
                 method,
                 header: h,
                 body: Bytes::new(),
-            });
+            }));
         }
         *self = Model::Body {
             method,
@@ -108,13 +108,13 @@ impl Model {
             body: Bytes::from(std::mem::take(body)),
         };
         *self = Model::Idle;
-        Want::Done(done)
+        Want::Done(Box::new(done))
     }
 }
 
 fn got(r: Result<Option<Assembled>, protocol::ProtocolError>) -> Want {
     match r {
-        Ok(Some(a)) => Want::Done(a),
+        Ok(Some(a)) => Want::Done(Box::new(a)),
         Ok(None) => Want::More,
         Err(e) => {
             assert!(!e.reply_text().is_empty());

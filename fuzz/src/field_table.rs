@@ -30,7 +30,11 @@ fn table_depth(t: &FieldTable) -> usize {
 
 /// Round trip and invariants of one decoded table.
 pub fn check_table(t: &FieldTable) {
-    assert!(table_depth(t) < MAX_NESTING_DEPTH, "nesting {} accepted", table_depth(t));
+    assert!(
+        table_depth(t) < MAX_NESTING_DEPTH,
+        "nesting {} accepted",
+        table_depth(t)
+    );
     let mut enc = BytesMut::new();
     t.encode(&mut enc);
     assert_eq!(enc.len(), t.encoded_len());
@@ -71,9 +75,14 @@ pub fn run(data: &[u8]) {
             let mut src = Bytes::copy_from_slice(inp.rest());
             let len = src.len();
             let r = FieldTable::decode(&mut src);
-            let declared = (len >= 4).then(|| 4 + u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize);
+            let declared =
+                (len >= 4).then(|| 4 + u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize);
             if r.is_ok() {
-                assert_eq!(Some(len - src.len()), declared, "decode consumed other than the announced length");
+                assert_eq!(
+                    Some(len - src.len()),
+                    declared,
+                    "decode consumed other than the announced length"
+                );
             }
             check_decoded(r);
         }
@@ -92,7 +101,10 @@ pub fn run(data: &[u8]) {
                         assert_eq!(again, s);
                     }
                     Err(e) => {
-                        assert!(matches!(e, ProtocolError::Malformed(_) | ProtocolError::InvalidUtf8));
+                        assert!(matches!(
+                            e,
+                            ProtocolError::Malformed(_) | ProtocolError::InvalidUtf8
+                        ));
                         break;
                     }
                 }
@@ -106,7 +118,10 @@ pub fn run(data: &[u8]) {
                         let mut enc = BytesMut::new();
                         s.encode(&mut enc);
                         assert_eq!(enc.len(), s.encoded_len());
-                        assert_eq!(LongStr::decode(&mut enc.freeze()).expect("long string round trip"), s);
+                        assert_eq!(
+                            LongStr::decode(&mut enc.freeze()).expect("long string round trip"),
+                            s
+                        );
                         let _ = s.to_string_lossy();
                     }
                     Err(e) => {

@@ -44,7 +44,7 @@ fn decode(stream: &[u8], frame_max: u32, tolerance: u32, mut reads: Option<XorSh
         let n = match reads.as_mut() {
             None => stream.len(),
             Some(r) => {
-                let x = r.next();
+                let x = r.next_u64();
                 // Mostly small reads (splitting headers and payloads), sometimes a big one.
                 if x % 8 == 0 {
                     1 + (x >> 8) as usize % 16384
@@ -90,8 +90,14 @@ pub fn run(data: &[u8]) {
 
     let whole = decode(stream, frame_max, tolerance, None);
     let split = decode(stream, frame_max, tolerance, Some(XorShift::new(seed)));
-    assert_eq!(whole.frames, split.frames, "frames differ between one read and many");
-    assert_eq!(whole.error, split.error, "error differs between one read and many");
+    assert_eq!(
+        whole.frames, split.frames,
+        "frames differ between one read and many"
+    );
+    assert_eq!(
+        whole.error, split.error,
+        "error differs between one read and many"
+    );
     if whole.error.is_none() {
         assert_eq!(whole.left, split.left);
     }
@@ -113,7 +119,10 @@ pub fn run(data: &[u8]) {
             _ => assert_eq!(&enc[..], original, "frame re-encoded differently"),
         }
         let mut c = codec(0, 0);
-        let again = c.decode(&mut enc).expect("re-encoded frame decodes").expect("whole frame");
+        let again = c
+            .decode(&mut enc)
+            .expect("re-encoded frame decodes")
+            .expect("whole frame");
         assert_eq!(&again, frame, "frame round trip");
         assert!(enc.is_empty());
     }

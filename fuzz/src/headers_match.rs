@@ -83,7 +83,7 @@ fn table(inp: &mut Input, binding: bool) -> Vec<(String, ArgValue)> {
     (0..n)
         .map(|_| {
             let k = inp.choose(KEYS);
-            let v = if k == "x-match" && binding && inp.u8() % 4 != 0 {
+            let v = if k == "x-match" && binding && !inp.u8().is_multiple_of(4) {
                 ArgValue::Str(inp.choose(MODES).to_string())
             } else {
                 value(inp, 0)
@@ -142,7 +142,11 @@ fn erl_eq(a: &ArgValue, b: &ArgValue) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| typed_eq(p, q))
         }
         (ArgValue::Table(x), ArgValue::Table(y)) => {
-            x.len() == y.len() && x.0.iter().zip(&y.0).all(|((k, p), (l, q))| k == l && typed_eq(p, q))
+            x.len() == y.len()
+                && x.0
+                    .iter()
+                    .zip(&y.0)
+                    .all(|((k, p), (l, q))| k == l && typed_eq(p, q))
         }
         _ => false,
     }
@@ -224,10 +228,12 @@ pub fn run(data: &[u8]) {
         let m = table(&mut inp, false);
         let headers = through_broker(&m).expect("headers survive the broker's reading");
         let mut out = Vec::new();
-        r.route("amq.headers", "", Some(&headers), &mut out).expect("route");
+        r.route("amq.headers", "", Some(&headers), &mut out)
+            .expect("route");
         let got: BTreeSet<String> = out.iter().map(|n| n.to_string()).collect();
         let mut again = Vec::new();
-        r.route("amq.headers", "", Some(&headers), &mut again).expect("route");
+        r.route("amq.headers", "", Some(&headers), &mut again)
+            .expect("route");
         assert_eq!(out, again, "routing is not deterministic");
         if unique(&headers.0) && bound.iter().all(|(_, b)| unique(b)) {
             let want: BTreeSet<String> = bound

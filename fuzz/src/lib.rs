@@ -17,8 +17,11 @@ pub mod sasl;
 pub mod seeds;
 pub mod x_death;
 
+/// A target: its name (as in `fuzz_targets/`) and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets, by name, as `make fuzz` runs them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("frame_stream", frame_stream::run),
     ("method", method::run),
     ("field_table", field_table::run),
@@ -102,7 +105,7 @@ impl XorShift {
         XorShift(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;

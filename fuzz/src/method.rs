@@ -63,7 +63,13 @@ pub fn check(payload: &[u8]) {
             let _ = e.to_string();
             if let Some((c, id)) = ids {
                 if method_name(c, id).is_none() {
-                    assert_eq!(e, ProtocolError::UnknownMethod { class_id: c, method_id: id });
+                    assert_eq!(
+                        e,
+                        ProtocolError::UnknownMethod {
+                            class_id: c,
+                            method_id: id
+                        }
+                    );
                     assert_eq!(e.reply_code(), protocol::reply::NOT_IMPLEMENTED);
                 } else {
                     assert_eq!((e.class_id(), e.method_id()), (c, id), "{e:?}");

@@ -30,7 +30,11 @@ fn expiration_checks(raw: &RawProperties) {
         Some(e) => {
             let digits = !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit());
             let parsed = e.parse::<u64>().ok();
-            assert_eq!(valid.is_ok(), digits && parsed.is_some(), "expiration {e:?}: {valid:?}");
+            assert_eq!(
+                valid.is_ok(),
+                digits && parsed.is_some(),
+                "expiration {e:?}: {valid:?}"
+            );
             if valid.is_ok() {
                 assert_eq!(msg.expiration_ms, parsed);
             }
@@ -76,14 +80,31 @@ pub fn run(data: &[u8]) {
             }
             assert!(raw.validate().is_ok());
             let enc = RawProperties::from_properties(&p);
-            assert_eq!(enc.decode().expect("re-encoded properties decode"), p, "properties round trip");
-            assert_eq!(RawProperties::from_properties(&enc.decode().unwrap()), enc, "encoding not stable");
+            assert_eq!(
+                enc.decode().expect("re-encoded properties decode"),
+                p,
+                "properties round trip"
+            );
+            assert_eq!(
+                RawProperties::from_properties(&enc.decode().unwrap()),
+                enc,
+                "encoding not stable"
+            );
 
             let mut h = FieldTable::new();
             h.insert("x-fuzz", FieldValue::I64(data.len() as i64));
-            let with = raw.with_headers(h.clone()).expect("with_headers on decodable properties");
+            let with = raw
+                .with_headers(h.clone())
+                .expect("with_headers on decodable properties");
             let q = with.decode().expect("with_headers result decodes");
-            assert_eq!(q, BasicProperties { headers: Some(h), ..p }, "with_headers changed more than the headers");
+            assert_eq!(
+                q,
+                BasicProperties {
+                    headers: Some(h),
+                    ..p
+                },
+                "with_headers changed more than the headers"
+            );
         }
         Err(e) => {
             assert_eq!(e.reply_code(), protocol::reply::FRAME_ERROR, "{e:?}");

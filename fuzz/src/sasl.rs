@@ -11,7 +11,12 @@
 use protocol::FieldValue;
 
 fn plain_reference(resp: &[u8]) -> Option<(String, String)> {
-    let nuls: Vec<usize> = resp.iter().enumerate().filter(|(_, b)| **b == 0).map(|(i, _)| i).collect();
+    let nuls: Vec<usize> = resp
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .map(|(i, _)| i)
+        .collect();
     if nuls.len() != 2 {
         return None;
     }
@@ -46,6 +51,10 @@ pub fn run(data: &[u8]) {
             assert_eq!(rebuilt, resp);
         }
     } else {
-        assert_eq!(broker::auth::parse_amqplain(resp), amqplain_reference(resp), "AMQPLAIN {resp:?}");
+        assert_eq!(
+            broker::auth::parse_amqplain(resp),
+            amqplain_reference(resp),
+            "AMQPLAIN {resp:?}"
+        );
     }
 }

@@ -27,12 +27,23 @@ pub fn every_type_table() -> FieldTable {
     t.insert("i64", FieldValue::I64(-64));
     t.insert("f32", FieldValue::F32(1.5));
     t.insert("f64", FieldValue::F64(-2.5));
-    t.insert("dec", FieldValue::Decimal { scale: 2, value: 12345 });
+    t.insert(
+        "dec",
+        FieldValue::Decimal {
+            scale: 2,
+            value: 12345,
+        },
+    );
     t.insert("str", ls("hello"));
     t.insert("bin", FieldValue::Bytes(bytes::Bytes::from_static(b"\x00\xff")));
     t.insert(
         "arr",
-        FieldValue::Array(vec![FieldValue::I32(1), ls("two"), FieldValue::Void, FieldValue::Table(inner.clone())]),
+        FieldValue::Array(vec![
+            FieldValue::I32(1),
+            ls("two"),
+            FieldValue::Void,
+            FieldValue::Table(inner.clone()),
+        ]),
     );
     t.insert("ts", FieldValue::Timestamp(1_700_000_000));
     t.insert("tbl", FieldValue::Table(inner));
@@ -66,9 +77,15 @@ pub fn queue_arg_tables() -> Vec<FieldTable> {
         args(&[("x-expires", I32(0))]),
         args(&[("x-expires", Timestamp(5))]),
         args(&[("x-max-length", I64(10)), ("x-overflow", ls("reject-publish"))]),
-        args(&[("x-max-length-bytes", U32(1 << 20)), ("x-overflow", ls("reject-publish-dlx"))]),
+        args(&[
+            ("x-max-length-bytes", U32(1 << 20)),
+            ("x-overflow", ls("reject-publish-dlx")),
+        ]),
         args(&[("x-overflow", ls("bogus"))]),
-        args(&[("x-dead-letter-exchange", ls("dlx")), ("x-dead-letter-routing-key", ls("rk"))]),
+        args(&[
+            ("x-dead-letter-exchange", ls("dlx")),
+            ("x-dead-letter-routing-key", ls("rk")),
+        ]),
         args(&[("x-dead-letter-routing-key", ls("rk"))]),
         args(&[("x-dead-letter-exchange", I32(1))]),
         args(&[("x-dead-letter-strategy", ls("at-least-once"))]),
@@ -77,7 +94,10 @@ pub fn queue_arg_tables() -> Vec<FieldTable> {
         args(&[("x-single-active-consumer", Bool(true))]),
         args(&[("x-single-active-consumer", ls("yes"))]),
         args(&[("x-queue-type", ls("classic")), ("x-queue-mode", ls("lazy"))]),
-        args(&[("x-queue-type", ls("quorum")), ("x-quorum-initial-group-size", I32(3))]),
+        args(&[
+            ("x-queue-type", ls("quorum")),
+            ("x-quorum-initial-group-size", I32(3)),
+        ]),
         args(&[("x-queue-type", ls("stream")), ("x-max-age", ls("7D"))]),
         args(&[("x-max-age", ls("0s"))]),
         args(&[("x-queue-version", I32(2))]),
@@ -121,7 +141,16 @@ pub fn sample_properties() -> Vec<BasicProperties> {
         cluster_id: Some("c".into()),
     };
     let mut out = vec![full, BasicProperties::default()];
-    for e in ["0", "", "-1", "+5", "1.5", "18446744073709551615", "18446744073709551616", "abc"] {
+    for e in [
+        "0",
+        "",
+        "-1",
+        "+5",
+        "1.5",
+        "18446744073709551615",
+        "18446744073709551616",
+        "abc",
+    ] {
         out.push(BasicProperties {
             expiration: Some(e.into()),
             ..Default::default()
@@ -160,9 +189,15 @@ pub fn x_death_properties() -> Vec<BasicProperties> {
     vec![
         BasicProperties::default(),
         with(vec![entry("q1", "expired", FieldValue::I64(1))]),
-        with(vec![entry("q2", "rejected", FieldValue::I64(3)), entry("q1", "expired", FieldValue::I32(2))]),
+        with(vec![
+            entry("q2", "rejected", FieldValue::I64(3)),
+            entry("q1", "expired", FieldValue::I32(2)),
+        ]),
         with(vec![entry("q1", "maxlen", FieldValue::I64(i64::MAX - 1))]),
-        with(vec![entry("q1", "expired", ls("not a number")), ls("not a table")]),
+        with(vec![
+            entry("q1", "expired", ls("not a number")),
+            ls("not a table"),
+        ]),
         {
             let mut h = FieldTable::new();
             h.insert("x-death", ls("not an array"));
@@ -194,7 +229,9 @@ pub fn sample_methods() -> Vec<Method> {
             frame_max: 131_072,
             heartbeat: 60,
         }),
-        Method::ConnectionOpen(ConnectionOpen { virtual_host: "/".into() }),
+        Method::ConnectionOpen(ConnectionOpen {
+            virtual_host: "/".into(),
+        }),
         Method::ChannelOpen(ChannelOpen),
         Method::ConfirmSelect(ConfirmSelect { no_wait: false }),
         Method::BasicQos(BasicQos {
@@ -365,9 +402,14 @@ fn method_seeds() -> Vec<Vec<u8>> {
 
 fn field_table_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for t in [every_type_table(), nested_table(63), nested_table(64), FieldTable::new()]
-        .into_iter()
-        .chain(queue_arg_tables())
+    for t in [
+        every_type_table(),
+        nested_table(63),
+        nested_table(64),
+        FieldTable::new(),
+    ]
+    .into_iter()
+    .chain(queue_arg_tables())
     {
         let mut v = vec![0u8];
         v.extend_from_slice(&table_body(&t));
@@ -412,11 +454,16 @@ fn properties_seeds() -> Vec<Vec<u8>> {
 fn content_assembly_seeds() -> Vec<Vec<u8>> {
     vec![
         // default limit; publish, header (size 5 via "1" class: sel bits), body, body
-        vec![1, 0, 1, 0x44, 5, 0, 6, 1, 3, b'a', b'b', b'c', 6, 1, 2, b'd', b'e'],
+        vec![
+            1, 0, 1, 0x44, 5, 0, 6, 1, 3, b'a', b'b', b'c', 6, 1, 2, b'd', b'e',
+        ],
         // small limit; publish, header with a big u16 size, body
         vec![0, 0, 16, 0, 2, 0x84, 0x40, 0, 0, 6, 2, 1, b'x'],
         // interleaved channels, an ack between, a reset
-        vec![1, 0, 1, 1, 2, 4, 1, 0x44, 2, 0, 4, 2, 0x44, 1, 0, 3, 3, 7, 6, 1, 2, b'h', b'i', 7, 2, 6, 2, 1, b'z'],
+        vec![
+            1, 0, 1, 1, 2, 4, 1, 0x44, 2, 0, 4, 2, 0x44, 1, 0, 3, 3, 7, 6, 1, 2, b'h', b'i', 7, 2, 6, 2, 1,
+            b'z',
+        ],
         // header with no method; body with no header; wrong class id; non-zero weight
         vec![1, 4, 1, 0x40, 1, 0, 6, 1, 1, b'q', 0, 1, 4, 1, 0x40, 0, 99, 1, 0],
         vec![1, 0, 1, 4, 1, 0x48, 3, 1, 0],
@@ -425,7 +472,14 @@ fn content_assembly_seeds() -> Vec<Vec<u8>> {
 
 fn sasl_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for r in [&b"\0guest\0guest"[..], b"authz\0user\0pass", b"\0\0", b"guest", b"\0a\0b\0c", b"\0\xff\0x"] {
+    for r in [
+        &b"\0guest\0guest"[..],
+        b"authz\0user\0pass",
+        b"\0\0",
+        b"guest",
+        b"\0a\0b\0c",
+        b"\0\xff\0x",
+    ] {
         let mut v = vec![0u8];
         v.extend_from_slice(r);
         out.push(v);
@@ -457,8 +511,12 @@ fn arguments_seeds() -> Vec<Vec<u8>> {
 fn headers_match_seeds() -> Vec<Vec<u8>> {
     vec![
         // 2 bindings: {a: str "1", x-match any}, {b: long 1}; 2 messages: {a: bytes "1"}, {b: double 1.0}
-        vec![1, 2, 0, 0, 0, 4, 0, 1, 1, 1, 2, 2, 6, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 4, 2, 0],
-        vec![3, 3, 0, 9, 1, 1, 3, 1, 4, 2, 2, 8, 0, 3, 3, 4, 0, 1, 2, 0, 0, 1, 4, 5, 1, 1, 2, 3, 2, 6, 3, 3],
+        vec![
+            1, 2, 0, 0, 0, 4, 0, 1, 1, 1, 2, 2, 6, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 4, 2, 0,
+        ],
+        vec![
+            3, 3, 0, 9, 1, 1, 3, 1, 4, 2, 2, 8, 0, 3, 3, 4, 0, 1, 2, 0, 0, 1, 4, 5, 1, 1, 2, 3, 2, 6, 3, 3,
+        ],
         vec![5; 64],
         (0u8..=255).collect(),
     ]
