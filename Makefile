@@ -49,7 +49,7 @@ SECONDS ?= 600
 SEED ?=
 fuzz-server:
 	$(CARGO) build --bin mailroom
-	MAILROOM_FUZZ_SECONDS=$(SECONDS) MAILROOM_FUZZ_SEED=$(SEED) $(CARGO) test -p mailroom-tests --test fuzz_server -- --nocapture
+	MAILROOM_FUZZ_SECONDS=$(SECONDS) MAILROOM_FUZZ_SEED=$(SEED) MAILROOM_FUZZ_STRICT=1 $(CARGO) test -p mailroom-tests --test fuzz_server -- --nocapture
 
 $(VENV_OK): tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
