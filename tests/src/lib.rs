@@ -59,6 +59,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log: mpsc::Receiver<String>,
+    /// What the broker printed before it accepted connections.
+    pub startup_log: Vec<String>,
 }
 
 impl Server {
@@ -127,12 +129,14 @@ impl Server {
                             .next()
                             .unwrap_or("")
                             .parse()?;
+                        seen.push(line);
                         return Ok(Server {
                             child: Some(child),
                             addr,
                             data_dir: data_dir.to_path_buf(),
                             _tmp: None,
                             log: rx,
+                            startup_log: seen,
                         });
                     }
                     seen.push(line);
