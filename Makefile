@@ -7,7 +7,7 @@ VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
 
-.PHONY: run test lint bench bench-compare crash-test perf clean-venv
+.PHONY: run test lint bench bench-compare crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
@@ -33,6 +33,23 @@ bench-compare:
 # The kill -9 crash test with 100 cycles (CI runs 10 as part of `make test`).
 crash-test:
 	MAILROOM_CRASH_CYCLES=100 $(CARGO) test -p mailroom-tests --test crash -- --nocapture
+
+# Coverage-guided fuzzing (issue 18): every target in fuzz/ for FUZZ_SECONDS each (default 600), one at a
+# time; installs cargo-fuzz into .tools/ if missing; needs the nightly toolchain. See docs/security.md.
+FUZZ_SECONDS ?= 600
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO="$(CARGO)" scripts/fuzz.sh
+
+# The seed corpora (built with the crates' own encoders) into fuzz/corpus/<target>/ (ignored).
+fuzz-corpus:
+	$(CARGO) run -q --manifest-path fuzz/Cargo.toml --no-default-features --bin gen-corpus
+
+# The black-box server fuzzer for longer than the one-minute run in `make test`: SECONDS=N SEED=S.
+SECONDS ?= 600
+SEED ?=
+fuzz-server:
+	$(CARGO) build --bin mailroom
+	MAILROOM_FUZZ_SECONDS=$(SECONDS) MAILROOM_FUZZ_SEED=$(SEED) MAILROOM_FUZZ_STRICT=1 $(CARGO) test -p mailroom-tests --test fuzz_server -- --nocapture
 
 $(VENV_OK): tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::Once;
 use std::time::Duration;
 
+pub mod fuzz_server;
 pub mod raw;
 
 /// Path of the workspace root.
