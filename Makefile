@@ -24,7 +24,7 @@ bench:
 	$(CARGO) bench -p mailroom-router --bench route -- --warm-up-time 1 --measurement-time 3
 
 # Mailroom vs RabbitMQ (issue 6): builds release binaries, installs rabbitmq-server if missing,
-# runs S1-S6, L1 and M1 against both on private ports and rewrites the generated section of
+# runs S1-S6, F1-F3, L1 and M1 against both on private ports and rewrites the generated section of
 # docs/performance.md. Knobs (environment or make variables): REPEAT=1 for a quick run,
 # M1_COUNT=10000000 for the 10 M memory run; see scripts/bench-compare.sh.
 bench-compare:
