@@ -199,6 +199,10 @@ static const char *rel_path(int fd, char *buf, size_t len) {
     ssize_t n = readlink(link, buf, len - 1);
     if (n <= 0) return NULL;
     buf[n] = 0;
+    /* An unlinked file's link reads "<path> (deleted)": match its name as it was. */
+    const char *del = " (deleted)";
+    size_t dl = strlen(del);
+    if ((size_t)n > dl && !strcmp(buf + n - dl, del)) buf[n - dl] = 0;
     if (strncmp(buf, root, root_len) != 0 || (buf[root_len] != '/' && buf[root_len] != 0)) return NULL;
     return buf[root_len] == '/' ? buf + root_len + 1 : buf + root_len;
 }
