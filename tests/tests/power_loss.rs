@@ -39,10 +39,6 @@ fn lazyfs_or_skip(test: &str) -> Option<PathBuf> {
     bin
 }
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 /// The cut: the broker is frozen, every write it did not sync is dropped, then it is killed.
 fn cut(server: &mut Server, fs: &mut LazyFs) -> anyhow::Result<()> {
     unsafe {
@@ -51,123 +47,6 @@ fn cut(server: &mut Server, fs: &mut LazyFs) -> anyhow::Result<()> {
     let r = fs.clear_cache();
     server.kill();
     r
-}
-
-#[derive(Default)]
-struct Outcome {
-    name: String,
-    msgs: MsgReport,
-    defs: DefReport,
-    /// The broker did not start by itself, a fault did not fire, a check could not run.
-    problems: Vec<String>,
-    notes: Vec<String>,
-}
-
-impl Outcome {
-    fn failures(&self) -> usize {
-        self.msgs.failures() + self.msgs.missing_queues + self.defs.failures() + self.problems.len()
-    }
-    fn print(&self) {
-        eprintln!(
-            "{} {}\n    {}\n    {}",
-            if self.failures() == 0 { "ok  " } else { "FAIL" },
-            self.name,
-            self.msgs.line(),
-            self.defs.line()
-        );
-        if !self.msgs.lost_examples.is_empty() {
-            eprintln!("    lost, e.g.: {}", self.msgs.lost_examples.join(", "));
-        }
-        for p in &self.problems {
-            eprintln!("    problem: {p}");
-        }
-        for n in &self.notes {
-            eprintln!("    {n}");
-        }
-    }
-}
-
-/// Starts the broker on `data` (it must start without help) and checks what the ledgers promised.
-async fn restart_and_check(data: &Path, ledger: &Ledger, defs: &Defs, out: &mut Outcome) {
-    let mut server = match blocking(|| Server::try_start_in(data, &[])) {
-        Ok(s) => s,
-        Err(e) => {
-            let text = e.to_string();
-            let tail: Vec<&str> = text.lines().rev().take(6).collect();
-            out.problems.push(format!(
-                "the broker did not start on its own after the cut: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ));
-            // Everything confirmed counts as lost when the broker cannot serve it.
-            out.msgs.confirmed = ledger.acked.len();
-            out.msgs.lost = ledger
-                .acked
-                .keys()
-                .filter(|id| !ledger.consumer_acked.contains(id))
-                .count();
-            return;
-        }
-    };
-    let warnings: Vec<String> = server
-        .startup_log
-        .iter()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .take(4)
-        .cloned()
-        .collect();
-    if !warnings.is_empty() {
-        out.notes.push(format!("restart log: {}", warnings.join(" | ")));
-    }
-    let conn = match connect(&server.url()).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.problems.push(format!("connect after restart: {e}"));
-            return;
-        }
-    };
-    match drain(&conn).await {
-        Ok(d) => out.msgs = check_messages(ledger, &d),
-        Err(e) => out.problems.push(format!("drain: {e}")),
-    }
-    out.defs = check_defs(&conn, defs).await;
-    let _ = conn.close(200, "bye".into()).await;
-    blocking(|| server.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)));
-}
-
-fn summary(test: &str, outcomes: &[Outcome]) {
-    let mut msgs = MsgReport::default();
-    let mut defs = DefReport::default();
-    let mut problems = 0;
-    for o in outcomes {
-        msgs.add(&o.msgs);
-        defs.add(&o.defs);
-        problems += o.problems.len();
-    }
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.failures() > 0)
-        .map(|o| o.name.as_str())
-        .collect();
-    let text = format!(
-        "{test}: {} cases, {} failed\n  {}\n  {}\n  other problems (no start, fault not fired, check errors): {problems}",
-        outcomes.len(),
-        failed.len(),
-        msgs.line(),
-        defs.line()
-    );
-    eprintln!("\n==== {text}");
-    if !failed.is_empty() {
-        panic!(
-            "{text}\n  failed: {}\n  lost: {} confirmed messages, {} acknowledged definitions",
-            failed.join("; "),
-            msgs.lost,
-            defs.lost.len()
-        );
-    }
-    assert!(
-        msgs.confirmed > 0,
-        "{test}: nothing was confirmed in any case; the test proved nothing"
-    );
 }
 
 fn rng() -> rand::rngs::StdRng {

@@ -26,6 +26,8 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use mailroom_tests::Server;
+use std::path::Path;
 
 pub const BODY_LEN: usize = 1024;
 /// Unconfirmed publishes a publisher keeps in flight.
@@ -173,17 +175,17 @@ pub fn binding_key(exchange: &str, queue: &str) -> String {
 }
 
 impl Defs {
-    fn entity(&mut self, key: &str, template: impl FnOnce() -> Entity) -> &mut Entity {
+    pub fn entity(&mut self, key: &str, template: impl FnOnce() -> Entity) -> &mut Entity {
         self.entities.entry(key.to_string()).or_insert_with(template)
     }
-    fn begin(&mut self, keys: &[String]) {
+    pub fn begin(&mut self, keys: &[String]) {
         for k in keys {
             if let Some(e) = self.entities.get_mut(k) {
                 e.in_flight += 1;
             }
         }
     }
-    fn ok(&mut self, keys: &[String], present: bool) {
+    pub fn ok(&mut self, keys: &[String], present: bool) {
         for k in keys {
             if let Some(e) = self.entities.get_mut(k) {
                 e.in_flight -= 1;
@@ -192,7 +194,7 @@ impl Defs {
         }
     }
     /// Refused with an AMQP error: the change must not have happened.
-    fn refused(&mut self, keys: &[String], why: String) {
+    pub fn refused(&mut self, keys: &[String], why: String) {
         for k in keys {
             if let Some(e) = self.entities.get_mut(k) {
                 e.in_flight -= 1;
@@ -1120,4 +1122,128 @@ pub async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ------------------------------------------------------------------------------------------------ cases
+
+/// Runs blocking harness code (process start, LazyFS commands) from a test's async body.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    pub name: String,
+    pub msgs: MsgReport,
+    pub defs: DefReport,
+    /// The broker did not start by itself, a fault did not fire, a check could not run.
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn failures(&self) -> usize {
+        self.msgs.failures() + self.msgs.missing_queues + self.defs.failures() + self.problems.len()
+    }
+    pub fn print(&self) {
+        eprintln!(
+            "{} {}\n    {}\n    {}",
+            if self.failures() == 0 { "ok  " } else { "FAIL" },
+            self.name,
+            self.msgs.line(),
+            self.defs.line()
+        );
+        if !self.msgs.lost_examples.is_empty() {
+            eprintln!("    lost, e.g.: {}", self.msgs.lost_examples.join(", "));
+        }
+        for p in &self.problems {
+            eprintln!("    problem: {p}");
+        }
+        for n in &self.notes {
+            eprintln!("    {n}");
+        }
+    }
+}
+
+/// Starts the broker on `data` (it must start without help) and checks what the ledgers promised.
+pub async fn restart_and_check(data: &Path, ledger: &Ledger, defs: &Defs, out: &mut Outcome) {
+    let mut server = match blocking(|| Server::try_start_in(data, &[])) {
+        Ok(s) => s,
+        Err(e) => {
+            let text = e.to_string();
+            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            out.problems.push(format!(
+                "the broker did not start on its own after the cut: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+            // Everything confirmed counts as lost when the broker cannot serve it.
+            out.msgs.confirmed = ledger.acked.len();
+            out.msgs.lost = ledger
+                .acked
+                .keys()
+                .filter(|id| !ledger.consumer_acked.contains(id))
+                .count();
+            return;
+        }
+    };
+    let warnings: Vec<String> = server
+        .startup_log
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(4)
+        .cloned()
+        .collect();
+    if !warnings.is_empty() {
+        out.notes.push(format!("restart log: {}", warnings.join(" | ")));
+    }
+    let conn = match connect(&server.url()).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.problems.push(format!("connect after restart: {e}"));
+            return;
+        }
+    };
+    match drain(&conn).await {
+        Ok(d) => out.msgs = check_messages(ledger, &d),
+        Err(e) => out.problems.push(format!("drain: {e}")),
+    }
+    out.defs = check_defs(&conn, defs).await;
+    let _ = conn.close(200, "bye".into()).await;
+    blocking(|| server.signal_and_wait(libc::SIGTERM, Duration::from_secs(30)));
+}
+
+pub fn summary(test: &str, outcomes: &[Outcome]) {
+    let mut msgs = MsgReport::default();
+    let mut defs = DefReport::default();
+    let mut problems = 0;
+    for o in outcomes {
+        msgs.add(&o.msgs);
+        defs.add(&o.defs);
+        problems += o.problems.len();
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failures() > 0)
+        .map(|o| o.name.as_str())
+        .collect();
+    let text = format!(
+        "{test}: {} cases, {} failed\n  {}\n  {}\n  other problems (no start, fault not fired, check errors): {problems}",
+        outcomes.len(),
+        failed.len(),
+        msgs.line(),
+        defs.line()
+    );
+    eprintln!("\n==== {text}");
+    if !failed.is_empty() {
+        panic!(
+            "{text}\n  failed: {}\n  lost: {} confirmed messages, {} acknowledged definitions",
+            failed.join("; "),
+            msgs.lost,
+            defs.lost.len()
+        );
+    }
+    assert!(
+        msgs.confirmed > 0,
+        "{test}: nothing was confirmed in any case; the test proved nothing"
+    );
 }
