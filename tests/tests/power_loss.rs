@@ -132,9 +132,10 @@ const SLED_CONF: &str = r"/sled/conf$";
 /// last close).
 const HIDDEN: &str = r"fuse_hidden";
 const DATA: &str = r"/data/";
-/// Per-queue definition copies beside the segment files: a file in a queue directory that is neither a
-/// segment (`.seg`), an ack file (`.ack`) nor hidden.
-const DEF_COPY: &str = r"/[0-9a-f]{8}/[^./][^/]*[^gk]$";
+/// The per-queue definition copy beside the segment files (`queue.def`, storage/src/seglog).
+const DEF_COPY: &str = r"/queue\.def$";
+/// A deleted queue's directory is renamed to `<id>.deleted` before it is removed.
+const DELETED: &str = r"\.deleted$";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum When {
@@ -238,12 +239,17 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
         .map(|s| Workload::start(s.url(), WorkloadOpts::default()));
     let (ledger, defs, events) = match case.when {
         When::Start | When::Load => {
-            if case.when == When::Load {
+            if case.when == When::Load && matches!(case.arm, Arm::Crash(_)) {
                 if let Some(w) = &workload {
                     // Some confirmed data on disk first, so that the crash lands mid-stream.
                     let target = rng.gen_range(1000..6000);
-                    let sh = w.shared.clone();
-                    wait_until(Duration::from_secs(30), || lock(&sh.ledger).acked.len() >= target).await;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while lock(&w.shared.ledger).acked.len() < target
+                        && fs.alive()
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     arm_all(&mut fs, &mut out);
                 }
             }
@@ -396,8 +402,22 @@ async fn crash_points() {
         },
         Case {
             name: "after a definition copy is written",
-            when: Load,
+            when: Start,
             arm: crash(vec![after("write", DEF_COPY)]),
+        },
+        Case {
+            name: "after a definition copy is synced",
+            when: Start,
+            arm: crash(vec![after("fsync", DEF_COPY)]),
+        },
+        Case {
+            name: "after a deleted queue's directory is renamed",
+            when: Load,
+            arm: crash(vec![Crash {
+                op: "rename",
+                from: Some(DATA.to_string()),
+                to: Some(DELETED.to_string()),
+            }]),
         },
         Case {
             name: "after a rename during recovery",
@@ -463,6 +483,14 @@ async fn torn_writes() {
             name: "ack file: the 3rd write torn in half",
             when: Load,
             arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 1, "ack"), 3, 2, &[1]))),
+        },
+        Case {
+            name: "definition copy: its first write torn, half of it on disk",
+            when: Load,
+            arm: Arm::Torn(Box::new(|r| {
+                let def = r.join("data/messages/00000003/queue.def");
+                torn_op(def.display().to_string(), 1, 2, &[1])
+            })),
         },
         Case {
             name: "sled log: the 4th write torn, half of it on disk",

@@ -28,12 +28,13 @@ use lapin::options::QueueDeclareOptions;
 use mailroom_tests::faultfs::{FaultFs, Ops};
 use mailroom_tests::Server;
 
-/// Paths relative to the data directory (POSIX ERE, matched by the shim).
-const SEG: &str = r"^messages/[0-9a-f]{8}/[0-9a-f]{16}\.seg$";
-const ACK: &str = r"^messages/[0-9a-f]{8}/[0-9a-f]{16}\.ack$";
-const SLED: &str = r"^sled(/|$)";
-/// Per-queue definition copies: a file in a queue directory that is not a segment, an ack file or hidden.
-const DEF_COPY: &str = r"^messages/[0-9a-f]{8}/[^./][^/]*[^gk]$";
+/// Paths relative to the data directory (POSIX ERE, matched by the shim). Each kind includes its temporary
+/// siblings (`<name>.repair`, `sled.new`, …): a full disk fails those writes too.
+const SEG: &str = r"^messages/[0-9a-f]{8}/[0-9a-f]{16}\.seg(\.[a-z]+)?$";
+const ACK: &str = r"^messages/[0-9a-f]{8}/[0-9a-f]{16}\.ack(\.[a-z]+)?$";
+const SLED: &str = r"^sled(\.[a-z]+)?(/|$)";
+/// The per-queue definition copy beside the segment files (`queue.def`, storage/src/seglog).
+const DEF_COPY: &str = r"^messages/[0-9a-f]{8}/queue\.def(\.[a-z]+)?$";
 
 struct Case {
     name: &'static str,
