@@ -12,7 +12,8 @@
  *   errno   ENOSPC, EIO, or off (then the rest may be missing)
  *   ops     write, sync or write,sync: which calls fail. write = write, pwrite(64), writev, pwritev(64)(v2),
  *           fallocate; sync = fsync, fdatasync, sync_file_range
- *   count   -1: every matching call until the control file changes; N > 0: the next N matching calls
+ *   count   -1: every matching call until the control file changes; N > 0: the next N matching calls;
+ *           1/N: each matching call with probability 1/N (until the control file changes)
  *   drop    1: an injected sync failure also punches holes (zeros) into the ranges written to that file since
  *           its last successful sync: after a failed fsync Linux may drop the dirty pages and report success
  *           on the next fsync ("fsyncgate"), so data a later successful sync seems to cover can be gone.
@@ -72,6 +73,8 @@ static struct {
 static int fault_errno;  /* 0: off */
 static int fault_ops;
 static long fault_count; /* -1: unlimited */
+static long fault_one_in; /* > 0: each matching call fails with probability 1/fault_one_in */
+static unsigned long long rng_state = 0x9E3779B97F4A7C15ULL;
 static int fault_drop;
 static regex_t fault_re;
 static int fault_re_ok;
@@ -169,7 +172,7 @@ static void reload_locked(void) {
     buf[n] = 0;
     char *nl = strchr(buf, '\n');
     if (nl) *nl = 0;
-    char err[32] = {0}, ops[64] = {0};
+    char err[32] = {0}, ops[64] = {0}, cnt[32] = {0};
     long count = -1;
     int drop = 0, off = 0;
     fault_errno = 0;
@@ -177,7 +180,14 @@ static void reload_locked(void) {
         regfree(&fault_re);
         fault_re_ok = 0;
     }
-    if (sscanf(buf, "%31s %63s %ld %d %n", err, ops, &count, &drop, &off) < 4) return;
+    if (sscanf(buf, "%31s %63s %31s %d %n", err, ops, cnt, &drop, &off) < 4) return;
+    fault_one_in = 0;
+    if (!strncmp(cnt, "1/", 2)) {
+        fault_one_in = atol(cnt + 2);
+        count = -1;
+    } else {
+        count = atol(cnt);
+    }
     if (!strcmp(err, "ENOSPC"))
         fault_errno = ENOSPC;
     else if (!strcmp(err, "EIO"))
@@ -298,6 +308,13 @@ static int inject(int fd, int op, const char *call) {
     pthread_mutex_lock(&lock);
     int hit = fault_errno && (fault_ops & op) && fault_count != 0 && fault_re_ok &&
               regexec(&fault_re, rel, 0, NULL, 0) == 0;
+    if (hit && fault_one_in > 1) {
+        /* xorshift64*: cheap, and reproducible enough for a test */
+        rng_state ^= rng_state >> 12;
+        rng_state ^= rng_state << 25;
+        rng_state ^= rng_state >> 27;
+        hit = ((rng_state * 0x2545F4914F6CDD1DULL) >> 33) % (unsigned long long)fault_one_in == 0;
+    }
     int e = fault_errno, drop = fault_drop;
     if (hit && fault_count > 0) fault_count--;
     pthread_mutex_unlock(&lock);

@@ -55,6 +55,17 @@ pub struct FaultFs {
     serial: Mutex<u64>,
 }
 
+/// How many matching calls fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Every one, until switched off.
+    Every,
+    /// The next n.
+    Next(u32),
+    /// Each with probability 1/n, until switched off.
+    OneIn(u32),
+}
+
 /// Which calls fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ops {
@@ -104,14 +115,15 @@ impl FaultFs {
     }
 
     /// Fails `ops` on files whose path relative to the data directory matches `regex` (POSIX ERE) with
-    /// `errno` ("ENOSPC" / "EIO"): every such call while `count` is `None`, else the next `count`. With
+    /// `errno` ("ENOSPC" / "EIO"): every such call while `count` is `Every`, the next n with `Next(n)`,
+    /// each with probability 1/n with `OneIn(n)`. With
     /// `drop`, an injected sync failure also zeroes what was written to that file since its last successful
     /// sync (Linux may drop those pages after a failed fsync).
     pub fn fail(
         &self,
         errno: &str,
         ops: &[Ops],
-        count: Option<u32>,
+        count: Count,
         drop: bool,
         regex: &str,
     ) -> anyhow::Result<()> {
@@ -122,10 +134,14 @@ impl FaultFs {
                 Ops::Sync => "sync",
             })
             .collect();
+        let count = match count {
+            Count::Every => "-1".to_string(),
+            Count::Next(n) => n.to_string(),
+            Count::OneIn(n) => format!("1/{n}"),
+        };
         self.write_control(&format!(
-            "{errno} {} {} {} {regex}",
+            "{errno} {} {count} {} {regex}",
             ops.join(","),
-            count.map(i64::from).unwrap_or(-1),
             drop as u8
         ))
     }

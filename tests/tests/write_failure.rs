@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use durability_common::*;
 use lapin::options::QueueDeclareOptions;
-use mailroom_tests::faultfs::{FaultFs, Ops};
+use mailroom_tests::faultfs::{Count, FaultFs, Ops};
 use mailroom_tests::Server;
 
 /// Paths relative to the data directory (POSIX ERE, matched by the shim). Each kind includes its temporary
@@ -40,17 +40,22 @@ struct Case {
     name: &'static str,
     regex: &'static str,
     errno: &'static str,
-    ops: Ops,
-    /// None: every matching call until switched off; Some(n): the next n.
-    count: Option<u32>,
+    ops: &'static [Ops],
+    count: Count,
     /// fsyncgate model for sync failures.
     drop: bool,
     /// Every publish needs this kind of file, so publishes the failure covered must be nacked.
     covers_publishes: bool,
 }
 
+/// Every file under the data directory.
+const ANY: &str = "^";
+
 fn cases() -> Vec<Case> {
-    use Ops::*;
+    use Count::*;
+    const W: &[Ops] = &[Ops::Write];
+    const S: &[Ops] = &[Ops::Sync];
+    const WS: &[Ops] = &[Ops::Write, Ops::Sync];
     let c = |name, regex, errno, ops, count, drop, covers_publishes| Case {
         name,
         regex,
@@ -60,109 +65,25 @@ fn cases() -> Vec<Case> {
         drop,
         covers_publishes,
     };
-    vec![
-        c(
-            "segment writes fail with ENOSPC (disk full)",
-            SEG,
-            "ENOSPC",
-            Write,
-            None,
-            false,
-            true,
-        ),
-        c(
-            "segment writes fail with EIO",
-            SEG,
-            "EIO",
-            Write,
-            None,
-            false,
-            true,
-        ),
-        c("segment syncs fail with EIO", SEG, "EIO", Sync, None, true, true),
-        c(
-            "one segment sync fails with EIO, its pages dropped",
-            SEG,
-            "EIO",
-            Sync,
-            Some(1),
-            true,
-            false,
-        ),
-        c(
-            "ack-file writes fail with ENOSPC",
-            ACK,
-            "ENOSPC",
-            Write,
-            None,
-            false,
-            false,
-        ),
-        c(
-            "ack-file writes fail with EIO",
-            ACK,
-            "EIO",
-            Write,
-            None,
-            false,
-            false,
-        ),
-        c(
-            "one ack-file sync fails with EIO, its pages dropped",
-            ACK,
-            "EIO",
-            Sync,
-            Some(1),
-            true,
-            false,
-        ),
-        c(
-            "sled writes fail with ENOSPC",
-            SLED,
-            "ENOSPC",
-            Write,
-            None,
-            false,
-            false,
-        ),
-        c(
-            "sled writes fail with EIO",
-            SLED,
-            "EIO",
-            Write,
-            None,
-            false,
-            false,
-        ),
-        c("sled syncs fail with EIO", SLED, "EIO", Sync, None, true, false),
-        c(
-            "one sled sync fails with EIO, its pages dropped",
-            SLED,
-            "EIO",
-            Sync,
-            Some(1),
-            true,
-            false,
-        ),
-        c(
-            "definition-copy writes fail with ENOSPC",
-            DEF_COPY,
-            "ENOSPC",
-            Write,
-            None,
-            false,
-            false,
-        ),
-        c(
-            "one definition-copy sync fails with EIO, its pages dropped",
-            DEF_COPY,
-            "EIO",
-            Sync,
-            Some(1),
-            true,
-            false,
-        ),
-    ]
+    #[rustfmt::skip]
+    let cases = vec![
+        c("segment writes fail with ENOSPC (disk full)", SEG, "ENOSPC", W, Every, false, true),
+        c("segment writes fail with EIO", SEG, "EIO", W, Every, false, true),
+        c("segment syncs fail with EIO", SEG, "EIO", S, Every, true, true),
+        c("one segment sync fails with EIO, its pages dropped", SEG, "EIO", S, Next(1), true, false),
+        c("ack-file writes fail with ENOSPC", ACK, "ENOSPC", W, Every, false, false),
+        c("ack-file writes fail with EIO", ACK, "EIO", W, Every, false, false),
+        c("one ack-file sync fails with EIO, its pages dropped", ACK, "EIO", S, Next(1), true, false),
+        c("sled writes fail with ENOSPC", SLED, "ENOSPC", W, Every, false, false),
+        c("sled writes fail with EIO", SLED, "EIO", W, Every, false, false),
+        c("sled syncs fail with EIO", SLED, "EIO", S, Every, true, false),
+        c("one sled sync fails with EIO, its pages dropped", SLED, "EIO", S, Next(1), true, false),
+        c("definition-copy writes fail with ENOSPC", DEF_COPY, "ENOSPC", W, Every, false, false),
+        c("one definition-copy sync fails with EIO, its pages dropped", DEF_COPY, "EIO", S, Next(1), true, false),
+        c("every write of every store file fails with ENOSPC (disk full)", ANY, "ENOSPC", W, Every, false, true),
+        c("1 in 100 writes and syncs of any store file fail with EIO, pages dropped", ANY, "EIO", WS, OneIn(100), true, false),
+    ];
+    cases
 }
 
 /// How long the test waits for something that must happen (an answer, confirms after the fault): a
@@ -279,7 +200,7 @@ async fn run_case(case: &Case) -> Outcome {
 
     // The fault.
     w.set_phase(1);
-    ff.fail(case.errno, &[case.ops], case.count, case.drop, case.regex)
+    ff.fail(case.errno, case.ops, case.count, case.drop, case.regex)
         .expect("switch the fault on");
     let during = declare(&url, "wf-during", &probes);
     let hit = async { wait_until(Duration::from_secs(30), || !ff.injections().is_empty()).await };
@@ -291,12 +212,14 @@ async fn run_case(case: &Case) -> Outcome {
         ));
     }
     w.set_phase(2);
-    if case.count.is_none() {
-        // Held until the broker has nacked something (bounded: some cases have nothing to nack).
-        let covered = || lock(&sh.ledger).nacked_in(2) >= 50;
-        wait_until(Duration::from_secs(5), covered).await;
-    } else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    match case.count {
+        Count::Every => {
+            // Held until the broker has nacked something (bounded: some cases have nothing to nack).
+            let covered = || lock(&sh.ledger).nacked_in(2) >= 50;
+            wait_until(Duration::from_secs(5), covered).await;
+        }
+        Count::OneIn(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+        Count::Next(_) => tokio::time::sleep(Duration::from_secs(1)).await,
     }
     w.set_phase(3);
     ff.off().expect("switch the fault off");
