@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::{codec, io_err, Result, StoreError, StoredMessage};
+use crate::{be, codec, io_err, Result, StoreError, StoredMessage};
 
 /// `[len u32 BE][crc32 u32 BE][seq u64 BE]`, then the payload; `len` counts seq + payload and the
 /// crc covers them.
@@ -81,7 +81,7 @@ fn parse_record(buf: &[u8]) -> Result<Option<(usize, u64)>, usize> {
     if buf.len() < RECORD_HEADER {
         return Err(RECORD_HEADER);
     }
-    let len = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let len = be::u32_at(buf, 0) as usize;
     if len < 8 + 4 {
         return Ok(None); // seq + at least the message header length
     }
@@ -89,11 +89,11 @@ fn parse_record(buf: &[u8]) -> Result<Option<(usize, u64)>, usize> {
     if buf.len() < total {
         return Err(total);
     }
-    let crc = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let crc = be::u32_at(buf, 4);
     if crc32fast::hash(&buf[8..total]) != crc {
         return Ok(None);
     }
-    let seq = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
+    let seq = be::u64_at(buf, 8);
     Ok(Some((total, seq)))
 }
 
@@ -121,10 +121,9 @@ fn read_footer(f: &File, file_len: u64) -> io::Result<Option<(Seqs, u64)>> {
     if &tail[20..28] != FOOTER_MAGIC {
         return Ok(None);
     }
-    let be32 = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
-    let n_runs = be32(&tail[0..4]) as u64;
-    let n = be32(&tail[4..8]);
-    let data_len = u64::from_be_bytes(tail[8..16].try_into().expect("8 bytes"));
+    let n_runs = be::u32_at(&tail, 0) as u64;
+    let n = be::u32_at(&tail, 4);
+    let data_len = be::u64_at(&tail, 8);
     let body_len = n_runs * FOOTER_RUN as u64;
     if data_len.checked_add(body_len + FOOTER_TAIL as u64) != Some(file_len) {
         return Ok(None);
@@ -134,13 +133,13 @@ fn read_footer(f: &File, file_len: u64) -> io::Result<Option<(Seqs, u64)>> {
     let mut h = crc32fast::Hasher::new();
     h.update(&body);
     h.update(&tail[0..16]);
-    if h.finalize() != be32(&tail[16..20]) {
+    if h.finalize() != be::u32_at(&tail, 16) {
         return Ok(None);
     }
     let mut seqs = Seqs::default();
     for c in body.chunks_exact(FOOTER_RUN) {
-        let start = u64::from_be_bytes(c[0..8].try_into().expect("8 bytes"));
-        let len = be32(&c[8..12]);
+        let start = be::u64_at(c, 0);
+        let len = be::u32_at(c, 8);
         let ordered = seqs.last().is_none_or(|l| start > l);
         if len == 0 || !ordered || start.checked_add(len as u64 - 1).is_none() {
             return Ok(None);
@@ -199,8 +198,8 @@ fn parse_acks(buf: &[u8]) -> (Vec<u64>, usize) {
     let mut seqs = Vec::new();
     let mut pos = 0;
     while buf.len() - pos >= ACK_HEADER {
-        let n = u32::from_be_bytes(buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(buf[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let n = be::u32_at(buf, pos) as usize;
+        let crc = be::u32_at(buf, pos + 4);
         let end = match n.checked_mul(8).and_then(|b| b.checked_add(pos + ACK_HEADER)) {
             Some(end) if n > 0 && end <= buf.len() => end,
             _ => break,
@@ -211,7 +210,7 @@ fn parse_acks(buf: &[u8]) -> (Vec<u64>, usize) {
         seqs.extend(
             buf[pos + ACK_HEADER..end]
                 .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))),
+                .map(|c| be::u64_at(c, 0)),
         );
         pos = end;
     }

@@ -1,7 +1,11 @@
 use super::*;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::store::{block_on, DELETE_CHUNK};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
