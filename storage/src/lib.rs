@@ -16,14 +16,20 @@
 
 mod be;
 mod codec;
+mod fault;
 mod flusher;
 mod keys;
+mod open;
 mod records;
 mod seglog;
+mod sleddb;
 mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use fault::{FaultOp, Faults, FileKind};
+pub use flusher::{Durability, TicketState};
+pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
     BindingRecord, ExchangeRecord, MessageState, QueueRecord, StoreOptions, StoreStats, StoredMessage,
     UserRecord, VhostRecord,
@@ -68,6 +74,26 @@ pub enum StoreError {
          per queue"
     )]
     OutOfOrder { queue_id: u32, seq: u64, last: u64 },
+    #[error(
+        "the definitions store {}/sled is {state} but {queues} queue directories under {}/messages \
+         hold messages or queue definitions; refusing to start so that nothing is lost. Start with \
+         --force-recovery to restore the queues from the definition copies beside their messages \
+         and move whatever cannot be accounted for to {}/lost+found (exchanges, bindings, users and \
+         vhosts cannot be restored this way); see docs/failure-handling.md",
+        dir.display(), dir.display(), dir.display()
+    )]
+    DefinitionsLost {
+        dir: PathBuf,
+        state: String,
+        queues: usize,
+    },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "the write could not be made durable (ticket {ticket}): its flush round failed; the store \
+         retries and reports when it is back in service"
+    )]
+    NotDurable { ticket: u64 },
 }
 
 impl From<sled::Error> for StoreError {

@@ -16,6 +16,10 @@ pub struct StoreOptions {
     /// A message segment file is closed and a new one started when the next record would take it
     /// past this size (a larger record gets a segment of its own). Default 8 MiB.
     pub segment_bytes: u64,
+    /// Open even if the definitions store is empty or unreadable while message data exists:
+    /// restore queues from their definition copies and move the rest to `lost+found`
+    /// (the broker's `--force-recovery`). Off by default: such a store is refused.
+    pub force_recovery: bool,
 }
 
 impl Default for StoreOptions {
@@ -24,6 +28,7 @@ impl Default for StoreOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             flush_interval_ms: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            force_recovery: false,
         }
     }
 }

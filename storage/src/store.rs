@@ -2,32 +2,29 @@
 //! directory.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::flusher::{flusher_loop, Shared, Unsynced, WakeState};
+use crate::flusher::{Durability, Shared, TicketState};
 use crate::keys::{self, Key, BINDING, EXCHANGE, MSG_STATE, QUEUE, USER, VHOST};
-use crate::seglog::MsgLog;
-use crate::{be, codec, io_err, records::*, Result, StoreError, SCHEMA_VERSION, SLED_SEGMENT_SIZE};
+use crate::{be, codec, io_err, records::*, Result, StoreError};
 
 /// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
 pub(crate) const DELETE_CHUNK: usize = 10_000;
 
-struct Inner {
+pub(crate) struct Inner {
     /// `Some` until drop.
-    shared: Option<Arc<Shared>>,
-    flusher: Option<JoinHandle<()>>,
-    dir: PathBuf,
+    pub(crate) shared: Option<Arc<Shared>>,
+    pub(crate) flusher: Option<JoinHandle<()>>,
+    pub(crate) dir: PathBuf,
     // Declared last: dropped (unlocked) after sled has been closed.
-    _lock: File,
+    pub(crate) _lock: File,
 }
 
 impl Drop for Inner {
@@ -39,12 +36,11 @@ impl Drop for Inner {
             if let Some(h) = self.flusher.take() {
                 let _ = h.join(); // the flusher does a last flush before it exits
             }
-            drop(shared); // the last reference: closes sled
+            // sled's I/O threads can hold its data file (and sled's own lock on it) for a moment
+            // after the Db is dropped; `close` waits for that so the directory can be reopened as
+            // soon as our LOCK is released.
+            shared.sled.close();
         }
-        // sled's I/O threads can hold its data file (and sled's own lock on it) for a moment
-        // after the Db is dropped; wait for that so the directory can be reopened as soon as
-        // our LOCK is released.
-        wait_sled_lock_free(&self.dir.join("sled"), Duration::from_secs(5));
     }
 }
 
@@ -52,7 +48,7 @@ impl Drop for Inner {
 /// (after a final flush), closes sled and unlocks the directory.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,138 +58,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`. Creates the directory if missing, locks it, opens
-    /// sled under `dir/sled`, checks the schema version, and loads the message log under
-    /// `dir/messages`: reads every segment once to check its records (cutting off a torn tail
-    /// left by a crash) and every ack file, removes fully acked segments and the messages of
-    /// queues that have no queue record (a `delete_queue` interrupted by a crash).
-    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-        }
-
-        let sled_dir = dir.join("sled");
-        // We hold LOCK, so a sled lock still held can only be a Store of this process that is
-        // being dropped right now (see Inner::drop); give it a moment.
-        wait_sled_lock_free(&sled_dir, Duration::from_secs(2));
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .flush_every_ms(opts.flush_interval_ms)
-            .use_compression(false)
-            .segment_size(SLED_SEGMENT_SIZE)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(source) => StoreError::Io {
-                    path: sled_dir.clone(),
-                    source,
-                },
-                other => other.into(),
-            })?;
-
-        debug_assert_eq!(keys::SCHEMA_KEY[0], keys::META);
-        match db.get(keys::SCHEMA_KEY)? {
-            Some(v) => {
-                let found = be::exact_u32(&v)
-                    .ok_or_else(|| StoreError::Corrupt("schema version record is malformed".into()))?;
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion {
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-            }
-            None => {
-                if db.iter().next().is_some() {
-                    return Err(StoreError::Corrupt(
-                        "the store holds data but has no schema version record".into(),
-                    ));
-                }
-                db.insert(keys::SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-        }
-
-        let known: HashSet<u32> = list_records::<QueueRecord>(&db, QUEUE, "queue")?
-            .into_iter()
-            .map(|q| q.id)
-            .collect();
-        let (log, recovery) = MsgLog::open(&dir.join("messages"), opts.segment_bytes, &known)?;
-        for q in &recovery.orphan_queues {
-            tracing::warn!(queue_id = q, "removed the messages of a deleted queue");
-        }
-        if recovery.truncated_files > 0 {
-            tracing::warn!(
-                files = recovery.truncated_files,
-                "cut off torn tails of message files (a crash during a write)"
-            );
-        }
-
-        let (durable_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            db,
-            log,
-            sled_dirty: AtomicBool::new(false),
-            round: Mutex::new(Unsynced::default()),
-            ticket: AtomicU64::new(0),
-            flushes: AtomicU64::new(0),
-            fsyncs: AtomicU64::new(0),
-            flush_errors: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            messages_appended: AtomicU64::new(0),
-            messages_deleted: AtomicU64::new(0),
-            durable_tx,
-            wake: Mutex::new(WakeState {
-                requested: false,
-                shutdown: false,
-            }),
-            cv: Condvar::new(),
-            sleeping: AtomicBool::new(false),
-        });
-        let flusher = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("mailroom-storage-flusher".into())
-                .spawn(move || flusher_loop(shared))
-                .map_err(io_err(dir))?
-        };
-        let store = Store {
-            inner: Arc::new(Inner {
-                shared: Some(shared),
-                flusher: Some(flusher),
-                dir: dir.to_path_buf(),
-                _lock: lock,
-            }),
-        };
-        store.remove_orphan_state(&known)?;
-        if recovery.scanned_segments > 0 {
-            // their new footers
-            store.request_flush();
-        }
-        Ok(store)
-    }
-
-    fn sh(&self) -> &Shared {
+    pub(crate) fn sh(&self) -> &Shared {
         self.inner.shared.as_ref().expect("store used after drop")
-    }
-
-    fn db(&self) -> &sled::Db {
-        &self.sh().db
     }
 
     /// The directory this store was opened on.
@@ -203,35 +69,49 @@ impl Store {
 
     // --- generic record helpers ---------------------------------------------------------------
 
-    fn put_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64> {
+    pub(crate) fn put_raw(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64> {
         let n = key.len() + value.len();
-        self.db().insert(key, value)?;
-        Ok(self.sh().bump_sled(n))
+        self.sh().sled.write(|db| db.insert(key, value))?;
+        Ok(self.sh().bump(n))
     }
 
     fn remove_raw(&self, key: Vec<u8>) -> Result<u64> {
         let n = key.len();
-        self.db().remove(key)?;
-        Ok(self.sh().bump_sled(n))
+        self.sh().sled.write(|db| db.remove(key))?;
+        Ok(self.sh().bump(n))
     }
 
     fn list<T: for<'a> Deserialize<'a>>(&self, tag: u8, what: &str) -> Result<Vec<T>> {
-        list_records(self.db(), tag, what)
+        self.sh().sled.read(|db| Ok(list_records(db, tag, what)))?
+    }
+
+    /// Flushes and checks that `ticket` made it (for the calls that are durable on return).
+    fn flush_ticket(&self, ticket: u64) -> Result<()> {
+        self.flush_blocking()?;
+        self.ticket_result(ticket)
+    }
+
+    fn ticket_result(&self, ticket: u64) -> Result<()> {
+        match self.sh().durable_tx.borrow().state(ticket) {
+            TicketState::Durable => Ok(()),
+            TicketState::Failed => Err(StoreError::NotDurable { ticket }),
+            TicketState::Pending => Err(StoreError::Engine(format!("ticket {ticket} is not settled"))),
+        }
     }
 
     // --- vhosts and users (rare admin writes: durable when the call returns) -----------------
 
     /// Insert or replace a vhost. Durable on return (waits for a flush).
     pub fn put_vhost(&self, v: &VhostRecord) -> Result<()> {
-        self.put_raw(Key::new(VHOST).str(&v.name).into_vec(), codec::encode(v)?)?;
-        self.flush_blocking()
+        let t = self.put_raw(Key::new(VHOST).str(&v.name).into_vec(), codec::encode(v)?)?;
+        self.flush_ticket(t)
     }
 
     /// Delete a vhost record (no cascade: the broker deletes its exchanges, queues and bindings).
     /// Durable on return.
     pub fn delete_vhost(&self, name: &str) -> Result<()> {
-        self.remove_raw(Key::new(VHOST).str(name).into_vec())?;
-        self.flush_blocking()
+        let t = self.remove_raw(Key::new(VHOST).str(name).into_vec())?;
+        self.flush_ticket(t)
     }
 
     pub fn vhosts(&self) -> Result<Vec<VhostRecord>> {
@@ -240,14 +120,14 @@ impl Store {
 
     /// Insert or replace a user. Durable on return.
     pub fn put_user(&self, u: &UserRecord) -> Result<()> {
-        self.put_raw(Key::new(USER).str(&u.name).into_vec(), codec::encode(u)?)?;
-        self.flush_blocking()
+        let t = self.put_raw(Key::new(USER).str(&u.name).into_vec(), codec::encode(u)?)?;
+        self.flush_ticket(t)
     }
 
     /// Durable on return.
     pub fn delete_user(&self, name: &str) -> Result<()> {
-        self.remove_raw(Key::new(USER).str(name).into_vec())?;
-        self.flush_blocking()
+        let t = self.remove_raw(Key::new(USER).str(name).into_vec())?;
+        self.flush_ticket(t)
     }
 
     pub fn users(&self) -> Result<Vec<UserRecord>> {
@@ -275,15 +155,17 @@ impl Store {
     /// at the latest together with the `put_queue` that uses it).
     pub fn next_queue_id(&self) -> Result<u32> {
         let mut overflow = false;
-        let new = self.db().update_and_fetch(keys::QUEUE_ID_KEY, |old| {
-            let cur = old.and_then(be::exact_u32).unwrap_or(0);
-            match cur.checked_add(1) {
-                Some(n) => Some(n.to_be_bytes().to_vec()),
-                None => {
-                    overflow = true;
-                    Some(cur.to_be_bytes().to_vec())
+        let new = self.sh().sled.write(|db| {
+            db.update_and_fetch(keys::QUEUE_ID_KEY, |old| {
+                let cur = old.and_then(be::exact_u32).unwrap_or(0);
+                match cur.checked_add(1) {
+                    Some(n) => Some(n.to_be_bytes().to_vec()),
+                    None => {
+                        overflow = true;
+                        Some(cur.to_be_bytes().to_vec())
+                    }
                 }
-            }
+            })
         })?;
         if overflow {
             return Err(StoreError::Corrupt("queue id space (u32) exhausted".into()));
@@ -292,28 +174,61 @@ impl Store {
             .as_deref()
             .and_then(be::exact_u32)
             .ok_or_else(|| StoreError::Corrupt("queue id counter is malformed".into()))?;
-        self.sh().bump_sled(keys::QUEUE_ID_KEY.len() + 4);
+        self.sh().bump(keys::QUEUE_ID_KEY.len() + 4);
         Ok(id)
     }
 
+    /// Records a queue. Durable queues also get a copy of their definition beside their messages
+    /// (`queue.def`, written with the queue's first segment), so that the queue survives the loss
+    /// of its record.
     pub fn put_queue(&self, q: &QueueRecord) -> Result<u64> {
         let k = Key::new(QUEUE).str(&q.vhost).str(&q.name).into_vec();
-        self.put_raw(k, codec::encode(q)?)
+        let t = self.put_raw(k, codec::encode(q)?)?;
+        if q.durable {
+            self.sh().log.set_def(q)?;
+        }
+        Ok(t)
     }
 
     /// Deletes the queue record (and its delivered mark) and then all messages and message
-    /// states of queue `id`.
-    /// The record goes first (one sled batch), then the queue's message directory, then its state
-    /// keys in batches of 10,000; if the process dies in between, `open` removes the orphans.
+    /// states of queue `id`. The record goes first (one sled batch); then the queue's directory
+    /// is renamed to `<id>.deleted` (removed for good after the next successful flush round);
+    /// then its state keys go in batches of 10,000. If the process dies in between, `open`
+    /// finishes the job (or, if the record's removal was not durable, puts the directory back).
+    /// If the rename fails, the record is put back and the error returned.
     pub fn delete_queue(&self, vhost: &str, name: &str, id: u32) -> Result<u64> {
-        let mut batch = sled::Batch::default();
         let qkey = Key::new(QUEUE).str(vhost).str(name).into_vec();
+        let mkey = keys::queue_prefix(keys::DELIVERED_MARK, id);
         let n = qkey.len();
-        batch.remove(qkey);
-        batch.remove(&keys::queue_prefix(keys::DELIVERED_MARK, id));
-        self.db().apply_batch(batch)?;
-        self.sh().bump_sled(n);
-        let removed = self.sh().log.remove_queue(id)?;
+        let (old, old_mark) = self.sh().sled.write(|db| {
+            let old = db.get(&qkey)?;
+            let mark = db.get(mkey)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(qkey.as_slice());
+            batch.remove(&mkey);
+            db.apply_batch(batch)?;
+            Ok((old, mark))
+        })?;
+        self.sh().bump(n);
+        let removed = match self.sh().log.remove_queue(id) {
+            Ok(r) => r,
+            Err(e) => {
+                let undo = self.sh().sled.write(|db| {
+                    if let Some(v) = old {
+                        db.insert(&qkey, v)?;
+                    }
+                    if let Some(m) = old_mark {
+                        db.insert(mkey, m)?;
+                    }
+                    Ok(())
+                });
+                if let Err(u) = undo {
+                    tracing::error!(error = %u, "putting back a queue record after a failed delete failed");
+                }
+                self.sh().bump(n);
+                return Err(e);
+            }
+        };
         self.remove_prefix(&keys::queue_prefix(MSG_STATE, id))?;
         self.sh().messages_deleted.fetch_add(removed, SeqCst);
         Ok(self.sh().bump(0))
@@ -375,8 +290,7 @@ impl Store {
             for s in &gone.state_seqs {
                 batch.remove(&keys::msg_key(MSG_STATE, queue_id, *s));
             }
-            self.db().apply_batch(batch)?;
-            self.sh().sled_dirty.store(true, SeqCst);
+            self.sh().sled.write(|db| db.apply_batch(batch))?;
             n += gone.state_seqs.len() * keys::MSG_KEY_LEN;
         }
         for (first, last) in gone.state_ranges {
@@ -399,8 +313,9 @@ impl Store {
 
     /// The state record of one message, if one was written.
     pub fn message_state(&self, queue_id: u32, seq: u64) -> Result<Option<MessageState>> {
-        self.db()
-            .get(keys::msg_key(MSG_STATE, queue_id, seq))?
+        self.sh()
+            .sled
+            .read(|db| db.get(keys::msg_key(MSG_STATE, queue_id, seq)))?
             .map(|v| codec::decode("message state", &v))
             .transpose()
     }
@@ -441,9 +356,19 @@ impl Store {
         if let (Some(first), Some(last)) = (out.first(), out.last()) {
             let s = keys::msg_key(MSG_STATE, queue_id, first.0);
             let e = keys::msg_key(MSG_STATE, queue_id, last.0);
+            // Without sled (being rebuilt after a write failure) the messages go out with the
+            // delivery counts they were stored with.
+            let states = match self
+                .sh()
+                .sled
+                .read(|db| db.range(s..=e).collect::<sled::Result<Vec<_>>>())
+            {
+                Ok(v) => v,
+                Err(StoreError::Unavailable(_)) => Vec::new(),
+                Err(e) => return Err(e),
+            };
             let mut i = 0;
-            for kv in self.db().range(s..=e) {
-                let (k, v) = kv?;
+            for (k, v) in states {
                 let (_, seq) = keys::parse_msg_key(&k)
                     .ok_or_else(|| StoreError::Corrupt("malformed message state key".into()))?;
                 let st: MessageState = codec::decode("message state", &v)?;
@@ -475,8 +400,9 @@ impl Store {
     /// The last `set_delivered_mark` of a queue.
     pub fn delivered_mark(&self, queue_id: u32) -> Result<Option<u64>> {
         match self
-            .db()
-            .get(keys::queue_prefix(keys::DELIVERED_MARK, queue_id))?
+            .sh()
+            .sled
+            .read(|db| db.get(keys::queue_prefix(keys::DELIVERED_MARK, queue_id)))?
         {
             None => Ok(None),
             Some(v) => be::exact_u64(&v)
@@ -490,17 +416,16 @@ impl Store {
     /// next open reads only segment footers.
     pub fn mark_clean_shutdown(&self) -> Result<()> {
         self.sh().log.seal_all();
-        self.db().insert(keys::CLEAN_KEY, &[1u8])?;
-        self.sh().bump_sled(keys::CLEAN_KEY.len() + 1);
-        self.flush_blocking()
+        let t = self.put_raw(keys::CLEAN_KEY.to_vec(), vec![1u8])?;
+        self.flush_ticket(t)
     }
 
     /// Whether the last close was clean; clears the mark (durably) so that a crash from now on is
     /// seen as one, and forgets the queue counts it vouched for.
     pub fn take_clean_shutdown(&self) -> Result<bool> {
-        let was = self.db().remove(keys::CLEAN_KEY)?.is_some();
-        self.sh().bump_sled(keys::CLEAN_KEY.len());
-        self.flush_blocking()?;
+        let was = self.sh().sled.write(|db| db.remove(keys::CLEAN_KEY))?.is_some();
+        let t = self.sh().bump(keys::CLEAN_KEY.len());
+        self.flush_ticket(t)?;
         Ok(was)
     }
 
@@ -540,36 +465,49 @@ impl Store {
         let (start, end) = (start.as_ref(), end.as_ref());
         let mut removed = 0u64;
         loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for k in self.db().range(start..=end).keys().take(DELETE_CHUNK) {
-                batch.remove(k?);
-                n += 1;
-            }
+            let n = self.sh().sled.write(|db| {
+                let mut batch = sled::Batch::default();
+                let mut n = 0;
+                for k in db.range(start..=end).keys().take(DELETE_CHUNK) {
+                    batch.remove(k?);
+                    n += 1;
+                }
+                if n > 0 {
+                    db.apply_batch(batch)?;
+                }
+                Ok(n)
+            })?;
             if n == 0 {
                 return Ok(removed);
             }
-            self.db().apply_batch(batch)?;
             removed += n as u64;
-            self.sh().bump_sled(n * keys::MSG_KEY_LEN);
+            self.sh().bump(n * keys::MSG_KEY_LEN);
         }
     }
 
     /// Delivered marks of queues that have no record, and state keys of messages that are gone
     /// (their queue was deleted, or the message was deleted and the state removal was lost in a
     /// crash), are removed at open. The state keys of live messages are noted in the log index.
-    fn remove_orphan_state(&self, known: &HashSet<u32>) -> Result<()> {
-        for k in self.db().scan_prefix([keys::DELIVERED_MARK]).keys() {
-            let k = k?;
+    pub(crate) fn remove_orphan_state(&self, known: &HashSet<u32>) -> Result<()> {
+        let marks = self.sh().sled.read(|db| {
+            db.scan_prefix([keys::DELIVERED_MARK])
+                .keys()
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        for k in marks {
             let q = be::exact_u32(&k[1..]);
             if matches!(q, Some(q) if !known.contains(&q)) {
                 self.remove_raw(k.to_vec())?;
             }
         }
+        let states = self.sh().sled.read(|db| {
+            db.scan_prefix([MSG_STATE])
+                .keys()
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
         let mut stale = sled::Batch::default();
         let mut n = 0;
-        for k in self.db().scan_prefix([MSG_STATE]).keys() {
-            let k = k?;
+        for k in states {
             let live = keys::parse_msg_key(&k)
                 .is_some_and(|(q, seq)| known.contains(&q) && self.sh().log.note_state(q, seq));
             if !live {
@@ -578,8 +516,8 @@ impl Store {
             }
         }
         if n > 0 {
-            self.db().apply_batch(stale)?;
-            self.sh().bump_sled(n * keys::MSG_KEY_LEN);
+            self.sh().sled.write(|db| db.apply_batch(stale))?;
+            self.sh().bump(n * keys::MSG_KEY_LEN);
             tracing::info!(keys = n, "removed state keys of messages that are gone");
         }
         Ok(())
@@ -587,17 +525,25 @@ impl Store {
 
     // --- durability ---------------------------------------------------------------------------
 
-    /// Receives the highest ticket known durable. Await `wait_for(|d| *d >= ticket)`.
-    pub fn durable_watch(&self) -> watch::Receiver<u64> {
+    /// Receives what is known about tickets: every ticket up to `settled()` is durable or failed
+    /// (`Durability::state`). Await `wait_for(|d| d.settled() >= ticket)`, then look at the
+    /// ticket's state: a failed ticket's write must not be reported as durable (nack it).
+    pub fn durable_watch(&self) -> watch::Receiver<Durability> {
         self.sh().durable_tx.subscribe()
     }
 
-    /// Block the calling thread until `ticket` is durable (for non-async callers, tools and
-    /// tests; async code awaits `durable_watch().wait_for(|d| *d >= ticket)` instead).
-    pub fn wait_durable_blocking(&self, ticket: u64) {
+    /// Block the calling thread until `ticket` is settled (for non-async callers, tools and
+    /// tests; async code awaits the watch instead). `Err(NotDurable)` if its flush round failed.
+    pub fn wait_durable_blocking(&self, ticket: u64) -> Result<()> {
         let mut rx = self.durable_watch();
         // The sender lives as long as `self`, so this cannot fail.
-        let _ = block_on(rx.wait_for(|d| *d >= ticket));
+        let _ = block_on(rx.wait_for(|d| d.settled() >= ticket));
+        self.ticket_result(ticket)
+    }
+
+    /// The state of one ticket now.
+    pub fn ticket_state(&self, ticket: u64) -> TicketState {
+        self.sh().durable_tx.borrow().state(ticket)
     }
 
     /// The ticket of the latest write (0 before any write since open).
@@ -612,10 +558,17 @@ impl Store {
         sh.cv.notify_one();
     }
 
-    /// Flush on the calling thread and wait: every write whose call returned before this call
-    /// is durable when it returns Ok, and the watch is advanced accordingly. Blocking.
+    /// One flush round on the calling thread: Ok if it made every write not settled before it
+    /// durable (a write whose call returned before this call is settled when it returns: check
+    /// its ticket with `ticket_state` if an earlier round may have failed it). Blocking.
     pub fn flush_blocking(&self) -> Result<()> {
         self.sh().flush_now()
+    }
+
+    /// The test-only fault injection layer of this store (see `Faults`).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn faults(&self) -> &crate::Faults {
+        &self.sh().faults
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -627,7 +580,7 @@ impl Store {
             messages_appended: sh.messages_appended.load(SeqCst),
             messages_deleted: sh.messages_deleted.load(SeqCst),
             fsyncs: sh.fsyncs.load(SeqCst),
-            durable: *sh.durable_tx.borrow(),
+            durable: sh.durable_tx.borrow().settled(),
             flush_errors: sh.flush_errors.load(SeqCst),
         }
     }
@@ -640,36 +593,17 @@ impl Store {
     /// sled's own figure: apparent length of its files (the log file is sparse-free, so this is
     /// close to `size_on_disk` minus our LOCK file).
     pub fn sled_size_on_disk(&self) -> Result<u64> {
-        Ok(self.db().size_on_disk()?)
+        self.sh().sled.size_on_disk()
     }
 }
 
-fn list_records<T: for<'a> Deserialize<'a>>(db: &sled::Db, tag: u8, what: &str) -> Result<Vec<T>> {
+pub(crate) fn list_records<T: for<'a> Deserialize<'a>>(db: &sled::Db, tag: u8, what: &str) -> Result<Vec<T>> {
     db.scan_prefix([tag])
         .map(|kv| {
             let (_, v) = kv?;
             codec::decode(what, &v)
         })
         .collect()
-}
-
-/// Wait (up to `timeout`) until nobody holds sled's flock on `sled_dir/db`. Returns whether it
-/// is free (or absent).
-fn wait_sled_lock_free(sled_dir: &Path, timeout: Duration) -> bool {
-    let f = match File::open(sled_dir.join("db")) {
-        Ok(f) => f,
-        Err(_) => return true,
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match f.try_lock() {
-            Ok(()) => return true, // unlocked when `f` is closed
-            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Minimal executor for `wait_durable_blocking` (tokio is used with the `sync` feature only).

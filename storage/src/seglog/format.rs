@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::index::{Run, Seqs};
-use crate::{be, codec, Result, StoreError, StoredMessage};
+use crate::{be, codec, QueueRecord, Result, StoreError, StoredMessage};
 
 /// `[len u32 BE][crc32 u32 BE][seq u64 BE]`, then the payload; `len` counts seq + payload and the
 /// crc covers them.
@@ -42,17 +42,34 @@ pub(crate) fn parse_hex_name(name: &str, digits: usize, ext: &str) -> Option<u64
     u64::from_str_radix(stem, 16).ok()
 }
 
+/// The encoded record of `seq` + `msg`, on its own (tests; the log encodes into its buffers).
+#[cfg(test)]
 pub(crate) fn encode_record(seq: u64, msg: &StoredMessage) -> Result<Vec<u8>> {
-    let mut v = Vec::with_capacity(RECORD_HEADER + 64 + msg.properties.len() + msg.body.len());
-    v.extend_from_slice(&[0u8; 8]);
-    v.extend_from_slice(&seq.to_be_bytes());
-    codec::encode_message_into(&mut v, msg)?;
-    let len = u32::try_from(v.len() - 8)
-        .map_err(|_| StoreError::Corrupt("message record longer than 4 GiB".into()))?;
-    let crc = crc32fast::hash(&v[8..]);
-    v[0..4].copy_from_slice(&len.to_be_bytes());
-    v[4..8].copy_from_slice(&crc.to_be_bytes());
+    let mut v = Vec::new();
+    encode_record_into(&mut v, seq, msg)?;
     Ok(v)
+}
+
+/// Appends the record of `seq` + `msg` to `out`; returns its length. On error `out` is unchanged.
+pub(crate) fn encode_record_into(out: &mut Vec<u8>, seq: u64, msg: &StoredMessage) -> Result<usize> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    let len = codec::encode_message_into(out, msg).and_then(|_| {
+        u32::try_from(out.len() - start - 8)
+            .map_err(|_| StoreError::Corrupt("message record longer than 4 GiB".into()))
+    });
+    let len = match len {
+        Ok(len) => len,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    Ok(out.len() - start)
 }
 
 /// A record at the start of `buf`: `Some((total length, seq))` if its header and crc check out,
@@ -137,25 +154,64 @@ pub(crate) fn read_footer(f: &File, file_len: u64) -> io::Result<Option<(Seqs, u
     Ok((seqs.n == n).then_some((seqs, data_len)))
 }
 
-/// The valid records at the start of a segment's bytes, as (seq, end offset), and the length of
-/// that valid prefix. Records must have seqs in `first..next_first`, strictly increasing.
-pub(crate) fn scan_records(buf: &[u8], first: u64, next_first: Option<u64>) -> (Vec<(u64, u64)>, usize) {
-    let mut recs = Vec::new();
+/// What a scan of a segment's bytes found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// The valid records, as (seq, end offset), in file order.
+    pub(crate) recs: Vec<(u64, u64)>,
+    /// End of the last valid record: what follows is a torn tail (or nothing).
+    pub(crate) valid_end: usize,
+    /// Damaged byte ranges between valid records (reported and skipped, never delivered).
+    pub(crate) damaged: Vec<(usize, usize)>,
+}
+
+/// The valid records of a segment's bytes. Records must have seqs in `first..next_first`, strictly
+/// increasing. A record that does not check out is skipped up to the next one that does (a
+/// damaged record in the middle); if none follows, it starts the torn tail.
+pub(crate) fn scan_records(buf: &[u8], first: u64, next_first: Option<u64>) -> Scan {
+    let mut scan = Scan::default();
     let mut pos = 0usize;
     let mut prev: Option<u64> = None;
+    let accept = |seq: u64, prev: Option<u64>| {
+        seq >= first
+            && prev.is_none_or(|p| seq > p)
+            && next_first.is_none_or(|n| seq < n)
+            && seq - prev.unwrap_or(first) < MAX_SEQ_GAP
+    };
     while pos < buf.len() {
-        let Ok(Some((total, seq))) = parse_record(&buf[pos..]) else {
-            break;
-        };
-        let in_order = seq >= first && prev.is_none_or(|p| seq > p) && next_first.is_none_or(|n| seq < n);
-        if !in_order {
-            break;
+        match parse_record(&buf[pos..]) {
+            Ok(Some((total, seq))) if accept(seq, prev) => {
+                pos += total;
+                scan.recs.push((seq, pos as u64));
+                prev = Some(seq);
+            }
+            _ => match find_record(buf, pos + 1, |s| accept(s, prev)) {
+                Some(next) => {
+                    scan.damaged.push((pos, next));
+                    pos = next;
+                }
+                None => break,
+            },
         }
-        pos += total;
-        recs.push((seq, pos as u64));
-        prev = Some(seq);
     }
-    (recs, pos)
+    scan.valid_end = scan.recs.last().map_or(0, |r| r.1 as usize);
+    scan
+}
+
+/// Two records of one segment are never further apart in seq than this (a resync candidate
+/// further away is garbage).
+const MAX_SEQ_GAP: u64 = 1 << 40;
+
+/// The offset of the first valid record at or after `from` whose seq `accept`s.
+pub(crate) fn find_record(buf: &[u8], from: usize, accept: impl Fn(u64) -> bool) -> Option<usize> {
+    let last = buf.len().checked_sub(RECORD_HEADER)?;
+    (from..=last).find(|&p| {
+        let len = be::u32_at(buf, p) as usize;
+        len >= 12
+            && p + 8 + len <= buf.len()
+            && accept(be::u64_at(buf, p + 8))
+            && crc32fast::hash(&buf[p + 8..p + 8 + len]) == be::u32_at(buf, p + 4)
+    })
 }
 
 pub(crate) fn footer_len(runs: usize) -> u64 {
@@ -173,26 +229,91 @@ pub(crate) fn encode_ack_batch(seqs: &[u64], out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The acked seqs of an ack file's valid batches, and the length of its valid prefix.
-pub(crate) fn parse_acks(buf: &[u8]) -> (Vec<u64>, usize) {
-    let mut seqs = Vec::new();
+/// What a scan of an ack file found.
+#[derive(Debug, Default)]
+pub(crate) struct AckScan {
+    /// The acked seqs of every valid batch.
+    pub(crate) seqs: Vec<u64>,
+    /// End of the last valid batch: what follows is a torn tail.
+    pub(crate) valid_end: usize,
+    /// Damaged byte ranges between valid batches (skipped).
+    pub(crate) damaged: Vec<(usize, usize)>,
+}
+
+/// The valid ack batches of an ack file. A damaged batch in the middle is skipped up to the next
+/// valid batch whose seqs all satisfy `plausible` (in the segment's range: a stricter test for a
+/// batch found by searching than for one that follows a valid batch, which may name seqs cut off
+/// the segment since); if none follows, it starts the torn tail.
+pub(crate) fn parse_acks(buf: &[u8], plausible: impl Fn(u64) -> bool) -> AckScan {
+    let mut scan = AckScan::default();
     let mut pos = 0;
-    while buf.len() - pos >= ACK_HEADER {
-        let n = be::u32_at(buf, pos) as usize;
-        let crc = be::u32_at(buf, pos + 4);
-        let end = match n.checked_mul(8).and_then(|b| b.checked_add(pos + ACK_HEADER)) {
-            Some(end) if n > 0 && end <= buf.len() => end,
-            _ => break,
-        };
-        if crc32fast::hash(&buf[pos + ACK_HEADER..end]) != crc {
-            break;
+    let any = |_: u64| true;
+    while pos < buf.len() {
+        match ack_batch_at(buf, pos, &any) {
+            Some(end) => {
+                scan.seqs.extend(
+                    buf[pos + ACK_HEADER..end]
+                        .chunks_exact(8)
+                        .map(|c| be::u64_at(c, 0)),
+                );
+                pos = end;
+                scan.valid_end = end;
+            }
+            None => match (pos + 1..buf.len()).find(|&p| ack_batch_at(buf, p, &plausible).is_some()) {
+                Some(next) => {
+                    scan.damaged.push((pos, next));
+                    pos = next;
+                }
+                None => break,
+            },
         }
-        seqs.extend(
-            buf[pos + ACK_HEADER..end]
-                .chunks_exact(8)
-                .map(|c| be::u64_at(c, 0)),
-        );
-        pos = end;
     }
-    (seqs, pos)
+    scan
+}
+
+/// The end of a valid ack batch starting at `pos` whose seqs all satisfy `plausible`.
+fn ack_batch_at(buf: &[u8], pos: usize, plausible: &impl Fn(u64) -> bool) -> Option<usize> {
+    if buf.len() - pos < ACK_HEADER + 8 {
+        return None;
+    }
+    let n = be::u32_at(buf, pos) as usize;
+    let end = n.checked_mul(8)?.checked_add(pos + ACK_HEADER)?;
+    if n == 0 || end > buf.len() || !plausible(be::u64_at(buf, pos + ACK_HEADER)) {
+        return None;
+    }
+    let body = &buf[pos + ACK_HEADER..end];
+    if crc32fast::hash(body) != be::u32_at(buf, pos + 4) {
+        return None;
+    }
+    body.chunks_exact(8)
+        .all(|c| plausible(be::u64_at(c, 0)))
+        .then_some(end)
+}
+
+/// The queue's definition copy beside its segments: `queue.def`.
+pub(crate) const DEF_FILE: &str = "queue.def";
+/// `[DEF_MAGIC][len u32 BE][crc32 u32 BE of the payload][payload: postcard QueueRecord]`.
+const DEF_MAGIC: &[u8; 8] = b"MRQDEF1\n";
+
+pub(crate) fn encode_def(rec: &QueueRecord) -> Result<Vec<u8>> {
+    let payload = codec::encode(rec)?;
+    let mut v = Vec::with_capacity(16 + payload.len());
+    v.extend_from_slice(DEF_MAGIC);
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    v.extend_from_slice(&payload);
+    Ok(v)
+}
+
+/// The definition in a `queue.def`'s bytes, if they are whole and check out.
+pub(crate) fn decode_def(b: &[u8]) -> Option<QueueRecord> {
+    if b.len() < 16 || &b[..8] != DEF_MAGIC {
+        return None;
+    }
+    let len = be::u32_at(b, 8) as usize;
+    let payload = b.get(16..16usize.checked_add(len)?)?;
+    if b.len() != 16 + len || crc32fast::hash(payload) != be::u32_at(b, 12) {
+        return None;
+    }
+    codec::decode("queue definition copy", payload).ok()
 }

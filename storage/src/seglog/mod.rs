@@ -1,10 +1,13 @@
 //! The message log: each queue's messages in append-only segment files, acks in a side file per
-//! segment, a segment deleted as soon as all of its messages are acked (LavinMQ's model).
-//! Layout, record format and recovery: docs/storage-format.md.
+//! segment, a segment deleted as soon as all of its messages are acked (LavinMQ's model), and a
+//! copy of the queue's definition (`queue.def`) beside them. Layout, record format and recovery:
+//! docs/storage-format.md.
 //!
 //! Memory: per segment, the runs of consecutive seqs it holds and one ack bit per record; nothing
 //! per message. Writes go to an in-process buffer per file; the store's flusher writes the buffers
-//! out and `sync_data`s the files (`collect_for_sync`).
+//! out and `sync_data`s the files (`collect_for_sync`), and reports back which syncs succeeded
+//! (`apply_sync_results`): a buffer keeps its bytes until a sync covered them, so a file whose sync
+//! failed is rewritten from memory (`LogFile::repair`) instead of trusted.
 
 mod file;
 mod format;
@@ -12,7 +15,7 @@ mod index;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -21,13 +24,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::{codec, io_err, Result, StoreError, StoredMessage};
-pub(crate) use file::sync_dir;
+use crate::fault::{Faults, FileKind};
+use crate::{codec, io_err, QueueRecord, Result, StoreError, StoredMessage};
 use file::{remove_file_if_exists, LogFile, PENDING_MAX};
+pub(crate) use file::{sync_dir, SyncItem};
 #[cfg(test)]
 pub(crate) use format::encode_record;
 use format::*;
 use index::{Bits, Seqs};
+#[cfg(test)]
+pub(crate) use recovery::Recovery;
+pub(crate) use recovery::{has_message_data, read_lost};
 
 /// Reads fetch this much of a segment at a time (more if one record is larger).
 const READ_CHUNK: usize = 256 << 10;
@@ -94,6 +101,24 @@ impl Segment {
         }
     }
 
+    /// Records of ranks `from..to` turned out unreadable (damaged on disk): they are acked, so that
+    /// nothing counts or waits for them, and the ack is written so that the next open agrees.
+    /// Returns how many live records that were.
+    fn give_up(&mut self, from: u32, to: u32) -> u32 {
+        let mut lost = Vec::new();
+        for r in from..to.min(self.seqs.n) {
+            if !self.acked.get(r) {
+                self.acked.set(r);
+                self.live -= 1;
+                lost.push(self.seqs.seq_at(r));
+            }
+        }
+        if !lost.is_empty() {
+            encode_ack_batch(&lost, &mut self.ack.pending);
+        }
+        lost.len() as u32
+    }
+
     /// The segment file goes first: an `.ack` without its `.seg` is removed at open, a `.seg`
     /// without its `.ack` would bring its messages back.
     fn remove_files(&self) -> Result<()> {
@@ -124,6 +149,8 @@ struct QueueLog {
     cursor: Option<Cursor>,
     /// Segments with buffered or unsynced data (segment or ack file).
     dirty_segs: BTreeSet<u64>,
+    /// The definition copy (`queue.def`) while it is being written; `None` once it is durable.
+    def: Option<LogFile>,
     /// Listed in `MsgLog::dirty`.
     in_dirty: bool,
     /// Deleted (`delete_queue`): a handle obtained before must not be used.
@@ -142,6 +169,7 @@ impl QueueLog {
             last_appended: None,
             cursor: None,
             dirty_segs: BTreeSet::new(),
+            def: None,
             in_dirty: false,
             removed: false,
         }
@@ -156,7 +184,10 @@ impl QueueLog {
         let Some(seg) = self.segs.remove(&first) else {
             return Ok(None);
         };
-        seg.remove_files()?;
+        if let Err(e) = seg.remove_files() {
+            self.segs.insert(first, seg);
+            return Err(e);
+        }
         self.dirty_segs.remove(&first);
         if self.write_seg == Some(first) {
             self.write_seg = None;
@@ -184,6 +215,15 @@ impl QueueLog {
         self.dirty_segs.insert(w);
         true
     }
+
+    /// Starts writing the definition copy `def` (the encoded `queue.def`) into the queue's
+    /// directory; the flusher syncs it with the segments.
+    fn write_def(&mut self, def: &[u8], faults: &Faults) -> Result<()> {
+        let mut f = LogFile::create(self.dir.join(DEF_FILE), FileKind::Definition, faults)?;
+        f.push(def);
+        self.def = Some(f);
+        Ok(())
+    }
 }
 
 /// What `MsgLog::delete` leaves to sled: state keys to remove.
@@ -198,21 +238,26 @@ pub(crate) struct Deleted {
 pub(crate) struct MsgLog {
     root: PathBuf,
     segment_bytes: u64,
+    faults: Arc<Faults>,
     queues: RwLock<HashMap<u32, Arc<Mutex<QueueLog>>>>,
+    /// The encoded definition copy of every durable queue the store has a record of: written into
+    /// the queue's directory when it is created.
+    defs: Mutex<HashMap<u32, Arc<Vec<u8>>>>,
     /// Queues with buffered or unsynced data, for the flusher.
     dirty: Mutex<Vec<u32>>,
     /// Directories where files were created or removed since the last sync.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
+    /// Directories of deleted queues (renamed to `<id>.deleted`), removed once a flush round has
+    /// made the rename and the record's removal durable.
+    trash: Mutex<Vec<PathBuf>>,
 }
 
-/// What `MsgLog::open` found.
-pub(crate) struct Recovery {
-    /// Queue ids without a queue record whose messages were removed.
-    pub orphan_queues: Vec<u32>,
-    /// Segment or ack files whose torn tail was cut off.
-    pub truncated_files: usize,
-    /// Segments read whole because they had no valid footer (the write segments of a crash).
-    pub scanned_segments: usize,
+/// The files and directories one flush round syncs, and the directories it may remove after.
+#[derive(Default)]
+pub(crate) struct SyncBatch {
+    pub(crate) files: Vec<SyncItem>,
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) trash: Vec<PathBuf>,
 }
 
 impl MsgLog {
@@ -236,6 +281,22 @@ impl MsgLog {
             q.in_dirty = true;
             self.dirty.lock().push(q.id);
         }
+    }
+
+    /// Records queue `rec`'s definition: its copy goes into the queue's directory when that is
+    /// created (at its first message), or now if the directory exists.
+    pub(crate) fn set_def(&self, rec: &QueueRecord) -> Result<()> {
+        let def = Arc::new(encode_def(rec)?);
+        self.defs.lock().insert(rec.id, def.clone());
+        if let Some(q) = self.get(rec.id) {
+            let mut q = q.lock();
+            if q.dir_exists && !q.removed {
+                q.write_def(&def, &self.faults)?;
+                self.dirty_dirs.lock().insert(q.dir.clone());
+                self.touch(&mut q);
+            }
+        }
+        Ok(())
     }
 
     /// Appends records; items of one queue must come in increasing seq order, above every seq
@@ -276,30 +337,35 @@ impl MsgLog {
                 });
             }
         }
-        let rec = encode_record(seq, msg)?;
-        let full = match q.write_seg.and_then(|w| q.segs.get(&w)) {
-            None => true,
-            Some(s) => {
-                s.seqs.n > 0
-                    && s.seg.len() + rec.len() as u64 + footer_len(s.seqs.runs.len() + 1) > self.segment_bytes
+        // Encoded into the write segment's buffer; if that takes the segment past its size, the
+        // record moves to a new segment (a record larger than that gets a segment of its own).
+        let mut placed = None;
+        if let Some(w) = q.write_seg {
+            let seg = q.segs.get_mut(&w).expect("write segment");
+            let n = encode_record_into(&mut seg.seg.pending, seq, msg)?;
+            if seg.seqs.n > 0 && seg.seg.len() + footer_len(seg.seqs.runs.len() + 1) > self.segment_bytes {
+                let keep = seg.seg.pending.len() - n;
+                seg.seg.pending.truncate(keep);
+            } else {
+                placed = Some(n);
+            }
+        }
+        let n = match placed {
+            Some(n) => n,
+            None => {
+                self.start_segment(q, seq)?;
+                let w = q.write_seg.expect("write segment");
+                let seg = q.segs.get_mut(&w).expect("write segment");
+                encode_record_into(&mut seg.seg.pending, seq, msg)?
             }
         };
-        if full {
-            self.start_segment(q, seq)?;
-        }
         let w = q.write_seg.expect("write segment");
         let seg = q.segs.get_mut(&w).expect("write segment");
         seg.seqs.push(seq);
         seg.live += 1;
-        let n = rec.len();
-        if seg.seg.pending.is_empty() {
-            seg.seg.pending = rec;
-        } else {
-            seg.seg.pending.extend_from_slice(&rec);
-        }
-        if seg.seg.pending.len() > PENDING_MAX {
+        if seg.seg.unwritten() > PENDING_MAX {
             // best effort: on failure the buffer stays and the flusher retries (and reports)
-            if let Err(e) = seg.seg.write_out() {
+            if let Err(e) = seg.seg.write_out(&self.faults) {
                 tracing::warn!(error = %e, "writing out a segment buffer failed");
             }
         }
@@ -310,7 +376,8 @@ impl MsgLog {
     }
 
     /// Seals the write segment (removing it if nothing in it is live) and creates a new one named
-    /// `first`.
+    /// `first`. A queue's directory is created with its first segment, and gets its definition
+    /// copy then.
     fn start_segment(&self, q: &mut QueueLog, first: u64) -> Result<()> {
         if let Some(w) = q.write_seg {
             if q.segs.get(&w).is_some_and(|s| s.live == 0) {
@@ -323,10 +390,14 @@ impl MsgLog {
             fs::create_dir_all(&q.dir).map_err(io_err(&q.dir))?;
             q.dir_exists = true;
             self.dirty_dirs.lock().insert(self.root.clone());
+            let def = self.defs.lock().get(&q.id).cloned();
+            if let Some(def) = def {
+                q.write_def(&def, &self.faults)?;
+            }
         }
         // the ack file first: a stale one of the same name must not apply to the new records
-        let ack = LogFile::create(ack_path(&q.dir, first))?;
-        let seg = LogFile::create(seg_path(&q.dir, first))?;
+        let ack = LogFile::create(ack_path(&q.dir, first), FileKind::Ack, &self.faults)?;
+        let seg = LogFile::create(seg_path(&q.dir, first), FileKind::Segment, &self.faults)?;
         q.segs.insert(first, Segment::new(seg, ack));
         q.write_seg = Some(first);
         q.dirty_segs.insert(first);
@@ -368,21 +439,25 @@ impl MsgLog {
         // A fully acked write segment goes too once it is not tiny: disk use returns to (almost)
         // nothing when a queue is drained, without a new file per message when a consumer keeps up.
         let retire_write = self.segment_bytes / 8;
+        let mut first_err = None;
         for (first, acked) in batches {
             let is_write = q.write_seg == Some(first);
             let seg = q.segs.get_mut(&first).expect("segment");
             let done = seg.live == 0 && (!is_write || seg.seg.len() >= retire_write);
             if done {
                 let last = seg.seqs.last().expect("non-empty");
-                if let Some(s) = q.drop_segment(first, &self.dirty_dirs)? {
-                    if s.has_states {
-                        out.state_ranges.push((first, last));
+                match q.drop_segment(first, &self.dirty_dirs) {
+                    Ok(Some(s)) if s.has_states => out.state_ranges.push((first, last)),
+                    Ok(_) => {}
+                    // the acks are set in memory; the file goes at the next open (or the next ack)
+                    Err(e) => {
+                        first_err.get_or_insert(e);
                     }
                 }
             } else {
                 encode_ack_batch(&acked, &mut seg.ack.pending);
-                if seg.ack.pending.len() > PENDING_MAX {
-                    if let Err(e) = seg.ack.write_out() {
+                if seg.ack.unwritten() > PENDING_MAX {
+                    if let Err(e) = seg.ack.write_out(&self.faults) {
                         tracing::warn!(error = %e, "writing out an ack buffer failed");
                     }
                 }
@@ -390,7 +465,10 @@ impl MsgLog {
                 self.touch(&mut q);
             }
         }
-        Ok(out)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Notes that `seq` got a state key; whether it is a live message.
@@ -406,7 +484,8 @@ impl MsgLog {
         seg.is_live(seq)
     }
 
-    /// Up to `limit` live messages with seq >= `from`, in order.
+    /// Up to `limit` live messages with seq >= `from`, in order. A record that does not check out
+    /// (damaged on disk) is reported, skipped and acked; it is never returned.
     pub(crate) fn read(&self, qid: u32, from: u64, limit: usize) -> Result<Vec<(u64, StoredMessage)>> {
         let mut out = Vec::new();
         if limit == 0 {
@@ -415,7 +494,8 @@ impl MsgLog {
         let Some(q) = self.get(qid) else {
             return Ok(out);
         };
-        let mut q = q.lock();
+        let mut guard = q.lock();
+        let q = &mut *guard;
         if q.removed {
             return Ok(out);
         }
@@ -437,44 +517,48 @@ impl MsgLog {
             let seg = q.segs.get_mut(&cur.seg).expect("segment");
             let skip = seg.live == 0 || seg.seqs.last().is_none_or(|l| l < from);
             if !skip {
-                seg.seg.write_out()?;
+                seg.seg.write_out(&self.faults)?;
                 let end = seg.data_end();
                 let file = seg.seg.handle()?;
-                while cur.offset < end {
+                'chunks: while cur.offset < end {
                     let want = (end - cur.offset).min(READ_CHUNK as u64) as usize;
                     buf.resize(want, 0);
                     file.read_exact_at(&mut buf, cur.offset)
                         .map_err(io_err(&seg.seg.path))?;
                     let mut pos = 0;
                     while pos < buf.len() {
-                        let (total, seq) = match parse_record(&buf[pos..]) {
-                            Ok(Some(r)) => r,
-                            Ok(None) => {
-                                return Err(StoreError::Corrupt(format!(
-                                    "bad record at offset {} of {}",
-                                    cur.offset + pos as u64,
-                                    seg.seg.path.display()
-                                )))
+                        let parsed = match parse_record(&buf[pos..]) {
+                            Ok(Some((total, seq))) if seg.seqs.rank(seq) == Some(cur.rank) => {
+                                Some((total, seq))
                             }
-                            Err(needed) if pos == 0 => {
+                            Ok(_) => None,
+                            Err(needed) if pos == 0 && cur.offset + needed as u64 <= end => {
                                 // one record larger than the chunk
-                                if cur.offset + needed as u64 > end {
-                                    return Err(StoreError::Corrupt(format!(
-                                        "record at offset {} of {} runs past the end",
-                                        cur.offset,
-                                        seg.seg.path.display()
-                                    )));
-                                }
                                 buf.resize(needed, 0);
                                 file.read_exact_at(&mut buf, cur.offset)
                                     .map_err(io_err(&seg.seg.path))?;
                                 continue;
                             }
-                            Err(_) => break,
+                            Err(_) if pos > 0 => break,
+                            Err(_) => None,
+                        };
+                        let Some((total, seq)) = parsed else {
+                            cur.offset += pos as u64;
+                            self.skip_damaged(q.id, seg, &file, &mut cur, end)?;
+                            q.dirty_segs.insert(cur.seg);
+                            continue 'chunks;
                         };
                         if seq >= from && !seg.acked.get(cur.rank) {
                             let payload = Bytes::copy_from_slice(&buf[pos + RECORD_HEADER..pos + total]);
-                            out.push((seq, codec::decode_message(payload)?));
+                            match codec::decode_message(payload) {
+                                Ok(m) => out.push((seq, m)),
+                                Err(e) => {
+                                    tracing::error!(queue_id = q.id, seq, path = %seg.seg.path.display(), error = %e,
+                                        "a stored message does not decode; skipped and removed");
+                                    seg.give_up(cur.rank, cur.rank + 1);
+                                    q.dirty_segs.insert(cur.seg);
+                                }
+                            }
                         }
                         cur.rank += 1;
                         cur.prev = Some(seq);
@@ -500,7 +584,49 @@ impl MsgLog {
             }
         }
         q.cursor = Some(cur);
+        if !q.dirty_segs.is_empty() {
+            self.touch(q);
+        }
         Ok(out)
+    }
+
+    /// The record at `cur` is damaged: finds the next record of this segment after it, gives up
+    /// (acks) the records in between and moves the cursor there (or to the end).
+    fn skip_damaged(
+        &self,
+        qid: u32,
+        seg: &mut Segment,
+        file: &std::fs::File,
+        cur: &mut Cursor,
+        end: u64,
+    ) -> Result<()> {
+        let mut rest = vec![0u8; (end - cur.offset) as usize];
+        file.read_exact_at(&mut rest, cur.offset)
+            .map_err(io_err(&seg.seg.path))?;
+        let (prev, rank0) = (cur.prev, cur.rank);
+        let seqs = &seg.seqs;
+        let next = find_record(&rest, 0, |s| {
+            prev.is_none_or(|p| s > p) && seqs.rank(s).is_some_and(|r| r >= rank0)
+        });
+        let (next_off, next_rank) = match next {
+            Some(p) => {
+                let seq = crate::be::u64_at(&rest, p + 8);
+                (cur.offset + p as u64, seg.seqs.rank(seq).expect("accepted"))
+            }
+            None => (end, seg.seqs.n),
+        };
+        let lost = seg.give_up(cur.rank, next_rank);
+        tracing::error!(
+            queue_id = qid,
+            path = %seg.seg.path.display(),
+            offset = cur.offset,
+            bytes = next_off - cur.offset,
+            messages = lost,
+            "damaged records in a segment: skipped, never delivered (the messages in them are lost)"
+        );
+        cur.offset = next_off;
+        cur.rank = next_rank;
+        Ok(())
     }
 
     pub(crate) fn seqs(&self, qid: u32) -> Vec<u64> {
@@ -553,23 +679,35 @@ impl MsgLog {
         Ok(n)
     }
 
-    /// Removes a queue's directory. Returns the number of live messages removed.
+    /// Removes a queue: its directory is renamed to `<id>.deleted` now (so that its definition
+    /// copy can no longer bring it back) and removed after the next successful flush round.
+    /// Returns the number of live messages removed. On error nothing changed.
     pub(crate) fn remove_queue(&self, qid: u32) -> Result<u64> {
-        let Some(q) = self.queues.write().remove(&qid) else {
+        let Some(q) = self.get(qid) else {
+            self.defs.lock().remove(&qid);
             return Ok(0);
         };
         let mut q = q.lock();
-        q.removed = true;
-        let n = q.live();
+        if q.removed {
+            return Ok(0);
+        }
         if q.dir_exists {
-            match fs::remove_dir_all(&q.dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&q.dir)(e)),
-                _ => {}
+            let trash = self.root.join(format!("{}.deleted", queue_dir_name(qid)));
+            match fs::rename(&q.dir, &trash) {
+                Ok(()) => self.trash.lock().push(trash),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&q.dir)(e)),
             }
             self.dirty_dirs.lock().insert(self.root.clone());
         }
+        // Under the queue's lock: an appender waiting for it sees `removed` and starts afresh.
+        self.queues.write().remove(&qid);
+        self.defs.lock().remove(&qid);
+        q.removed = true;
+        let n = q.live();
         q.segs.clear();
         q.dirty_segs.clear();
+        q.def = None;
         Ok(n)
     }
 
@@ -584,40 +722,129 @@ impl MsgLog {
         }
     }
 
-    /// Writes out every buffer and hands over the files (and directories) that need a sync.
-    /// Everything appended or acked before this call is covered.
-    pub(crate) fn collect_for_sync(
-        &self,
-        files: &mut Vec<(PathBuf, Arc<File>)>,
-        dirs: &mut Vec<PathBuf>,
-    ) -> Result<()> {
+    /// Repairs files whose sync failed, writes out every buffer and adds the files (and
+    /// directories) that need a sync to `batch`. Everything appended or acked before this call is
+    /// covered. On an error the rest is still collected (so it progresses); the first error is
+    /// returned and what it concerned stays dirty for the next round.
+    pub(crate) fn collect_for_sync(&self, batch: &mut SyncBatch) -> Result<()> {
         let ids = std::mem::take(&mut *self.dirty.lock());
-        for (k, &id) in ids.iter().enumerate() {
+        let mut first_err = None;
+        for id in ids {
             let Some(q) = self.get(id) else { continue };
-            let mut q = q.lock();
+            let mut guard = q.lock();
+            let q = &mut *guard;
             if q.removed {
                 continue;
             }
             q.in_dirty = false;
+            let mut keep = false;
+            if let Some(def) = &mut q.def {
+                let r = if def.broken {
+                    def.repair(&self.faults)
+                } else {
+                    def.write_out(&self.faults)
+                };
+                match r {
+                    Ok(()) => def.take_sync(q.id, None, &mut batch.files),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        keep = true;
+                    }
+                }
+            }
             let segs = std::mem::take(&mut q.dirty_segs);
-            for (n, &first) in segs.iter().enumerate() {
+            for first in segs {
                 let Some(seg) = q.segs.get_mut(&first) else {
                     continue;
                 };
-                let r = seg.seg.write_out().and_then(|_| seg.ack.write_out());
-                if let Err(e) = r {
-                    // put back what was not done; the flusher retries
-                    q.dirty_segs.extend(segs.iter().skip(n));
-                    q.in_dirty = true;
-                    let mut d = self.dirty.lock();
-                    d.extend(ids[k..].iter().copied());
-                    return Err(e);
+                let mut ok = true;
+                for f in [&mut seg.seg, &mut seg.ack] {
+                    let r = if f.broken {
+                        f.repair(&self.faults)
+                    } else {
+                        f.write_out(&self.faults)
+                    };
+                    match r {
+                        Ok(()) => f.take_sync(q.id, Some(first), &mut batch.files),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            ok = false;
+                        }
+                    }
                 }
-                seg.seg.take_sync(files);
-                seg.ack.take_sync(files);
+                if !ok {
+                    q.dirty_segs.insert(first);
+                    keep = true;
+                }
+            }
+            if keep || q.def.as_ref().is_some_and(|d| d.broken) {
+                self.touch(q);
             }
         }
-        dirs.extend(self.dirty_dirs.lock().drain());
-        Ok(())
+        batch.dirs.extend(self.dirty_dirs.lock().drain());
+        batch.trash.append(&mut self.trash.lock());
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The outcome of a round's file syncs: a file a successful sync covered frees those bytes
+    /// from its buffer; a file whose sync failed is marked broken, to be rewritten from memory by
+    /// the next round (`collect_for_sync`).
+    pub(crate) fn apply_sync_results(&self, results: impl Iterator<Item = (SyncItem, bool)>) {
+        for (item, ok) in results {
+            let Some(q) = self.get(item.qid) else { continue };
+            let mut guard = q.lock();
+            let q = &mut *guard;
+            if q.removed {
+                continue;
+            }
+            let f = match item.seg {
+                None => q.def.as_mut(),
+                Some(first) => q.segs.get_mut(&first).and_then(|s| {
+                    [&mut s.seg, &mut s.ack]
+                        .into_iter()
+                        .find(|f| f.id == item.file_id)
+                }),
+            };
+            let Some(f) = f.filter(|f| f.id == item.file_id) else {
+                continue;
+            };
+            if ok {
+                f.synced_to(item.upto);
+            } else {
+                f.broken = true;
+            }
+            match item.seg {
+                None if q.def.as_ref().is_some_and(LogFile::is_clean) => q.def = None,
+                None => self.touch(q),
+                Some(first) => {
+                    if !ok {
+                        q.dirty_segs.insert(first);
+                        self.touch(q);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A round failed: the directories it would have removed wait for the next one.
+    pub(crate) fn keep_trash(&self, mut trash: Vec<PathBuf>) {
+        self.trash.lock().append(&mut trash);
+    }
+
+    /// A round made the deletions durable: the renamed directories go.
+    pub(crate) fn empty_trash(&self, trash: Vec<PathBuf>) {
+        for t in trash {
+            match fs::remove_dir_all(&t) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %t.display(), error = %e, "removing a deleted queue's directory failed; retried later");
+                    self.trash.lock().push(t);
+                }
+            }
+        }
     }
 }
