@@ -132,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) sleeping: AtomicBool,
     /// The last round failed: the flusher retries until one succeeds, new writes or not.
     pub(crate) failing: AtomicBool,
+    /// Why the last failed round failed (for the errors of failed tickets).
+    pub(crate) last_error: Mutex<String>,
 }
 
 impl Shared {
@@ -173,6 +175,7 @@ impl Shared {
             }
             Err(e) => {
                 self.flush_errors.fetch_add(1, SeqCst);
+                *self.last_error.lock() = e.to_string();
                 self.settle(t, false);
                 self.failing.store(true, SeqCst);
                 round.unlogged += 1;

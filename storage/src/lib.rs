@@ -89,11 +89,8 @@ pub enum StoreError {
     },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
-    #[error(
-        "the write could not be made durable (ticket {ticket}): its flush round failed; the store \
-         retries and reports when it is back in service"
-    )]
-    NotDurable { ticket: u64 },
+    #[error("the write could not be made durable: {cause}")]
+    NotDurable { ticket: u64, cause: String },
 }
 
 impl From<sled::Error> for StoreError {
@@ -114,3 +111,5 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError +
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_durability;

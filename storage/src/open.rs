@@ -196,6 +196,7 @@ impl Store {
             cv: Condvar::new(),
             sleeping: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            last_error: Mutex::new(String::new()),
         });
         let flusher = {
             let shared = shared.clone();
@@ -390,7 +391,7 @@ impl Store {
     fn ticket_state_ok(&self, t: u64) -> Result<()> {
         match self.ticket_state(t) {
             crate::TicketState::Durable => Ok(()),
-            _ => Err(StoreError::NotDurable { ticket: t }),
+            _ => Err(self.not_durable(t)),
         }
     }
 }

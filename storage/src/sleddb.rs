@@ -327,8 +327,9 @@ impl SledDb {
         r
     }
 
-    /// Copies sled's contents into a fresh sled and swaps it in (module docs). On error sled stays
-    /// broken (and unavailable if the old one was already closed); the next round tries again.
+    /// Copies sled's contents into a fresh sled and swaps it in (module docs). All of it under
+    /// the write lock: no sled call runs meanwhile. The old sled stays open (readable) until the
+    /// new one is complete; on error sled stays broken and the next round tries again.
     pub(crate) fn rebuild(&self) -> Result<()> {
         let mut slot = self.slot.write();
         let data = match slot.saved.take() {
@@ -338,37 +339,39 @@ impl SledDb {
                 db.iter().collect::<sled::Result<Vec<_>>>()?
             }
         };
-        if slot.db.take().is_some() {
+        let closed = slot.db.is_none();
+        let seen = match self.build_new(&data) {
+            Ok(seen) => seen,
+            Err(e) => {
+                if closed {
+                    // an earlier attempt closed the old one: its data is all there is
+                    slot.saved = Some(data);
+                }
+                return Err(e);
+            }
+        };
+        if !closed {
+            slot.db = None;
             slot.db_file = None;
             wait_sled_lock_free(&self.path, Duration::from_secs(5));
         }
-        match self.write_fresh(&data) {
-            Ok((db, db_file, seen)) => {
-                slot.db = Some(db);
-                slot.db_file = Some(db_file);
-                *self.seen.lock() = seen;
-                self.broken.store(false, SeqCst);
-                self.dirty.store(false, SeqCst);
-                tracing::warn!(
-                    keys = data.len(),
-                    "definitions store rebuilt after a write failure"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                slot.saved = Some(data);
-                Err(e)
-            }
-        }
+        // the old one is closed from here on: keep the data until the new one is in place
+        slot.saved = Some(data);
+        let (db, db_file) = self.swap_in()?;
+        let keys = slot.saved.take().map_or(0, |d| d.len());
+        slot.db = Some(db);
+        slot.db_file = Some(db_file);
+        *self.seen.lock() = seen;
+        self.broken.store(false, SeqCst);
+        self.dirty.store(false, SeqCst);
+        tracing::warn!(keys, "definitions store rebuilt after a write failure");
+        Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
-    fn write_fresh(
-        &self,
-        data: &[(sled::IVec, sled::IVec)],
-    ) -> Result<(sled::Db, File, BTreeMap<PathBuf, u64>)> {
+    /// Writes `data` into a fresh sled at `sled.new` and syncs all of it. Returns the files synced
+    /// (under their names after the swap).
+    fn build_new(&self, data: &[(sled::IVec, sled::IVec)]) -> Result<BTreeMap<PathBuf, u64>> {
         let new = self.data_dir.join("sled.new");
-        let old = self.data_dir.join("sled.old");
         remove_dir_if_exists(&new)?;
         self.faults
             .check(FileKind::Sled, FaultOp::Write)
@@ -386,6 +389,16 @@ impl SledDb {
         let mut seen = BTreeMap::new();
         sync_tree(&new, None, &mut seen, &self.faults)?;
         sync_dir(&new, &self.faults)?;
+        Ok(seen
+            .into_iter()
+            .filter_map(|(p, len)| p.strip_prefix(&new).ok().map(|rel| (self.path.join(rel), len)))
+            .collect())
+    }
+
+    /// `sled` -> `sled.old`, `sled.new` -> `sled`, sync of the data directory, then opens it.
+    fn swap_in(&self) -> Result<(sled::Db, File)> {
+        let new = self.data_dir.join("sled.new");
+        let old = self.data_dir.join("sled.old");
         remove_dir_if_exists(&old)?;
         if self.path.exists() {
             fs::rename(&self.path, &old).map_err(io_err(&self.path))?;
@@ -400,12 +413,7 @@ impl SledDb {
             .open()
             .map_err(open_err(&self.path))?;
         let db_file = File::open(self.path.join("db")).map_err(io_err(&self.path))?;
-        // the files were synced under their old names; remember them under the new ones
-        let seen = seen
-            .into_iter()
-            .filter_map(|(p, len)| p.strip_prefix(&new).ok().map(|rel| (self.path.join(rel), len)))
-            .collect();
-        Ok((db, db_file, seen))
+        Ok((db, db_file))
     }
 
     /// Closes sled (the last flush is the caller's) and waits until its threads let go of it.
@@ -462,7 +470,9 @@ mod tests {
         // the rebuild itself fails once (disk still full), then works
         faults.fail(FileKind::Sled, FaultOp::Write, 28, Some(1));
         assert!(s.rebuild().is_err());
-        assert!(s.read(|db| db.get(b"a")).is_err(), "unavailable between attempts");
+        assert!(s.is_broken());
+        // still readable between attempts (the old one stays open until the new one is whole)
+        assert_eq!(s.read(|db| db.get(b"c")).unwrap().as_deref(), Some(&b"3"[..]));
         s.rebuild().unwrap();
         assert!(!s.is_broken());
         for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] {

@@ -87,15 +87,30 @@ impl Store {
 
     /// Flushes and checks that `ticket` made it (for the calls that are durable on return).
     fn flush_ticket(&self, ticket: u64) -> Result<()> {
-        self.flush_blocking()?;
-        self.ticket_result(ticket)
+        let r = self.flush_blocking();
+        match self.ticket_state(ticket) {
+            TicketState::Pending => r.and(Err(self.not_durable(ticket))),
+            _ => self.ticket_result(ticket),
+        }
     }
 
     fn ticket_result(&self, ticket: u64) -> Result<()> {
-        match self.sh().durable_tx.borrow().state(ticket) {
+        match self.ticket_state(ticket) {
             TicketState::Durable => Ok(()),
-            TicketState::Failed => Err(StoreError::NotDurable { ticket }),
-            TicketState::Pending => Err(StoreError::Engine(format!("ticket {ticket} is not settled"))),
+            _ => Err(self.not_durable(ticket)),
+        }
+    }
+
+    /// The error for a ticket whose flush round failed, with the round's error as the cause.
+    pub fn not_durable(&self, ticket: u64) -> StoreError {
+        let cause = self.sh().last_error.lock().clone();
+        StoreError::NotDurable {
+            ticket,
+            cause: if cause.is_empty() {
+                "its flush round failed".into()
+            } else {
+                cause
+            },
         }
     }
 

@@ -28,9 +28,9 @@ use crate::fault::{Faults, FileKind};
 use crate::{codec, io_err, QueueRecord, Result, StoreError, StoredMessage};
 use file::{remove_file_if_exists, LogFile, PENDING_MAX};
 pub(crate) use file::{sync_dir, SyncItem};
-#[cfg(test)]
-pub(crate) use format::encode_record;
 use format::*;
+#[cfg(test)]
+pub(crate) use format::{decode_def as decode_def_pub, encode_def as encode_def_pub, encode_record};
 use index::{Bits, Seqs};
 #[cfg(test)]
 pub(crate) use recovery::Recovery;
@@ -151,6 +151,8 @@ struct QueueLog {
     dirty_segs: BTreeSet<u64>,
     /// The definition copy (`queue.def`) while it is being written; `None` once it is durable.
     def: Option<LogFile>,
+    /// The directory has its definition copy (durable or being written).
+    has_def: bool,
     /// Listed in `MsgLog::dirty`.
     in_dirty: bool,
     /// Deleted (`delete_queue`): a handle obtained before must not be used.
@@ -170,6 +172,7 @@ impl QueueLog {
             cursor: None,
             dirty_segs: BTreeSet::new(),
             def: None,
+            has_def: false,
             in_dirty: false,
             removed: false,
         }
@@ -222,6 +225,7 @@ impl QueueLog {
         let mut f = LogFile::create(self.dir.join(DEF_FILE), FileKind::Definition, faults)?;
         f.push(def);
         self.def = Some(f);
+        self.has_def = true;
         Ok(())
     }
 }
@@ -390,9 +394,12 @@ impl MsgLog {
             fs::create_dir_all(&q.dir).map_err(io_err(&q.dir))?;
             q.dir_exists = true;
             self.dirty_dirs.lock().insert(self.root.clone());
+        }
+        if !q.has_def {
             let def = self.defs.lock().get(&q.id).cloned();
             if let Some(def) = def {
                 q.write_def(&def, &self.faults)?;
+                self.dirty_dirs.lock().insert(q.dir.clone());
             }
         }
         // the ack file first: a stale one of the same name must not apply to the new records

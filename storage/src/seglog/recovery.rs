@@ -198,6 +198,7 @@ impl MsgLog {
             let mut q = QueueLog::new(id, root);
             q.dir_exists = true;
             let changed = log.load_queue(&mut q, &mut buf, &mut rec)?;
+            q.has_def = true;
             if def.as_ref() != Some(&record) {
                 q.write_def(&encode_def(&record)?, &log.faults)?;
                 rec.defs_written += 1;
@@ -219,6 +220,7 @@ impl MsgLog {
     fn load_queue(&self, q: &mut QueueLog, buf: &mut Vec<u8>, rec: &mut Recovery) -> Result<bool> {
         let mut segs = BTreeSet::new();
         let mut acks = BTreeSet::new();
+        let mut changed = false;
         for e in fs::read_dir(&q.dir).map_err(io_err(&q.dir))? {
             let e = e.map_err(io_err(&q.dir))?;
             let name = e.file_name();
@@ -227,11 +229,14 @@ impl MsgLog {
                 segs.insert(f);
             } else if let Some(f) = parse_hex_name(&name, 16, "ack") {
                 acks.insert(f);
-            } else {
+            } else if name.ends_with(".repair") || name.ends_with(".tmp") {
+                // a rewrite a crash interrupted: the file it was to replace is still whole
+                remove_file_if_exists(&e.path())?;
+                changed = true;
+            } else if name != DEF_FILE {
                 tracing::warn!(path = %e.path().display(), "ignoring unexpected file in a queue directory");
             }
         }
-        let mut changed = false;
         for f in acks.difference(&segs) {
             remove_file_if_exists(&ack_path(&q.dir, *f))?;
             changed = true;
