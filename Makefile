@@ -5,13 +5,14 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 VENV_OK := $(VENV)/.installed
+NODE_OK := .tools/node/.installed
 
 .PHONY: run test lint bench bench-compare crash-test perf clean-venv
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
 
-test: $(VENV_OK)
+test: $(VENV_OK) $(NODE_OK)
 	$(CARGO) build --bin mailroom
 	$(CARGO) test --workspace
 
@@ -36,6 +37,13 @@ crash-test:
 $(VENV_OK): tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+# amqplib for the Node.js checks, from the npm registry into .tools/node (ignored).
+$(NODE_OK): tests/node/package.json
+	mkdir -p .tools/node
+	cp tests/node/package.json .tools/node/package.json
+	cd .tools/node && npm install --no-audit --no-fund --silent
 	touch $@
 
 clean-venv:

@@ -243,7 +243,7 @@ fn main() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let config = broker::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
             data_dir: dir.path().to_path_buf(),
             ..Default::default()
         };

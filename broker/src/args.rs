@@ -167,55 +167,163 @@ pub fn check_equivalent_args(
     Ok(())
 }
 
-/// Type and range checks of the queue arguments Mailroom understands (406 naming the argument, as RabbitMQ).
-pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
-    if args.contains_key("x-dead-letter-routing-key") && !args.contains_key("x-dead-letter-exchange") {
-        return Err(AmqpError::precondition_failed(format!(
-            "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': routing_key_but_no_dlx_defined"
-        )));
+/// Integer types RabbitMQ accepts for integer arguments (`?INTEGER_ARG_TYPES` in rabbit_amqqueue.erl:
+/// no timestamps, no floats).
+fn arg_int(v: &FieldValue) -> Option<i64> {
+    match v {
+        FieldValue::Timestamp(_) => None,
+        v => v.as_i64(),
     }
-    let invalid = |key: &str, why: String| {
-        AmqpError::precondition_failed(format!(
-            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-        ))
+}
+
+/// The longest a TTL or expiry may be: ten years in milliseconds (rabbit_misc:check_expiry/1).
+const MAX_EXPIRY_MS: i64 = 315_360_000_000;
+
+/// Queue types RabbitMQ knows (rabbit_queue_type:known_queue_type_names/0 with the core plugins).
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum", "stream"];
+
+/// One argument's check, as RabbitMQ's `declare_args()` validators in rabbit_amqqueue.erl: `Err` holds the
+/// Erlang error term as RabbitMQ prints it after "invalid arg 'K' for queue 'Q' in vhost 'V': ".
+fn check_arg(key: &str, v: &FieldValue, all: &FieldTable) -> Option<Result<(), String>> {
+    // check_int_arg: "expected integer, got <type>" (a formatted string, so printed quoted).
+    let int = || arg_int(v).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(v)));
+    let non_neg = || {
+        int().and_then(|n| {
+            if n >= 0 {
+                Ok(n)
+            } else {
+                Err(format!("{{value_negative,{n}}}"))
+            }
+        })
     };
-    for (key, v) in args.iter() {
+    let expiry = |n: i64| {
+        if n < 0 {
+            Err(format!("{{value_negative,{n}}}"))
+        } else if n > MAX_EXPIRY_MS {
+            Err(format!("{{value_too_large,{n}}}"))
+        } else {
+            Ok(())
+        }
+    };
+    let longstr = || match v {
+        FieldValue::LongStr(s) => Ok(s.to_string_lossy().to_string()),
+        other => Err(format!("{{unacceptable_type,{}}}", type_name(other))),
+    };
+    let one_of = |allowed: &[&str], err: &dyn Fn(&str) -> String| {
+        longstr().and_then(|s| {
+            if allowed.contains(&s.as_str()) {
+                Ok(())
+            } else {
+                Err(err(&s))
+            }
+        })
+    };
+    let r = match key {
+        "x-expires" => int().and_then(|n| if n == 0 { Err(format!("{{value_zero,{n}}}")) } else { expiry(n) }),
+        "x-message-ttl" => int().and_then(expiry),
+        "x-dead-letter-exchange" => longstr().map(drop),
+        "x-dead-letter-routing-key" => longstr().and_then(|_| {
+            if all.contains_key("x-dead-letter-exchange") {
+                Ok(())
+            } else {
+                Err("routing_key_but_no_dlx_defined".to_string())
+            }
+        }),
+        "x-dead-letter-strategy" => one_of(&["at-most-once", "at-least-once"], &|_| "invalid_dlx_strategy".into()),
+        "x-max-length"
+        | "x-max-length-bytes"
+        | "x-max-in-memory-length"
+        | "x-max-in-memory-bytes"
+        | "x-consumer-timeout"
+        | "x-consumer-disconnected-timeout"
+        | "x-stream-max-segment-size-bytes"
+        | "x-stream-filter-size-bytes"
+        // Mailroom's own (LavinMQ's) arguments, checked the same way.
+        | "x-delivery-limit"
+        | "x-delayed-retry-min"
+        | "x-delayed-retry-max"
+        | "x-delayed-retry-multiplier" => non_neg().map(drop),
+        "x-max-priority" => non_neg().and_then(|n| {
+            if n <= 255 {
+                Ok(())
+            } else {
+                Err(format!("{{max_value_exceeded,{n}}}"))
+            }
+        }),
+        "x-overflow" => one_of(
+            &["drop-head", "reject-publish", "reject-publish-dlx"],
+            &|_| "invalid_overflow".into(),
+        ),
+        // RabbitMQ 4.0-4.2 (check_queue_mode; removed later together with lazy mode itself).
+        "x-queue-mode" => one_of(&["default", "lazy"], &|s| format!("\"unsupported queue mode '{s}'\"")),
+        "x-queue-version" => non_neg().and_then(|n| {
+            if n == 1 || n == 2 {
+                Ok(())
+            } else {
+                Err(format!("\"unsupported queue version '{n}'\""))
+            }
+        }),
+        "x-single-active-consumer" => match v {
+            FieldValue::Bool(_) => Ok(()),
+            other => Err(format!("{{unacceptable_type,{}}}", type_name(other))),
+        },
+        "x-queue-type" => one_of(QUEUE_TYPES, &|s| format!("\"unsupported queue type '{s}'\"")),
+        "x-quorum-initial-group-size" | "x-initial-cluster-size" => non_neg().and_then(|n| {
+            if n == 0 {
+                Err(format!("{{value_zero,{n}}}"))
+            } else {
+                Ok(())
+            }
+        }),
+        "x-max-age" => longstr().and_then(|s| if max_age_ms(&s).is_some() { Ok(()) } else { Err("invalid_max_age".into()) }),
+        "x-queue-leader-locator" => one_of(
+            &["client-local", "balanced", "random", "least-leaders", "min-masters"],
+            &|_| "invalid_queue_locator_arg".into(),
+        ),
+        "x-member-placement-tag" => longstr().and_then(|s| {
+            if s.is_empty() {
+                Err("invalid_member_placement_tag_arg".into())
+            } else {
+                Ok(())
+            }
+        }),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// RabbitMQ's `x-max-age` (check_max_age/1): a positive integer and one unit of Y, M, D, h, m, s; in ms.
+pub fn max_age_ms(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (value, unit) = s.split_at(digits);
+    let value: u64 = value.parse().ok().filter(|v| *v > 0)?;
+    let unit_ms: u64 = match unit {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => return None,
+    };
+    value.checked_mul(unit_ms)
+}
+
+/// Type and range checks of the queue arguments RabbitMQ validates (its `declare_args()` list, with its error
+/// terms), plus Mailroom's own: 406 naming the argument, the queue and the vhost, as RabbitMQ. Arguments no one
+/// validates are kept as given, as RabbitMQ does.
+pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
+    // RabbitMQ checks x-queue-type first, then the rest.
+    let order = args
+        .iter()
+        .filter(|(k, _)| k.as_str() == "x-queue-type")
+        .chain(args.iter().filter(|(k, _)| k.as_str() != "x-queue-type"));
+    for (key, v) in order {
         let key = key.as_str();
-        match key {
-            "x-message-ttl"
-            | "x-max-length"
-            | "x-max-length-bytes"
-            | "x-delivery-limit"
-            | "x-delayed-retry-min"
-            | "x-delayed-retry-max"
-            | "x-delayed-retry-multiplier" => match v.as_i64() {
-                Some(n) if n >= 0 => {}
-                Some(n) => return Err(invalid(key, format!("{{value_negative,{n}}}"))),
-                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
-            },
-            "x-expires" => match v.as_i64() {
-                Some(n) if n > 0 => {}
-                Some(n) => return Err(invalid(key, format!("{{value_zero_or_less,{n}}}"))),
-                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
-            },
-            "x-max-priority" => match v.as_i64() {
-                Some(n) if (0..=255).contains(&n) => {}
-                Some(n) => return Err(invalid(key, format!("{{value_out_of_range,{n}}}"))),
-                None => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v)))),
-            },
-            "x-dead-letter-exchange" | "x-dead-letter-routing-key"
-                if !matches!(v, FieldValue::LongStr(_)) =>
-            {
-                return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))));
-            }
-            "x-overflow" => match v.as_str() {
-                Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
-                _ => return Err(invalid(key, format!("{{unknown_overflow_mode,{}}}", show(v)))),
-            },
-            "x-single-active-consumer" if !matches!(v, FieldValue::Bool(_)) => {
-                return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))));
-            }
-            _ => {}
+        if let Some(Err(why)) = check_arg(key, v, args) {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+            )));
         }
     }
     Ok(())

@@ -1,12 +1,11 @@
 //! `mailroom`: the broker binary.
 
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use broker::config::{Cli, Config};
-use broker::Server;
+use broker::{watchdog, Server};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::load(Cli::parse())?;
@@ -19,11 +18,19 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
 
+    // Signals are handled on a thread of their own, before the store opens: an early SIGTERM is still a
+    // clean stop, and a runtime whose workers are all stuck cannot keep the broker from exiting.
+    let shutdown = CancellationToken::new();
+    watchdog::install_signal_thread(shutdown.clone(), config.shutdown_timeout)?;
+
+    match watchdog::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        // Handlers first, so a SIGTERM that arrives while the store opens still means a clean stop.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        watchdog::spawn_stall_detector();
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -31,16 +38,6 @@ fn main() -> anyhow::Result<()> {
                 return Err(e);
             }
         };
-        let shutdown = CancellationToken::new();
-        let signal_token = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("signal received: shutting down");
-            signal_token.cancel();
-        });
         server.run(shutdown).await;
         Ok(())
     })

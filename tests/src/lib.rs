@@ -58,6 +58,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log: mpsc::Receiver<String>,
+    /// What the broker printed before it accepted connections.
+    pub startup_log: Vec<String>,
 }
 
 impl Server {
@@ -76,10 +78,20 @@ impl Server {
     }
 
     pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Self::try_start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Server::try_start_in`], with extra environment variables (the debug build's test hooks).
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(mailroom_bin())
             .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("MAILROOM_LISTEN")
             .env_remove("MAILROOM_DATA_DIR")
             .env_remove("MAILROOM_LOG")
@@ -116,12 +128,14 @@ impl Server {
                             .next()
                             .unwrap_or("")
                             .parse()?;
+                        seen.push(line);
                         return Ok(Server {
                             child: Some(child),
                             addr,
                             data_dir: data_dir.to_path_buf(),
                             _tmp: None,
                             log: rx,
+                            startup_log: seen,
                         });
                     }
                     seen.push(line);
@@ -139,6 +153,11 @@ impl Server {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -148,6 +167,19 @@ impl Server {
         self.log.try_iter().collect()
     }
 
+    /// Waits up to `within` for a log line containing `needle` and returns it (drains lines read so far).
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// SIGTERM, then waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -155,6 +187,27 @@ impl Server {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
         child.wait().expect("wait for broker")
+    }
+
+    /// Sends `signal` and waits up to `within` for the exit: `None` if the broker is still running then
+    /// (it is killed, so a frozen broker never outlives its test).
+    pub fn signal_and_wait(&mut self, signal: i32, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, then waits for the exit.

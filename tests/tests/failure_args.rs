@@ -99,11 +99,12 @@ fn float_message_ttl() {
     refused(&server, "x-message-ttl", FieldValue::F64(1.5));
 }
 
+/// RabbitMQ's text is "...: invalid_overflow" (rabbit_amqqueue.erl check_overflow/2); it does not repeat the value.
 #[test]
 fn unknown_overflow_mode() {
     let server = Server::start();
     let t = refused(&server, "x-overflow", text("drop-tail"));
-    assert!(t.contains("drop-tail"), "{t}");
+    assert!(t.ends_with("for queue 'q' in vhost '/': invalid_overflow"), "{t}");
 }
 
 #[test]
