@@ -64,7 +64,8 @@ impl VHost {
     /// Returns the existing queue (false) or creates it from `spec` (true). Durable queues are recorded in
     /// the store before they are visible.
     pub fn declare_queue(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool), AmqpError> {
-        self.declare_queue_durably(spec).map(|(q, created, _)| (q, created))
+        self.declare_queue_durably(spec)
+            .map(|(q, created, _)| (q, created))
     }
 
     /// `declare_queue`, and the store ticket of the queue's record (0 when nothing was written): the

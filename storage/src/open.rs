@@ -107,7 +107,7 @@ impl Store {
             flush_interval_ms: opts.flush_interval_ms,
         };
         let sled = match SledDb::open(dir, config.clone(), faults.clone())? {
-            Opened::Ok(s) => s,
+            Opened::Ok(s) => *s,
             Opened::Corrupt(reason) => {
                 let queues = seglog::has_message_data(&messages)?;
                 if !opts.force_recovery {
@@ -126,7 +126,7 @@ impl Store {
                      bindings and their other definitions are lost)"
                 );
                 match SledDb::open(dir, config, faults.clone())? {
-                    Opened::Ok(s) => s,
+                    Opened::Ok(s) => *s,
                     Opened::Corrupt(e) => return Err(StoreError::Corrupt(e)),
                 }
             }
@@ -198,6 +198,7 @@ impl Store {
             failing: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),
         });
+        SledDb::start_writeout(&shared)?;
         let flusher = {
             let shared = shared.clone();
             std::thread::Builder::new()

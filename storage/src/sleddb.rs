@@ -19,9 +19,10 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::fault::{FaultOp, Faults, FileKind};
 use crate::seglog::sync_dir;
@@ -57,11 +58,32 @@ pub(crate) struct SledDb {
     dirty: AtomicBool,
     /// A write or sync failed: `rebuild` before anything in sled counts as durable again.
     broken: AtomicBool,
+    writeout: Arc<WriteOut>,
+    writeout_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The write-out thread's state. sled keeps writes in its own buffers until `Db::flush`; a process
+/// killed before that loses them (a kill -9 keeps what reached the kernel). The flusher calls
+/// `Db::flush` at the start of each round, but a round can be busy in an `fsync` for milliseconds;
+/// so a small thread hands sled's buffers to the kernel (`Db::flush`, no fsync) as soon as sled is
+/// written, as sled's own flush did before the store synced sled itself. Durability still comes
+/// from the flusher's rounds only.
+#[derive(Default)]
+struct WriteOut {
+    pending: AtomicBool,
+    state: Mutex<WriteOutState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct WriteOutState {
+    sleeping: bool,
+    stop: bool,
 }
 
 /// What `SledDb::open` found.
 pub(crate) enum Opened {
-    Ok(SledDb),
+    Ok(Box<SledDb>),
     /// sled's files could not be read as a database (the error text).
     Corrupt(String),
 }
@@ -235,12 +257,14 @@ impl SledDb {
             seen: Mutex::new(BTreeMap::new()),
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            writeout: Arc::new(WriteOut::default()),
+            writeout_thread: Mutex::new(None),
         };
         // Everything sled wrote on open (conf, the db file, blobs/, a snapshot), the sled
         // directory's entries, and `sled` in the data directory.
         s.sync()?;
         sync_dir(data_dir, &s.faults)?;
-        Ok(Opened::Ok(s))
+        Ok(Opened::Ok(Box::new(s)))
     }
 
     /// Moves an unreadable sled directory aside (into `lost`), so that a fresh one can be made.
@@ -281,6 +305,7 @@ impl SledDb {
         match f(db) {
             Ok(v) => {
                 self.dirty.store(true, SeqCst);
+                self.kick_writeout();
                 Ok(v)
             }
             Err(e) => {
@@ -289,6 +314,57 @@ impl SledDb {
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Starts the write-out thread (`WriteOut`). It holds a reference to the store's sled handle
+    /// through `this`.
+    pub(crate) fn start_writeout(this: &Arc<crate::flusher::Shared>) -> Result<()> {
+        let shared = Arc::downgrade(this);
+        let w = this.sled.writeout.clone();
+        let h = std::thread::Builder::new()
+            .name("mailroom-sled-writeout".into())
+            .spawn(move || loop {
+                {
+                    let mut st = w.state.lock();
+                    while !w.pending.load(SeqCst) && !st.stop {
+                        st.sleeping = true;
+                        w.cv.wait(&mut st);
+                        st.sleeping = false;
+                    }
+                    if st.stop {
+                        return;
+                    }
+                }
+                w.pending.store(false, SeqCst);
+                let Some(shared) = shared.upgrade() else { return };
+                let slot = shared.sled.slot.read();
+                if let Some(db) = &slot.db {
+                    if let Err(e) = db.flush() {
+                        tracing::debug!(error = %e, "sled write-out failed (the next flush round reports it)");
+                        shared.sled.broken.store(true, SeqCst);
+                    }
+                }
+            })
+            .map_err(io_err(&this.sled.path))?;
+        *this.sled.writeout_thread.lock() = Some(h);
+        Ok(())
+    }
+
+    fn kick_writeout(&self) {
+        if !self.writeout.pending.swap(true, SeqCst) {
+            let st = self.writeout.state.lock();
+            if st.sleeping {
+                self.writeout.cv.notify_one();
+            }
+        }
+    }
+
+    fn stop_writeout(&self) {
+        self.writeout.state.lock().stop = true;
+        self.writeout.cv.notify_all();
+        if let Some(h) = self.writeout_thread.lock().take() {
+            let _ = h.join();
         }
     }
 
@@ -418,6 +494,7 @@ impl SledDb {
 
     /// Closes sled (the last flush is the caller's) and waits until its threads let go of it.
     pub(crate) fn close(&self) {
+        self.stop_writeout();
         let mut slot = self.slot.write();
         slot.db = None;
         slot.db_file = None;
@@ -450,7 +527,7 @@ mod tests {
 
     fn open(d: &Path, faults: Arc<Faults>) -> SledDb {
         match SledDb::open(d, cfg(), faults).unwrap() {
-            Opened::Ok(s) => s,
+            Opened::Ok(s) => *s,
             Opened::Corrupt(e) => panic!("{e}"),
         }
     }

@@ -39,8 +39,8 @@ use crate::vhost::VHost;
 
 pub use basic_publish::MAX_MESSAGE_SIZE;
 use confirm::Confirms;
-pub use held::BACKLOG_MAX;
 use held::Hold;
+pub use held::BACKLOG_MAX;
 use tx::TxState;
 
 /// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.

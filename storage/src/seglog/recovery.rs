@@ -129,7 +129,12 @@ impl MsgLog {
         lost: &Path,
         faults: Arc<Faults>,
     ) -> Result<(MsgLog, Recovery)> {
-        fs::create_dir_all(root).map_err(io_err(root))?;
+        if !root.exists() {
+            fs::create_dir_all(root).map_err(io_err(root))?;
+            if let Some(parent) = root.parent() {
+                sync_dir(parent, &faults)?;
+            }
+        }
         let mut defs = HashMap::new();
         for (id, r) in known {
             defs.insert(*id, Arc::new(encode_def(r)?));
