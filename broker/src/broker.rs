@@ -47,6 +47,7 @@ impl Broker {
             &config.data_dir,
             StoreOptions {
                 cache_capacity_bytes: config.store_cache_bytes,
+                force_recovery: config.force_recovery,
                 ..StoreOptions::default()
             },
         )
@@ -126,7 +127,7 @@ impl Broker {
         Ok(user.clone())
     }
 
-    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<storage::Durability> {
         self.store.durable_watch()
     }
 

@@ -26,7 +26,7 @@ pub struct Cli {
     #[arg(long, env = "MAILROOM_LISTEN", value_name = "ADDR", value_delimiter = ',')]
     pub listen: Vec<String>,
     /// Directory holding the store.
-    #[arg(long, env = "MAILROOM_DATA_DIR", value_name = "DIR")]
+    #[arg(long, env = "MAILROOM_DATA_DIR", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter such as `broker=debug`).
     #[arg(long, env = "MAILROOM_LOG", value_name = "LEVEL")]
@@ -35,8 +35,43 @@ pub struct Cli {
     #[arg(long, env = "MAILROOM_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
     /// TOML file with `listen`, `data_dir`, `log_level` and the tuning settings.
-    #[arg(long, env = "MAILROOM_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "MAILROOM_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// Start even if the definitions store is empty or unreadable while message data exists: restore the
+    /// queues from the definition copies beside their messages and move whatever cannot be accounted for
+    /// to DIR/lost+found (see docs/failure-handling.md). Without it such a data directory is refused.
+    #[arg(long, env = "MAILROOM_FORCE_RECOVERY", global = true)]
+    pub force_recovery: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools run instead of the broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Inspect or re-attach the message data recovery moved to DIR/lost+found (stop the broker first).
+    Recover {
+        #[command(subcommand)]
+        action: RecoverAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RecoverAction {
+    /// Lists the queue directories in DIR/lost+found: their old queue id, definition and message count.
+    List,
+    /// Appends the messages of a lost+found directory to a queue (created durable if missing, with the
+    /// lost queue's arguments when it had a definition copy), then removes the directory.
+    Attach {
+        /// The directory under DIR/lost+found (as `list` shows it).
+        path: PathBuf,
+        /// The vhost of the queue to attach to.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// The queue to attach to.
+        #[arg(long)]
+        queue: String,
+    },
 }
 
 /// The TOML file's contents. Every key is optional.
@@ -91,6 +126,8 @@ pub struct Config {
     pub store_cache_bytes: u64,
     /// Time a graceful shutdown may take before a forced exit.
     pub shutdown_timeout: std::time::Duration,
+    /// `--force-recovery`: open a data directory whose definitions store is empty or unreadable.
+    pub force_recovery: bool,
 }
 
 impl Default for Config {
@@ -109,6 +146,7 @@ impl Default for Config {
             handshake_timeout: std::time::Duration::from_secs(10),
             store_cache_bytes: 64 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            force_recovery: false,
         }
     }
 }
@@ -173,6 +211,7 @@ impl Config {
                 .or(file.shutdown_timeout)
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.shutdown_timeout),
+            force_recovery: cli.force_recovery,
         })
     }
 }

@@ -79,14 +79,14 @@ impl Channel {
     }
 
     /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
-    /// records its confirm.
+    /// records its confirm. Returns the store ticket its writes need (0: none).
     pub(super) fn enqueue(
         &mut self,
         p: &BasicPublish,
         msg: Arc<Message>,
         dests: &[router::Name],
         ctx: &mut Ctx,
-    ) {
+    ) -> u64 {
         let vhost = &ctx.session.vhost;
         let now = now_ms();
         let mut enqueued = 0usize;
@@ -122,5 +122,6 @@ impl Channel {
             ctx.out.content(self.id, &msg.properties, &msg.body);
         }
         self.confirms.record(ticket, !failed);
+        ticket
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::broker::Broker;
-use crate::channel::{truncate_text, Channel, Ctx, Next};
+use crate::channel::{truncate_text, Channel, Ctx, Next, BACKLOG_MAX};
 use crate::error::{AmqpError, AmqpResult};
 use crate::session::Session;
 use crate::signal::{ConnEvent, ConnSignal};
@@ -143,6 +143,9 @@ impl Conn {
             let handshaking = t.phase.is_handshake();
             let phase = t.phase;
             let awaiting_durable = self.channels.values().any(Channel::awaiting_durable);
+            // A channel whose reply waits for the store keeps the frames that arrive for it; past a bound,
+            // stop reading until it is settled.
+            let reading = !self.channels.values().any(|c| c.backlog_len() >= BACKLOG_MAX);
             let closing_deadline = t.closing_deadline;
             tokio::select! {
                 biased;
@@ -151,7 +154,7 @@ impl Conn {
                         "broker forced connection closure with reason 'shutdown'"));
                     self.transport.closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
-                frame = framed.next() => {
+                frame = framed.next(), if reading => {
                     if !self.on_read(frame) { break; }
                 }
                 _ = self.signal.notified() => self.on_signal(),
@@ -176,7 +179,7 @@ impl Conn {
             // Handle whatever else is already buffered before writing.
             let mut eof = false;
             for _ in 0..FRAMES_PER_ROUND {
-                if self.transport.phase == Phase::Closed {
+                if self.transport.phase == Phase::Closed || !reading {
                     break;
                 }
                 match framed.next().now_or_never() {
@@ -193,10 +196,11 @@ impl Conn {
                 framed.decoder_mut().set_max_frame_size(max);
             }
             if self.transport.phase == Phase::Open {
+                let durable_now = durable.borrow_and_update().clone();
+                while self.settle_held(&durable_now) {}
                 self.run_pulls();
-                let durable_now = *durable.borrow_and_update();
                 for channel in self.channels.values_mut() {
-                    channel.flush_confirms(durable_now, &mut self.transport.out);
+                    channel.flush_confirms(&durable_now, &mut self.transport.out);
                 }
             } else if let Some(s) = self.session.as_mut() {
                 s.pull_list.clear();
@@ -348,6 +352,45 @@ impl Conn {
             self.channels.remove(&ch);
         }
         Ok(())
+    }
+
+    /// Replies held for durability whose tickets are settled go out (or fail the connection), and the frames
+    /// that waited behind them are handled. Returns whether a reply was released (the frames handled may
+    /// hold another reply that is settled already).
+    fn settle_held(&mut self, d: &storage::Durability) -> bool {
+        let Conn {
+            session,
+            channels,
+            transport,
+            ..
+        } = self;
+        let Some(session) = session.as_mut() else {
+            return false;
+        };
+        let mut err = None;
+        let mut released = false;
+        channels.retain(|_, channel| {
+            if err.is_some() || !channel.held_settled(d) {
+                return true;
+            }
+            released = true;
+            let mut ctx = Ctx {
+                session,
+                out: &mut transport.out,
+            };
+            match channel.settle_held(d, &mut ctx) {
+                Ok(next) => next == Next::Keep,
+                Err(e) => {
+                    err = Some(e);
+                    true
+                }
+            }
+        });
+        if let Some(e) = err {
+            self.start_close(e);
+            return false;
+        }
+        released
     }
 
     /// Sends connection.close and waits (in the main loop) for close-ok. The channels are released now.
