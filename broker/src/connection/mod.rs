@@ -330,12 +330,13 @@ impl Conn {
         self.transport.phase != Phase::Open || !self.paused() || self.stash_bytes < STASH_MAX
     }
 
-    /// A frame read while paused: heartbeats only count as traffic; connection.close is handled at once
-    /// (after the frames before it), so a throttled client can close cleanly; the rest waits in order.
+    /// A frame read while paused: heartbeats only count as traffic; connection.close and channel.close are
+    /// handled at once (after the frames before them, which the stash bounds), so a throttled client can
+    /// close cleanly; the rest waits in order.
     fn stash_frame(&mut self, frame: Frame) {
         match frame {
             Frame::Heartbeat(0) => {}
-            Frame::Method(0, Method::ConnectionClose(_)) => {
+            Frame::Method(0, Method::ConnectionClose(_)) | Frame::Method(_, Method::ChannelClose(_)) => {
                 self.drain_stash(true);
                 self.handle_frame(frame);
             }
