@@ -238,11 +238,17 @@ impl Config {
             Some(s) => Watermark::parse(&s).map_err(|e| anyhow::anyhow!("--memory-high-watermark: {e}"))?,
             None => d.memory_high_watermark,
         };
-        let disk_free_limit = match cli.disk_free_limit.or(file.disk_free_limit.map(NumOrStr::into_string)) {
+        let disk_free_limit = match cli
+            .disk_free_limit
+            .or(file.disk_free_limit.map(NumOrStr::into_string))
+        {
             Some(s) => DiskLimit::parse(&s).map_err(|e| anyhow::anyhow!("--disk-free-limit: {e}"))?,
             None => d.disk_free_limit,
         };
-        let max_message_size = match cli.max_message_size.or(file.max_message_size.map(NumOrStr::into_string)) {
+        let max_message_size = match cli
+            .max_message_size
+            .or(file.max_message_size.map(NumOrStr::into_string))
+        {
             Some(s) => parse_size(&s).map_err(|e| anyhow::anyhow!("--max-message-size: {e}"))?,
             None => d.max_message_size,
         };
@@ -256,11 +262,22 @@ impl Config {
             }
         };
         let queue_bound = QueueBound {
-            max_messages: file.queue_flow_max_messages.unwrap_or(d.queue_bound.max_messages).max(1),
-            max_bytes: size(file.queue_flow_max_bytes, d.queue_bound.max_bytes, "queue_flow_max_bytes")?.max(1),
+            max_messages: file
+                .queue_flow_max_messages
+                .unwrap_or(d.queue_bound.max_messages)
+                .max(1),
+            max_bytes: size(
+                file.queue_flow_max_bytes,
+                d.queue_bound.max_bytes,
+                "queue_flow_max_bytes",
+            )?
+            .max(1),
         };
-        let publish_budget_bytes =
-            size(file.connection_publish_budget_bytes, d.publish_budget_bytes, "connection_publish_budget_bytes")?;
+        let publish_budget_bytes = size(
+            file.connection_publish_budget_bytes,
+            d.publish_budget_bytes,
+            "connection_publish_budget_bytes",
+        )?;
         let consumer_timeout = match cli.consumer_timeout.or(file.consumer_timeout) {
             Some(0) => None,
             Some(ms) => Some(std::time::Duration::from_millis(ms)),

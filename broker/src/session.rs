@@ -103,7 +103,11 @@ impl Session {
         if size <= max {
             return Ok(());
         }
-        let which = if max == MAX_MAX_MESSAGE_SIZE { "max size" } else { "configured max size" };
+        let which = if max == MAX_MAX_MESSAGE_SIZE {
+            "max size"
+        } else {
+            "configured max size"
+        };
         Err(AmqpError::precondition_failed(format!(
             "message size {size} is larger than {which} {max}"
         )))

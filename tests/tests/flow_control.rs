@@ -24,10 +24,16 @@ fn memory_alarm_blocks_publishers_and_unblocks_them() {
     assert!(out.contains("ALARM OK"), "{out}");
     // The alarm is logged when raised and when cleared.
     assert!(server
-        .wait_for_log("memory resource limit alarm set", std::time::Duration::from_secs(5))
+        .wait_for_log(
+            "memory resource limit alarm set",
+            std::time::Duration::from_secs(5)
+        )
         .is_some());
     assert!(server
-        .wait_for_log("memory resource limit alarm cleared", std::time::Duration::from_secs(5))
+        .wait_for_log(
+            "memory resource limit alarm cleared",
+            std::time::Duration::from_secs(5)
+        )
         .is_some());
 }
 
@@ -36,7 +42,8 @@ fn a_queue_over_its_bound_throttles_its_publishers_only() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("mailroom.toml");
     std::fs::write(&cfg, "queue_flow_max_messages = 10\n").unwrap();
-    let server = Server::try_start_in(&tmp.path().join("data"), &["--config", cfg.to_str().unwrap()]).unwrap();
+    let server =
+        Server::try_start_in(&tmp.path().join("data"), &["--config", cfg.to_str().unwrap()]).unwrap();
     let out = run_python(&server, "flow_control.py", &["throttle"]);
     assert!(out.contains("THROTTLED ready"), "{out}");
     assert!(out.contains("OTHER QUEUE NOT THROTTLED"), "{out}");
@@ -59,7 +66,10 @@ fn a_publish_over_the_max_message_size_gets_406() {
     c.publish(1, "", "big", &[7u8; 1025]);
     let (code, text, class, method) = c.expect_channel_close(1);
     assert_eq!(code, 406);
-    assert_eq!(text, "PRECONDITION_FAILED - message size 1025 is larger than configured max size 1024");
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - message size 1025 is larger than configured max size 1024"
+    );
     assert_eq!((class, method), (60, 40));
     // The message at the limit went in; the connection goes on.
     c.open_channel(2);
@@ -91,7 +101,10 @@ fn connections_past_max_connections_are_refused_at_open() {
     );
     let (code, text, _, _) = second.expect_connection_close();
     assert_eq!(code, 530);
-    assert_eq!(text, "NOT_ALLOWED - connection refused: node connection limit (1) is reached");
+    assert_eq!(
+        text,
+        "NOT_ALLOWED - connection refused: node connection limit (1) is reached"
+    );
     drop(first);
     // Once the first is gone, a new one may open (the broker notices the close asynchronously).
     let mut opened = false;

@@ -18,8 +18,8 @@ mod handshake;
 mod transport;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -373,7 +373,10 @@ impl Conn {
                 self.throttled_at = Some(Instant::now());
                 counters.queue_throttles.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
-                if self.throttle_logged_at.is_none_or(|t| now - t >= THROTTLE_LOG_EVERY) {
+                if self
+                    .throttle_logged_at
+                    .is_none_or(|t| now - t >= THROTTLE_LOG_EVERY)
+                {
                     self.throttle_logged_at = Some(now);
                     let queues: Vec<&str> = s.flow_queues.iter().map(|q| &**q.name()).collect();
                     info!(peer = %self.transport.peer, ?queues,
