@@ -3,8 +3,9 @@
 //! owns, and the buffers reused across frames so the hot path allocates nothing.
 //!
 //! A channel gets it (with the output buffer) in a `channel::Ctx` for each frame. Everything registered here
-//! is released by `Session::release`, which the connection's `Drop` runs, so an early return, an error path
-//! or a panic in the connection's task still releases it.
+//! is released by `Session::release_consumers` and `Session::delete_exclusive_queues` (after each channel's
+//! `Channel::release`), which the connection's `Drop` runs, so an early return, an error path or a panic in
+//! the connection's task still releases it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
