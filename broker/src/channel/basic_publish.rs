@@ -35,12 +35,10 @@ impl Channel {
             }
         }
         crate::message::validate_expiration(&header.properties).map_err(AmqpError::precondition_failed)?;
-        let msg = Arc::new(Message::new(
-            p.exchange.clone(),
-            p.routing_key.clone(),
-            header.properties,
-            body,
-        ));
+        let msg = Arc::new(
+            Message::published(p.exchange.clone(), p.routing_key.clone(), header.properties, body)
+                .map_err(AmqpError::precondition_failed)?,
+        );
         // The route buffer is the session's, reused by every publish: taken here, given back once below.
         let mut dests = std::mem::take(&mut ctx.session.route_scratch);
         let r = self.route_and_enqueue(p, msg, &mut dests, ctx);
@@ -56,9 +54,11 @@ impl Channel {
         ctx: &mut Ctx,
     ) -> AmqpResult<()> {
         let headers = crate::args::message_headers(&msg.properties);
-        ctx.session.vhost.router.read().route(
+        // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
+        ctx.session.vhost.router.read().route_multi(
             p.exchange.as_str(),
             p.routing_key.as_str(),
+            msg.extra_routing_keys(),
             headers.as_ref(),
             dests,
         )?;
