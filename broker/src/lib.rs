@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod deadletter;
 pub mod error;
+pub mod flow;
 pub mod message;
 pub mod names;
 pub mod output;

@@ -226,15 +226,29 @@ impl VHost {
             let msg = &d.entry.msg;
             let reason = d.reason.as_str();
             let props = with_x_death(msg, from.name(), reason, now);
-            let routing_key = match &from.args.dead_letter_routing_key {
-                Some(rk) => ShortStr::try_from_str(rk).unwrap_or_default(),
-                None => msg.routing_key.clone(),
-            };
             let exchange = ShortStr::try_from_str(dlx).unwrap_or_default();
-            let routed = self
-                .router
-                .read()
-                .route(dlx, routing_key.as_str(), None, &mut dests);
+            // As RabbitMQ (rabbit_dead_letter.erl `publish/5`): with the queue's dead-letter routing key the
+            // dead letter routes with that key alone; without it, with every key it was published with (its
+            // key, CC and BCC). Its headers keep CC (as RabbitMQ since 3.13) and never show BCC.
+            let (routing_key, new) = match &from.args.dead_letter_routing_key {
+                Some(rk) => {
+                    let rk = ShortStr::try_from_str(rk).unwrap_or_default();
+                    let mut new = Message::new(exchange, rk.clone(), props, msg.body.clone());
+                    new.routes = None;
+                    (rk, new)
+                }
+                None => {
+                    let rk = msg.routing_key.clone();
+                    (rk.clone(), Message::new(exchange, rk, props, msg.body.clone()))
+                }
+            };
+            let routed = self.router.read().route_multi(
+                dlx,
+                routing_key.as_str(),
+                new.extra_routing_keys(),
+                None,
+                &mut dests,
+            );
             if let Err(e) = routed {
                 tracing::warn!(queue = %from.name(), dlx, error = %e, "dead-letter exchange unusable: message dropped");
                 continue;
@@ -242,9 +256,9 @@ impl VHost {
             let history = if d.reason == DeathReason::Rejected {
                 Vec::new()
             } else {
-                deaths(&props)
+                deaths(&new.properties)
             };
-            let new = Arc::new(Message::new(exchange, routing_key, props, msg.body.clone()));
+            let new = Arc::new(new);
             // Publish outside the queue map's lock: a target's own dead letters come back through here.
             targets.clear();
             self.with_queues(&dests, |q| targets.push(q.clone()));

@@ -37,7 +37,6 @@ use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
 use crate::session::Session;
 use crate::vhost::VHost;
 
-pub use basic_publish::MAX_MESSAGE_SIZE;
 use confirm::Confirms;
 use held::Hold;
 pub use held::BACKLOG_MAX;
