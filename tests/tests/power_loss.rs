@@ -259,7 +259,7 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
             }
             if fs.alive() {
                 out.problems
-                    .push("the crash point never fired in 40 s (the broker never did that operation)".into());
+                    .push("the fault never fired in 40 s (the broker never did that operation on that file)".into());
                 if let Some(s) = server.as_mut() {
                     let _ = blocking(|| cut(s, &mut fs));
                 }
