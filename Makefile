@@ -7,7 +7,7 @@ VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
 
-.PHONY: run test test-power-loss test-write-faults lint bench bench-compare crash-test perf clean-venv
+.PHONY: run test test-power-loss test-write-faults lint bench bench-compare crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
@@ -24,7 +24,7 @@ bench:
 	$(CARGO) bench -p mailroom-router --bench route -- --warm-up-time 1 --measurement-time 3
 
 # Mailroom vs RabbitMQ (issue 6): builds release binaries, installs rabbitmq-server if missing,
-# runs S1-S6, L1 and M1 against both on private ports and rewrites the generated section of
+# runs S1-S6, F1-F3, L1 and M1 against both on private ports and rewrites the generated section of
 # docs/performance.md. Knobs (environment or make variables): REPEAT=1 for a quick run,
 # M1_COUNT=10000000 for the 10 M memory run; see scripts/bench-compare.sh.
 bench-compare:
@@ -33,6 +33,23 @@ bench-compare:
 # The kill -9 crash test with 100 cycles (CI runs 10 as part of `make test`).
 crash-test:
 	MAILROOM_CRASH_CYCLES=100 $(CARGO) test -p mailroom-tests --test crash -- --nocapture
+
+# Coverage-guided fuzzing (issue 18): every target in fuzz/ for FUZZ_SECONDS each (default 600), one at a
+# time; installs cargo-fuzz into .tools/ if missing; needs the nightly toolchain. See docs/security.md.
+FUZZ_SECONDS ?= 600
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO="$(CARGO)" scripts/fuzz.sh
+
+# The seed corpora (built with the crates' own encoders) into fuzz/corpus/<target>/ (ignored).
+fuzz-corpus:
+	$(CARGO) run -q --manifest-path fuzz/Cargo.toml --no-default-features --bin gen-corpus
+
+# The black-box server fuzzer for longer than the one-minute run in `make test`: SECONDS=N SEED=S.
+SECONDS ?= 600
+SEED ?=
+fuzz-server:
+	$(CARGO) build --bin mailroom
+	MAILROOM_FUZZ_SECONDS=$(SECONDS) MAILROOM_FUZZ_SEED=$(SEED) MAILROOM_FUZZ_STRICT=1 $(CARGO) test -p mailroom-tests --test fuzz_server -- --nocapture
 
 # Durability under power loss and failed writes (issue 17; docs/testing-durability.md). Builds LazyFS from
 # ../shared/tools/lazyfs into .tools/lazyfs (its build.sh installs g++, libfuse3-dev, libspdlog-dev,

@@ -3,15 +3,23 @@
 #
 # Builds release `mailroom` and `mailroom-perf`, installs RabbitMQ (Debian package) when it
 # is missing, starts a private RabbitMQ node (own ports, data, logs, config, no plugins) and
-# a private Mailroom (own port, fresh data dir), runs the scenarios S1-S6 and L1 against
-# both brokers alternately REPEAT times, measures M1 (RSS per queued message) and Mailroom's
-# recovery time, and regenerates the marked section of docs/performance.md.
+# a private Mailroom (own port, fresh data dir), runs the scenarios S1-S6, L1 and the
+# flow-control scenarios F1-F3 (issue 11) against both brokers alternately REPEAT times,
+# measures M1 (RSS per queued message) and Mailroom's recovery time, and regenerates the
+# marked section of docs/performance.md. Every run watches the broker process
+# (mailroom-perf --broker-pid: peak RSS every 100 ms, CPU per message).
 #
 # Environment knobs (defaults in brackets):
 #   REPEAT [3]            rounds of the scenario list (REPEAT=1 for a quick run)
-#   DURATION [15]         seconds of publishing per scenario (not S6)
+#   DURATION [15]         seconds of publishing per scenario (not S6, not F1-F3)
+#   FLOW_DURATION [30]    seconds of publishing for F1-F3
+#   FLOW_WATERMARK [256MiB]  memory high watermark both brokers run F2 with (restarted for
+#                         it: Mailroom --memory-high-watermark when the build has it,
+#                         RabbitMQ vm_memory_high_watermark.absolute); "" = default config
+#   MAX_BROKER_RSS [4GiB] mailroom-perf --max-broker-rss: publishing stops when the broker's
+#                         RSS reaches this (protects the shared machine); 0 = no cap
 #   S6_COUNT [200000]     messages in S6
-#   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1"]
+#   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"]
 #   M1_COUNT [1000000]    messages for M1 (M1_COUNT=10000000 for the long run); M1=0 skips it
 #   RECOVERY [1]          measure Mailroom's restart after SIGTERM and kill -9 (after M1)
 #   RABBIT_RECOVERY [1]   also measure RabbitMQ's restart after SIGTERM (after M1)
@@ -23,7 +31,7 @@
 #                           [/usr/lib/rabbitmq/bin/rabbitmq-server]
 set -euo pipefail
 
-ENV_OVERRIDES=$(for v in REPEAT DURATION S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
+ENV_OVERRIDES=$(for v in REPEAT DURATION FLOW_DURATION FLOW_WATERMARK MAX_BROKER_RSS S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
     if [ -n "${!v:-}" ]; then
         case "${!v}" in *[!A-Za-z0-9_.,/-]*) printf "%s='%s' " "$v" "${!v}" ;; *) printf '%s=%s ' "$v" "${!v}" ;; esac
     fi
@@ -33,8 +41,11 @@ cd "$ROOT"
 
 REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-15}
+FLOW_DURATION=${FLOW_DURATION:-30}
+FLOW_WATERMARK=${FLOW_WATERMARK-256MiB}
+MAX_BROKER_RSS=${MAX_BROKER_RSS:-4GiB}
 S6_COUNT=${S6_COUNT:-200000}
-SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 L1"}
+SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"}
 M1=${M1:-1}
 M1_COUNT=${M1_COUNT:-1000000}
 RECOVERY=${RECOVERY:-1}
@@ -70,6 +81,10 @@ MAILROOM_PID=""
 RABBIT_WRAPPER_PID=""
 RABBIT_BEAM_PID=""
 EPMD_PID=""
+# Extra broker settings of the current run (F2's memory watermark); empty = defaults.
+MAILROOM_EXTRA_ARGS=()
+RABBIT_EXTRA_CONF=""
+WATERMARK_USED="default"
 
 cleanup() {
     local rc=$?
@@ -210,6 +225,7 @@ rabbit_start() {
     cat >"$d/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$RABBIT_PORT
 loopback_users.guest = true
+$RABBIT_EXTRA_CONF
 EOF
     echo '[].' >"$d/enabled_plugins"
     echo '[].' >"$d/advanced.config"
@@ -263,6 +279,7 @@ mailroom_start() {
     port_in_use "$MAILROOM_PORT" && die "MAILROOM_PORT $MAILROOM_PORT is in use (set MAILROOM_PORT)"
     MAILROOM_EXEC_NS=$(now_ns)
     "$MAILROOM_BIN" --listen "127.0.0.1:$MAILROOM_PORT" --data-dir "$d" --log-level warn \
+        ${MAILROOM_EXTRA_ARGS[@]+"${MAILROOM_EXTRA_ARGS[@]}"} \
         >>"$TMP/mailroom.log" 2>&1 </dev/null &
     MAILROOM_PID=$!
 }
@@ -310,44 +327,99 @@ ensure_up() {
 
 uri() { echo "amqp://guest:guest@127.0.0.1:$(broker_port "$1")/%2f"; }
 
+# Whether this Mailroom build has --memory-high-watermark (issue 11).
+mailroom_has_watermark() { "$MAILROOM_BIN" --help 2>/dev/null | grep -q -- '--memory-high-watermark'; }
+
+# broker_restart BROKER [WATERMARK]: restart with fresh data, with a memory high watermark
+# (F2) or with the default configuration (no argument). Sets WATERMARK_USED.
+broker_restart() {
+    local b=$1 wm=${2:-}
+    WATERMARK_USED="default"
+    if [ "$b" = mailroom ]; then
+        mailroom_stop
+        MAILROOM_EXTRA_ARGS=()
+        if [ -n "$wm" ]; then
+            if mailroom_has_watermark; then
+                MAILROOM_EXTRA_ARGS=(--memory-high-watermark "$wm")
+                WATERMARK_USED="$wm"
+            else
+                WATERMARK_USED="none: this build has no --memory-high-watermark"
+            fi
+        fi
+        mailroom_start fresh
+        mailroom_wait_ready 60
+    else
+        rabbit_stop
+        RABBIT_EXTRA_CONF=""
+        if [ -n "$wm" ]; then
+            RABBIT_EXTRA_CONF="vm_memory_high_watermark.absolute = $wm"
+            WATERMARK_USED="$wm"
+        fi
+        rabbit_start fresh
+    fi
+}
+
 # ---------------------------------------------------------------- scenario runs
 # run_scenario BROKER SCENARIO REP
 run_scenario() {
     local b=$1 s=$2 rep=$3 pid args limit
+    WATERMARK_USED="default"
+    if [ "$s" = F2 ] && [ -n "$FLOW_WATERMARK" ]; then
+        broker_restart "$b" "$FLOW_WATERMARK"
+    fi
     ensure_up "$b"
     pid=$(broker_pid "$b")
     local base="$RESULTS_DIR/runs/$s-$b-$rep"
-    if [ "$s" = S6 ]; then
-        args=(--count "$S6_COUNT")
-        limit=$((S6_COUNT / 500 + 600))
-    else
-        args=(--duration "$DURATION")
-        limit=$((DURATION * 4 + 300))
+    case "$s" in
+        S6)
+            args=(--count "$S6_COUNT")
+            limit=$((S6_COUNT / 500 + 600))
+            ;;
+        F*)
+            args=(--duration "$FLOW_DURATION")
+            limit=${FLOW_DURATION%.*}
+            limit=$((limit * 6 + 300))
+            ;;
+        *)
+            args=(--duration "$DURATION")
+            limit=$((DURATION * 4 + 300))
+            ;;
+    esac
+    # The tool watches the broker: peak RSS (every 100 ms) and CPU per message.
+    local watch=(--broker-pid "$pid")
+    if [ -n "$MAX_BROKER_RSS" ] && [ "$MAX_BROKER_RSS" != 0 ]; then
+        watch+=(--max-broker-rss "$MAX_BROKER_RSS")
     fi
     local load cpu0 cpu1 t0 t1 rc=0
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     cpu0=$(cpu_s "$pid")
     t0=$(now_ns)
     fg_run timeout --signal=INT --kill-after=30 "$limit" \
-        "$PERF_BIN" --uri "$(uri "$b")" --scenario "$s" "${args[@]}" --json --quiet \
+        "$PERF_BIN" --uri "$(uri "$b")" --scenario "$s" "${args[@]}" "${watch[@]}" --json --quiet \
         >"$base.json" 2>"$base.stderr" </dev/null || rc=$?
     t1=$(now_ns)
     cpu1=$(cpu_s "$pid")
-    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","broker_cpu_s":%s,"wall_s":%s,"command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
+    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
         "$b" "$s" "$rep" "$rc" "$load" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e9}')" \
-        "$s" "${args[*]}" >"$base.meta.json"
+        "$WATERMARK_USED" "$s" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \
+        >"$base.meta.json"
     local summary
     summary=$($PYTHON - "$base.json" <<'EOF' 2>/dev/null || echo "no JSON report"
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("pub %.0f/s cons %.0f/s p50 %s us p99 %s us lost %s dup %s ok %s" % (
-    r.get("publish_rate", 0), r.get("consume_rate", 0), r["latency_us"]["p50"],
-    r["latency_us"]["p99"], r.get("lost"), r.get("duplicated"), r.get("ok")))
+b = r.get("broker") or {}
+print("pub %.0f/s, cons while publishing %.0f/s (overall %.0f/s), backlog at end of publishing %s, p50 %s us p99 %s us, peak RSS %.0f MiB, blocked %s s, lost %s dup %s ok %s" % (
+    r.get("publish_rate", 0), r.get("consume_rate_publishing", 0), r.get("consume_rate", 0),
+    r.get("backlog_publish_end"), r["latency_us"]["p50"], r["latency_us"]["p99"],
+    (b.get("rss_peak_kb") or 0) / 1024, r.get("blocked_s"), r.get("lost"), r.get("duplicated"), r.get("ok")))
 EOF
 )
     log "$s $b #$rep: rc $rc, $summary"
+    if [ "$s" = F2 ] && [ -n "$FLOW_WATERMARK" ]; then
+        broker_restart "$b"
+    fi
 }
 
 # ---------------------------------------------------------------- M1 and recovery
@@ -522,6 +594,7 @@ main() {
     local erl_release
     erl_release=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().' 2>/dev/null || echo unknown)
     STARTED_AT=$started_at REPEAT=$REPEAT DURATION=$DURATION S6_COUNT=$S6_COUNT M1=$M1 \
+        FLOW_DURATION=$FLOW_DURATION FLOW_WATERMARK=$FLOW_WATERMARK MAX_BROKER_RSS=$MAX_BROKER_RSS \
         M1_COUNT=$M1_COUNT SCENARIOS=$SCENARIOS RABBIT_VERSION=$(rabbit_version) \
         ERL_RELEASE=$erl_release GIT_REV=$GIT_REV ENV_OVERRIDES="${ENV_OVERRIDES% }" \
         BENCH_COMMAND="${BENCH_COMMAND:-make bench-compare}" \
@@ -535,6 +608,8 @@ print(json.dumps({
     "loadavg_end": open("/proc/loadavg").read().split()[:3],
     "started_at": e["STARTED_AT"], "finished_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     "repeat": int(e["REPEAT"]), "duration": float(e["DURATION"]), "s6_count": int(e["S6_COUNT"]),
+    "flow_duration": float(e["FLOW_DURATION"]), "flow_watermark": e["FLOW_WATERMARK"],
+    "max_broker_rss": e["MAX_BROKER_RSS"],
     "m1": e["M1"] == "1", "m1_count": int(e["M1_COUNT"]), "scenarios": e["SCENARIOS"].split(),
     "rabbitmq_version": e["RABBIT_VERSION"], "erlang_otp": e["ERL_RELEASE"], "git": e["GIT_REV"],
     "command": e["BENCH_COMMAND"], "env_overrides": e["ENV_OVERRIDES"]}, indent=1))

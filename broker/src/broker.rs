@@ -139,7 +139,7 @@ impl Broker {
             loop {
                 every.tick().await;
                 let Some(broker) = weak.upgrade() else { break };
-                let now = crate::store::now_ms();
+                let now = crate::clock::now_ms();
                 for vhost in broker.vhosts() {
                     vhost.tick(now);
                 }

@@ -1,13 +1,10 @@
-//! Dead-lettering (`x-dead-letter-exchange`, `x-death`) and redrive, as RabbitMQ writes and reads them.
+//! Dead letters as RabbitMQ writes and reads them: the `x-death` rewrite, the history a message carries, the
+//! cycle rule. Pure functions over messages; `VHost::dead_letter` routes dead letters with them and
+//! `VHost::redrive` reads their history.
 
-use std::sync::Arc;
+use protocol::{FieldTable, FieldValue, LongStr, RawProperties};
 
-use protocol::{FieldTable, FieldValue, LongStr, RawProperties, ShortStr};
-
-use crate::error::AmqpError;
 use crate::message::Message;
-use crate::queue::{Dead, Entry, Queue};
-use crate::vhost::VHost;
 
 fn text(t: &FieldTable, k: &str) -> Option<String> {
     t.get(k).and_then(|v| v.as_str()).map(str::to_owned)
@@ -84,7 +81,7 @@ pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> Ra
 }
 
 /// The queues named in a message's `x-death`, most recent first, with their reasons.
-fn deaths(props: &RawProperties) -> Vec<(String, String)> {
+pub fn deaths(props: &RawProperties) -> Vec<(String, String)> {
     let Ok(Some(h)) = props.headers() else {
         return Vec::new();
     };
@@ -104,99 +101,10 @@ fn deaths(props: &RawProperties) -> Vec<(String, String)> {
 
 /// RabbitMQ's cycle rule: dead-lettering to `target` is a cycle if `target` already appears in `x-death` and
 /// no death on the way round was a client's rejection (a fully automatic loop would never end).
-fn is_cycle(target: &str, deaths: &[(String, String)]) -> bool {
+pub fn is_cycle(target: &str, deaths: &[(String, String)]) -> bool {
     match deaths.iter().position(|(q, _)| q == target) {
         None => false,
         Some(i) => deaths[..=i].iter().all(|(_, reason)| reason != "rejected"),
-    }
-}
-
-impl VHost {
-    /// Republishes dead messages of `from` through its dead-letter exchange. Messages whose route would
-    /// close a fully automatic cycle are dropped for that destination, with a warning.
-    pub fn dead_letter(&self, from: &Queue, dead: &[Dead], now: u64) {
-        let Some(dlx) = from.args.dead_letter_exchange.as_deref() else {
-            return;
-        };
-        let mut dests = Vec::new();
-        for d in dead {
-            let msg = &d.entry.msg;
-            let reason = d.reason.as_str();
-            let props = with_x_death(msg, from.name(), reason, now);
-            let routing_key = match &from.args.dead_letter_routing_key {
-                Some(rk) => ShortStr::try_from_str(rk).unwrap_or_default(),
-                None => msg.routing_key.clone(),
-            };
-            let exchange = ShortStr::try_from_str(dlx).unwrap_or_default();
-            let routed = self
-                .router
-                .read()
-                .route(dlx, routing_key.as_str(), None, &mut dests);
-            if let Err(e) = routed {
-                tracing::warn!(queue = %from.name(), dlx, error = %e, "dead-letter exchange unusable: message dropped");
-                continue;
-            }
-            let history = if d.reason == crate::queue::DeathReason::Rejected {
-                Vec::new()
-            } else {
-                deaths(&props)
-            };
-            let new = Arc::new(Message::new(exchange, routing_key, props, msg.body.clone()));
-            let mut delivered = 0;
-            self.with_queues(&dests, |q| {
-                if d.reason != crate::queue::DeathReason::Rejected && is_cycle(q.name(), &history) {
-                    tracing::warn!(
-                        queue = %from.name(), target = %q.name(), reason,
-                        "dead-letter cycle without rejection: message dropped for this destination"
-                    );
-                    return;
-                }
-                if q.publish(new.clone(), now).is_ok() {
-                    delivered += 1;
-                }
-            });
-            if delivered == 0 {
-                tracing::warn!(queue = %from.name(), dlx, reason, "dead-lettered message reached no queue: dropped");
-            }
-        }
-    }
-
-    /// Moves up to `max` messages from `dlq` back to the queue each one last died in (from its `x-death`), or
-    /// to `to`. Moved messages keep their headers and start with a delivery count of 0. Messages whose
-    /// destination does not exist stay in `dlq`.
-    pub fn redrive(
-        &self,
-        dlq: &str,
-        to: Option<&str>,
-        max: Option<usize>,
-        now: u64,
-    ) -> Result<Redriven, AmqpError> {
-        let source = self.queue_or_404(dlq)?;
-        if let Some(t) = to {
-            self.queue_or_404(t)?;
-        }
-        let taken = source.take(max.unwrap_or(usize::MAX), now);
-        let mut moved: Vec<Entry> = Vec::new();
-        let mut kept: Vec<Entry> = Vec::new();
-        for e in taken {
-            let target = match to {
-                Some(t) => Some(t.to_owned()),
-                None => deaths(&e.msg.properties).into_iter().next().map(|(q, _)| q),
-            };
-            match target.and_then(|t| self.queue(&t)) {
-                Some(q) if !Arc::ptr_eq(&q, &source) && q.publish(e.msg.clone(), now).is_ok() => {
-                    moved.push(e)
-                }
-                _ => kept.push(e),
-            }
-        }
-        source.forget(&moved);
-        let r = Redriven {
-            moved: moved.len(),
-            kept: kept.len(),
-        };
-        source.untake(kept);
-        Ok(r)
     }
 }
 
@@ -212,7 +120,7 @@ pub struct Redriven {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use protocol::BasicProperties;
+    use protocol::{BasicProperties, ShortStr};
 
     fn msg(props: BasicProperties) -> Message {
         Message::new(

@@ -23,6 +23,11 @@ fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     watchdog::install_signal_thread(shutdown.clone(), config.shutdown_timeout)?;
 
+    match watchdog::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         watchdog::spawn_stall_detector();

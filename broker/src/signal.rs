@@ -1,10 +1,20 @@
 //! How queues and the store reach a connection task: a wake-up plus small lists of what happened.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 use protocol::ShortStr;
 use tokio::sync::Notify;
 
-use crate::queue::ConsumerId;
+/// A consumer, process-wide: the key under which a queue wakes a consumer's connection.
+pub type ConsumerId = u64;
+
+static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-wide unique consumer id.
+pub fn next_consumer_id() -> ConsumerId {
+    NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Something a connection must act on that did not come from its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]

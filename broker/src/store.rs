@@ -1,20 +1,28 @@
-//! The broker's side of the store: a durable queue's handle on its messages, and the conversions between
-//! broker values and storage records. The broker never touches sled; everything goes through `storage::Store`.
+//! The store adapter: a durable queue's handle on its messages, and the conversions between broker values and
+//! storage records. It maps queue operations to `storage::Store` calls and back, and builds no queue values
+//! (the queue turns a `StoredEntry` into its own entry). The broker never touches sled; everything goes
+//! through `storage::Store`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use protocol::{FieldTable, RawProperties, ShortStr};
 use storage::{MessageState, Store, StoredMessage};
 
+use crate::clock::now_ms;
 use crate::message::Message;
-use crate::queue::Entry;
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// A message read back from the store: the message and what the store recorded about it. The queue turns it
+/// into one of its entries.
+#[derive(Debug)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub msg: Message,
+    pub delivery_count: u32,
+    /// Returned to the queue before, or possibly delivered before a crash.
+    pub redelivered: bool,
+    pub expires_at: Option<u64>,
+    pub not_before: Option<u64>,
 }
 
 /// A durable queue's messages in the store.
@@ -76,24 +84,20 @@ impl QueueStore {
         self.store.append_message(self.id, seq, &record)
     }
 
-    /// Reads up to `limit` messages from `from_seq` on, as queue entries.
-    pub fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Entry>, storage::StoreError> {
+    /// Reads up to `limit` messages from `from_seq` on, with what the store knows of each.
+    pub fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, storage::StoreError> {
         let rows = self.store.read_messages_with_state(self.id, from_seq, limit)?;
         Ok(rows
             .into_iter()
-            .map(|(seq, m, state)| {
-                let redelivered = state.as_ref().is_some_and(|s| s.redelivered)
-                    || self.delivered_mark.is_some_and(|m| seq <= m);
-                let expires_at = m.expires_at_ms;
-                let not_before = m.not_before_ms;
-                Entry {
-                    seq,
-                    delivery_count: m.delivery_count,
-                    msg: Arc::new(message_from_record(m)),
-                    redelivered,
-                    expires_at,
-                    not_before,
-                }
+            .map(|(seq, m, state)| StoredEntry {
+                seq,
+                // Returned before (its state says so), or possibly delivered before a crash (under the mark).
+                redelivered: state.as_ref().is_some_and(|s| s.redelivered)
+                    || self.delivered_mark.is_some_and(|mark| seq <= mark),
+                delivery_count: m.delivery_count,
+                expires_at: m.expires_at_ms,
+                not_before: m.not_before_ms,
+                msg: message_from_record(m),
             })
             .collect())
     }

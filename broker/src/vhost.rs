@@ -1,16 +1,20 @@
-//! A virtual host: its router (exchanges and bindings) and its queues, and the write-through of durable
-//! definitions to the store.
+//! A virtual host: its router (exchanges and bindings) and its queues, the write-through of durable
+//! definitions to the store, and the routing of dead letters (which queues hand back to their callers).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
+use protocol::ShortStr;
 use router::{Binding, Declared, Destination, ExchangeDef, Router};
 use storage::{BindingRecord, ExchangeRecord, QueueRecord, Store};
 
+use crate::clock::now_ms;
+use crate::deadletter::{deaths, is_cycle, with_x_death, Redriven};
 use crate::error::AmqpError;
-use crate::queue::{Queue, QueueSpec, Recovered};
-use crate::store::{decode_table, encode_table, now_ms, QueueStore};
+use crate::message::Message;
+use crate::queue::{DeadLetters, DeathReason, Entry, Queue, QueueSpec, Recovered};
+use crate::store::{decode_table, encode_table, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
@@ -19,8 +23,14 @@ pub struct VHost {
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     store: Store,
-    /// Handed to queues so they can dead-letter through this vhost.
-    this: Weak<VHost>,
+}
+
+/// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
+/// in the store and comes back at the next start, where recovery skips what no longer fits.
+fn log_store_err<T>(what: &str, r: Result<T, storage::StoreError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, what, "store write failed");
+    }
 }
 
 fn store_err(e: storage::StoreError) -> AmqpError {
@@ -30,12 +40,11 @@ fn store_err(e: storage::StoreError) -> AmqpError {
 
 impl VHost {
     pub fn new(name: &str, store: Store) -> Arc<VHost> {
-        Arc::new_cyclic(|this| VHost {
+        Arc::new(VHost {
             name: name.into(),
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),
             store,
-            this: this.clone(),
         })
     }
 
@@ -73,9 +82,9 @@ impl VHost {
                 })
                 .map_err(store_err)?;
             let qs = QueueStore::new(self.store.clone(), id, self.name.clone(), name.clone());
-            Arc::new(Queue::with_store(spec, qs, None, self.this.clone(), now_ms()))
+            Arc::new(Queue::with_store(spec, qs, None, now_ms()))
         } else {
-            Arc::new(Queue::new(spec, self.this.clone(), now_ms()))
+            Arc::new(Queue::new(spec, now_ms()))
         };
         queues.insert(name.clone(), q.clone());
         drop(queues);
@@ -103,7 +112,10 @@ impl VHost {
         };
         if queue.spec.durable {
             for b in &bindings {
-                let _ = self.store.delete_binding(&self.binding_record(b));
+                log_store_err(
+                    "delete binding",
+                    self.store.delete_binding(&self.binding_record(b)),
+                );
             }
         }
         self.forget_exchanges(&auto_deleted);
@@ -123,8 +135,11 @@ impl VHost {
             .filter(|q| q.needs_tick())
             .cloned()
             .collect();
+        let mut dead = DeadLetters::new();
         for q in timed {
-            if q.tick(now).expired {
+            let tick = q.tick(now, &mut dead);
+            self.dead_letter(&q, &mut dead, now);
+            if tick.expired {
                 tracing::debug!(queue = %q.name(), "queue expired (x-expires)");
                 self.delete_queue(&q);
             }
@@ -139,6 +154,139 @@ impl VHost {
                 f(q);
             }
         }
+    }
+
+    // ------------------------------------------------------------------ dead letters
+
+    /// Republishes the dead letters of `from` through its dead-letter exchange (or drops them when it has
+    /// none), then removes them from `from`'s store. Messages whose route would close a fully automatic
+    /// cycle are dropped for that destination, with a warning. Called with no queue lock held; the dead
+    /// letters a target queue hands back (a full drop-head target) are handled the same way in turn.
+    pub fn dead_letter(&self, from: &Queue, dead: &mut DeadLetters, now: u64) {
+        if dead.is_empty() {
+            return;
+        }
+        let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
+        match from.args.dead_letter_exchange.as_deref() {
+            Some(dlx) => self.republish_dead(from, dlx, dead, now, &mut further),
+            None => {
+                tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
+            }
+        }
+        from.forget(dead.iter().map(|d| &d.entry));
+        dead.clear();
+        for (q, mut more) in further {
+            self.dead_letter(&q, &mut more, now);
+        }
+    }
+
+    fn republish_dead(
+        &self,
+        from: &Queue,
+        dlx: &str,
+        dead: &DeadLetters,
+        now: u64,
+        further: &mut Vec<(Arc<Queue>, DeadLetters)>,
+    ) {
+        let mut dests = Vec::new();
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        for d in dead.iter() {
+            let msg = &d.entry.msg;
+            let reason = d.reason.as_str();
+            let props = with_x_death(msg, from.name(), reason, now);
+            let routing_key = match &from.args.dead_letter_routing_key {
+                Some(rk) => ShortStr::try_from_str(rk).unwrap_or_default(),
+                None => msg.routing_key.clone(),
+            };
+            let exchange = ShortStr::try_from_str(dlx).unwrap_or_default();
+            let routed = self
+                .router
+                .read()
+                .route(dlx, routing_key.as_str(), None, &mut dests);
+            if let Err(e) = routed {
+                tracing::warn!(queue = %from.name(), dlx, error = %e, "dead-letter exchange unusable: message dropped");
+                continue;
+            }
+            let history = if d.reason == DeathReason::Rejected {
+                Vec::new()
+            } else {
+                deaths(&props)
+            };
+            let new = Arc::new(Message::new(exchange, routing_key, props, msg.body.clone()));
+            // Publish outside the queue map's lock: a target's own dead letters come back through here.
+            targets.clear();
+            self.with_queues(&dests, |q| targets.push(q.clone()));
+            let mut delivered = 0;
+            for q in &targets {
+                if d.reason != DeathReason::Rejected && is_cycle(q.name(), &history) {
+                    tracing::warn!(
+                        queue = %from.name(), target = %q.name(), reason,
+                        "dead-letter cycle without rejection: message dropped for this destination"
+                    );
+                    continue;
+                }
+                let mut more = DeadLetters::new();
+                if q.publish(new.clone(), now, &mut more).is_ok() {
+                    delivered += 1;
+                }
+                if !more.is_empty() {
+                    further.push((q.clone(), more));
+                }
+            }
+            if delivered == 0 {
+                tracing::warn!(queue = %from.name(), dlx, reason, "dead-lettered message reached no queue: dropped");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ operator operations
+    //
+    // Not reachable from the AMQP wire (RabbitMQ has no method for them either): the operators' API calls
+    // them when it lands; broker/tests/redrive.rs drives them in-process until then.
+
+    /// Moves up to `max` messages from `dlq` back to the queue each one last died in (from its `x-death`), or
+    /// to `to`. Moved messages keep their headers and start with a delivery count of 0. Messages whose
+    /// destination does not exist stay in `dlq`.
+    pub fn redrive(
+        &self,
+        dlq: &str,
+        to: Option<&str>,
+        max: Option<usize>,
+        now: u64,
+    ) -> Result<Redriven, AmqpError> {
+        let source = self.queue_or_404(dlq)?;
+        if let Some(t) = to {
+            self.queue_or_404(t)?;
+        }
+        let taken = source.take(max.unwrap_or(usize::MAX), now);
+        let mut moved: Vec<Entry> = Vec::new();
+        let mut kept: Vec<Entry> = Vec::new();
+        let mut dead = DeadLetters::new();
+        for e in taken {
+            let target = match to {
+                Some(t) => Some(t.to_owned()),
+                None => deaths(&e.msg.properties).into_iter().next().map(|(q, _)| q),
+            };
+            match target.and_then(|t| self.queue(&t)) {
+                Some(q) if !Arc::ptr_eq(&q, &source) => {
+                    let published = q.publish(e.msg.clone(), now, &mut dead).is_ok();
+                    self.dead_letter(&q, &mut dead, now);
+                    if published {
+                        moved.push(e);
+                    } else {
+                        kept.push(e);
+                    }
+                }
+                _ => kept.push(e),
+            }
+        }
+        source.forget(&moved);
+        let r = Redriven {
+            moved: moved.len(),
+            kept: kept.len(),
+        };
+        source.untake(kept);
+        Ok(r)
     }
 
     // ------------------------------------------------------------------ exchanges and bindings
@@ -172,7 +320,10 @@ impl VHost {
             }
             for b in &bindings {
                 if self.binding_is_durable(b) || def.durable {
-                    let _ = self.store.delete_binding(&self.binding_record(b));
+                    log_store_err(
+                        "delete binding",
+                        self.store.delete_binding(&self.binding_record(b)),
+                    );
                 }
             }
         }
@@ -192,7 +343,13 @@ impl VHost {
 
     pub fn unbind(&self, binding: &Binding) -> Result<(), AmqpError> {
         let durable = self.binding_is_durable(binding);
-        let (removed, auto_deleted) = self.router.write().unbind(binding)?;
+        let (removed, auto_deleted) = match self.router.write().unbind(binding) {
+            Ok(r) => r,
+            // RabbitMQ 4.x answers unbind-ok when an end of the binding does not exist
+            // (rabbit_db_binding:delete_v2/2: "No absent queues, always present on disk" -> ok).
+            Err(e) if e.kind == router::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         if removed && durable {
             self.store
                 .delete_binding(&self.binding_record(binding))
@@ -221,17 +378,20 @@ impl VHost {
             return;
         }
         for n in names {
-            let _ = self.store.delete_exchange(&self.name, n);
+            log_store_err("delete exchange", self.store.delete_exchange(&self.name, n));
         }
-        if let Ok(bindings) = self.store.bindings() {
-            for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
-                let touches = names
-                    .iter()
-                    .any(|n| **n == *b.source || (!b.destination_is_queue && **n == *b.destination));
-                if touches {
-                    let _ = self.store.delete_binding(b);
+        match self.store.bindings() {
+            Ok(bindings) => {
+                for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
+                    let touches = names
+                        .iter()
+                        .any(|n| **n == *b.source || (!b.destination_is_queue && **n == *b.destination));
+                    if touches {
+                        log_store_err("delete binding", self.store.delete_binding(b));
+                    }
                 }
             }
+            Err(e) => tracing::error!(error = %e, "store read of bindings failed"),
         }
     }
 
@@ -329,7 +489,7 @@ impl VHost {
             };
             let mut qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
             qs.load_delivered_mark()?;
-            let q = Queue::with_store(spec, qs, recovered, self.this.clone(), now_ms());
+            let q = Queue::with_store(spec, qs, recovered, now_ms());
             map.insert(name.clone(), Arc::new(q));
             router.declare_queue(name);
         }

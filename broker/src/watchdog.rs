@@ -117,6 +117,31 @@ pub fn spawn_stall_detector() {
     debug_hooks::arm();
 }
 
+/// Raises the soft limit on open files to the hard limit (a broker holds a socket per connection and files
+/// per queue) and returns the limit it got.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Test-only fault injection, compiled into debug builds only: `MAILROOM_TEST_STALL_AFTER_MS=N` makes every
 /// runtime worker spin forever N ms after start, so tests can show the stall detector and the forced exit.
 #[cfg(debug_assertions)]

@@ -32,10 +32,13 @@ use broker::broker::Broker;
 use broker::config::Config;
 use broker::deadletter::Redriven;
 use broker::message::Message;
-use broker::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
+use broker::queue::{next_consumer_id, ConsumerId, Entry, QueueSpec};
 use broker::signal::ConnSignal;
 use broker::vhost::VHost;
+
+mod common;
 use bytes::Bytes;
+use common::DlQueue;
 use proptest::prelude::*;
 use protocol::{BasicProperties, FieldTable, FieldValue, LongStr, RawProperties, ShortStr};
 
@@ -557,8 +560,8 @@ fn seen(m: &MMsg) -> Want {
 struct Live {
     broker: Arc<Broker>,
     vhost: Arc<VHost>,
-    q: Arc<Queue>,
-    dlq: Arc<Queue>,
+    q: DlQueue,
+    dlq: DlQueue,
     consumer: Option<ConsumerId>,
     signal: Arc<ConnSignal>,
     /// Delivered and not settled, in delivery order (as a channel would hold them).
@@ -592,8 +595,8 @@ impl Live {
                 .declare_queue(spec("q", cfg.arguments()))
                 .expect("declare q");
         }
-        let q = vhost.queue("q").expect("q exists");
-        let dlq = vhost.queue("dlq").expect("dlq exists");
+        let q = DlQueue::new(&vhost, vhost.queue("q").expect("q exists"));
+        let dlq = DlQueue::new(&vhost, vhost.queue("dlq").expect("dlq exists"));
         Live {
             broker,
             vhost,

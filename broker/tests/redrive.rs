@@ -9,10 +9,13 @@ use broker::broker::Broker;
 use broker::config::Config;
 use broker::deadletter::Redriven;
 use broker::message::Message;
-use broker::queue::{next_consumer_id, ConsumerId, Entry, Queue, QueueSpec};
+use broker::queue::{next_consumer_id, ConsumerId, Entry, QueueSpec};
 use broker::signal::ConnSignal;
 use broker::vhost::VHost;
+
+mod common;
 use bytes::Bytes;
+use common::DlQueue;
 use protocol::{BasicProperties, FieldTable, FieldValue, LongStr, RawProperties, ShortStr};
 
 const NOW: u64 = 1_700_000_000_000;
@@ -38,14 +41,16 @@ impl Env {
         }
     }
 
-    fn q(&self, name: &str) -> Arc<Queue> {
-        self.vhost
+    fn q(&self, name: &str) -> DlQueue {
+        let q = self
+            .vhost
             .queue(name)
-            .unwrap_or_else(|| panic!("queue {name} exists"))
+            .unwrap_or_else(|| panic!("queue {name} exists"));
+        DlQueue::new(&self.vhost, q)
     }
 
     /// A durable queue; with `dlx`, dead-lettering to the default exchange with routing key "dlq".
-    fn declare(&self, name: &str, dlx: bool) -> Arc<Queue> {
+    fn declare(&self, name: &str, dlx: bool) -> DlQueue {
         let mut arguments = FieldTable::new();
         if dlx {
             arguments.insert("x-dead-letter-exchange", FieldValue::LongStr(LongStr::from("")));
@@ -65,11 +70,11 @@ impl Env {
             })
             .expect("declare");
         assert!(created);
-        q
+        DlQueue::new(&self.vhost, q)
     }
 
     /// Pulls everything ready from `q` with ack, through a new consumer (removed afterwards).
-    fn pull_all(&self, q: &Queue) -> Vec<Entry> {
+    fn pull_all(&self, q: &DlQueue) -> Vec<Entry> {
         let id: ConsumerId = next_consumer_id();
         q.add_consumer(id, ShortStr::from("t"), false, 0, self.signal.clone(), "/", NOW)
             .expect("consume");
@@ -81,7 +86,7 @@ impl Env {
 
     /// Publishes `body` to `q` (persistent, with an application header), delivers it, returns it `returns`
     /// times, then rejects it without requeue.
-    fn kill(&self, q: &Queue, body: &str, returns: u32) {
+    fn kill(&self, q: &DlQueue, body: &str, returns: u32) {
         q.publish(message(body), NOW).expect("publish");
         for _ in 0..returns {
             let got = self.pull_all(q);

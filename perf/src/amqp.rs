@@ -1,9 +1,15 @@
 //! A minimal AMQP 0-9-1 client connection on top of the protocol crate: handshake
-//! (PLAIN, frame_max up to the server's offer, heartbeat 0), one channel, simple RPCs.
-//! Reads go into one large buffer that the codec splits zero-copy; writes are appended
-//! to one `BytesMut` and flushed explicitly.
+//! (PLAIN, frame_max up to the server's offer, heartbeat as asked or as the broker
+//! proposes), one channel, simple RPCs. Reads go into one large buffer that the codec
+//! splits zero-copy; writes are appended to one `BytesMut` and flushed explicitly, and the
+//! time a flush spends waiting for the socket to take more (TCP back-pressure: the broker
+//! is not reading) is counted.
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
@@ -11,11 +17,12 @@ use protocol::{
     write_method, ChannelOpen, ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionStartOk,
     ConnectionTuneOk, FieldTable, FieldValue, Frame, FrameCodec, LongStr, Method, PROTOCOL_HEADER,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
+use crate::tracker::mono_ns;
 use crate::uri::AmqpUri;
 
 /// The channel every connection of this tool uses.
@@ -70,11 +77,72 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Time a writer spent unable to write: its socket's send buffer was full (the peer was
+/// not reading fast enough), summed over every write that had to wait.
+#[derive(Debug, Default)]
+pub struct WriteStall {
+    /// Completed waits, ns.
+    total_ns: AtomicU64,
+    /// Number of writes that had to wait.
+    count: AtomicU64,
+    /// Longest single wait, ns.
+    max_ns: AtomicU64,
+    /// `mono_ns()` at which the current wait began; 0 when not waiting.
+    since_ns: AtomicU64,
+}
+
+impl WriteStall {
+    /// Total waiting time up to `now` (a wait in progress counts up to `now`).
+    pub fn total_ns(&self, now: u64) -> u64 {
+        let since = self.since_ns.load(Relaxed);
+        self.total_ns.load(Relaxed) + if since > 0 { now.saturating_sub(since) } else { 0 }
+    }
+
+    /// Writes that had to wait.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Longest single wait up to `now` (a wait in progress counts), ns.
+    pub fn max_ns(&self, now: u64) -> u64 {
+        let since = self.since_ns.load(Relaxed);
+        let current = if since > 0 { now.saturating_sub(since) } else { 0 };
+        self.max_ns.load(Relaxed).max(current)
+    }
+
+    /// Whether a write is waiting right now, and since when (`mono_ns`).
+    pub fn waiting_since(&self) -> Option<u64> {
+        Some(self.since_ns.load(Relaxed)).filter(|s| *s > 0)
+    }
+
+    fn begin(&self, now: u64) {
+        if self.since_ns.load(Relaxed) == 0 {
+            self.since_ns.store(now, Relaxed);
+            self.count.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn end(&self, now: u64) {
+        let since = self.since_ns.swap(0, Relaxed);
+        if since > 0 {
+            let d = now.saturating_sub(since);
+            self.total_ns.fetch_add(d, Relaxed);
+            self.max_ns.fetch_max(d, Relaxed);
+        }
+    }
+}
+
 /// The write side: an output buffer flushed on demand.
 pub struct FrameWriter<W> {
     wr: W,
     /// Pending output.
     pub buf: BytesMut,
+    /// Bytes of `buf` already written by a flush that was interrupted (cancelled).
+    written: usize,
+    /// When bytes last went out.
+    last_write: Instant,
+    /// Time spent waiting for the socket.
+    pub stall: Arc<WriteStall>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -82,6 +150,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             wr,
             buf: BytesMut::with_capacity(128 * 1024),
+            written: 0,
+            last_write: Instant::now(),
+            stall: Arc::new(WriteStall::default()),
         }
     }
 
@@ -90,12 +161,53 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         write_method(&mut self.buf, channel, m);
     }
 
-    /// Writes out everything buffered.
+    /// Appends a heartbeat frame.
+    pub fn heartbeat(&mut self) {
+        protocol::write_heartbeat(&mut self.buf);
+    }
+
+    /// How long nothing was written.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_write)
+    }
+
+    /// Bytes of `buf` already on the socket (a flush was interrupted part-way).
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Writes out everything buffered. Cancel-safe: a flush that is dropped part-way keeps
+    /// its progress and the next one goes on from there. Time spent waiting because the
+    /// socket would not take more is added to [`FrameWriter::stall`].
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.buf.is_empty() {
-            self.wr.write_all(&self.buf).await?;
-            self.buf.clear();
+        while self.written < self.buf.len() {
+            let FrameWriter {
+                wr,
+                buf,
+                written,
+                stall,
+                ..
+            } = self;
+            let data = &buf[*written..];
+            let stall: &WriteStall = stall;
+            let res = std::future::poll_fn(|cx| match Pin::new(&mut *wr).poll_write(cx, data) {
+                Poll::Pending => {
+                    stall.begin(mono_ns());
+                    Poll::Pending
+                }
+                ready => ready,
+            })
+            .await;
+            stall.end(mono_ns());
+            let n = res?;
+            if n == 0 {
+                bail!("the broker's socket accepts no more data (write returned 0)");
+            }
+            self.written += n;
+            self.last_write = Instant::now();
         }
+        self.buf.clear();
+        self.written = 0;
         Ok(())
     }
 }
@@ -108,6 +220,8 @@ pub struct Conn {
     pub wr: FrameWriter<OwnedWriteHalf>,
     /// Negotiated frame_max (whole frame).
     pub frame_max: u32,
+    /// Negotiated heartbeat interval in seconds (0 = none).
+    pub heartbeat: u16,
 }
 
 fn close_error(what: &str, code: u16, text: &str, class: u16, method: u16) -> anyhow::Error {
@@ -115,8 +229,10 @@ fn close_error(what: &str, code: u16, text: &str, class: u16, method: u16) -> an
 }
 
 impl Conn {
-    /// Connects, authenticates (PLAIN), tunes, opens the vhost and channel 1.
-    pub async fn open(uri: &AmqpUri, name: &str) -> anyhow::Result<Conn> {
+    /// Connects, authenticates (PLAIN), tunes, opens the vhost and channel 1. `heartbeat`:
+    /// the interval to ask for in tune-ok (`Some(0)` = none), or `None` to take the
+    /// broker's proposal.
+    pub async fn open(uri: &AmqpUri, name: &str, heartbeat: Option<u16>) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect((uri.host.as_str(), uri.port))
             .await
             .with_context(|| format!("connecting to {}:{}", uri.host, uri.port))?;
@@ -126,14 +242,15 @@ impl Conn {
             rd: FrameReader::new(r),
             wr: FrameWriter::new(w),
             frame_max: 0,
+            heartbeat: 0,
         };
-        tokio::time::timeout(Duration::from_secs(15), c.handshake(uri, name))
+        tokio::time::timeout(Duration::from_secs(15), c.handshake(uri, name, heartbeat))
             .await
             .context("AMQP handshake timed out")??;
         Ok(c)
     }
 
-    async fn handshake(&mut self, uri: &AmqpUri, name: &str) -> anyhow::Result<()> {
+    async fn handshake(&mut self, uri: &AmqpUri, name: &str, heartbeat: Option<u16>) -> anyhow::Result<()> {
         self.wr.buf.extend_from_slice(&PROTOCOL_HEADER);
         self.wr.flush().await?;
         let start = match self.rd.next_frame().await {
@@ -151,6 +268,8 @@ impl Conn {
             "basic.nack",
             "consumer_cancel_notify",
             "exchange_exchange_bindings",
+            // We handle connection.blocked / connection.unblocked (producers time them).
+            "connection.blocked",
         ] {
             caps.insert(c, FieldValue::Bool(true));
         }
@@ -197,12 +316,13 @@ impl Conn {
             tune.frame_max
         };
         self.frame_max = frame_max;
+        self.heartbeat = heartbeat.unwrap_or(tune.heartbeat);
         self.wr.method(
             0,
             &Method::ConnectionTuneOk(ConnectionTuneOk {
                 channel_max: tune.channel_max,
                 frame_max,
-                heartbeat: 0,
+                heartbeat: self.heartbeat,
             }),
         );
         self.rd.codec.set_max_frame_size(frame_max);
@@ -300,4 +420,105 @@ pub async fn close_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     })
     .await??;
     Ok(())
+}
+
+/// A negotiated heartbeat interval: when to send one, when to give up on the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    secs: u16,
+}
+
+impl Heartbeat {
+    /// Interval in seconds (0 = no heartbeats).
+    pub fn new(secs: u16) -> Heartbeat {
+        Heartbeat { secs }
+    }
+
+    /// The interval in seconds.
+    pub fn secs(self) -> u16 {
+        self.secs
+    }
+
+    /// Whether heartbeats are on.
+    pub fn enabled(self) -> bool {
+        self.secs > 0
+    }
+
+    /// Send a heartbeat after this long without writing anything (half the interval, as
+    /// RabbitMQ's clients do).
+    pub fn send_every(self) -> Duration {
+        Duration::from_millis(u64::from(self.secs) * 500)
+    }
+
+    /// Whether a heartbeat is due after `idle` without writing.
+    pub fn send_due(self, idle: Duration) -> bool {
+        self.secs > 0 && idle >= self.send_every()
+    }
+
+    /// The peer is considered dead after this long without any frame from it (two
+    /// intervals, per the AMQP 0-9-1 spec).
+    pub fn dead_after(self) -> Option<Duration> {
+        (self.secs > 0).then(|| Duration::from_secs(2 * u64::from(self.secs)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_schedule() {
+        let off = Heartbeat::new(0);
+        assert!(!off.enabled() && !off.send_due(Duration::from_secs(1000)));
+        assert_eq!(off.dead_after(), None);
+        let hb = Heartbeat::new(4);
+        assert!(!hb.send_due(Duration::from_millis(1999)));
+        assert!(hb.send_due(Duration::from_secs(2)));
+        assert_eq!(hb.dead_after(), Some(Duration::from_secs(8)));
+    }
+
+    #[tokio::test]
+    async fn flush_counts_time_waiting_for_a_full_socket() {
+        // A duplex pipe with a 1 KiB buffer: writing 64 KiB must wait for the reader.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = FrameWriter::new(a);
+        w.buf.extend_from_slice(&vec![7u8; 64 * 1024]);
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut got = Vec::new();
+            let _ = b.read_to_end(&mut got).await;
+            got.len()
+        });
+        w.flush().await.unwrap();
+        assert!(w.buf.is_empty() && w.written() == 0);
+        assert!(w.stall.count() >= 1);
+        assert!(w.stall.total_ns(mono_ns()) > 0);
+        assert!(w.stall.max_ns(mono_ns()) > 0);
+        assert!(w.stall.max_ns(mono_ns()) <= w.stall.total_ns(mono_ns()));
+        assert!(w.stall.waiting_since().is_none());
+        drop(w);
+        assert_eq!(reader.await.unwrap(), 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_flush_resumes_where_it_stopped() {
+        let (a, mut b) = tokio::io::duplex(1000);
+        let mut w = FrameWriter::new(a);
+        w.buf
+            .extend_from_slice(&(0..5000u32).map(|i| i as u8).collect::<Vec<_>>());
+        // Nobody reads: the flush stalls after 1000 bytes; cancel it.
+        let r = tokio::time::timeout(Duration::from_millis(50), w.flush()).await;
+        assert!(r.is_err());
+        assert_eq!(w.written(), 1000);
+        assert!(w.stall.waiting_since().is_some());
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let _ = b.read_to_end(&mut got).await;
+            got
+        });
+        w.flush().await.unwrap();
+        drop(w);
+        let got = reader.await.unwrap();
+        assert_eq!(got, (0..5000u32).map(|i| i as u8).collect::<Vec<_>>());
+    }
 }

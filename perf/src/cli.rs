@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
+use crate::procmon::parse_size;
 use crate::uri::AmqpUri;
 
 /// Exchange types the tool can drive.
@@ -48,6 +49,25 @@ pub enum Scenario {
     S6,
     /// Fixed rate 10 000 msg/s, 1 KiB, prefetch 100: latency p50/p99.
     L1,
+    /// Flow control (issue 11): 4 producers → 1 queue ← 1 consumer, 1 KiB transient,
+    /// manual ack, prefetch 100, 30 s.
+    F1,
+    /// Flow control: 4 producers → 1 queue, no consumer while publishing, 1 KiB transient,
+    /// 30 s (accepted messages, broker RSS, blocked time); then one consumer drains the
+    /// queue so every accepted message is checked (`-y 0` skips the drain).
+    F2,
+    /// Flow control: 4 producers → 4 consumers on one queue, 256 B transient, manual ack,
+    /// prefetch 100, 30 s.
+    F3,
+}
+
+/// The broker process to watch (RSS, CPU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerTarget {
+    /// By process id.
+    Pid(u32),
+    /// By name (comm or argv[0] file name), looked up in /proc when the run starts.
+    Name(String),
 }
 
 /// mailroom-perf: AMQP 0-9-1 load generator (PerfTest / lavinmqperf style).
@@ -55,8 +75,11 @@ pub enum Scenario {
 /// Runs N producers and M consumers (one connection each) in one process against any
 /// AMQP 0-9-1 broker, measures publish/consume rates and end-to-end latency, and checks
 /// that every published message was delivered exactly once (lost, duplicated and
-/// out-of-order messages are counted per producer sequence). Exits 2 when messages were
-/// lost or duplicated without the redelivered flag, 1 on errors.
+/// out-of-order messages are counted per producer sequence). Reports the consume rate while
+/// the producers publish apart from the drain after they stop, the backlog, latency,
+/// producers' blocked time (connection.blocked) and socket-write waits, and with
+/// --broker-pid / --broker-process the broker's peak RSS and CPU per message. Exits 2 when
+/// messages were lost or duplicated without the redelivered flag, 1 on errors.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "mailroom-perf", version)]
 pub struct Args {
@@ -153,9 +176,34 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub drain_timeout: f64,
 
-    /// Start the consumers only after the producers finished (S6 does this).
+    /// Stop draining this many seconds after publishing stopped, even while messages still
+    /// arrive (0 = no limit). [default: 0]
+    #[arg(long, value_name = "SECS")]
+    pub max_drain: Option<f64>,
+
+    /// Start the consumers only after the producers finished (S6 and F2 do this).
     #[arg(long)]
     pub consume_after_publish: bool,
+
+    /// Heartbeat interval in seconds asked for on producer and consumer connections
+    /// (0 = none). [default: what the broker proposes]
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat: Option<u16>,
+
+    /// Watch the broker process PID (on this host): peak RSS from /proc/PID/status every
+    /// 100 ms, CPU time from /proc/PID/stat, reported per message.
+    #[arg(long, value_name = "PID", conflicts_with = "broker_process")]
+    pub broker_pid: Option<u32>,
+
+    /// Like --broker-pid, finding the one process with this name in /proc (e.g. mailroom,
+    /// beam.smp for RabbitMQ).
+    #[arg(long, value_name = "NAME")]
+    pub broker_process: Option<String>,
+
+    /// Stop publishing when the watched broker's RSS reaches SIZE (e.g. 4GiB), so an
+    /// overload run cannot exhaust the machine's memory; the report says so.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_broker_rss: Option<u64>,
 
     /// Publish with mandatory=true (unroutable messages come back and are counted as returned).
     #[arg(long)]
@@ -236,6 +284,14 @@ pub struct Settings {
     pub count: Option<u64>,
     /// Drain idle timeout.
     pub drain_timeout: Duration,
+    /// Longest drain after publishing stopped (None = no limit).
+    pub max_drain: Option<Duration>,
+    /// Heartbeat to ask for on producer and consumer connections (None = the broker's).
+    pub heartbeat: Option<u16>,
+    /// Broker process to watch.
+    pub broker: Option<BrokerTarget>,
+    /// Stop publishing at this broker RSS (KiB).
+    pub max_broker_rss_kb: Option<u64>,
     /// Consumers start after publishing ends.
     pub consume_after_publish: bool,
     /// mandatory flag.
@@ -271,6 +327,7 @@ struct Preset {
     durable: Option<bool>,
     rate: Option<u64>,
     count: Option<u64>,
+    duration: Option<f64>,
     consume_after_publish: bool,
 }
 
@@ -344,6 +401,35 @@ fn preset(s: Scenario) -> Preset {
             rate: Some(10_000),
             ..base
         },
+        Scenario::F1 => Preset {
+            producers: Some(4),
+            size: Some(1024),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            duration: Some(30.0),
+            ..base
+        },
+        Scenario::F2 => Preset {
+            producers: Some(4),
+            size: Some(1024),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            duration: Some(30.0),
+            consume_after_publish: true,
+            ..base
+        },
+        Scenario::F3 => Preset {
+            producers: Some(4),
+            consumers: Some(4),
+            size: Some(256),
+            persistent: Some(false),
+            autoack: Some(false),
+            prefetch: Some(100),
+            duration: Some(30.0),
+            ..base
+        },
     }
 }
 
@@ -384,12 +470,24 @@ impl Args {
             bail!("--queues must be at least 1");
         }
         let count = self.count.or(p.count);
-        let duration = match (self.duration, count) {
-            (Some(d), _) if d > 0.0 => Some(Duration::from_secs_f64(d)),
-            (Some(_), _) => bail!("--duration must be positive"),
-            (None, Some(_)) => None,
-            (None, None) => Some(Duration::from_secs(10)),
+        // An explicit --duration wins; an explicit --count replaces the preset's duration.
+        let duration = match (self.duration, self.count, p.duration, count) {
+            (Some(d), ..) if d > 0.0 => Some(Duration::from_secs_f64(d)),
+            (Some(_), ..) => bail!("--duration must be positive"),
+            (None, Some(_), ..) => None,
+            (None, None, Some(d), _) => Some(Duration::from_secs_f64(d)),
+            (None, None, None, Some(_)) => None,
+            (None, None, None, None) => Some(Duration::from_secs(10)),
         };
+        let broker = match (self.broker_pid, &self.broker_process) {
+            (Some(pid), _) => Some(BrokerTarget::Pid(pid)),
+            (None, Some(name)) if !name.is_empty() => Some(BrokerTarget::Name(name.clone())),
+            (None, Some(_)) => bail!("--broker-process needs a name"),
+            (None, None) => None,
+        };
+        if self.max_broker_rss.is_some() && broker.is_none() {
+            bail!("--max-broker-rss needs --broker-pid or --broker-process");
+        }
         let cleanup = flag_pair(self.cleanup, self.no_cleanup).unwrap_or(self.scenario.is_some());
         let threads = self.threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -424,6 +522,10 @@ impl Args {
             duration,
             count,
             drain_timeout: Duration::from_secs_f64(self.drain_timeout.max(0.0)),
+            max_drain: self.max_drain.filter(|d| *d > 0.0).map(Duration::from_secs_f64),
+            heartbeat: self.heartbeat,
+            broker,
+            max_broker_rss_kb: self.max_broker_rss.map(|b| b.div_ceil(1024)),
             consume_after_publish: self.consume_after_publish || p.consume_after_publish,
             mandatory: self.mandatory,
             json: self.json,
@@ -526,6 +628,58 @@ mod tests {
         assert_eq!(s.count, Some(1000));
         let s = parse(&["--scenario", "L1", "--duration", "3"]);
         assert_eq!((s.rate, s.duration), (10_000, Some(Duration::from_secs(3))));
+    }
+
+    #[test]
+    fn flow_control_presets() {
+        let s = parse(&["--scenario", "F1"]);
+        assert_eq!((s.producers, s.consumers, s.queues, s.size), (4, 1, 1, 1024));
+        assert_eq!((s.prefetch, s.duration), (100, Some(Duration::from_secs(30))));
+        assert!(!s.autoack && !s.persistent && !s.consume_after_publish);
+        assert_eq!(s.queue_name(0), "mailroom-perf-f1-0");
+        assert_eq!(s.producer_queues(3), vec![0]);
+        let s = parse(&["--scenario", "F2"]);
+        assert_eq!((s.producers, s.consumers, s.queues, s.size), (4, 1, 1, 1024));
+        assert!(s.consume_after_publish);
+        assert_eq!(s.duration, Some(Duration::from_secs(30)));
+        let s = parse(&["--scenario", "F2", "-y", "0", "--duration", "5"]);
+        assert_eq!((s.consumers, s.duration), (0, Some(Duration::from_secs(5))));
+        let s = parse(&["--scenario", "F3"]);
+        assert_eq!((s.producers, s.consumers, s.queues, s.size), (4, 4, 1, 256));
+        assert_eq!(s.consumer_queue(3), 0);
+        // An explicit count replaces the preset's 30 s.
+        let s = parse(&["--scenario", "F3", "--count", "100"]);
+        assert_eq!((s.count, s.duration), (Some(100), None));
+    }
+
+    #[test]
+    fn broker_watch_options() {
+        let s = parse(&["--broker-pid", "42", "--max-broker-rss", "4GiB"]);
+        assert_eq!(s.broker, Some(BrokerTarget::Pid(42)));
+        assert_eq!(s.max_broker_rss_kb, Some(4 << 20));
+        let s = parse(&[
+            "--broker-process",
+            "beam.smp",
+            "--heartbeat",
+            "5",
+            "--max-drain",
+            "60",
+        ]);
+        assert_eq!(s.broker, Some(BrokerTarget::Name("beam.smp".into())));
+        assert_eq!(
+            (s.heartbeat, s.max_drain),
+            (Some(5), Some(Duration::from_secs(60)))
+        );
+        let s = parse(&[]);
+        assert_eq!((s.broker, s.heartbeat, s.max_drain), (None, None, None));
+        let try_args = |a: &[&str]| {
+            let mut v = vec!["mailroom-perf"];
+            v.extend_from_slice(a);
+            Args::try_parse_from(v).map(|a| a.resolve().is_ok())
+        };
+        assert!(try_args(&["--broker-pid", "1", "--broker-process", "x"]).is_err());
+        assert_eq!(try_args(&["--max-broker-rss", "1GiB"]).ok(), Some(false));
+        assert!(try_args(&["--broker-pid", "1", "--max-broker-rss", "lots"]).is_err());
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! One consumer: reads large chunks, decodes frames zero-copy, records latency and
-//! sequences, and batches its acks into one write per chunk.
+//! sequences, and batches its acks into one write per chunk. Deliveries handled while the
+//! producers are publishing are counted (and their latencies recorded) apart.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protocol::{BasicAck, BasicConsume, BasicQos, Frame, Method};
 use tokio::sync::watch;
 
-use crate::amqp::{close_halves, Conn, CH};
+use crate::amqp::{close_halves, Conn, Heartbeat, CH};
 use crate::cli::Settings;
 use crate::hist::Histogram;
-use crate::tracker::{now_ns, parse_stamp, Seen, SeqTracker};
+use crate::phase::PublishClock;
+use crate::tracker::{mono_ns, now_ns, parse_stamp, Seen, SeqTracker};
 
 /// Counters a consumer shares with the reporter.
 #[derive(Default)]
@@ -20,6 +22,12 @@ pub struct ConsumerStats {
     pub consumed: AtomicU64,
     /// Deliveries of a (producer, sequence) this consumer had not seen before.
     pub unique: AtomicU64,
+    /// Deliveries received while the producers were publishing.
+    pub consumed_publishing: AtomicU64,
+    /// Of those, first deliveries (as `unique`).
+    pub unique_publishing: AtomicU64,
+    /// Latencies (ns) of first deliveries received while the producers were publishing.
+    pub hist_publishing: Mutex<Histogram>,
     /// ns since the run start of the first delivery (0 = none yet).
     pub first_ns: AtomicU64,
     /// ns since the run start of the latest delivery.
@@ -65,6 +73,8 @@ pub struct ConsumerCtx {
     pub start: Instant,
     /// Wall-clock ns at the run start (older stamps are stale).
     pub start_wall_ns: u64,
+    /// The publishing phase.
+    pub clock: Arc<PublishClock>,
 }
 
 /// Sets the prefetch and starts consuming the consumer's queue.
@@ -111,8 +121,13 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
         trackers: vec![SeqTracker::default(); s.producers],
         ..Default::default()
     };
+    let hb = Heartbeat::new(conn.heartbeat);
     let Conn { mut rd, mut wr, .. } = conn;
     let manual = !s.autoack;
+    // Wakes an idle consumer to send heartbeats (and to notice a silent broker).
+    let mut tick = tokio::time::interval(hb.send_every().max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_recv = Instant::now();
     // With multi-ack, never hold back more than the prefetch allows (that would stall).
     let ack_every = match (s.multi_ack, s.prefetch) {
         (0, _) => 0,
@@ -127,10 +142,12 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
     let result: anyhow::Result<()> = async {
         loop {
             let now = now_ns();
+            let publishing = ctx.clock.publishing_at(mono_ns());
             let mut consumed = 0u64;
             let mut unique = 0u64;
             {
                 let mut hist = stats.hist.lock().unwrap();
+                let mut hist_pub = publishing.then(|| stats.hist_publishing.lock().unwrap());
                 while let Some(frame) = rd.try_frame()? {
                     match frame {
                         Frame::Method(_, Method::BasicDeliver(d)) => {
@@ -197,6 +214,9 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
                                     }
                                     unique += 1;
                                     hist.record(now.saturating_sub(ts));
+                                    if let Some(h) = hist_pub.as_mut() {
+                                        h.record(now.saturating_sub(ts));
+                                    }
                                 }
                             }
                         }
@@ -235,6 +255,25 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
                 stats.last_ns.store(t, Relaxed);
                 stats.consumed.fetch_add(consumed, Relaxed);
                 stats.unique.fetch_add(unique, Relaxed);
+                if publishing {
+                    stats.consumed_publishing.fetch_add(consumed, Relaxed);
+                    stats.unique_publishing.fetch_add(unique, Relaxed);
+                }
+            }
+            if hb.enabled() {
+                let at = Instant::now();
+                if hb.send_due(wr.idle_for(at)) {
+                    wr.heartbeat();
+                }
+                if let Some(limit) = hb.dead_after() {
+                    if at.saturating_duration_since(last_recv) > limit {
+                        anyhow::bail!(
+                            "nothing from the broker for {} s (heartbeat {} s): connection considered dead",
+                            limit.as_secs(),
+                            hb.secs()
+                        );
+                    }
+                }
             }
             wr.flush().await?;
             if *ctx.stop.borrow() {
@@ -243,7 +282,13 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
             tokio::select! {
                 biased;
                 _ = ctx.stop.changed() => return Ok(()),
-                r = rd.fill() => r?,
+                r = rd.fill() => {
+                    r?;
+                    if hb.enabled() {
+                        last_recv = Instant::now();
+                    }
+                }
+                _ = tick.tick(), if hb.enabled() => {}
             }
         }
     }

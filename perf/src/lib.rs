@@ -9,6 +9,8 @@ pub mod amqp;
 pub mod cli;
 pub mod consumer;
 pub mod hist;
+pub mod phase;
+pub mod procmon;
 pub mod producer;
 pub mod report;
 pub mod run;

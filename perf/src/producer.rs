@@ -1,5 +1,11 @@
 //! One producer: a writer task that encodes publishes into one buffer (no allocation per
-//! message), and a reader task that handles confirms, returns and closes.
+//! message), and a reader task that handles confirms, returns, `connection.blocked` /
+//! `connection.unblocked`, heartbeats and closes.
+//!
+//! While the broker blocks the connection (`connection.blocked`) the writer publishes
+//! nothing and sends heartbeats when due; the time from blocked to unblocked is summed per
+//! producer. Time spent waiting for the socket to take more bytes (TCP back-pressure: the
+//! broker stopped reading) is counted by the writer ([`WriteStall`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -10,22 +16,86 @@ use protocol::{
     write_content, write_method, BasicProperties, BasicPublish, ConfirmSelect, Frame, Method, RawProperties,
     CLASS_BASIC,
 };
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::Notify;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{Conn, FrameReader, CH};
+use crate::amqp::{Conn, FrameReader, FrameWriter, Heartbeat, WriteStall, CH};
 use crate::cli::Settings;
-use crate::tracker::{now_ns, stamp};
+use crate::phase::{ProducerPhase, PublishClock};
+use crate::tracker::{mono_ns, now_ns, stamp};
 
 /// Flush the output buffer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
 /// Messages encoded between checks of the clock / stop flag in unlimited mode.
 const BURST: u64 = 64;
+/// How long a producer that is blocked (or whose socket takes nothing) at the end waits for
+/// the broker after the run asked everyone to stop.
+const BLOCKED_GRACE: Duration = Duration::from_secs(2);
+
+/// Blocked time of one connection (`connection.blocked` → `connection.unblocked`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockTimer {
+    since: Option<u64>,
+    total_ns: u64,
+    count: u64,
+    /// The reason the broker gave the last time it blocked us.
+    pub reason: Option<String>,
+    /// Still blocked when the producer ended.
+    pub at_end: bool,
+}
+
+impl BlockTimer {
+    /// `connection.blocked` at `now` (ns); true if this starts a block.
+    pub fn block(&mut self, now: u64, reason: &str) -> bool {
+        if self.since.is_some() {
+            return false;
+        }
+        self.since = Some(now);
+        self.count += 1;
+        self.reason = Some(reason.to_string());
+        true
+    }
+
+    /// `connection.unblocked` at `now`; true if a block ended.
+    pub fn unblock(&mut self, now: u64) -> bool {
+        match self.since.take() {
+            Some(t) => {
+                self.total_ns += now.saturating_sub(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The producer ended at `now`: a block in progress is counted up to now.
+    pub fn finish(&mut self, now: u64) {
+        if self.unblock(now) {
+            self.at_end = true;
+        }
+    }
+
+    /// Blocked time up to `now`, ns.
+    pub fn total_ns(&self, now: u64) -> u64 {
+        self.total_ns + self.since.map_or(0, |t| now.saturating_sub(t))
+    }
+
+    /// Number of blocks.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether blocked right now.
+    pub fn is_blocked(&self) -> bool {
+        self.since.is_some()
+    }
+}
 
 /// Counters a producer shares with the reporter.
 #[derive(Default)]
 pub struct ProducerStats {
-    /// Sequence numbers published (what consumers are expected to see).
+    /// Sequence numbers published (what consumers are expected to see). A producer that
+    /// gives up on a broker that stopped reading takes back what it never wrote.
     pub published: AtomicU64,
     /// basic.publish frames sent (delivery tags; differs from `published` only under injection).
     pub sent: AtomicU64,
@@ -43,6 +113,22 @@ pub struct ProducerStats {
     pub error: Mutex<Option<String>>,
     /// ns since the run start at which this producer stopped publishing (incl. confirm wait).
     pub finished_ns: AtomicU64,
+    /// Blocked by the broker right now (`connection.blocked` without `connection.unblocked`).
+    pub blocked: AtomicBool,
+    /// Blocked time and count.
+    pub block: Mutex<BlockTimer>,
+    /// Woken on `connection.unblocked` and on close.
+    pub unblocked: Notify,
+    /// Time the writer waited for its socket.
+    pub stall: Arc<WriteStall>,
+    /// Heartbeat frames sent.
+    pub heartbeats_sent: AtomicU64,
+    /// Encoded publishes never written to the socket (the producer gave up at the end).
+    pub unsent: AtomicU64,
+    /// The producer gave up waiting for the broker at the end (blocked or not reading).
+    pub stuck_at_end: AtomicBool,
+    /// Something the report should say about this producer (not an error).
+    pub note: Mutex<Option<String>>,
 }
 
 impl ProducerStats {
@@ -59,6 +145,18 @@ impl ProducerStats {
         }
         self.closed.store(true, Relaxed);
         self.confirmed.notify_one();
+        self.unblocked.notify_one();
+    }
+
+    fn set_blocked(&self, reason: &str) {
+        self.block.lock().unwrap().block(mono_ns(), reason);
+        self.blocked.store(true, Relaxed);
+    }
+
+    fn set_unblocked(&self) {
+        self.block.lock().unwrap().unblock(mono_ns());
+        self.blocked.store(false, Relaxed);
+        self.unblocked.notify_one();
     }
 }
 
@@ -105,36 +203,52 @@ impl ConfirmTracker {
 async fn reader_loop(
     mut rd: FrameReader<OwnedReadHalf>,
     stats: Arc<ProducerStats>,
+    hb: Heartbeat,
 ) -> FrameReader<OwnedReadHalf> {
     let mut confirms = ConfirmTracker::default();
     let res: anyhow::Result<()> = async {
         loop {
-            match rd.next_frame().await? {
-                Frame::Method(_, Method::BasicAck(a)) => {
-                    let n = confirms.resolve(a.delivery_tag, a.multiple, false);
-                    stats.acked.fetch_add(n, Relaxed);
-                    stats.confirmed.notify_one();
+            while let Some(frame) = rd.try_frame()? {
+                match frame {
+                    Frame::Method(_, Method::BasicAck(a)) => {
+                        let n = confirms.resolve(a.delivery_tag, a.multiple, false);
+                        stats.acked.fetch_add(n, Relaxed);
+                        stats.confirmed.notify_one();
+                    }
+                    Frame::Method(_, Method::BasicNack(a)) => {
+                        let n = confirms.resolve(a.delivery_tag, a.multiple, true);
+                        stats.nacked.fetch_add(n, Relaxed);
+                        stats.confirmed.notify_one();
+                    }
+                    Frame::Method(_, Method::BasicReturn(_)) => {
+                        stats.returned.fetch_add(1, Relaxed);
+                    }
+                    Frame::Method(0, Method::ConnectionBlocked(b)) => stats.set_blocked(b.reason.as_str()),
+                    Frame::Method(0, Method::ConnectionUnblocked(_)) => stats.set_unblocked(),
+                    Frame::Method(0, Method::ConnectionCloseOk(_)) => return Ok(()),
+                    Frame::Method(_, Method::ConnectionClose(c)) => {
+                        anyhow::bail!(
+                            "connection closed by the broker: {} {}",
+                            c.reply_code,
+                            c.reply_text
+                        )
+                    }
+                    Frame::Method(_, Method::ChannelClose(c)) => {
+                        anyhow::bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
+                    }
+                    _ => {}
                 }
-                Frame::Method(_, Method::BasicNack(a)) => {
-                    let n = confirms.resolve(a.delivery_tag, a.multiple, true);
-                    stats.nacked.fetch_add(n, Relaxed);
-                    stats.confirmed.notify_one();
-                }
-                Frame::Method(_, Method::BasicReturn(_)) => {
-                    stats.returned.fetch_add(1, Relaxed);
-                }
-                Frame::Method(0, Method::ConnectionCloseOk(_)) => return Ok(()),
-                Frame::Method(_, Method::ConnectionClose(c)) => {
-                    anyhow::bail!(
-                        "connection closed by the broker: {} {}",
-                        c.reply_code,
-                        c.reply_text
-                    )
-                }
-                Frame::Method(_, Method::ChannelClose(c)) => {
-                    anyhow::bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
-                }
-                _ => {}
+            }
+            match hb.dead_after() {
+                None => rd.fill().await?,
+                Some(limit) => match tokio::time::timeout(limit, rd.fill()).await {
+                    Ok(r) => r?,
+                    Err(_) => anyhow::bail!(
+                        "nothing from the broker for {} s (heartbeat {} s): connection considered dead",
+                        limit.as_secs(),
+                        hb.secs()
+                    ),
+                },
             }
         }
     }
@@ -143,6 +257,7 @@ async fn reader_loop(
         Ok(()) => {
             stats.closed.store(true, Relaxed);
             stats.confirmed.notify_one();
+            stats.unblocked.notify_one();
         }
         Err(e) => stats.fail(format!("producer: {e:#}")),
     }
@@ -157,24 +272,83 @@ pub struct ProducerCtx {
     pub settings: Arc<Settings>,
     /// Shared counters.
     pub stats: Arc<ProducerStats>,
-    /// Set to stop publishing (duration reached, Ctrl-C).
-    pub stop: Arc<AtomicBool>,
+    /// Cancelled to stop publishing early (Ctrl-C, broker RSS cap).
+    pub stop: CancellationToken,
     /// Run start.
     pub start: Instant,
+    /// The publishing phase (this producer reports its stop and finish to it).
+    pub clock: Arc<PublishClock>,
+    /// Becomes true when the run is over (after the drain): stop waiting for the broker.
+    pub shutdown: watch::Receiver<bool>,
 }
 
-/// Runs one producer on an open connection until count / stop, then waits (bounded) for
-/// outstanding confirms and closes the connection.
+/// The output buffer plus where each encoded message ends in it, so that a producer that
+/// gives up on a broker that stopped reading knows which publishes never went out.
+struct Outbox {
+    wr: FrameWriter<OwnedWriteHalf>,
+    /// (end offset in `wr.buf`, published count, sent count) after each message.
+    ends: Vec<(usize, u64, u64)>,
+    /// (published, sent) when the buffer was last written out completely.
+    flushed: (u64, u64),
+}
+
+impl Outbox {
+    async fn flush(&mut self, published: u64, sent: u64) -> anyhow::Result<()> {
+        self.wr.flush().await?;
+        self.ends.clear();
+        self.flushed = (published, sent);
+        Ok(())
+    }
+
+    /// Sends a heartbeat if nothing was written for half the interval.
+    async fn heartbeat_if_due(
+        &mut self,
+        hb: Heartbeat,
+        stats: &ProducerStats,
+        published: u64,
+        sent: u64,
+    ) -> anyhow::Result<()> {
+        if hb.send_due(self.wr.idle_for(Instant::now())) {
+            self.wr.heartbeat();
+            stats.heartbeats_sent.fetch_add(1, Relaxed);
+            self.flush(published, sent).await?;
+        }
+        Ok(())
+    }
+}
+
+/// (published, sent) counting only messages whose bytes are all on the socket, given the
+/// message ends in the buffer, how much of it was written, and the counts when the buffer
+/// was last empty.
+pub fn committed(ends: &[(usize, u64, u64)], written: usize, flushed: (u64, u64)) -> (u64, u64) {
+    ends.iter()
+        .rev()
+        .find(|(end, _, _)| *end <= written)
+        .map_or(flushed, |&(_, p, s)| (p, s))
+}
+
+/// Runs one producer on an open connection until count / duration / stop, then writes out
+/// what is buffered, waits (bounded) for outstanding confirms and closes the connection. A
+/// broker that keeps the connection blocked (or does not read it) at the end is given up
+/// on once the run is over; that is noted, not an error.
 pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
     let s = &*ctx.settings;
     let stats = &*ctx.stats;
+    let mut phase = ProducerPhase::new(&ctx.clock);
     if s.confirm > 0 {
         conn.rpc(Method::ConfirmSelect(ConfirmSelect { no_wait: false }))
             .await?;
     }
     let frame_max = conn.frame_max;
+    let hb = Heartbeat::new(conn.heartbeat);
     let Conn { rd, mut wr, .. } = conn;
-    let reader = tokio::spawn(reader_loop(rd, ctx.stats.clone()));
+    wr.stall = ctx.stats.stall.clone();
+    let mut reader = tokio::spawn(reader_loop(rd, ctx.stats.clone(), hb));
+    let mut out = Outbox {
+        wr,
+        ends: Vec::with_capacity(4096),
+        flushed: (0, 0),
+    };
 
     let publish = Method::BasicPublish(BasicPublish {
         exchange: protocol::ShortStr::try_from_str(&s.exchange)?,
@@ -196,14 +370,25 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
     let loss_every = s.inject_loss_every;
     let dup_every = s.inject_duplicate_every;
 
-    let result: anyhow::Result<()> = async {
+    let publishing = async {
         'outer: while seq < count {
-            if ctx.stop.load(Relaxed) || stats.closed.load(Relaxed) {
+            if stats.closed.load(Relaxed) {
                 break;
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 break;
+            }
+            if stats.blocked.load(Relaxed) {
+                // Blocked: what is encoded goes out (the broker reads it when it can), then
+                // nothing but heartbeats until connection.unblocked.
+                out.flush(seq, sent).await?;
+                while stats.blocked.load(Relaxed) && !stats.closed.load(Relaxed) {
+                    out.heartbeat_if_due(hb, stats, seq, sent).await?;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(100), stats.unblocked.notified()).await;
+                }
+                continue;
             }
             // How many may go now.
             let mut n = (count - seq).min(if s.rate > 0 { BURST * 16 } else { BURST });
@@ -211,24 +396,27 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                 let elapsed = now.duration_since(ctx.start).as_secs_f64();
                 let due = (elapsed * s.rate as f64) as u64 + 1;
                 if due <= seq {
-                    wr.flush().await?;
+                    out.flush(seq, sent).await?;
+                    out.heartbeat_if_due(hb, stats, seq, sent).await?;
                     let next = ctx.start + Duration::from_secs_f64(seq as f64 / s.rate as f64);
+                    let next = next.min(Instant::now() + Duration::from_millis(100));
                     tokio::time::sleep_until(next.into()).await;
                     continue;
                 }
                 n = n.min(due - seq);
             }
             if window > 0 {
-                let out = stats.outstanding();
-                if out >= window {
-                    wr.flush().await?;
+                let outstanding = stats.outstanding();
+                if outstanding >= window {
+                    out.flush(seq, sent).await?;
+                    out.heartbeat_if_due(hb, stats, seq, sent).await?;
                     tokio::select! {
                         _ = stats.confirmed.notified() => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                     continue;
                 }
-                n = n.min(window - out);
+                n = n.min(window - outstanding);
             }
             let mut ts = now_ns();
             for _ in 0..n {
@@ -245,67 +433,157 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                 };
                 stamp(&mut body, id, this, ts);
                 for _ in 0..copies {
-                    write_method(&mut wr.buf, CH, &publish);
-                    write_content(&mut wr.buf, CH, CLASS_BASIC, &props, &body, frame_max);
+                    write_method(&mut out.wr.buf, CH, &publish);
+                    write_content(&mut out.wr.buf, CH, CLASS_BASIC, &props, &body, frame_max);
                     sent += 1;
                 }
+                out.ends.push((out.wr.buf.len(), seq, sent));
                 stats.sent.store(sent, Relaxed);
-                if wr.buf.len() >= FLUSH_AT {
-                    wr.flush().await?;
-                    if ctx.stop.load(Relaxed) {
+                if out.wr.buf.len() >= FLUSH_AT {
+                    out.flush(seq, sent).await?;
+                    if ctx.stop.is_cancelled() {
                         break 'outer;
                     }
                     ts = now_ns();
                 }
             }
         }
-        wr.flush().await?;
-        // Wait for the outstanding confirms, bounded by the drain timeout.
-        if window > 0 {
-            let until = Instant::now() + s.drain_timeout;
-            while stats.outstanding() > 0 && !stats.closed.load(Relaxed) {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+        anyhow::Ok(())
+    };
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    // The loop checks the clock itself; the select ends it also while it waits for the
+    // socket or for connection.unblocked (buffered bytes are kept and written below).
+    let mut result = tokio::select! {
+        r = publishing => r,
+        _ = until_deadline => Ok(()),
+        _ = ctx.stop.cancelled() => Ok(()),
+    };
+    phase.stopped();
+
+    // Finish: write what is buffered, wait for confirms, close; give up once the run is over.
+    let published_now = stats.published.load(Relaxed);
+    let mut shutdown = ctx.shutdown.clone();
+    let ok_so_far = result.is_ok();
+    let closing = async {
+        if ok_so_far {
+            out.flush(published_now, sent).await?;
+            if window > 0 {
+                let until = Instant::now() + s.drain_timeout;
+                while stats.outstanding() > 0 && !stats.closed.load(Relaxed) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let _ = tokio::time::timeout(
+                        left.min(Duration::from_millis(100)),
+                        stats.confirmed.notified(),
+                    )
+                    .await;
                 }
-                let _ =
-                    tokio::time::timeout(left.min(Duration::from_millis(100)), stats.confirmed.notified())
-                        .await;
             }
         }
-        Ok(())
+        ctx.stats
+            .finished_ns
+            .store(ctx.start.elapsed().as_nanos() as u64, Relaxed);
+        phase.finished();
+        if !stats.closed.load(Relaxed) {
+            out.wr.method(
+                0,
+                &Method::ConnectionClose(protocol::ConnectionClose {
+                    reply_code: 200,
+                    reply_text: "bye".into(),
+                    class_id: 0,
+                    method_id: 0,
+                }),
+            );
+            out.wr.flush().await?;
+        }
+        // close-ok comes after the broker processed every publish before it: wait for it
+        // (a broker applying flow control may be seconds behind) before dropping the socket.
+        let _ = (&mut reader).await;
+        anyhow::Ok(())
+    };
+    let give_up = async {
+        let _ = shutdown.wait_for(|done| *done).await;
+        let stuck = stats.blocked.load(Relaxed) || stats.stall.waiting_since().is_some();
+        let grace = if stuck {
+            BLOCKED_GRACE
+        } else {
+            s.drain_timeout.max(BLOCKED_GRACE)
+        };
+        tokio::time::sleep(grace).await;
+        grace
+    };
+    let gave_up = tokio::select! {
+        r = closing => {
+            if let Err(e) = r {
+                if ok_so_far && !stats.closed.load(Relaxed) {
+                    result = Err(e);
+                }
+            }
+            None
+        }
+        grace = give_up => Some(grace),
+    };
+    let now = mono_ns();
+    let (blocked_at_end, reason) = {
+        let mut b = stats.block.lock().unwrap();
+        let blocked = b.is_blocked();
+        b.finish(now);
+        (blocked, b.reason.clone().unwrap_or_default())
+    };
+    if let Some(grace) = gave_up {
+        reader.abort();
+        if ctx.stats.finished_ns.load(Relaxed) == 0 {
+            ctx.stats
+                .finished_ns
+                .store(ctx.start.elapsed().as_nanos() as u64, Relaxed);
+        }
+        // Publishes still in the buffer never reached the socket: not published.
+        let unwritten = out.wr.written() < out.wr.buf.len();
+        let mut unsent = 0;
+        if unwritten {
+            let (p, snt) = committed(&out.ends, out.wr.written(), out.flushed);
+            unsent = stats.published.load(Relaxed).saturating_sub(p);
+            stats.published.store(p, Relaxed);
+            stats.sent.store(snt, Relaxed);
+            stats.unsent.store(unsent, Relaxed);
+        }
+        let stalled = stats.stall.waiting_since().is_some() || unwritten;
+        if blocked_at_end || stalled {
+            stats.stuck_at_end.store(true, Relaxed);
+            let why = if blocked_at_end {
+                format!("still blocked by the broker (connection.blocked: {reason:?})")
+            } else {
+                "the broker was not reading its socket".to_string()
+            };
+            let mut note = format!(
+                "producer {}: {why} when the run ended; gave up waiting for connection.close-ok after {:.1} s",
+                ctx.id,
+                grace.as_secs_f64()
+            );
+            if unsent > 0 {
+                note += &format!(
+                    "; {unsent} encoded publishes were never written and are not counted as published"
+                );
+            }
+            *stats.note.lock().unwrap() = Some(note);
+            stats.closed.store(true, Relaxed);
+        } else if !stats.closed.load(Relaxed) {
+            stats.fail(format!(
+                "producer {}: no connection.close-ok within {:.1} s after the run ended; publishes still in flight may be lost",
+                ctx.id,
+                grace.as_secs_f64()
+            ));
+        }
     }
-    .await;
-    ctx.stats
-        .finished_ns
-        .store(ctx.start.elapsed().as_nanos() as u64, Relaxed);
     if let Err(e) = &result {
         stats.fail(format!("producer {}: {e:#}", ctx.id));
-    }
-    // Close: the reader sees close-ok and returns its half.
-    if !stats.closed.load(Relaxed) {
-        wr.method(
-            0,
-            &Method::ConnectionClose(protocol::ConnectionClose {
-                reply_code: 200,
-                reply_text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            }),
-        );
-        let _ = wr.flush().await;
-    }
-    let abort = reader.abort_handle();
-    // close-ok comes after the broker processed every publish before it: wait for it (a
-    // broker applying flow control may be seconds behind) before dropping the socket.
-    let wait = s.drain_timeout.max(Duration::from_secs(2));
-    if tokio::time::timeout(wait, reader).await.is_err() {
-        abort.abort();
-        stats.fail(format!(
-            "producer {}: no connection.close-ok within {:.1} s; publishes still in flight may be lost",
-            ctx.id,
-            wait.as_secs_f64()
-        ));
     }
     result
 }
@@ -325,5 +603,37 @@ mod tests {
         assert!(c.states.is_empty());
         assert_eq!(c.resolve(10, true, false), 6);
         assert_eq!(c.resolve(1, false, false), 0);
+    }
+
+    #[test]
+    fn block_timer_sums_blocks_and_counts_one_in_progress() {
+        let mut b = BlockTimer::default();
+        assert!(!b.unblock(5));
+        assert!(b.block(10, "low on memory"));
+        assert!(!b.block(12, "again")); // already blocked: same block
+        assert!(b.is_blocked());
+        assert_eq!(b.total_ns(15), 5);
+        assert!(b.unblock(30));
+        assert!(b.block(100, "low on disk"));
+        assert_eq!((b.total_ns(110), b.count()), (30, 2));
+        b.finish(150);
+        assert!(b.at_end && !b.is_blocked());
+        assert_eq!(b.total_ns(1000), 70);
+        assert_eq!(b.reason.as_deref(), Some("low on disk"));
+        let mut c = BlockTimer::default();
+        c.finish(10);
+        assert!(!c.at_end);
+    }
+
+    #[test]
+    fn committed_counts_only_messages_fully_written() {
+        let ends = [(100, 1, 1), (200, 2, 2), (300, 4, 3)];
+        assert_eq!(committed(&ends, 0, (0, 0)), (0, 0));
+        assert_eq!(committed(&ends, 99, (0, 0)), (0, 0));
+        assert_eq!(committed(&ends, 100, (0, 0)), (1, 1));
+        assert_eq!(committed(&ends, 250, (0, 0)), (2, 2));
+        assert_eq!(committed(&ends, 300, (0, 0)), (4, 3));
+        assert_eq!(committed(&[], 10, (7, 7)), (7, 7));
+        assert_eq!(committed(&ends, 50, (9, 9)), (9, 9));
     }
 }

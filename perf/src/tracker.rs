@@ -12,6 +12,15 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Monotonic nanoseconds since the first call in this process (never 0 after that call:
+/// it starts at 1). Used for timestamps shared between tasks through atomics.
+#[inline]
+pub fn mono_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(std::time::Instant::now);
+    base.elapsed().as_nanos() as u64 + 1
+}
+
 /// Writes producer id, sequence and send time into the first 16 bytes of `body`.
 #[inline]
 pub fn stamp(body: &mut [u8], producer: u16, seq: u64, ts_ns: u64) {

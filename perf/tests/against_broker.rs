@@ -122,6 +122,56 @@ fn clean_run_with_confirms_and_manual_ack_is_ok() {
     assert!(r.latency_us.p50 > 0.0 && r.latency_us.max >= r.latency_us.p99);
     assert!(r.cpu_s > 0.0 && r.cpu_ns_per_msg > 0.0);
     assert_eq!(r.exit_code(), 0);
+    // Phases: what came while publishing plus the drain is everything.
+    assert_eq!(r.consumed_publishing + r.consumed_after, r.consumed);
+    assert_eq!(r.routed, 3000);
+    assert_eq!(r.backlog_end, 0);
+    assert!(r.backlog_publish_end <= 3000);
+    assert!(r.latency_publishing_samples <= r.latency_samples);
+    assert_eq!(r.queue_depth_end, Some(0));
+    // Mailroom proposes a 60 s heartbeat; the tool takes it.
+    assert_eq!(r.heartbeat_s, 60);
+    assert_eq!((r.blocks(), r.producer_flow.len()), (0, 1));
+    assert!(r.broker.is_none());
+}
+
+#[test]
+fn watches_the_broker_process() {
+    let b = start_broker();
+    let pid = b.child.id().to_string();
+    let r = run(&b, &["--count", "2000", "--broker-pid", &pid, "--heartbeat", "5"]);
+    assert_eq!(r.exit_code(), 0, "{r:?}");
+    let st = r.broker.as_ref().expect("broker figures");
+    assert_eq!(st.pid, b.child.id());
+    assert_eq!(st.name, "mailroom");
+    assert!(st.rss_start_kb > 0 && st.rss_peak_kb >= st.rss_start_kb && st.rss_end_kb > 0);
+    assert!(st.samples >= 2 && st.cpu_s >= 0.0 && !st.exited);
+    assert_eq!(r.heartbeat_s, 5);
+    let j = r.to_json();
+    for f in [
+        "\"rss_peak_kb\":",
+        "\"cpu_ns_per_consumed\":",
+        "\"cpu_ns_per_published\":",
+    ] {
+        assert!(j.contains(f), "{f} in {j}");
+    }
+    // An unknown pid is an error before anything runs.
+    let u = uri(&b);
+    let settings = Args::try_parse_from([
+        "mailroom-perf",
+        "--uri",
+        &u,
+        "--quiet",
+        "--count",
+        "1",
+        "--broker-pid",
+        "999999999",
+    ])
+    .unwrap()
+    .resolve()
+    .unwrap();
+    let e = run_blocking(settings).unwrap_err();
+    assert!(format!("{e:#}").contains("999999999"), "{e:#}");
 }
 
 #[test]
@@ -187,6 +237,12 @@ fn publish_then_drain_scenario() {
     assert_eq!((r.published, r.confirmed, r.consumed), (2000, 2000, 2000));
     assert!(r.publish_rate > 0.0 && r.consume_rate > 0.0);
     assert_eq!(r.exit_code(), 0, "{r:?}");
+    // Nothing is consumed while publishing; the broker accepted everything before the drain.
+    assert!(r.consume_after_publish);
+    assert_eq!((r.consumed_publishing, r.consumed_after), (0, 2000));
+    assert_eq!((r.backlog_publish_end, r.backlog_end), (2000, 0));
+    assert_eq!(r.queue_depth_publish_end, Some(2000));
+    assert!(r.drain_rate > 0.0 && !r.fell_behind());
 }
 
 #[test]

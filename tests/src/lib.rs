@@ -10,6 +10,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 pub mod faultfs;
+pub mod fuzz_server;
 pub mod lazyfs;
 pub mod raw;
 
@@ -131,6 +132,7 @@ impl Server {
                             .next()
                             .unwrap_or("")
                             .parse()?;
+                        seen.push(line);
                         return Ok(Server {
                             child: Some(child),
                             addr,

@@ -553,6 +553,9 @@ fn unacked_messages_return_when_the_connection_closes() {
     for i in 0..3 {
         c.publish(1, "", "back2", format!("{i}").as_bytes());
     }
+    // The publishes carry no reply: a declare on the same channel after them proves they were enqueued
+    // before another connection asks for them (under load the get could otherwise overtake them).
+    assert_eq!(count_ready(&mut c, 1, "back2"), 3);
     let mut taker = RawClient::open_ch1(server.addr);
     let got: Vec<RawMessage> = (0..3).map(|_| taker.get(1, "back2", false).unwrap()).collect();
     assert_eq!(got.len(), 3);

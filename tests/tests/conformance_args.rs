@@ -61,13 +61,38 @@ fn queue_type_and_mode_are_checked() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
     // check_queue_type/2: known names only.
-    refused_with(&mut c, "x-queue-type", text("bogus"), "\"unsupported queue type 'bogus'\"");
-    refused_with(&mut c, "x-queue-type", FieldValue::I32(1), "{unacceptable_type,signedint}");
+    refused_with(
+        &mut c,
+        "x-queue-type",
+        text("bogus"),
+        "\"unsupported queue type 'bogus'\"",
+    );
+    refused_with(
+        &mut c,
+        "x-queue-type",
+        FieldValue::I32(1),
+        "{unacceptable_type,signedint}",
+    );
     // check_queue_mode/2 (RabbitMQ 4.0-4.2): default or lazy.
-    refused_with(&mut c, "x-queue-mode", text("eager"), "\"unsupported queue mode 'eager'\"");
-    refused_with(&mut c, "x-queue-mode", FieldValue::Bool(true), "{unacceptable_type,bool}");
+    refused_with(
+        &mut c,
+        "x-queue-mode",
+        text("eager"),
+        "\"unsupported queue mode 'eager'\"",
+    );
+    refused_with(
+        &mut c,
+        "x-queue-mode",
+        FieldValue::Bool(true),
+        "{unacceptable_type,bool}",
+    );
     // check_queue_version/2.
-    refused_with(&mut c, "x-queue-version", FieldValue::I32(3), "\"unsupported queue version '3'\"");
+    refused_with(
+        &mut c,
+        "x-queue-version",
+        FieldValue::I32(3),
+        "\"unsupported queue version '3'\"",
+    );
     let mut n = 0;
     for t in ["classic", "quorum", "stream"] {
         accepted(&mut c, &mut n, "x-queue-type", text(t));
@@ -83,16 +108,51 @@ fn integer_arguments_take_integers_in_range() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
     // check_int_arg/2: "expected integer, got <type>" for floats, strings and timestamps.
-    refused_with(&mut c, "x-message-ttl", FieldValue::F64(1.5), "\"expected integer, got double\"");
-    refused_with(&mut c, "x-max-length", text("10"), "\"expected integer, got longstr\"");
-    refused_with(&mut c, "x-expires", FieldValue::Timestamp(5), "\"expected integer, got timestamp\"");
+    refused_with(
+        &mut c,
+        "x-message-ttl",
+        FieldValue::F64(1.5),
+        "\"expected integer, got double\"",
+    );
+    refused_with(
+        &mut c,
+        "x-max-length",
+        text("10"),
+        "\"expected integer, got longstr\"",
+    );
+    refused_with(
+        &mut c,
+        "x-expires",
+        FieldValue::Timestamp(5),
+        "\"expected integer, got timestamp\"",
+    );
     // check_expiry/1: ten years at most, never negative; x-expires also not zero.
-    refused_with(&mut c, "x-message-ttl", FieldValue::I64(315_360_000_001), "{value_too_large,315360000001}");
-    refused_with(&mut c, "x-message-ttl", FieldValue::I32(-1), "{value_negative,-1}");
+    refused_with(
+        &mut c,
+        "x-message-ttl",
+        FieldValue::I64(315_360_000_001),
+        "{value_too_large,315360000001}",
+    );
+    refused_with(
+        &mut c,
+        "x-message-ttl",
+        FieldValue::I32(-1),
+        "{value_negative,-1}",
+    );
     refused_with(&mut c, "x-expires", FieldValue::I32(0), "{value_zero,0}");
     // check_max_priority_arg/2.
-    refused_with(&mut c, "x-max-priority", FieldValue::I32(256), "{max_value_exceeded,256}");
-    refused_with(&mut c, "x-max-priority", FieldValue::I32(-1), "{value_negative,-1}");
+    refused_with(
+        &mut c,
+        "x-max-priority",
+        FieldValue::I32(256),
+        "{max_value_exceeded,256}",
+    );
+    refused_with(
+        &mut c,
+        "x-max-priority",
+        FieldValue::I32(-1),
+        "{value_negative,-1}",
+    );
     // check_non_neg_int_arg/2 for the rest of RabbitMQ's list.
     for key in [
         "x-max-length-bytes",
@@ -104,7 +164,12 @@ fn integer_arguments_take_integers_in_range() {
         refused_with(&mut c, key, FieldValue::I32(-7), "{value_negative,-7}");
     }
     // check_initial_cluster_size_arg/2.
-    refused_with(&mut c, "x-quorum-initial-group-size", FieldValue::I32(0), "{value_zero,0}");
+    refused_with(
+        &mut c,
+        "x-quorum-initial-group-size",
+        FieldValue::I32(0),
+        "{value_zero,0}",
+    );
     let mut n = 0;
     accepted(&mut c, &mut n, "x-message-ttl", FieldValue::I64(315_360_000_000));
     accepted(&mut c, &mut n, "x-max-priority", FieldValue::U8(255));
@@ -116,15 +181,50 @@ fn string_arguments_take_known_values() {
     let server = Server::start();
     let mut c = RawClient::open_ch1(server.addr);
     refused_with(&mut c, "x-overflow", text("drop-tail"), "invalid_overflow");
-    refused_with(&mut c, "x-overflow", FieldValue::I32(1), "{unacceptable_type,signedint}");
-    refused_with(&mut c, "x-dead-letter-strategy", text("sometimes"), "invalid_dlx_strategy");
-    refused_with(&mut c, "x-dead-letter-exchange", FieldValue::Bool(false), "{unacceptable_type,bool}");
-    refused_with(&mut c, "x-dead-letter-routing-key", FieldValue::I32(1), "{unacceptable_type,signedint}");
-    refused_with(&mut c, "x-single-active-consumer", text("true"), "{unacceptable_type,longstr}");
+    refused_with(
+        &mut c,
+        "x-overflow",
+        FieldValue::I32(1),
+        "{unacceptable_type,signedint}",
+    );
+    refused_with(
+        &mut c,
+        "x-dead-letter-strategy",
+        text("sometimes"),
+        "invalid_dlx_strategy",
+    );
+    refused_with(
+        &mut c,
+        "x-dead-letter-exchange",
+        FieldValue::Bool(false),
+        "{unacceptable_type,bool}",
+    );
+    refused_with(
+        &mut c,
+        "x-dead-letter-routing-key",
+        FieldValue::I32(1),
+        "{unacceptable_type,signedint}",
+    );
+    refused_with(
+        &mut c,
+        "x-single-active-consumer",
+        text("true"),
+        "{unacceptable_type,longstr}",
+    );
     refused_with(&mut c, "x-max-age", text("7W"), "invalid_max_age");
     refused_with(&mut c, "x-max-age", text("0D"), "invalid_max_age");
-    refused_with(&mut c, "x-queue-leader-locator", text("nearest"), "invalid_queue_locator_arg");
-    refused_with(&mut c, "x-member-placement-tag", text(""), "invalid_member_placement_tag_arg");
+    refused_with(
+        &mut c,
+        "x-queue-leader-locator",
+        text("nearest"),
+        "invalid_queue_locator_arg",
+    );
+    refused_with(
+        &mut c,
+        "x-member-placement-tag",
+        text(""),
+        "invalid_member_placement_tag_arg",
+    );
     let mut n = 0;
     accepted(&mut c, &mut n, "x-dead-letter-strategy", text("at-least-once"));
     accepted(&mut c, &mut n, "x-max-age", text("7D"));

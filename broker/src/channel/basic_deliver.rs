@@ -1,0 +1,139 @@
+//! Deliveries: what a consumer may take now (its credit under its own and the channel's prefetch), pulled
+//! from its queue in one batch and written as basic.deliver + content; and basic.get.
+
+use std::borrow::Cow;
+
+use protocol::{BasicDeliver, Method, RawProperties};
+
+use super::{Channel, Ctx, Unacked};
+use crate::clock::now_ms;
+use crate::error::AmqpResult;
+use crate::queue::{ConsumerId, DeadLetters, Entry};
+
+/// Most messages pulled for one consumer in one go.
+const PULL_BATCH: usize = 128;
+
+impl Channel {
+    /// Delivers what consumer `id` (one of this channel's) may take now. Returns true if it took a full
+    /// batch (more may be waiting: the connection keeps it scheduled).
+    pub fn deliver(&mut self, id: ConsumerId, ctx: &mut Ctx) -> bool {
+        if self.closing {
+            return false;
+        }
+        let session = &mut *ctx.session;
+        let Some(c) = session.consumers.get(&id) else {
+            return false;
+        };
+        let mut credit = PULL_BATCH;
+        if !c.no_ack {
+            if c.limit > 0 {
+                credit = credit.min((c.limit as u32).saturating_sub(c.unacked) as usize);
+            }
+            if self.channel_prefetch > 0 {
+                credit =
+                    credit.min((self.channel_prefetch as u32).saturating_sub(self.consumer_unacked) as usize);
+            }
+        }
+        if credit == 0 {
+            return false;
+        }
+        let mut batch = std::mem::take(&mut session.pull_scratch);
+        let now = now_ms();
+        let mut dead = DeadLetters::new();
+        let n = c.queue.pull(id, credit, !c.no_ack, now, &mut batch, &mut dead);
+        if !dead.is_empty() {
+            session.vhost.dead_letter(&c.queue, &mut dead, now);
+        }
+        if n == 0 {
+            session.pull_scratch = batch;
+            return false;
+        }
+        let (no_ack, tag, queue) = (c.no_ack, c.tag.clone(), c.queue.clone());
+        if no_ack && queue.is_stored() {
+            queue.forget(&batch);
+        }
+        for entry in batch.drain(..) {
+            let delivery_tag = self.next_tag;
+            self.next_tag += 1;
+            let m = Method::BasicDeliver(BasicDeliver {
+                consumer_tag: tag.clone(),
+                delivery_tag,
+                redelivered: entry.redelivered,
+                exchange: entry.msg.exchange.clone(),
+                routing_key: entry.msg.routing_key.clone(),
+            });
+            ctx.out.method(self.id, &m);
+            let props = delivery_properties(&entry);
+            ctx.out.content(self.id, &props, &entry.msg.body);
+            if !no_ack {
+                self.unacked.push_back(Unacked {
+                    tag: delivery_tag,
+                    queue: queue.clone(),
+                    entry,
+                    consumer: Some(id),
+                });
+            }
+        }
+        session.pull_scratch = batch;
+        if !no_ack {
+            self.consumer_unacked += n as u32;
+            if let Some(c) = session.consumers.get_mut(&id) {
+                c.unacked += n as u32;
+            }
+        }
+        n == credit
+    }
+
+    pub(super) fn basic_get(&mut self, g: protocol::BasicGet, ctx: &mut Ctx) -> AmqpResult<()> {
+        let q = self.usable_queue(&g.queue, ctx.session)?;
+        let now = now_ms();
+        let mut dead = DeadLetters::new();
+        let got = q.get(!g.no_ack, now, &mut dead);
+        ctx.session.vhost.dead_letter(&q, &mut dead, now);
+        let Some((entry, remaining)) = got else {
+            ctx.out
+                .method(self.id, &Method::BasicGetEmpty(protocol::BasicGetEmpty));
+            return Ok(());
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let m = Method::BasicGetOk(protocol::BasicGetOk {
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            exchange: entry.msg.exchange.clone(),
+            routing_key: entry.msg.routing_key.clone(),
+            message_count: remaining,
+        });
+        ctx.out.method(self.id, &m);
+        let props = delivery_properties(&entry);
+        ctx.out.content(self.id, &props, &entry.msg.body);
+        drop(props);
+        if g.no_ack {
+            q.forget(std::slice::from_ref(&entry));
+        } else {
+            self.unacked.push_back(Unacked {
+                tag,
+                queue: q,
+                entry,
+                consumer: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The properties a delivery carries: as published, plus `x-delivery-count` once the message was returned.
+fn delivery_properties(entry: &Entry) -> Cow<'_, RawProperties> {
+    if entry.delivery_count == 0 {
+        return Cow::Borrowed(&entry.msg.properties);
+    }
+    let mut headers = entry.msg.properties.headers().ok().flatten().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count",
+        protocol::FieldValue::I64(entry.delivery_count as i64),
+    );
+    match entry.msg.properties.with_headers(headers) {
+        Ok(p) => Cow::Owned(p),
+        Err(_) => Cow::Borrowed(&entry.msg.properties),
+    }
+}

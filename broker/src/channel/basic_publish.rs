@@ -1,0 +1,126 @@
+//! basic.publish: checks, one shared `Message`, routing under the vhost's router read lock, enqueueing on
+//! every queue the route reached, mandatory returns, and the confirm it owes (`confirm.rs`). In a
+//! transaction the publish is routed now and enqueued at commit (`tx.rs`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use protocol::{reply, BasicPublish, ContentHeader, Method, ShortStr};
+
+use super::{Channel, Ctx};
+use crate::clock::now_ms;
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::Message;
+use crate::queue::{DeadLetters, Queue, Rejected};
+
+/// Largest message body accepted (RabbitMQ's default max_message_size).
+pub const MAX_MESSAGE_SIZE: u64 = 128 << 20;
+
+impl Channel {
+    pub(super) fn basic_publish(
+        &mut self,
+        p: BasicPublish,
+        header: ContentHeader,
+        body: Bytes,
+        ctx: &mut Ctx,
+    ) -> AmqpResult<()> {
+        if p.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        if body.len() as u64 > MAX_MESSAGE_SIZE {
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                body.len()
+            )));
+        }
+        if let Some(uid) = header.properties.user_id() {
+            if uid != ctx.session.user.as_str() {
+                return Err(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{uid}' but authenticated user was '{}'",
+                    ctx.session.user
+                )));
+            }
+        }
+        crate::message::validate_expiration(&header.properties).map_err(AmqpError::precondition_failed)?;
+        let msg = Arc::new(Message::new(
+            p.exchange.clone(),
+            p.routing_key.clone(),
+            header.properties,
+            body,
+        ));
+        // The route buffer is the session's, reused by every publish: taken here, given back once below.
+        let mut dests = std::mem::take(&mut ctx.session.route_scratch);
+        let r = self.route_and_enqueue(p, msg, &mut dests, ctx);
+        ctx.session.route_scratch = dests;
+        r
+    }
+
+    fn route_and_enqueue(
+        &mut self,
+        p: BasicPublish,
+        msg: Arc<Message>,
+        dests: &mut Vec<router::Name>,
+        ctx: &mut Ctx,
+    ) -> AmqpResult<()> {
+        let headers = crate::args::message_headers(&msg.properties);
+        ctx.session.vhost.router.read().route(
+            p.exchange.as_str(),
+            p.routing_key.as_str(),
+            headers.as_ref(),
+            dests,
+        )?;
+        if let Some(tx) = self.tx.as_mut() {
+            // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
+            tx.publishes.push((p, msg, dests.clone()));
+            return Ok(());
+        }
+        self.enqueue(&p, msg, dests, ctx);
+        Ok(())
+    }
+
+    /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
+    /// records its confirm.
+    pub(super) fn enqueue(
+        &mut self,
+        p: &BasicPublish,
+        msg: Arc<Message>,
+        dests: &[router::Name],
+        ctx: &mut Ctx,
+    ) {
+        let vhost = &ctx.session.vhost;
+        let now = now_ms();
+        let mut enqueued = 0usize;
+        let mut failed = false;
+        let mut ticket = 0u64;
+        let mut dead = DeadLetters::new();
+        // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
+        let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
+        vhost.with_queues(dests, |q| {
+            match q.publish(msg.clone(), now, &mut dead) {
+                Ok(t) => {
+                    enqueued += 1;
+                    ticket = ticket.max(t);
+                }
+                Err(Rejected::Store | Rejected::Full) => failed = true,
+                Err(Rejected::Deleted) => {}
+            }
+            if !dead.is_empty() {
+                deferred.push((q.clone(), dead.take()));
+            }
+        });
+        for (q, mut d) in deferred {
+            vhost.dead_letter(&q, &mut d, now);
+        }
+        if enqueued == 0 && p.mandatory {
+            let m = Method::BasicReturn(protocol::BasicReturn {
+                reply_code: reply::NO_ROUTE,
+                reply_text: ShortStr::from_static("NO_ROUTE"),
+                exchange: p.exchange.clone(),
+                routing_key: p.routing_key.clone(),
+            });
+            ctx.out.method(self.id, &m);
+            ctx.out.content(self.id, &msg.properties, &msg.body);
+        }
+        self.confirms.record(ticket, !failed);
+    }
+}

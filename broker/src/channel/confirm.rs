@@ -1,0 +1,118 @@
+//! The confirm class: confirm.select, and publisher confirms. Each publish in confirm mode gets the next
+//! publish tag and waits for the store ticket of its write (0 when nothing was written); after each round of
+//! frames the connection sends every confirm whose ticket is durable, a run of acks as one `multiple` ack.
+
+use std::collections::VecDeque;
+
+use protocol::Method;
+
+use super::{Channel, Ctx};
+use crate::error::{AmqpError, AmqpResult};
+use crate::output::Output;
+
+/// A publish waiting for its confirm.
+struct PendingConfirm {
+    tag: u64,
+    /// Store ticket that must be durable first (0 = none).
+    ticket: u64,
+    ack: bool,
+}
+
+pub(super) struct Confirms {
+    enabled: bool,
+    next_tag: u64,
+    pending: VecDeque<PendingConfirm>,
+}
+
+impl Default for Confirms {
+    fn default() -> Self {
+        Confirms {
+            enabled: false,
+            next_tag: 1,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+impl Confirms {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// A publish was handled: in confirm mode it owes an ack (or a nack) once `ticket` is durable.
+    pub fn record(&mut self, ticket: u64, ack: bool) {
+        if !self.enabled {
+            return;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.pending.push_back(PendingConfirm { tag, ticket, ack });
+    }
+
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+impl Channel {
+    pub(super) fn confirm_select(&mut self, c: protocol::ConfirmSelect, ctx: &mut Ctx) -> AmqpResult<()> {
+        if self.tx.is_some() {
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        self.confirms.enabled = true;
+        if !c.no_wait {
+            ctx.out
+                .method(self.id, &Method::ConfirmSelectOk(protocol::ConfirmSelectOk));
+        }
+        Ok(())
+    }
+
+    /// Whether the oldest pending confirm waits for a store write (the connection then watches the store).
+    pub fn awaiting_durable(&self) -> bool {
+        self.confirms.pending.front().is_some_and(|p| p.ticket > 0)
+    }
+
+    /// Sends the confirms whose writes are durable: runs of acks as one `multiple` ack, nacks one by one.
+    pub fn flush_confirms(&mut self, durable: u64, out: &mut Output) {
+        if self.confirms.pending.is_empty() || self.closing {
+            return;
+        }
+        let mut run: Option<(u64, usize)> = None;
+        while let Some(p) = self.confirms.pending.front() {
+            if p.ticket > durable {
+                break;
+            }
+            let Some(p) = self.confirms.pending.pop_front() else {
+                break;
+            };
+            if p.ack {
+                run = Some((p.tag, run.map_or(1, |(_, n)| n + 1)));
+            } else {
+                if let Some((tag, n)) = run.take() {
+                    write_ack(out, self.id, tag, n > 1);
+                }
+                let m = Method::BasicNack(protocol::BasicNack {
+                    delivery_tag: p.tag,
+                    multiple: false,
+                    requeue: false,
+                });
+                out.method(self.id, &m);
+            }
+        }
+        if let Some((tag, n)) = run {
+            write_ack(out, self.id, tag, n > 1);
+        }
+    }
+}
+
+fn write_ack(out: &mut Output, ch: u16, tag: u64, multiple: bool) {
+    out.method(
+        ch,
+        &Method::BasicAck(protocol::BasicAck {
+            delivery_tag: tag,
+            multiple,
+        }),
+    );
+}

@@ -1,0 +1,312 @@
+//! A channel: its state and its behaviour. The connection looks a channel up once per frame and calls
+//! [`Channel::handle`]; content frames are assembled here, and every method a channel handles is dispatched
+//! from the one match in [`Channel::dispatch`] to a handler laid out by AMQP class:
+//!
+//! - `mod.rs` (this file): channel.open/close/close-ok/flow, content assembly, channel errors, release;
+//! - `exchange.rs`: exchange.declare/delete/bind/unbind;
+//! - `queue.rs`: queue.declare/bind/unbind/purge/delete;
+//! - `basic_publish.rs`: basic.publish (route, enqueue, mandatory returns);
+//! - `basic_consume.rs`: basic.qos/consume/cancel, and consumers cancelled by the server;
+//! - `basic_deliver.rs`: deliveries to consumers, basic.get;
+//! - `basic_ack.rs`: basic.ack/nack/reject/recover(-async);
+//! - `confirm.rs`: confirm.select and publisher confirms;
+//! - `tx.rs`: tx.select/commit/rollback.
+//!
+//! A handler sees the channel (`self`) and a [`Ctx`]: the connection's shared [`Session`] and its [`Output`].
+//! Channels never see the connection itself, so the channel module does not depend on the connection module.
+
+mod basic_ack;
+mod basic_consume;
+mod basic_deliver;
+mod basic_publish;
+mod confirm;
+mod exchange;
+mod queue;
+mod tx;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use protocol::{Assembled, ContentAssembler, Frame, Method, ShortStr};
+
+use crate::clock::now_ms;
+use crate::error::{AmqpError, AmqpResult};
+use crate::output::Output;
+use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
+use crate::session::Session;
+use crate::vhost::VHost;
+
+pub use basic_publish::MAX_MESSAGE_SIZE;
+use confirm::Confirms;
+use tx::TxState;
+
+/// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.
+pub struct Ctx<'a> {
+    pub session: &'a mut Session,
+    pub out: &'a mut Output,
+}
+
+/// What the connection does with the channel after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Keep,
+    /// The channel is closed (channel.close or close-ok handled): forget it.
+    Remove,
+}
+
+/// A delivery the client has not acked yet.
+pub struct Unacked {
+    pub tag: u64,
+    pub queue: Arc<Queue>,
+    pub entry: Entry,
+    /// None for basic.get.
+    pub consumer: Option<ConsumerId>,
+}
+
+pub struct Channel {
+    id: u16,
+    /// We sent channel.close and wait for close-ok: drop everything else.
+    closing: bool,
+    assembler: ContentAssembler,
+    /// This channel's consumers by tag (their state is in the session).
+    consumers: HashMap<ShortStr, ConsumerId>,
+    unacked: VecDeque<Unacked>,
+    next_tag: u64,
+    /// basic.qos global=false: the limit new consumers on this channel get.
+    consumer_prefetch: u16,
+    /// basic.qos global=true: limit over all consumers of the channel.
+    channel_prefetch: u16,
+    /// Deliveries to consumers not yet acked (what the channel limit counts).
+    consumer_unacked: u32,
+    confirms: Confirms,
+    tx: Option<TxState>,
+    /// The queue an empty queue name means (the last one declared on this channel).
+    last_queue: Option<Arc<str>>,
+    /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
+    settle_scratch: Vec<Unacked>,
+}
+
+impl Channel {
+    /// channel.open: a new channel, and its open-ok.
+    pub fn open(id: u16, out: &mut Output) -> Channel {
+        out.method(id, &Method::ChannelOpenOk(protocol::ChannelOpenOk));
+        Channel {
+            id,
+            closing: false,
+            assembler: ContentAssembler::new(),
+            consumers: HashMap::new(),
+            unacked: VecDeque::new(),
+            next_tag: 1,
+            consumer_prefetch: 0,
+            channel_prefetch: 0,
+            consumer_unacked: 0,
+            confirms: Confirms::default(),
+            tx: None,
+            last_queue: None,
+            settle_scratch: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// One frame for this channel. Soft errors close the channel here; a hard error is returned for the
+    /// connection to close.
+    pub fn handle(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
+        if self.closing {
+            // Only close and close-ok matter until the client acknowledges our channel.close.
+            return Ok(match frame {
+                Frame::Method(_, Method::ChannelCloseOk(_)) => Next::Remove,
+                Frame::Method(_, Method::ChannelClose(_)) => {
+                    ctx.out
+                        .method(self.id, &Method::ChannelCloseOk(protocol::ChannelCloseOk));
+                    Next::Remove
+                }
+                _ => Next::Keep,
+            });
+        }
+        let assembled = match frame {
+            Frame::Method(_, m) => self.assembler.push_method(m),
+            Frame::Header(_, h) => self.assembler.push_header(h),
+            Frame::Body(_, b) => self.assembler.push_body(b),
+            Frame::Heartbeat(_) => Ok(None),
+        };
+        let assembled = match assembled {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(Next::Keep),
+            Err(e) => return Err(AmqpError::from(e)),
+        };
+        let (class_id, method_id) = match &assembled {
+            Assembled::Method(m) | Assembled::Content { method: m, .. } => (m.class_id(), m.method_id()),
+        };
+        let result = match assembled {
+            Assembled::Method(m) => self.dispatch(m, ctx),
+            Assembled::Content { method, header, body } => match method {
+                Method::BasicPublish(p) => self.basic_publish(p, header, body, ctx).map(|()| Next::Keep),
+                other => Err(AmqpError::command_invalid(format!(
+                    "method '{}' does not carry content",
+                    other.name()
+                ))),
+            },
+        };
+        match result {
+            Ok(next) => Ok(next),
+            Err(e) => {
+                let e = e.on_method(class_id, method_id);
+                if e.closes_connection() {
+                    Err(e)
+                } else {
+                    self.close_with(e, ctx);
+                    Ok(Next::Keep)
+                }
+            }
+        }
+    }
+
+    /// Every method a channel handles, to its handler.
+    fn dispatch(&mut self, m: Method, ctx: &mut Ctx) -> AmqpResult<Next> {
+        match m {
+            Method::ChannelOpen(_) => return Err(AmqpError::channel_error("second 'channel.open' seen")),
+            Method::ChannelClose(_) => return Ok(self.channel_close(ctx)),
+            Method::ChannelCloseOk(_) => {}
+            Method::ChannelFlow(f) => self.channel_flow(f, ctx)?,
+            Method::ExchangeDeclare(d) => self.exchange_declare(d, ctx)?,
+            Method::ExchangeDelete(d) => self.exchange_delete(d, ctx)?,
+            Method::ExchangeBind(b) => self.exchange_bind(b, ctx)?,
+            Method::ExchangeUnbind(b) => self.exchange_unbind(b, ctx)?,
+            Method::QueueDeclare(d) => self.queue_declare(d, ctx)?,
+            Method::QueueBind(b) => self.queue_bind(b, ctx)?,
+            Method::QueueUnbind(b) => self.queue_unbind(b, ctx)?,
+            Method::QueuePurge(p) => self.queue_purge(p, ctx)?,
+            Method::QueueDelete(d) => self.queue_delete(d, ctx)?,
+            Method::BasicQos(q) => self.basic_qos(q, ctx)?,
+            Method::BasicConsume(c) => self.basic_consume(c, ctx)?,
+            Method::BasicCancel(c) => self.basic_cancel(c, ctx)?,
+            Method::BasicGet(g) => self.basic_get(g, ctx)?,
+            Method::BasicAck(a) => self.basic_ack(a, ctx)?,
+            Method::BasicReject(r) => self.basic_reject(r, ctx)?,
+            Method::BasicNack(n) => self.basic_nack(n, ctx)?,
+            Method::BasicRecover(r) => self.basic_recover(r.requeue, true, ctx)?,
+            Method::BasicRecoverAsync(r) => self.basic_recover(r.requeue, false, ctx)?,
+            Method::ConfirmSelect(c) => self.confirm_select(c, ctx)?,
+            Method::TxSelect(_) => self.tx_select(ctx)?,
+            Method::TxCommit(_) => self.tx_commit(ctx)?,
+            Method::TxRollback(_) => self.tx_rollback(ctx)?,
+            other => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unexpected method '{}' from the client",
+                    other.name()
+                )))
+            }
+        }
+        Ok(Next::Keep)
+    }
+
+    /// channel.close from the client: release everything, answer close-ok, and the channel is gone.
+    fn channel_close(&mut self, ctx: &mut Ctx) -> Next {
+        self.release(ctx.session);
+        ctx.out
+            .method(self.id, &Method::ChannelCloseOk(protocol::ChannelCloseOk));
+        Next::Remove
+    }
+
+    fn channel_flow(&mut self, f: protocol::ChannelFlow, ctx: &mut Ctx) -> AmqpResult<()> {
+        if !f.active {
+            return Err(AmqpError::not_implemented("active=false"));
+        }
+        ctx.out.method(
+            self.id,
+            &Method::ChannelFlowOk(protocol::ChannelFlowOk { active: true }),
+        );
+        Ok(())
+    }
+
+    /// A channel error: send channel.close, release what the channel holds, drop its frames until close-ok.
+    fn close_with(&mut self, e: AmqpError, ctx: &mut Ctx) {
+        tracing::debug!(
+            conn = ctx.session.id,
+            channel = self.id,
+            code = e.code,
+            text = e.text,
+            "closing channel"
+        );
+        self.release(ctx.session);
+        self.closing = true;
+        ctx.out.method(
+            self.id,
+            &Method::ChannelClose(protocol::ChannelClose {
+                reply_code: e.code,
+                reply_text: ShortStr::from(truncate_text(&e.text)),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            }),
+        );
+    }
+
+    /// Cancels the channel's consumers and requeues its unacked messages (in order). Also what the
+    /// connection does to every channel when it goes, however it goes.
+    pub fn release(&mut self, session: &mut Session) {
+        for (_, id) in self.consumers.drain() {
+            session.remove_consumer(id);
+        }
+        let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        // Deliveries a settle had taken when its handler failed go back too.
+        unacked.append(&mut self.settle_scratch);
+        self.consumer_unacked = 0;
+        self.confirms.clear();
+        self.tx = None;
+        self.assembler.reset();
+        requeue_grouped(&session.vhost, unacked, now_ms());
+    }
+
+    /// The queue an empty queue name means: the last queue declared on this channel.
+    fn queue_name(&self, name: &ShortStr) -> AmqpResult<Arc<str>> {
+        if name.is_empty() {
+            return self
+                .last_queue
+                .clone()
+                .ok_or_else(|| AmqpError::not_found("no previously declared queue"));
+        }
+        Ok(name.as_str().into())
+    }
+}
+
+/// Reply texts are short strings: cut at 255 bytes on a character boundary.
+pub fn truncate_text(s: &str) -> &str {
+    if s.len() <= 255 {
+        return s;
+    }
+    let mut end = 255;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn group_by_queue(unacked: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Entry>)> {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+    for u in unacked {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push(u.entry),
+            None => by_queue.push((u.queue, vec![u.entry])),
+        }
+    }
+    by_queue
+}
+
+/// Requeues deliveries, one queue lock per queue; those over their delivery limit are dead-lettered.
+fn requeue_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
+    if unacked.is_empty() {
+        return;
+    }
+    let mut dead = DeadLetters::new();
+    for (q, entries) in group_by_queue(unacked) {
+        q.requeue(entries, now, &mut dead);
+        vhost.dead_letter(&q, &mut dead, now);
+    }
+}

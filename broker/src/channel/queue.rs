@@ -1,0 +1,228 @@
+//! The queue class: queue.declare, queue.bind, queue.unbind, queue.purge, queue.delete; and the rules every
+//! method naming a queue follows (the empty name, exclusive queues).
+
+use std::sync::Arc;
+
+use protocol::{Method, ShortStr};
+
+use super::{Channel, Ctx};
+use crate::clock::now_ms;
+use crate::error::{AmqpError, AmqpResult};
+use crate::queue::{Queue, QueueSpec};
+use crate::session::Session;
+
+fn locked(name: &str, vhost: &str) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    ))
+}
+
+/// Exclusive queues belong to the connection that declared them.
+pub(super) fn check_exclusive(q: &Queue, session: &Session) -> AmqpResult<()> {
+    match q.spec.exclusive_owner {
+        Some(owner) if owner != session.id => Err(locked(&q.spec.name, &session.vhost.name)),
+        _ => Ok(()),
+    }
+}
+
+impl Channel {
+    /// Looks a queue up and checks that this connection may use it.
+    pub(super) fn usable_queue(&self, name: &ShortStr, session: &Session) -> AmqpResult<Arc<Queue>> {
+        let name = self.queue_name(name)?;
+        let q = session.vhost.queue_or_404(&name)?;
+        check_exclusive(&q, session)?;
+        Ok(q)
+    }
+
+    /// RabbitMQ's shortcut: an empty queue name and an empty routing key bind with the last declared
+    /// queue's name as the key.
+    fn binding_key(&self, queue: &ShortStr, key: &ShortStr) -> AmqpResult<Arc<str>> {
+        if queue.is_empty() && key.is_empty() {
+            return self.queue_name(queue);
+        }
+        Ok(key.as_str().into())
+    }
+
+    pub(super) fn queue_declare(&mut self, d: protocol::QueueDeclare, ctx: &mut Ctx) -> AmqpResult<()> {
+        let session = &mut *ctx.session;
+        let vhost = session.vhost.clone();
+        let name: Arc<str> = if d.queue.is_empty() {
+            if d.passive {
+                self.queue_name(&d.queue)?
+            } else {
+                crate::names::queue_name().into()
+            }
+        } else {
+            d.queue.as_str().into()
+        };
+        let q = if d.passive {
+            let q = vhost.queue_or_404(&name)?;
+            check_exclusive(&q, session)?;
+            q
+        } else {
+            if name.starts_with("amq.") && !d.queue.is_empty() {
+                if let Some(existing) = vhost.queue(&name) {
+                    // Redeclaring an existing server-named queue is allowed.
+                    check_exclusive(&existing, session)?;
+                } else {
+                    return Err(AmqpError::access_refused(format!(
+                        "queue name '{name}' contains reserved prefix 'amq.*'"
+                    )));
+                }
+            }
+            crate::args::validate_queue_args(&d.arguments, &name, &vhost.name)?;
+            let spec = QueueSpec {
+                name: name.clone(),
+                durable: d.durable,
+                exclusive_owner: d.exclusive.then_some(session.id),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            };
+            let (q, created) = vhost.declare_queue(spec)?;
+            if created {
+                if d.exclusive {
+                    session.own_exclusive(q.clone());
+                }
+            } else {
+                check_exclusive(&q, session)?;
+                check_equivalent(&q, &d, &vhost.name)?;
+                q.touch(now_ms());
+            }
+            q
+        };
+        self.last_queue = Some(name.clone());
+        if !d.no_wait {
+            let (messages, consumers) = q.counts();
+            ctx.out.method(
+                self.id,
+                &Method::QueueDeclareOk(protocol::QueueDeclareOk {
+                    queue: ShortStr::from(&*name),
+                    message_count: messages,
+                    consumer_count: consumers,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_bind(&mut self, b: protocol::QueueBind, ctx: &mut Ctx) -> AmqpResult<()> {
+        check_bind_source(b.exchange.as_str(), ctx.session)?;
+        let q = self.usable_queue(&b.queue, ctx.session)?;
+        let routing_key = self.binding_key(&b.queue, &b.routing_key)?;
+        let binding = router::Binding {
+            source: b.exchange.as_str().into(),
+            destination: router::Destination::Queue(q.name().clone()),
+            routing_key,
+            arguments: crate::args::to_router_args(&b.arguments),
+        };
+        ctx.session.vhost.bind(binding)?;
+        if !b.no_wait {
+            ctx.out
+                .method(self.id, &Method::QueueBindOk(protocol::QueueBindOk));
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_unbind(&mut self, b: protocol::QueueUnbind, ctx: &mut Ctx) -> AmqpResult<()> {
+        if b.exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let name = self.queue_name(&b.queue)?;
+        if let Some(q) = ctx.session.vhost.queue(&name) {
+            check_exclusive(&q, ctx.session)?;
+        }
+        let routing_key = self.binding_key(&b.queue, &b.routing_key)?;
+        let binding = router::Binding {
+            source: b.exchange.as_str().into(),
+            destination: router::Destination::Queue(name),
+            routing_key,
+            arguments: crate::args::to_router_args(&b.arguments),
+        };
+        ctx.session.vhost.unbind(&binding)?;
+        ctx.out
+            .method(self.id, &Method::QueueUnbindOk(protocol::QueueUnbindOk));
+        Ok(())
+    }
+
+    pub(super) fn queue_purge(&mut self, p: protocol::QueuePurge, ctx: &mut Ctx) -> AmqpResult<()> {
+        let q = self.usable_queue(&p.queue, ctx.session)?;
+        let n = q.purge();
+        if !p.no_wait {
+            ctx.out.method(
+                self.id,
+                &Method::QueuePurgeOk(protocol::QueuePurgeOk { message_count: n }),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_delete(&mut self, d: protocol::QueueDelete, ctx: &mut Ctx) -> AmqpResult<()> {
+        let name = self.queue_name(&d.queue)?;
+        let session = &mut *ctx.session;
+        let mut n = 0;
+        if let Some(q) = session.vhost.queue(&name) {
+            check_exclusive(&q, session)?;
+            let (messages, consumers) = q.counts();
+            if d.if_unused && consumers > 0 {
+                return Err(AmqpError::precondition_failed(format!(
+                    "queue '{name}' in vhost '{}' in use",
+                    session.vhost.name
+                )));
+            }
+            if d.if_empty && messages > 0 {
+                return Err(AmqpError::precondition_failed(format!(
+                    "queue '{name}' in vhost '{}' not empty",
+                    session.vhost.name
+                )));
+            }
+            n = session.vhost.delete_queue(&q);
+            session.disown(&q);
+        }
+        if !d.no_wait {
+            ctx.out.method(
+                self.id,
+                &Method::QueueDeleteOk(protocol::QueueDeleteOk { message_count: n }),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// RabbitMQ's order of checks for queue.bind/unbind: the default exchange (403), then the exchange (404).
+fn check_bind_source(exchange: &str, session: &Session) -> AmqpResult<()> {
+    if exchange.is_empty() {
+        return Err(AmqpError::access_refused(
+            "operation not permitted on the default exchange",
+        ));
+    }
+    let vhost = &session.vhost;
+    if vhost.router.read().exchange(exchange).is_none() {
+        return Err(AmqpError::not_found(format!(
+            "no exchange '{exchange}' in vhost '{}'",
+            vhost.name
+        )));
+    }
+    Ok(())
+}
+
+/// queue.declare on an existing queue must match what it was declared with.
+fn check_equivalent(q: &Queue, d: &protocol::QueueDeclare, vhost: &str) -> AmqpResult<()> {
+    let name = &q.spec.name;
+    let ineq = |arg: &str, received: bool, current: bool| {
+        AmqpError::precondition_failed(format!(
+            "inequivalent arg '{arg}' for queue '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
+        ))
+    };
+    if d.durable != q.spec.durable {
+        return Err(ineq("durable", d.durable, q.spec.durable));
+    }
+    if d.auto_delete != q.spec.auto_delete {
+        return Err(ineq("auto_delete", d.auto_delete, q.spec.auto_delete));
+    }
+    if d.exclusive != q.spec.exclusive_owner.is_some() {
+        return Err(locked(name, vhost));
+    }
+    crate::args::check_equivalent_args(&q.spec.arguments, &d.arguments, name, vhost)
+}

@@ -1,0 +1,197 @@
+//! The connection class: the handshake (connection.start / start-ok, tune / tune-ok, open / open-ok, SASL in
+//! `auth.rs`) and the connection methods of an open connection (close, close-ok, update-secret, blocked).
+//! Works on the transport and the handshake's own state; the session is created at connection.open.
+
+use std::sync::Arc;
+
+use protocol::{ConnectionStart, ConnectionTune, FieldTable, FieldValue, LongStr, Method};
+use tracing::{debug, warn};
+
+use super::transport::{Phase, Transport};
+use crate::broker::{Broker, LoginError};
+use crate::error::{AmqpError, AmqpResult};
+use crate::session::ClientCaps;
+use crate::vhost::VHost;
+
+/// What the handshake learns before connection.open.
+#[derive(Default)]
+pub(super) struct Login {
+    pub user: String,
+    pub caps: ClientCaps,
+}
+
+pub(super) fn connection_start() -> ConnectionStart {
+    let mut caps = FieldTable::new();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "consumer_priorities",
+    ] {
+        caps.insert(cap, FieldValue::Bool(true));
+    }
+    let mut props = FieldTable::new();
+    props.insert("capabilities", FieldValue::Table(caps));
+    props.insert("product", FieldValue::LongStr(LongStr::from("Mailroom")));
+    props.insert(
+        "version",
+        FieldValue::LongStr(LongStr::from(env!("CARGO_PKG_VERSION"))),
+    );
+    props.insert("platform", FieldValue::LongStr(LongStr::from("Rust")));
+    props.insert("cluster_name", FieldValue::LongStr(LongStr::from("mailroom")));
+    props.insert(
+        "information",
+        FieldValue::LongStr(LongStr::from("Mailroom, a store-backed AMQP 0-9-1 broker")),
+    );
+    props.insert(
+        "copyright",
+        FieldValue::LongStr(LongStr::from("The Mailroom authors")),
+    );
+    ConnectionStart {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: props,
+        mechanisms: LongStr::from("PLAIN AMQPLAIN"),
+        locales: LongStr::from("en_US"),
+    }
+}
+
+pub(super) fn on_start_ok(
+    t: &mut Transport,
+    login: &mut Login,
+    broker: &Broker,
+    ok: protocol::ConnectionStartOk,
+) -> AmqpResult<()> {
+    if let Some(FieldValue::Table(caps)) = ok.client_properties.get("capabilities") {
+        let on = |k: &str| matches!(caps.get(k), Some(FieldValue::Bool(true)));
+        login.caps.consumer_cancel_notify = on("consumer_cancel_notify");
+        login.caps.connection_blocked = on("connection.blocked");
+    }
+    let mechanism = ok.mechanism.as_str();
+    let (user, pass) = match mechanism {
+        "PLAIN" => crate::auth::parse_plain(ok.response.as_bytes()),
+        "AMQPLAIN" => crate::auth::parse_amqplain(ok.response.as_bytes()),
+        other => {
+            return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")))
+        }
+    }
+    .ok_or_else(|| {
+        AmqpError::access_refused(format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        ))
+    })?;
+    match broker.login(&user, &pass, t.peer.ip()) {
+        Ok(u) => login.user = u.name,
+        Err(LoginError::BadCredentials) => {
+            warn!(peer = %t.peer, user, "login refused: invalid credentials");
+            return Err(AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            )));
+        }
+        Err(LoginError::LoopbackOnly) => {
+            warn!(peer = %t.peer, user, "login refused: user may only connect via localhost");
+            return Err(AmqpError::access_refused(format!(
+                "user '{user}' can only connect via localhost"
+            )));
+        }
+    }
+    let cfg = &broker.config;
+    t.send_method(
+        0,
+        &Method::ConnectionTune(ConnectionTune {
+            channel_max: cfg.channel_max,
+            frame_max: cfg.frame_max,
+            heartbeat: cfg.heartbeat,
+        }),
+    );
+    t.phase = Phase::AwaitTuneOk;
+    Ok(())
+}
+
+pub(super) fn on_tune_ok(
+    t: &mut Transport,
+    broker: &Broker,
+    ok: protocol::ConnectionTuneOk,
+) -> AmqpResult<()> {
+    let cfg = &broker.config;
+    let channel_max = if ok.channel_max == 0 {
+        cfg.channel_max
+    } else {
+        ok.channel_max
+    };
+    if channel_max > cfg.channel_max {
+        return Err(AmqpError::not_allowed(format!(
+            "negotiated channel_max = {} is higher than the maximum allowed value ({})",
+            ok.channel_max, cfg.channel_max
+        )));
+    }
+    if ok.frame_max != 0 && ok.frame_max < protocol::FRAME_MIN_SIZE {
+        return Err(AmqpError::not_allowed(format!(
+            "frame_max={} < {} min size",
+            ok.frame_max,
+            protocol::FRAME_MIN_SIZE
+        )));
+    }
+    if cfg.frame_max != 0 && (ok.frame_max == 0 || ok.frame_max > cfg.frame_max) {
+        return Err(AmqpError::not_allowed(format!(
+            "frame_max={} > {} max size",
+            ok.frame_max, cfg.frame_max
+        )));
+    }
+    t.channel_max = channel_max;
+    t.out.set_frame_max(ok.frame_max);
+    t.pending_frame_max = Some(ok.frame_max);
+    t.heartbeat = ok.heartbeat;
+    t.phase = Phase::AwaitOpen;
+    Ok(())
+}
+
+/// connection.open: the vhost the session will work in.
+pub(super) fn on_open(
+    t: &mut Transport,
+    broker: &Broker,
+    login: &Login,
+    open: protocol::ConnectionOpen,
+) -> AmqpResult<Arc<VHost>> {
+    let name = open.virtual_host.as_str();
+    let Some(vhost) = broker.vhost(name) else {
+        return Err(AmqpError::not_allowed(format!("vhost {name} not found")));
+    };
+    t.send_method(0, &Method::ConnectionOpenOk(protocol::ConnectionOpenOk));
+    t.phase = Phase::Open;
+    debug!(peer = %t.peer, user = login.user, vhost = name, "connection open");
+    Ok(vhost)
+}
+
+/// A connection-class method on channel 0 of an open connection.
+pub(super) fn on_connection_method(t: &mut Transport, m: Method) -> AmqpResult<()> {
+    let (class_id, method_id) = (m.class_id(), m.method_id());
+    match m {
+        Method::ConnectionClose(_) => {
+            t.send_method(0, &Method::ConnectionCloseOk(protocol::ConnectionCloseOk));
+            t.phase = Phase::Closed;
+            Ok(())
+        }
+        Method::ConnectionCloseOk(_) => {
+            t.phase = Phase::Closed;
+            Ok(())
+        }
+        Method::ConnectionUpdateSecret(_) => {
+            t.send_method(
+                0,
+                &Method::ConnectionUpdateSecretOk(protocol::ConnectionUpdateSecretOk),
+            );
+            Ok(())
+        }
+        Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(()),
+        // RabbitMQ's last handle_method0 clause.
+        _ => Err(AmqpError::channel_error(
+            "unexpected method in connection state running",
+        )),
+    }
+    .map_err(|e| e.on_method(class_id, method_id))
+}

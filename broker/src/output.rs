@@ -1,0 +1,109 @@
+//! A connection's output: every frame a connection produces (replies, deliveries, confirms, heartbeats) is
+//! appended to one buffer, and the connection writes the whole buffer to its socket once per wake-up. Content
+//! is split to the negotiated frame_max here, so no handler needs to know it.
+
+use bytes::BytesMut;
+use protocol::{Method, RawProperties};
+
+/// Buffer size above which the connection writes before producing more deliveries.
+pub const WRITE_HIGH_WATER: usize = 1 << 20;
+/// The buffer's starting (and, after a burst, reset) capacity.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
+pub struct Output {
+    buf: BytesMut,
+    /// Negotiated frame_max (0 = no limit).
+    frame_max: u32,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output::new()
+    }
+}
+
+impl Output {
+    pub fn new() -> Output {
+        Output {
+            buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+            frame_max: protocol::FRAME_MIN_SIZE,
+        }
+    }
+
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+    }
+
+    pub fn method(&mut self, channel: u16, m: &Method) {
+        protocol::write_method(&mut self.buf, channel, m);
+    }
+
+    /// A basic-class content header and its body frames (after basic.deliver, basic.get-ok, basic.return).
+    pub fn content(&mut self, channel: u16, properties: &RawProperties, body: &[u8]) {
+        protocol::write_content(
+            &mut self.buf,
+            channel,
+            protocol::CLASS_BASIC,
+            properties,
+            body,
+            self.frame_max,
+        );
+    }
+
+    pub fn heartbeat(&mut self) {
+        protocol::write_heartbeat(&mut self.buf);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Enough is waiting: write before producing more deliveries.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= WRITE_HIGH_WATER
+    }
+
+    /// What is waiting to be written.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// After a write: empty the buffer, and give back the memory of an unusually large burst.
+    pub fn written(&mut self) {
+        self.buf.clear();
+        if self.buf.capacity() > 4 * WRITE_HIGH_WATER {
+            self.buf = BytesMut::with_capacity(INITIAL_CAPACITY);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_split_to_frame_max_and_the_buffer_resets_after_a_burst() {
+        let mut out = Output::new();
+        out.set_frame_max(4096);
+        out.content(1, &RawProperties::empty(), &vec![7u8; 10_000]);
+        // header frame + 3 body frames of at most 4096 - 8 bytes.
+        let mut codec = protocol::FrameCodec::new();
+        let mut bytes = BytesMut::from(out.pending());
+        let mut frames = 0;
+        while let Some(_f) = tokio_util::codec::Decoder::decode(&mut codec, &mut bytes).unwrap() {
+            frames += 1;
+        }
+        assert_eq!(frames, 4);
+        out.method(0, &Method::ConnectionCloseOk(protocol::ConnectionCloseOk));
+        assert!(!out.is_full());
+        out.content(1, &RawProperties::empty(), &vec![0u8; 5 * WRITE_HIGH_WATER]);
+        assert!(out.is_full());
+        out.written();
+        assert!(out.is_empty());
+        assert!(out.buf.capacity() <= 4 * WRITE_HIGH_WATER);
+    }
+}

@@ -1,0 +1,136 @@
+//! The per-connection context its channels share, from connection.open on: the vhost, the user, what the
+//! client supports, the connection's consumers and the list of those to pull for, the exclusive queues it
+//! owns, and the buffers reused across frames so the hot path allocates nothing.
+//!
+//! A channel gets it (with the output buffer) in a `channel::Ctx` for each frame. Everything registered here
+//! is released by `Session::release_consumers` and `Session::delete_exclusive_queues` (after each channel's
+//! `Channel::release`), which the connection's `Drop` runs, so an early return, an error path or a panic in
+//! the connection's task still releases it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::ShortStr;
+
+use crate::clock::now_ms;
+use crate::queue::{ConsumerId, Entry, Queue};
+use crate::signal::ConnSignal;
+use crate::vhost::VHost;
+
+/// What the client told us it supports in its client-properties capabilities.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientCaps {
+    pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
+}
+
+/// A consumer as its connection sees it.
+pub struct ConsumerState {
+    pub id: ConsumerId,
+    pub channel: u16,
+    pub tag: ShortStr,
+    pub queue: Arc<Queue>,
+    pub no_ack: bool,
+    /// Prefetch limit of this consumer (0 = none).
+    pub limit: u16,
+    pub unacked: u32,
+    /// Already in the connection's pull list.
+    pub scheduled: bool,
+}
+
+pub struct Session {
+    /// The connection's id (owner of its exclusive queues).
+    pub(crate) id: u64,
+    pub(crate) vhost: Arc<VHost>,
+    pub(crate) user: String,
+    pub(crate) caps: ClientCaps,
+    /// Handed to the queues this connection consumes from, to wake it.
+    pub(crate) signal: Arc<ConnSignal>,
+    pub(crate) consumers: HashMap<ConsumerId, ConsumerState>,
+    /// Consumers that may have messages and credit: pull for them before the next write.
+    pub(crate) pull_list: Vec<ConsumerId>,
+    exclusive_queues: Vec<Arc<Queue>>,
+    /// Reused by basic.publish for the queues a message routes to.
+    pub(crate) route_scratch: Vec<router::Name>,
+    /// Reused by deliveries for the entries pulled from a queue.
+    pub(crate) pull_scratch: Vec<Entry>,
+    /// Reused for the consumers a signal says are ready.
+    pub(crate) ready_scratch: Vec<ConsumerId>,
+}
+
+impl Session {
+    pub fn new(
+        id: u64,
+        vhost: Arc<VHost>,
+        user: String,
+        caps: ClientCaps,
+        signal: Arc<ConnSignal>,
+    ) -> Session {
+        Session {
+            id,
+            vhost,
+            user,
+            caps,
+            signal,
+            consumers: HashMap::new(),
+            pull_list: Vec::new(),
+            exclusive_queues: Vec::new(),
+            route_scratch: Vec::new(),
+            pull_scratch: Vec::new(),
+            ready_scratch: Vec::new(),
+        }
+    }
+
+    /// Puts a consumer on the pull list (once).
+    pub fn schedule_pull(&mut self, id: ConsumerId) {
+        if let Some(c) = self.consumers.get_mut(&id) {
+            if !c.scheduled {
+                c.scheduled = true;
+                self.pull_list.push(id);
+            }
+        }
+    }
+
+    /// Removes a consumer from its queue (basic.cancel, channel closed); an auto-delete queue whose last
+    /// consumer this was is deleted.
+    pub fn remove_consumer(&mut self, id: ConsumerId) {
+        if let Some(c) = self.consumers.remove(&id) {
+            let r = c.queue.remove_consumer(id, now_ms());
+            if r.auto_delete_now {
+                self.vhost.delete_queue(&c.queue);
+            }
+        }
+    }
+
+    /// Forgets a consumer whose queue is gone (the queue already dropped it).
+    pub fn forget_consumer(&mut self, id: ConsumerId) -> Option<ConsumerState> {
+        self.consumers.remove(&id)
+    }
+
+    /// An exclusive queue this connection declared: deleted when the connection goes.
+    pub fn own_exclusive(&mut self, q: Arc<Queue>) {
+        self.exclusive_queues.push(q);
+    }
+
+    /// An exclusive queue of ours was deleted by the client.
+    pub fn disown(&mut self, q: &Arc<Queue>) {
+        self.exclusive_queues.retain(|x| !Arc::ptr_eq(x, q));
+    }
+
+    /// Cancels every consumer left (the channels released theirs first; this catches any a failed handler
+    /// left behind) and forgets the pull list.
+    pub fn release_consumers(&mut self) {
+        let ids: Vec<ConsumerId> = self.consumers.keys().copied().collect();
+        for id in ids {
+            self.remove_consumer(id);
+        }
+        self.pull_list.clear();
+    }
+
+    /// The connection is gone: its exclusive queues go too.
+    pub fn delete_exclusive_queues(&mut self) {
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            self.vhost.delete_queue(&q);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+#![no_main]
+//! See `mailroom_fuzz::arguments` for the input format and the properties checked.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| mailroom_fuzz::arguments::run(data));

@@ -1,0 +1,5 @@
+#![no_main]
+//! See `mailroom_fuzz::field_table` for the input format and the properties checked.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| mailroom_fuzz::field_table::run(data));
