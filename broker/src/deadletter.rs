@@ -13,8 +13,11 @@ fn text(t: &FieldTable, k: &str) -> Option<String> {
 /// The properties of a dead-lettered message: `x-death` gets an entry for (queue, reason) (its count raised if
 /// it had one; the entry moves to the front, most recent first), `x-first-death-*` is set once and
 /// `x-last-death-*` every time; the `expiration` property moves into the entry as `original-expiration`.
+/// The entry's `routing-keys` are the message's routing key and its `CC` keys, not its `BCC` keys
+/// (rabbitmq-server mc.erl `record_death/3`: "should include CC, but exclude BCC"). Built from the properties
+/// as published, so a `BCC` header stays for the store (`Message::new` takes it out of every delivery).
 pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> RawProperties {
-    let mut props = msg.properties.decode().unwrap_or_default();
+    let mut props = msg.stored_properties().decode().unwrap_or_default();
     let mut headers = props.headers.take().unwrap_or_default();
     let original_expiration = props.expiration.take();
     let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
@@ -32,7 +35,11 @@ pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> Ra
             let FieldValue::Table(mut t) = deaths.remove(i) else {
                 unreachable!("checked table")
             };
-            let count = t.get("count").and_then(|c| c.as_i64()).unwrap_or(0) + 1;
+            let count = t
+                .get("count")
+                .and_then(|c| c.as_i64())
+                .unwrap_or(0)
+                .saturating_add(1);
             t.insert("count", FieldValue::I64(count));
             t.insert("time", time);
             t
@@ -47,10 +54,11 @@ pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> Ra
                 "exchange",
                 FieldValue::LongStr(LongStr::from(msg.exchange.as_str())),
             );
-            t.insert(
-                "routing-keys",
-                FieldValue::Array(vec![FieldValue::LongStr(LongStr::from(msg.routing_key.as_str()))]),
-            );
+            let keys = std::iter::once(msg.routing_key.as_str())
+                .chain(msg.cc_keys().iter().map(|k| &**k))
+                .map(|k| FieldValue::LongStr(LongStr::from(k)))
+                .collect();
+            t.insert("routing-keys", FieldValue::Array(keys));
             if let Some(exp) = &original_expiration {
                 t.insert(
                     "original-expiration",
@@ -168,6 +176,60 @@ mod tests {
         assert_eq!(h.get("x-first-death-queue").unwrap().as_str(), Some("q1"));
         assert_eq!(h.get("x-first-death-reason").unwrap().as_str(), Some("expired"));
         assert_eq!(h.get("x-last-death-queue").unwrap().as_str(), Some("q1"));
+    }
+
+    /// Found by the `x_death` fuzz target: a publisher-supplied x-death count of i64::MAX overflowed (a panic
+    /// in a debug build, a negative count in release). It saturates.
+    #[test]
+    fn x_death_count_from_the_publisher_saturates() {
+        let mut entry = FieldTable::new();
+        entry.insert("queue", FieldValue::from("q"));
+        entry.insert("reason", FieldValue::from("expired"));
+        entry.insert("count", FieldValue::I64(i64::MAX));
+        let mut h = FieldTable::new();
+        h.insert("x-death", FieldValue::Array(vec![FieldValue::Table(entry)]));
+        let props = BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        };
+        let p = with_x_death(&msg(props), "q", "expired", 1_000);
+        let h = p.decode().unwrap().headers.unwrap();
+        let FieldValue::Array(d) = h.get("x-death").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            d[0].as_table().unwrap().get("count").unwrap().as_i64(),
+            Some(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn x_death_routing_keys_are_the_key_and_cc_not_bcc() {
+        let arr = |v: &[&str]| FieldValue::Array(v.iter().map(|s| FieldValue::from(*s)).collect());
+        let mut h = FieldTable::new();
+        h.insert("CC", arr(&["c1", "c2"]));
+        h.insert("BCC", arr(&["b1"]));
+        let m = msg(BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        });
+        let p = with_x_death(&m, "q", "rejected", 1_000);
+        let h = p.headers().unwrap().unwrap();
+        let FieldValue::Array(d) = h.get("x-death").unwrap() else {
+            panic!()
+        };
+        let keys = d[0].as_table().unwrap().get("routing-keys").unwrap();
+        assert_eq!(keys, &arr(&["rk", "c1", "c2"]));
+        // The dead letter's properties keep BCC for the store; a message built from them never delivers it.
+        assert!(h.get("BCC").is_some());
+        let dl = Message::new(
+            ShortStr::from_static("dlx"),
+            ShortStr::from_static("rk"),
+            p,
+            Bytes::new(),
+        );
+        assert!(dl.properties.headers().unwrap().unwrap().get("BCC").is_none());
+        assert_eq!(dl.extra_routing_keys().len(), 3);
     }
 
     #[test]

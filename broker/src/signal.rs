@@ -1,6 +1,6 @@
 //! How queues and the store reach a connection task: a wake-up plus small lists of what happened.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use protocol::ShortStr;
@@ -28,6 +28,8 @@ pub struct ConnSignal {
     notify: Notify,
     ready: Mutex<Vec<ConsumerId>>,
     events: Mutex<Vec<ConnEvent>>,
+    /// A queue this connection was throttled by went under its low-water mark.
+    flow: AtomicBool,
 }
 
 impl ConnSignal {
@@ -44,6 +46,17 @@ impl ConnSignal {
     pub fn consumer_cancelled(&self, id: ConsumerId, tag: ShortStr) {
         self.events.lock().push(ConnEvent::ConsumerCancelled(id, tag));
         self.notify.notify_one();
+    }
+
+    /// A queue that throttled this connection is under its low-water mark again.
+    pub fn flow_released(&self) {
+        self.flow.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether a throttling queue released this connection since the last call.
+    pub fn take_flow(&self) -> bool {
+        self.flow.swap(false, Ordering::AcqRel)
     }
 
     pub async fn notified(&self) {

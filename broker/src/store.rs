@@ -74,7 +74,8 @@ impl QueueStore {
         let record = StoredMessage {
             exchange: msg.exchange.as_str().to_owned(),
             routing_key: msg.routing_key.as_str().to_owned(),
-            properties: msg.properties.to_bytes(),
+            // As published (a BCC header included): the keys come back with the message after a restart.
+            properties: msg.stored_properties().to_bytes(),
             body: msg.body.clone(),
             delivery_count: 0,
             published_at_ms: now_ms(),

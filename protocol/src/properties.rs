@@ -396,9 +396,78 @@ impl RawProperties {
         Some(u64::from_be_bytes(a))
     }
 
+    /// True when the reply-to flag is set (a flags check, no walk).
+    pub fn has_reply_to(&self) -> bool {
+        self.flags() & flag(idx::REPLY_TO) != 0
+    }
+
     /// True when the headers flag is set.
     pub fn has_headers(&self) -> bool {
         self.flags() & flag(idx::HEADERS) != 0
+    }
+
+    /// True when the headers table has a top-level entry named one of `keys`. Walks the raw
+    /// bytes without allocating; false when there are no headers or they are malformed.
+    pub fn headers_contain_any(&self, keys: &[&str]) -> bool {
+        if !self.has_headers() {
+            return false;
+        }
+        let Some(Slot::Present(s, e)) = self.locate(idx::HEADERS) else {
+            return false;
+        };
+        let Some(table) = self.0.get(s..e) else {
+            return false;
+        };
+        let mut cur = SliceCursor::new(table);
+        if cur.u32().is_none() {
+            return false;
+        }
+        while cur.pos < table.len() {
+            let Some(n) = cur.u8() else { return false };
+            let Some(key) = cur.take(n as usize) else {
+                return false;
+            };
+            if keys.iter().any(|k| k.as_bytes() == key) {
+                return true;
+            }
+            let Some(code) = cur.u8() else { return false };
+            let skip = match code {
+                b't' | b'b' | b'B' => Some(1),
+                b's' | b'u' => Some(2),
+                b'I' | b'i' | b'f' => Some(4),
+                b'l' | b'L' | b'd' | b'T' => Some(8),
+                b'D' => Some(5),
+                b'V' => Some(0),
+                b'S' | b'x' | b'A' | b'F' => cur.u32().map(|n| n as usize),
+                _ => None,
+            };
+            match skip {
+                Some(n) if cur.take(n).is_some() => {}
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// A copy with the reply-to property set to `reply_to` (other properties kept byte for
+    /// byte). Used by direct reply-to to give a request its reply address.
+    pub fn with_reply_to(&self, reply_to: &ShortStr) -> Result<RawProperties, ProtocolError> {
+        let base = if self.0.is_empty() {
+            RawProperties::empty()
+        } else {
+            self.clone()
+        };
+        let (start, end) = match base.locate(idx::REPLY_TO).ok_or(wire::TRUNCATED)? {
+            Slot::Present(s, e) => (s, e),
+            Slot::Absent(at) => (at, at),
+        };
+        let mut buf = BytesMut::with_capacity(base.0.len() - (end - start) + 1 + reply_to.len());
+        buf.put_slice(&base.0[..start]);
+        let new_flags = base.flags() | flag(idx::REPLY_TO);
+        buf[..2].copy_from_slice(&new_flags.to_be_bytes());
+        reply_to.encode(&mut buf);
+        buf.put_slice(&base.0[end..]);
+        Ok(RawProperties(buf.freeze()))
     }
 
     /// Decodes the headers table (the only accessor that allocates, and only when the
@@ -522,6 +591,57 @@ mod tests {
         assert_eq!(bad.delivery_mode(), None);
         assert!(bad.decode().is_err());
         assert!(bad.headers().is_err());
+    }
+
+    #[test]
+    fn headers_contain_any_walks_every_value_type() {
+        let mut h = FieldTable::new();
+        h.insert("a", FieldValue::Bool(true));
+        h.insert("b", FieldValue::I16(-2));
+        h.insert("c", FieldValue::U32(3));
+        h.insert("d", FieldValue::F64(1.5));
+        h.insert("e", FieldValue::Decimal { scale: 1, value: 5 });
+        h.insert("f", FieldValue::Void);
+        h.insert("g", FieldValue::Bytes(Bytes::from_static(b"xyz")));
+        h.insert("h", FieldValue::Array(vec![FieldValue::from("CC")]));
+        let mut inner = FieldTable::new();
+        inner.insert("BCC", FieldValue::from("nested"));
+        h.insert("i", FieldValue::Table(inner));
+        h.insert("j", FieldValue::Timestamp(7));
+        h.insert("CC", FieldValue::Array(vec![FieldValue::from("k")]));
+        let raw = RawProperties::from_properties(&BasicProperties {
+            content_type: Some("t".into()),
+            headers: Some(h.clone()),
+            ..Default::default()
+        });
+        assert!(raw.headers_contain_any(&["CC", "BCC"]));
+        assert!(raw.headers_contain_any(&["j"]));
+        assert!(!raw.headers_contain_any(&["BCC"]), "nested keys do not count");
+        assert!(!raw.headers_contain_any(&["cc"]), "keys are case-sensitive");
+        assert!(!RawProperties::empty().headers_contain_any(&["CC"]));
+        // Truncated: the flag says headers but the table is cut short.
+        let bytes = raw.to_bytes();
+        let cut = RawProperties::from_bytes(bytes.slice(..bytes.len() - 3));
+        assert!(!cut.headers_contain_any(&["CC"]));
+    }
+
+    #[test]
+    fn with_reply_to_sets_or_replaces_only_reply_to() {
+        let mut p = sample();
+        let raw = RawProperties::from_properties(&p);
+        assert!(!raw.has_reply_to());
+        let name = ShortStr::from("amq.rabbitmq.reply-to.abc");
+        let raw2 = raw.with_reply_to(&name).unwrap();
+        assert!(raw2.has_reply_to());
+        p.reply_to = Some(name.clone());
+        assert_eq!(raw2.decode().unwrap(), p);
+        let again = raw2.with_reply_to(&ShortStr::from("x")).unwrap();
+        p.reply_to = Some("x".into());
+        assert_eq!(again.decode().unwrap(), p);
+        let from_empty = RawProperties::from_bytes(Bytes::new())
+            .with_reply_to(&name)
+            .unwrap();
+        assert_eq!(from_empty.reply_to(), Some("amq.rabbitmq.reply-to.abc"));
     }
 
     #[test]

@@ -730,11 +730,48 @@ impl Router {
         })
     }
 
+    /// [`Router::route`] with more routing keys: the message goes wherever `routing_key` or any of
+    /// `extra_keys` takes it, each queue once (RabbitMQ's sender-selected distribution: the keys of the `CC`
+    /// and `BCC` headers). An exchange counts as unroutable, for its alternate exchange, only if no key
+    /// matched there; fanout and headers exchanges ignore keys.
+    pub fn route_multi<K: AsRef<str>>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        extra_keys: &[K],
+        headers: Option<&Args>,
+        out: &mut Vec<Name>,
+    ) -> Result<Routed, RouterError> {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.route_keys(exchange, routing_key, extra_keys, headers, out, &mut s),
+            Err(_) => self.route_keys(
+                exchange,
+                routing_key,
+                extra_keys,
+                headers,
+                out,
+                &mut RouteScratch::default(),
+            ),
+        })
+    }
+
     /// [`Router::route`] with caller-provided scratch space.
     pub fn route_with(
         &self,
         exchange: &str,
         routing_key: &str,
+        headers: Option<&Args>,
+        out: &mut Vec<Name>,
+        s: &mut RouteScratch,
+    ) -> Result<Routed, RouterError> {
+        self.route_keys::<&str>(exchange, routing_key, &[], headers, out, s)
+    }
+
+    fn route_keys<K: AsRef<str>>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        extra_keys: &[K],
         headers: Option<&Args>,
         out: &mut Vec<Name>,
         s: &mut RouteScratch,
@@ -753,6 +790,14 @@ impl Router {
         if start == self.default_id {
             if let Some(&q) = self.q_ids.get(routing_key) {
                 out.push(self.queue(q).name.clone());
+            }
+            for key in extra_keys {
+                if let Some(&q) = self.q_ids.get(key.as_ref()) {
+                    let name = &self.queue(q).name;
+                    if !out.contains(name) {
+                        out.push(name.clone());
+                    }
+                }
             }
             return Ok(Routed {
                 matched: !out.is_empty(),
@@ -798,9 +843,19 @@ impl Router {
                         if let Some(set) = m.get(routing_key) {
                             set.iter().for_each(&mut emit);
                         }
+                        for key in extra_keys {
+                            if let Some(set) = m.get(key.as_ref()) {
+                                set.iter().for_each(&mut emit);
+                            }
+                        }
                     }
                     Index::Fanout(set) => set.iter().for_each(&mut emit),
-                    Index::Topic(t) => t.route(routing_key, &mut s.trie, &mut emit),
+                    Index::Topic(t) => {
+                        t.route(routing_key, &mut s.trie, &mut emit);
+                        for key in extra_keys {
+                            t.route(key.as_ref(), &mut s.trie, &mut emit);
+                        }
+                    }
                     Index::Headers(v) => {
                         if !v.is_empty() && !sorted_headers {
                             headers::sort_data_order(data, &mut s.hdr_order);

@@ -900,3 +900,31 @@ fn error_codes() {
     assert_eq!(e.to_string(), "no exchange 'x' in vhost '/'");
     assert_eq!(e.reply_text(), "NOT_FOUND - no exchange 'x' in vhost '/'");
 }
+
+/// Sender-selected distribution (RabbitMQ's CC/BCC headers, `mc:routing_keys/1` = [RoutingKey | CC ++ BCC]):
+/// every key routes, each queue once; the default exchange takes each key as a queue name.
+#[test]
+fn route_multi_routes_every_key_once() {
+    let mut r = r();
+    r.declare_exchange(def("d", ExchangeKind::Direct)).unwrap();
+    r.declare_exchange(def("t", ExchangeKind::Topic)).unwrap();
+    r.bind(Binding::queue("d", "q1", "k1")).unwrap();
+    r.bind(Binding::queue("d", "q2", "k2")).unwrap();
+    r.bind(Binding::queue("d", "q3", "k1")).unwrap();
+    r.bind(Binding::queue("t", "q3", "a.*")).unwrap();
+    let multi = |x: &str, k: &str, extra: &[&str]| {
+        let mut out = Vec::new();
+        let routed = r.route_multi(x, k, extra, None, &mut out).unwrap();
+        let mut v: Vec<String> = out.iter().map(|n| n.to_string()).collect();
+        let n = v.len();
+        v.sort();
+        v.dedup();
+        assert_eq!(n, v.len(), "distinct");
+        (v, routed.matched)
+    };
+    assert_eq!(multi("d", "k1", &["k2", "k1", "none"]).0, ["q1", "q2", "q3"]);
+    assert_eq!(multi("d", "none", &["k2"]), (vec!["q2".to_string()], true));
+    assert_eq!(multi("t", "x", &["a.b", "a.c"]).0, ["q3"]);
+    assert_eq!(multi("", "q1", &["q2", "nope", "q1"]).0, ["q1", "q2"]);
+    assert_eq!(multi("", "nope", &[] as &[&str]), (vec![], false));
+}

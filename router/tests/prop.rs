@@ -399,8 +399,14 @@ impl Model {
         }
     }
 
-    /// BFS over the exchange graph, as `rabbit_exchange:route1/4` reads.
     fn route(&self, start: usize, rk: &str) -> (BTreeSet<String>, bool) {
+        self.route_keys(start, &[rk])
+    }
+
+    /// BFS over the exchange graph, as `rabbit_exchange:route1/4` reads: a binding matches if any of the
+    /// message's routing keys matches it (`mc:routing_keys/1`: the key and the CC/BCC keys); an exchange
+    /// where none matched uses its alternate exchange.
+    fn route_keys(&self, start: usize, rks: &[&str]) -> (BTreeSet<String>, bool) {
         let mut seen = HashSet::from([start]);
         let mut todo = VecDeque::from([start]);
         let mut out = BTreeSet::new();
@@ -410,7 +416,7 @@ impl Model {
             let dests: Vec<&BSpec> = self
                 .bindings
                 .iter()
-                .filter(|b| b.src == x && self.matches(spec, &b.key, rk))
+                .filter(|b| b.src == x && rks.iter().any(|rk| self.matches(spec, &b.key, rk)))
                 .collect();
             if dests.is_empty() {
                 if let Some(ae) = spec.ae {
@@ -541,6 +547,14 @@ proptest! {
                     }
                     let res = res.unwrap();
                     let (want, used_ae) = m.route(x, k);
+                    prop_assert_eq!(sorted(&out), want.iter().cloned().collect::<Vec<_>>());
+                    prop_assert_eq!(res.matched, !want.is_empty());
+                    prop_assert_eq!(res.used_alternate, used_ae);
+                }
+                // Every key at once (CC/BCC): as if a binding matched when any key does.
+                if let Ok(res) = r.route_multi(&xname(x), &keys[0], &keys[1..], None, &mut out) {
+                    let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let (want, used_ae) = m.route_keys(x, &all);
                     prop_assert_eq!(sorted(&out), want.iter().cloned().collect::<Vec<_>>());
                     prop_assert_eq!(res.matched, !want.is_empty());
                     prop_assert_eq!(res.used_alternate, used_ae);

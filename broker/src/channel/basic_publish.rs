@@ -12,9 +12,7 @@ use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{DeadLetters, Queue, Rejected};
-
-/// Largest message body accepted (RabbitMQ's default max_message_size).
-pub const MAX_MESSAGE_SIZE: u64 = 128 << 20;
+use crate::session::Session;
 
 impl Channel {
     pub(super) fn basic_publish(
@@ -27,12 +25,7 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
-        if body.len() as u64 > MAX_MESSAGE_SIZE {
-            return Err(AmqpError::precondition_failed(format!(
-                "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
-                body.len()
-            )));
-        }
+        ctx.session.check_message_size(body.len() as u64)?;
         if let Some(uid) = header.properties.user_id() {
             if uid != ctx.session.user.as_str() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -42,12 +35,10 @@ impl Channel {
             }
         }
         crate::message::validate_expiration(&header.properties).map_err(AmqpError::precondition_failed)?;
-        let msg = Arc::new(Message::new(
-            p.exchange.clone(),
-            p.routing_key.clone(),
-            header.properties,
-            body,
-        ));
+        let msg = Arc::new(
+            Message::published(p.exchange.clone(), p.routing_key.clone(), header.properties, body)
+                .map_err(AmqpError::precondition_failed)?,
+        );
         // The route buffer is the session's, reused by every publish: taken here, given back once below.
         let mut dests = std::mem::take(&mut ctx.session.route_scratch);
         let r = self.route_and_enqueue(p, msg, &mut dests, ctx);
@@ -63,9 +54,11 @@ impl Channel {
         ctx: &mut Ctx,
     ) -> AmqpResult<()> {
         let headers = crate::args::message_headers(&msg.properties);
-        ctx.session.vhost.router.read().route(
+        // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
+        ctx.session.vhost.router.read().route_multi(
             p.exchange.as_str(),
             p.routing_key.as_str(),
+            msg.extra_routing_keys(),
             headers.as_ref(),
             dests,
         )?;
@@ -79,15 +72,22 @@ impl Channel {
     }
 
     /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
-    /// records its confirm.
+    /// records its confirm. Returns the store ticket its writes need (0: none).
     pub(super) fn enqueue(
         &mut self,
         p: &BasicPublish,
         msg: Arc<Message>,
         dests: &[router::Name],
         ctx: &mut Ctx,
-    ) {
-        let vhost = &ctx.session.vhost;
+    ) -> u64 {
+        let Session {
+            vhost,
+            flow_queues,
+            flow_dirty,
+            published,
+            ..
+        } = &mut *ctx.session;
+        *published = true;
         let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
@@ -107,6 +107,11 @@ impl Channel {
             if !dead.is_empty() {
                 deferred.push((q.clone(), dead.take()));
             }
+            // Flow control: the queue is over its bound; the connection stops reading after this frame.
+            if q.flow_over() && !flow_queues.iter().any(|f| Arc::ptr_eq(f, q)) {
+                flow_queues.push(q.clone());
+                *flow_dirty = true;
+            }
         });
         for (q, mut d) in deferred {
             vhost.dead_letter(&q, &mut d, now);
@@ -122,5 +127,6 @@ impl Channel {
             ctx.out.content(self.id, &msg.properties, &msg.body);
         }
         self.confirms.record(ticket, !failed);
+        ticket
     }
 }

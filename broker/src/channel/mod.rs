@@ -21,6 +21,7 @@ mod basic_deliver;
 mod basic_publish;
 mod confirm;
 mod exchange;
+mod held;
 mod queue;
 mod tx;
 
@@ -36,8 +37,9 @@ use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
 use crate::session::Session;
 use crate::vhost::VHost;
 
-pub use basic_publish::MAX_MESSAGE_SIZE;
 use confirm::Confirms;
+use held::Hold;
+pub use held::BACKLOG_MAX;
 use tx::TxState;
 
 /// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.
@@ -84,6 +86,8 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
+    hold: Hold,
 }
 
 impl Channel {
@@ -104,6 +108,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             settle_scratch: Vec::new(),
+            hold: Hold::default(),
         }
     }
 
@@ -130,6 +135,9 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
+        let Some(frame) = self.hold_back(frame) else {
+            return Ok(Next::Keep);
+        };
         let assembled = match frame {
             Frame::Method(_, m) => self.assembler.push_method(m),
             Frame::Header(_, h) => self.assembler.push_header(h),
@@ -259,6 +267,7 @@ impl Channel {
         unacked.append(&mut self.settle_scratch);
         self.consumer_unacked = 0;
         self.confirms.clear();
+        self.hold.clear();
         self.tx = None;
         self.assembler.reset();
         requeue_grouped(&session.vhost, unacked, now_ms());
