@@ -107,6 +107,8 @@ async fn power_cuts_at_random_moments() {
         if let Err(e) = cut_result {
             out.problems.push(format!("the cut failed: {e}"));
         }
+        let mut defs = defs;
+        defs.refusals_open();
         restart_and_check(&data, &ledger, &defs, &mut out).await;
         if out.failures() > 0 {
             out.notes.extend(events.into_iter().take(5));
@@ -190,6 +192,46 @@ struct Case {
     name: &'static str,
     when: When,
     arm: Arm,
+    /// `Recovery` only: the fault that ends the first run (a torn write, a crash point), so that the
+    /// recovery has the work the crash point is about; `None`: a cut at a random moment.
+    prepare: Option<Arm>,
+}
+
+fn arm_crashes(fs: &mut LazyFs, arm: &Arm, out: &mut Outcome) {
+    if let Arm::Crash(points) = arm {
+        for c in points {
+            let r = blocking(|| fs.arm_crash("after", c.op, c.from.as_deref(), c.to.as_deref()));
+            if let Err(e) = r {
+                out.problems.push(format!("arming the crash point: {e}"));
+            }
+        }
+    }
+}
+
+/// What LazyFS logged when its fault fired (or that it died without one).
+fn fired_note(fs: &mut LazyFs, out: &mut Outcome) {
+    if fs.fault_fired() {
+        out.notes.push(format!(
+            "fired: {}",
+            fs.log_tail(40)
+                .lines()
+                .filter(|l| l.contains("Triggered fault") || l.contains("will persist"))
+                .map(|l| l.split("] ").last().unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    } else if !fs.alive() {
+        out.notes
+            .push(format!("lazyfs died without firing: {}", fs.log_tail(6)));
+    }
+}
+
+async fn wait_dead(fs: &mut LazyFs, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while fs.alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !fs.alive()
 }
 
 /// Runs one case on a fresh mount under `dir`.
@@ -198,9 +240,14 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
         name: case.name.to_string(),
         ..Default::default()
     };
-    let injections = match &case.arm {
-        Arm::Torn(f) => f(&dir.join("root")),
-        Arm::Crash(_) => String::new(),
+    // The fault that ends the first run; None: a cut at a random moment.
+    let first = match case.when {
+        When::Recovery => case.prepare.as_ref(),
+        _ => Some(&case.arm),
+    };
+    let injections = match first {
+        Some(Arm::Torn(f)) => f(&dir.join("root")),
+        _ => String::new(),
     };
     let mut fs = match blocking(|| LazyFs::mount(bin, dir, &injections)) {
         Ok(f) => f,
@@ -210,18 +257,8 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
         }
     };
     let data = fs.mnt.join("data");
-    let arm_all = |fs: &mut LazyFs, out: &mut Outcome| {
-        if let Arm::Crash(points) = &case.arm {
-            for c in points {
-                let r = blocking(|| fs.arm_crash("after", c.op, c.from.as_deref(), c.to.as_deref()));
-                if let Err(e) = r {
-                    out.problems.push(format!("arming the crash point: {e}"));
-                }
-            }
-        }
-    };
     if case.when == When::Start {
-        arm_all(&mut fs, &mut out);
+        arm_crashes(&mut fs, &case.arm, &mut out);
     }
     // With `Start`, the first start may itself be cut short by the crash point.
     let mut server = match blocking(|| Server::try_start_in(&data, &[])) {
@@ -237,9 +274,17 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
     let workload = server
         .as_ref()
         .map(|s| Workload::start(s.url(), WorkloadOpts::default()));
-    let (ledger, defs, events) = match case.when {
-        When::Start | When::Load => {
-            if case.when == When::Load && matches!(case.arm, Arm::Crash(_)) {
+    match first {
+        None => {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
+            if let Some(s) = server.as_mut() {
+                if let Err(e) = blocking(|| cut(s, &mut fs)) {
+                    out.problems.push(format!("the cut failed: {e}"));
+                }
+            }
+        }
+        Some(arm) => {
+            if case.when != When::Start && matches!(arm, Arm::Crash(_)) {
                 if let Some(w) = &workload {
                     // Some confirmed data on disk first, so that the crash lands mid-stream.
                     let target = rng.gen_range(1000..6000);
@@ -250,73 +295,49 @@ async fn run_case(bin: &Path, dir: &Path, case: &Case, rng: &mut impl Rng) -> Ou
                     {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    arm_all(&mut fs, &mut out);
+                    arm_crashes(&mut fs, arm, &mut out);
                 }
             }
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while fs.alive() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if fs.alive() {
-                out.problems
-                    .push("the crash point never fired in 40 s (the broker never did that operation)".into());
+            if !wait_dead(&mut fs, Duration::from_secs(40)).await {
+                out.problems.push(
+                    "the fault never fired in 40 s (the broker never did that operation on that file)".into(),
+                );
                 if let Some(s) = server.as_mut() {
                     let _ = blocking(|| cut(s, &mut fs));
                 }
             }
-            if let Some(mut s) = server.take() {
-                s.kill();
-            }
-            match workload {
-                Some(w) => w.stop(Duration::from_secs(15)).await,
-                None => Default::default(),
-            }
+            fired_note(&mut fs, &mut out);
         }
-        When::Recovery => {
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
-            if let Some(s) = server.as_mut() {
-                if let Err(e) = blocking(|| cut(s, &mut fs)) {
-                    out.problems.push(format!("the cut failed: {e}"));
-                }
-            }
-            let recorded = match workload {
-                Some(w) => w.stop(Duration::from_secs(15)).await,
-                None => Default::default(),
-            };
-            arm_all(&mut fs, &mut out);
-            let second = blocking(|| Server::try_start_in(&data, &[]));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while fs.alive() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if fs.alive() {
-                out.problems
-                    .push("the crash point never fired during the recovery".into());
-            }
-            if let Ok(mut s) = second {
-                s.kill();
-            }
-            recorded
-        }
+    }
+    if let Some(mut s) = server.take() {
+        s.kill();
+    }
+    let (ledger, mut defs, events) = match workload {
+        Some(w) => w.stop(Duration::from_secs(15)).await,
+        None => Default::default(),
     };
-    if fs.fault_fired() {
-        out.notes.push(format!(
-            "fired: {}",
-            fs.log_tail(40)
-                .lines()
-                .filter(|l| l.contains("Triggered fault") || l.contains("will persist"))
-                .map(|l| l.split("] ").last().unwrap_or(l).to_string())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ));
-    } else if !fs.alive() {
-        out.notes
-            .push(format!("lazyfs died without firing: {}", fs.log_tail(6)));
+    if case.when == When::Recovery {
+        if let Err(e) = blocking(|| fs.remount("")) {
+            out.problems.push(format!("remount: {e}"));
+            return out;
+        }
+        arm_crashes(&mut fs, &case.arm, &mut out);
+        let second = blocking(|| Server::try_start_in(&data, &[]));
+        if !wait_dead(&mut fs, Duration::from_secs(10)).await {
+            out.problems
+                .push("the crash point never fired during the recovery".into());
+        }
+        fired_note(&mut fs, &mut out);
+        if let Ok(mut s) = second {
+            s.kill();
+        }
     }
     if let Err(e) = blocking(|| fs.remount("")) {
         out.problems.push(format!("remount: {e}"));
         return out;
     }
+    // A change refused because the disk went away under the running broker may have reached the disk.
+    defs.refusals_open();
     restart_and_check(&data, &ledger, &defs, &mut out).await;
     if out.failures() > 0 {
         out.notes.extend(events.into_iter().take(5));
@@ -353,66 +374,79 @@ async fn crash_points() {
         Case {
             name: "after a segment write",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("write", SEG)]),
         },
         Case {
             name: "after a segment fsync",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("fsync", SEG)]),
         },
         Case {
             name: "after a segment file is created",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("create", SEG)]),
         },
         Case {
             name: "after a segment file is unlinked",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("unlink", SEG), renamed(r"\.seg$", HIDDEN)]),
         },
         Case {
             name: "after an ack-file write",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("write", ACK)]),
         },
         Case {
             name: "after an ack-file fsync",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("fsync", ACK)]),
         },
         Case {
             name: "after an ack file is unlinked",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("unlink", ACK), renamed(r"\.ack$", HIDDEN)]),
         },
         Case {
             name: "after a sled log write",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("write", SLED_DB)]),
         },
         Case {
             name: "after a sled fsync",
             when: Load,
+            prepare: None,
             arm: crash(vec![after("fsync", SLED_ANY)]),
         },
         Case {
             name: "after sled's conf is written (first start)",
             when: Start,
+            prepare: None,
             arm: crash(vec![after("write", SLED_CONF)]),
         },
         Case {
             name: "after a definition copy is written",
             when: Start,
+            prepare: None,
             arm: crash(vec![after("write", DEF_COPY)]),
         },
         Case {
             name: "after a definition copy is synced",
             when: Start,
+            prepare: None,
             arm: crash(vec![after("fsync", DEF_COPY)]),
         },
         Case {
             name: "after a deleted queue's directory is renamed",
             when: Load,
+            prepare: None,
             arm: crash(vec![Crash {
                 op: "rename",
                 from: Some(DATA.to_string()),
@@ -422,21 +456,27 @@ async fn crash_points() {
         Case {
             name: "after a rename during recovery",
             when: Recovery,
+            prepare: None,
             arm: crash(vec![any_rename()]),
         },
         Case {
-            name: "after an unlink during recovery",
+            name: "after an unlink during recovery (of an ack file left without its segment)",
             when: Recovery,
+            prepare: Some(crash(vec![after("unlink", SEG)])),
             arm: crash(vec![after("unlink", DATA), renamed(DATA, HIDDEN)]),
         },
         Case {
-            name: "after a truncate during recovery",
+            name: "after a truncate during recovery (of a torn segment tail)",
             when: Recovery,
+            prepare: Some(Arm::Torn(Box::new(|r| {
+                torn_op(first_segment(r, 3, "seg"), 5, 3, &[1])
+            }))),
             arm: crash(vec![after("truncate", DATA)]),
         },
         Case {
             name: "after a write during recovery",
             when: Recovery,
+            prepare: None,
             arm: crash(vec![after("write", DATA)]),
         },
     ];
@@ -465,16 +505,19 @@ async fn torn_writes() {
         Case {
             name: "segment: the first write torn, only its first third on disk",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 3, "seg"), 1, 3, &[1]))),
         },
         Case {
             name: "segment: the 5th write torn, a hole in its middle third",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 3, "seg"), 5, 3, &[1, 3]))),
         },
         Case {
             name: "segment: the 12th write torn, its first quarter missing",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| {
                 torn_op(first_segment(r, 3, "seg"), 12, 4, &[2, 3, 4])
             })),
@@ -482,21 +525,24 @@ async fn torn_writes() {
         Case {
             name: "ack file: the 3rd write torn in half",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 1, "ack"), 3, 2, &[1]))),
         },
         Case {
             name: "definition copy: its first write torn, half of it on disk",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| {
                 let def = r.join("data/messages/00000003/queue.def");
                 torn_op(def.display().to_string(), 1, 2, &[1])
             })),
         },
         Case {
-            name: "sled log: the 4th write torn, half of it on disk",
+            name: "sled log: the 30th write torn, half of it on disk",
             when: Load,
+            prepare: None,
             arm: Arm::Torn(Box::new(|r| {
-                torn_op(r.join("data/sled/db").display().to_string(), 4, 2, &[1])
+                torn_op(r.join("data/sled/db").display().to_string(), 30, 2, &[1])
             })),
         },
     ];

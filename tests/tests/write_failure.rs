@@ -101,7 +101,7 @@ fn patience() -> Duration {
 #[derive(Debug)]
 #[allow(dead_code)]
 enum Answer {
-    Ok,
+    Ok { first_message: String },
     Refused(u16, String),
     Lost(String),
     Silent,
@@ -121,6 +121,7 @@ async fn declare(url: &str, name: &str, defs: &std::sync::Mutex<Defs>) -> Answer
             args: args.clone(),
             state: None,
             in_flight: 0,
+            refused: false,
         });
         d.begin(std::slice::from_ref(&key));
     }
@@ -137,14 +138,29 @@ async fn declare(url: &str, name: &str, defs: &std::sync::Mutex<Defs>) -> Answer
                 args,
             )
             .await;
+        r?;
+        // A first persistent message: the queue gets its files (segment, definition copy) now.
+        let first = async {
+            ch.confirm_select(Default::default()).await?;
+            let props = lapin::BasicProperties::default().with_delivery_mode(2);
+            let c = ch
+                .basic_publish("".into(), name.into(), Default::default(), b"wf-probe", props)
+                .await?
+                .await?;
+            Ok::<_, lapin::Error>(if c.is_ack() { "acked" } else { "nacked" })
+        };
+        let first = match first.await {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("not confirmed: {e}"),
+        };
         let _ = conn.close(200, "bye".into()).await;
-        r.map(drop)
+        Ok(first)
     };
     match tokio::time::timeout(patience(), attempt).await {
         Err(_) => Answer::Silent,
-        Ok(Ok(())) => {
+        Ok(Ok(first)) => {
             lock(defs).ok(std::slice::from_ref(&key), true);
-            Answer::Ok
+            Answer::Ok { first_message: first }
         }
         Ok(Err(e)) => match amqp_code(&e) {
             Some((code, text)) => {
@@ -241,13 +257,13 @@ async fn run_case(case: &Case) -> Outcome {
         ));
     }
     let after = declare(&url, "wf-after", &probes).await;
-    if !matches!(after, Answer::Ok) {
+    if !matches!(after, Answer::Ok { .. }) {
         out.problems.push(format!(
             "a durable queue.declare after the fault: {after:?} (expected declare-ok)"
         ));
     }
     match &during {
-        Answer::Ok | Answer::Refused(..) => {}
+        Answer::Ok { .. } | Answer::Refused(..) => {}
         other => out.problems.push(format!(
             "a durable queue.declare while the fault was on: {other:?} (expected declare-ok or an AMQP error)"
         )),
