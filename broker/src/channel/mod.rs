@@ -22,6 +22,8 @@ mod basic_publish;
 mod confirm;
 mod exchange;
 mod queue;
+#[cfg(test)]
+mod requeue_model;
 mod tx;
 
 use std::collections::{HashMap, VecDeque};
@@ -248,19 +250,38 @@ impl Channel {
         );
     }
 
-    /// Cancels the channel's consumers and requeues its unacked messages (in order). Also what the
-    /// connection does to every channel when it goes, however it goes.
+    /// Requeues the channel's unacked messages (to their original positions) and then cancels its
+    /// consumers. Also what the connection does to every channel when it goes, however it goes
+    /// ([`release_channels`]).
+    ///
+    /// Requeue first: a single active consumer's successor becomes active only when the consumer leaves, and
+    /// by then the messages are back in place, so it receives them first, in order (m0*, m1*, m2, m3), as
+    /// RabbitMQ's classic queue does when a channel goes down (rabbit_amqqueue_process.erl
+    /// `handle_ch_down/2`: `requeue_and_run` before the queue delivers again).
     pub fn release(&mut self, session: &mut Session) {
+        #[cfg(test)]
+        requeue_model::other_connections_run();
+        self.requeue_unacked(session);
+        self.confirms.clear();
+        self.tx = None;
+        self.assembler.reset();
+        #[cfg(test)]
+        requeue_model::other_connections_run();
+        #[cfg(debug_assertions)]
+        if !self.consumers.is_empty() {
+            test_hooks::pause_in_release();
+        }
         for (_, id) in self.consumers.drain() {
             session.remove_consumer(id);
         }
+    }
+
+    /// Every unacked delivery of the channel goes back to its queue, in order.
+    fn requeue_unacked(&mut self, session: &mut Session) {
         let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         // Deliveries a settle had taken when its handler failed go back too.
         unacked.append(&mut self.settle_scratch);
         self.consumer_unacked = 0;
-        self.confirms.clear();
-        self.tx = None;
-        self.assembler.reset();
         requeue_grouped(&session.vhost, unacked, now_ms());
     }
 
@@ -273,6 +294,18 @@ impl Channel {
                 .ok_or_else(|| AmqpError::not_found("no previously declared queue"));
         }
         Ok(name.as_str().into())
+    }
+}
+
+/// A connection's channels go (connection closed, dropped or failed): every channel's unacked deliveries are
+/// requeued before any of its consumers leaves, so no consumer of another connection takes over a single
+/// active consumer's queue while some of the connection's deliveries are still out.
+pub fn release_channels(channels: &mut HashMap<u16, Channel>, session: &mut Session) {
+    for channel in channels.values_mut() {
+        channel.requeue_unacked(session);
+    }
+    for (_, mut channel) in channels.drain() {
+        channel.release(session);
     }
 }
 
@@ -308,5 +341,35 @@ fn requeue_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
     for (q, entries) in group_by_queue(unacked) {
         q.requeue(entries, now, &mut dead);
         vhost.dead_letter(&q, &mut dead, now);
+    }
+}
+
+/// Test-only fault injection, compiled into debug builds only: `MAILROOM_TEST_RELEASE_PAUSE_MS=N` makes a
+/// channel that is going away wait N ms between requeueing its deliveries and cancelling its consumers, so an
+/// end-to-end test can show that a single active consumer's successor cannot take over (and take messages out
+/// of order) before the requeue.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    pub fn pause_in_release() {
+        static PAUSE: OnceLock<Option<u64>> = OnceLock::new();
+        let pause = PAUSE.get_or_init(|| {
+            std::env::var("MAILROOM_TEST_RELEASE_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(ms) = pause {
+            tracing::warn!(ms, "test hook: pausing a channel release");
+            let sleep = || std::thread::sleep(Duration::from_millis(*ms));
+            // Let the runtime's other tasks (other connections) run meanwhile, as they could at any time.
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(sleep)
+                }
+                _ => sleep(),
+            }
+        }
     }
 }

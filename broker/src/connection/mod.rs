@@ -438,9 +438,7 @@ impl Conn {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        for (_, mut channel) in self.channels.drain() {
-            channel.release(session);
-        }
+        crate::channel::release_channels(&mut self.channels, session);
         // No consumers are left, so nothing may stay scheduled for a pull.
         session.release_consumers();
     }
