@@ -15,6 +15,7 @@ pub mod names;
 pub mod output;
 pub mod queue;
 pub mod queue_args;
+pub mod reply_to;
 pub mod server;
 pub mod session;
 pub mod signal;

@@ -9,6 +9,7 @@
 //! - `basic_consume.rs`: basic.qos/consume/cancel, and consumers cancelled by the server;
 //! - `basic_deliver.rs`: deliveries to consumers, basic.get;
 //! - `basic_ack.rs`: basic.ack/nack/reject/recover(-async);
+//! - `direct_reply_to.rs`: the `amq.rabbitmq.reply-to` pseudo-queue (RPC replies without a queue);
 //! - `confirm.rs`: confirm.select and publisher confirms;
 //! - `tx.rs`: tx.select/commit/rollback.
 //!
@@ -20,6 +21,7 @@ mod basic_consume;
 mod basic_deliver;
 mod basic_publish;
 mod confirm;
+mod direct_reply_to;
 mod exchange;
 mod queue;
 #[cfg(test)]
@@ -86,6 +88,8 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// The direct reply-to consumer, if the client consumes from `amq.rabbitmq.reply-to` here.
+    reply: Option<direct_reply_to::ReplyConsumer>,
 }
 
 impl Channel {
@@ -106,6 +110,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             settle_scratch: Vec::new(),
+            reply: None,
         }
     }
 
@@ -274,6 +279,7 @@ impl Channel {
         for (_, id) in self.consumers.drain() {
             session.remove_consumer(id);
         }
+        self.release_reply(session);
     }
 
     /// Every unacked delivery of the channel goes back to its queue, in order.

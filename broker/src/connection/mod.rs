@@ -381,6 +381,14 @@ impl Conn {
             s.schedule_pull(id);
         }
         s.ready_scratch = ready;
+        // Direct replies for our channels (a channel gone meanwhile drops them).
+        let mut replies = Vec::new();
+        self.signal.take_replies(&mut replies);
+        for reply in replies {
+            if let Some(channel) = self.channels.get_mut(&reply.channel) {
+                channel.deliver_reply(reply, &mut self.transport.out);
+            }
+        }
         for ev in self.signal.take_events() {
             match ev {
                 ConnEvent::ConsumerCancelled(id, tag) => {
