@@ -7,7 +7,7 @@ VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
 
-.PHONY: run test lint bench bench-compare crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
+.PHONY: run test test-power-loss test-write-faults lint bench bench-compare crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
@@ -24,7 +24,7 @@ bench:
 	$(CARGO) bench -p mailroom-router --bench route -- --warm-up-time 1 --measurement-time 3
 
 # Mailroom vs RabbitMQ (issue 6): builds release binaries, installs rabbitmq-server if missing,
-# runs S1-S6, L1 and M1 against both on private ports and rewrites the generated section of
+# runs S1-S6, F1-F3, L1 and M1 against both on private ports and rewrites the generated section of
 # docs/performance.md. Knobs (environment or make variables): REPEAT=1 for a quick run,
 # M1_COUNT=10000000 for the 10 M memory run; see scripts/bench-compare.sh.
 bench-compare:
@@ -50,6 +50,30 @@ SEED ?=
 fuzz-server:
 	$(CARGO) build --bin mailroom
 	MAILROOM_FUZZ_SECONDS=$(SECONDS) MAILROOM_FUZZ_SEED=$(SEED) MAILROOM_FUZZ_STRICT=1 $(CARGO) test -p mailroom-tests --test fuzz_server -- --nocapture
+
+# Durability under power loss and failed writes (issue 17; docs/testing-durability.md). Builds LazyFS from
+# ../shared/tools/lazyfs into .tools/lazyfs (its build.sh installs g++, libfuse3-dev, libspdlog-dev,
+# libtoml11-dev and fuse3 when run as root), then runs tests/tests/power_loss.rs (20 power cuts at random
+# moments, crash points, torn writes) and the write-failure tests. Needs /dev/fuse; `.ci/run` runs it after
+# `make test` when /dev/fuse exists. Knobs: POWER_LOSS_CUTS, and the MAILROOM_POWER_LOSS_* variables.
+LAZYFS_BUILD ?= $(firstword $(wildcard ../shared/tools/lazyfs/build.sh ../../shared/tools/lazyfs/build.sh))
+POWER_LOSS_CUTS ?= 20
+
+test-power-loss:
+	@test -e /dev/fuse || { echo "test-power-loss: /dev/fuse is missing: LazyFS is a FUSE file system" >&2; exit 1; }
+	@test -n "$(LAZYFS_BUILD)" || { echo "test-power-loss: ../shared/tools/lazyfs/build.sh not found; set LAZYFS_BUILD" >&2; exit 1; }
+	$(LAZYFS_BUILD) $(CURDIR)/.tools/lazyfs
+	$(CARGO) build --bin mailroom
+	status=0; \
+	MAILROOM_LAZYFS=$(CURDIR)/.tools/lazyfs/lazyfs MAILROOM_POWER_LOSS_CUTS=$(POWER_LOSS_CUTS) \
+		$(CARGO) test -p mailroom-tests --test power_loss -- --test-threads=1 --nocapture || status=1; \
+	$(MAKE) --no-print-directory test-write-faults || status=1; \
+	exit $$status
+
+# The write-failure tests alone (an LD_PRELOAD shim built with cc; no FUSE needed).
+test-write-faults:
+	$(CARGO) build --bin mailroom
+	MAILROOM_WRITE_FAULTS=1 $(CARGO) test -p mailroom-tests --test write_failure -- --nocapture
 
 $(VENV_OK): tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -11,6 +11,7 @@ use anyhow::Context;
 use storage::{Store, StoreOptions};
 
 use crate::config::Config;
+use crate::flow::Flow;
 use crate::vhost::VHost;
 
 /// How often the queue timer runs (ms): the resolution of TTLs and retry delays.
@@ -30,7 +31,11 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     users: RwLock<HashMap<String, User>>,
     next_conn_id: AtomicU64,
+    /// Connections past connection.open (for --max-connections).
+    open_connections: AtomicU64,
     pub store: Store,
+    /// Alarms, flow-control counters and the memory/disk monitor.
+    pub flow: Arc<Flow>,
 }
 
 /// Why a login failed.
@@ -47,6 +52,7 @@ impl Broker {
             &config.data_dir,
             StoreOptions {
                 cache_capacity_bytes: config.store_cache_bytes,
+                force_recovery: config.force_recovery,
                 ..StoreOptions::default()
             },
         )
@@ -56,8 +62,11 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
+            open_connections: AtomicU64::new(0),
             store,
+            flow: Arc::new(Flow::default()),
         };
+        crate::flow::set_queue_bound(broker.config.queue_bound);
         broker.users.write().insert(
             "guest".into(),
             User {
@@ -126,7 +135,7 @@ impl Broker {
         Ok(user.clone())
     }
 
-    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<storage::Durability> {
         self.store.durable_watch()
     }
 
@@ -150,9 +159,39 @@ impl Broker {
     /// Called once every connection has closed: makes every write durable.
     pub fn shutdown(&self) {
         // Seals the queues' write segments (their footers make the next open quick) and flushes.
+        self.flow.stop();
         if let Err(e) = self.store.mark_clean_shutdown() {
             tracing::error!(error = %e, "final store flush failed");
         }
+    }
+
+    /// Starts the memory and disk alarm monitor (a thread; it stops with the broker).
+    pub fn spawn_monitor(&self) {
+        let c = &self.config;
+        self.flow
+            .spawn_monitor(c.memory_high_watermark, c.disk_free_limit, c.data_dir.clone());
+    }
+
+    /// A connection reached connection.open: counts it, unless --max-connections open ones exist already
+    /// (then returns the limit, as RabbitMQ's `is_over_node_connection_limit`).
+    pub fn try_open_connection(&self) -> Result<(), u32> {
+        let n = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        match self.config.max_connections {
+            Some(limit) if n >= limit as u64 => {
+                self.open_connections.fetch_sub(1, Ordering::AcqRel);
+                self.flow
+                    .counters
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(limit)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An open connection closed.
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn next_connection_id(&self) -> u64 {

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::flow::{parse_size, DiskLimit, QueueBound, Watermark};
+
 /// The default listeners: both loopback addresses, because Node.js (17+) and others resolve `localhost` to
 /// `::1` first. `[::1]` is skipped with a warning on a host without IPv6.
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5672", "[::1]:5672"];
@@ -26,7 +28,7 @@ pub struct Cli {
     #[arg(long, env = "MAILROOM_LISTEN", value_name = "ADDR", value_delimiter = ',')]
     pub listen: Vec<String>,
     /// Directory holding the store.
-    #[arg(long, env = "MAILROOM_DATA_DIR", value_name = "DIR")]
+    #[arg(long, env = "MAILROOM_DATA_DIR", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter such as `broker=debug`).
     #[arg(long, env = "MAILROOM_LOG", value_name = "LEVEL")]
@@ -35,8 +37,77 @@ pub struct Cli {
     #[arg(long, env = "MAILROOM_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
     /// TOML file with `listen`, `data_dir`, `log_level` and the tuning settings.
-    #[arg(long, env = "MAILROOM_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "MAILROOM_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// Memory high watermark: a fraction of the machine's (or cgroup's) memory such as 0.6 (the default), or
+    /// a size such as 512MiB. Above it, publishing connections are blocked.
+    #[arg(long, env = "MAILROOM_MEMORY_HIGH_WATERMARK", value_name = "FRACTION|SIZE")]
+    pub memory_high_watermark: Option<String>,
+    /// Free disk space under which publishing connections are blocked: a size (default 50MB) or a
+    /// multiple of the memory such as 1.5x.
+    #[arg(long, env = "MAILROOM_DISK_FREE_LIMIT", value_name = "SIZE")]
+    pub disk_free_limit: Option<String>,
+    /// Largest message body accepted (default 16MiB, at most 512MiB).
+    #[arg(long, env = "MAILROOM_MAX_MESSAGE_SIZE", value_name = "SIZE")]
+    pub max_message_size: Option<String>,
+    /// Most client connections open at once (default: no limit).
+    #[arg(long, env = "MAILROOM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Consumer acknowledgement timeout in milliseconds (default 1800000, 30 minutes; 0 turns it off).
+    #[arg(long, env = "MAILROOM_CONSUMER_TIMEOUT", value_name = "MS")]
+    pub consumer_timeout: Option<u64>,
+    /// Start even if the definitions store is empty or unreadable while message data exists: restore the
+    /// queues from the definition copies beside their messages and move whatever cannot be accounted for
+    /// to DIR/lost+found (see docs/failure-handling.md). Without it such a data directory is refused.
+    #[arg(long, env = "MAILROOM_FORCE_RECOVERY", global = true)]
+    pub force_recovery: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools run instead of the broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Inspect or re-attach the message data recovery moved to DIR/lost+found (stop the broker first).
+    Recover {
+        #[command(subcommand)]
+        action: RecoverAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RecoverAction {
+    /// Lists the queue directories in DIR/lost+found: their old queue id, definition and message count.
+    List,
+    /// Appends the messages of a lost+found directory to a queue (created durable if missing, with the
+    /// lost queue's arguments when it had a definition copy), then removes the directory.
+    Attach {
+        /// The directory under DIR/lost+found (as `list` shows it).
+        path: PathBuf,
+        /// The vhost of the queue to attach to.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// The queue to attach to.
+        #[arg(long)]
+        queue: String,
+    },
+}
+
+/// A setting the TOML file may give as a number or a string (`0.6` or `"512MiB"`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum NumOrStr {
+    Num(f64),
+    Str(String),
+}
+
+impl NumOrStr {
+    fn into_string(self) -> String {
+        match self {
+            NumOrStr::Num(n) => n.to_string(),
+            NumOrStr::Str(s) => s,
+        }
+    }
 }
 
 /// The TOML file's contents. Every key is optional.
@@ -51,6 +122,19 @@ pub struct FileConfig {
     pub heartbeat: Option<u16>,
     pub store_cache_mib: Option<u64>,
     pub shutdown_timeout: Option<u64>,
+    pub memory_high_watermark: Option<NumOrStr>,
+    pub disk_free_limit: Option<NumOrStr>,
+    pub max_message_size: Option<NumOrStr>,
+    pub max_connections: Option<u32>,
+    pub consumer_timeout: Option<u64>,
+    /// Per-queue flow bound: ready messages in memory while the queue has consumers.
+    pub queue_flow_max_messages: Option<u64>,
+    /// Per-queue flow bound in body bytes.
+    pub queue_flow_max_bytes: Option<NumOrStr>,
+    /// Per-connection publish budget: messages handled per wake-up.
+    pub connection_publish_budget: Option<u32>,
+    /// Per-connection publish budget: body bytes handled per wake-up.
+    pub connection_publish_budget_bytes: Option<NumOrStr>,
 }
 
 /// `listen` in the TOML file: one address or a list.
@@ -91,7 +175,28 @@ pub struct Config {
     pub store_cache_bytes: u64,
     /// Time a graceful shutdown may take before a forced exit.
     pub shutdown_timeout: std::time::Duration,
+    /// `--force-recovery`: open a data directory whose definitions store is empty or unreadable.
+    pub force_recovery: bool,
+    pub memory_high_watermark: Watermark,
+    pub disk_free_limit: DiskLimit,
+    /// Largest message body accepted, bytes.
+    pub max_message_size: u64,
+    /// Most connections open at once.
+    pub max_connections: Option<u32>,
+    /// Consumer acknowledgement timeout (None: off).
+    pub consumer_timeout: Option<std::time::Duration>,
+    /// The bound every queue gets.
+    pub queue_bound: QueueBound,
+    /// Messages a connection handles per wake-up before it delivers and writes.
+    pub publish_budget: u32,
+    /// Body bytes a connection handles per wake-up before it delivers and writes.
+    pub publish_budget_bytes: u64,
 }
+
+/// RabbitMQ 4.0+'s default `max_message_size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 << 20;
+/// RabbitMQ's hard ceiling for `max_message_size` (?MAX_MSG_SIZE).
+pub const MAX_MAX_MESSAGE_SIZE: u64 = 512 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -109,6 +214,15 @@ impl Default for Config {
             handshake_timeout: std::time::Duration::from_secs(10),
             store_cache_bytes: 64 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            force_recovery: false,
+            memory_high_watermark: Watermark::DEFAULT,
+            disk_free_limit: DiskLimit::DEFAULT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_connections: None,
+            consumer_timeout: Some(std::time::Duration::from_secs(30 * 60)),
+            queue_bound: QueueBound::DEFAULT,
+            publish_budget: 256,
+            publish_budget_bytes: 1 << 20,
         }
     }
 }
@@ -155,7 +269,67 @@ impl Config {
                 protocol::FRAME_MIN_SIZE
             );
         }
+        let memory_high_watermark = match cli
+            .memory_high_watermark
+            .or(file.memory_high_watermark.map(NumOrStr::into_string))
+        {
+            Some(s) => Watermark::parse(&s).map_err(|e| anyhow::anyhow!("--memory-high-watermark: {e}"))?,
+            None => d.memory_high_watermark,
+        };
+        let disk_free_limit = match cli
+            .disk_free_limit
+            .or(file.disk_free_limit.map(NumOrStr::into_string))
+        {
+            Some(s) => DiskLimit::parse(&s).map_err(|e| anyhow::anyhow!("--disk-free-limit: {e}"))?,
+            None => d.disk_free_limit,
+        };
+        let max_message_size = match cli
+            .max_message_size
+            .or(file.max_message_size.map(NumOrStr::into_string))
+        {
+            Some(s) => parse_size(&s).map_err(|e| anyhow::anyhow!("--max-message-size: {e}"))?,
+            None => d.max_message_size,
+        };
+        if max_message_size == 0 || max_message_size > MAX_MAX_MESSAGE_SIZE {
+            anyhow::bail!("--max-message-size must be between 1 byte and 512MiB, got {max_message_size}");
+        }
+        let size = |v: Option<NumOrStr>, default: u64, what: &str| -> anyhow::Result<u64> {
+            match v {
+                Some(v) => parse_size(&v.into_string()).map_err(|e| anyhow::anyhow!("{what}: {e}")),
+                None => Ok(default),
+            }
+        };
+        let queue_bound = QueueBound {
+            max_messages: file
+                .queue_flow_max_messages
+                .unwrap_or(d.queue_bound.max_messages)
+                .max(1),
+            max_bytes: size(
+                file.queue_flow_max_bytes,
+                d.queue_bound.max_bytes,
+                "queue_flow_max_bytes",
+            )?
+            .max(1),
+        };
+        let publish_budget_bytes = size(
+            file.connection_publish_budget_bytes,
+            d.publish_budget_bytes,
+            "connection_publish_budget_bytes",
+        )?;
+        let consumer_timeout = match cli.consumer_timeout.or(file.consumer_timeout) {
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            None => d.consumer_timeout,
+        };
         Ok(Config {
+            memory_high_watermark,
+            disk_free_limit,
+            max_message_size,
+            max_connections: cli.max_connections.or(file.max_connections),
+            consumer_timeout,
+            queue_bound,
+            publish_budget: file.connection_publish_budget.unwrap_or(d.publish_budget).max(1),
+            publish_budget_bytes: publish_budget_bytes.max(1),
             listen,
             listen_is_default,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -173,6 +347,7 @@ impl Config {
                 .or(file.shutdown_timeout)
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.shutdown_timeout),
+            force_recovery: cli.force_recovery,
         })
     }
 }
@@ -214,6 +389,39 @@ mod tests {
         let e = Config::merge(cli, FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("invalid listen address"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let cli = Cli::try_parse_from(["mailroom", "--max-message-size", "600MiB"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
+        let cli = Cli::try_parse_from(["mailroom", "--memory-high-watermark", "3.5"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn flow_control_settings() {
+        let c = Config::merge(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.memory_high_watermark, Watermark::Relative(0.6));
+        assert_eq!(c.disk_free_limit, DiskLimit::Absolute(50_000_000));
+        assert_eq!(c.max_message_size, 16 << 20);
+        assert_eq!(c.consumer_timeout, Some(std::time::Duration::from_secs(1800)));
+        let file: FileConfig = toml::from_str(
+            "memory_high_watermark = 0.4\ndisk_free_limit = \"1GB\"\nmax_message_size = \"1MiB\"\n\
+             max_connections = 10\nconsumer_timeout = 0\nqueue_flow_max_messages = 5\n\
+             queue_flow_max_bytes = \"1MiB\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(Cli::default(), file).unwrap();
+        assert_eq!(c.memory_high_watermark, Watermark::Relative(0.4));
+        assert_eq!(c.disk_free_limit, DiskLimit::Absolute(1_000_000_000));
+        assert_eq!(c.max_message_size, 1 << 20);
+        assert_eq!(c.max_connections, Some(10));
+        assert_eq!(c.consumer_timeout, None);
+        assert_eq!(c.queue_bound.max_messages, 5);
+        assert_eq!(c.queue_bound.max_bytes, 1 << 20);
+        let cli = Cli::try_parse_from(["mailroom", "--memory-high-watermark", "256MiB"]).unwrap();
+        let file: FileConfig = toml::from_str("memory_high_watermark = 0.4").unwrap();
+        assert_eq!(
+            Config::merge(cli, file).unwrap().memory_high_watermark,
+            Watermark::Absolute(256 << 20)
+        );
     }
 
     #[test]

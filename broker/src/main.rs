@@ -4,11 +4,13 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use broker::config::{Cli, Config};
+use broker::config::{Cli, Command, Config};
 use broker::{watchdog, Server};
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::load(Cli::parse())?;
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let config = Config::load(cli)?;
     let filter = EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid log level '{}': {e}", config.log_level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -17,6 +19,10 @@ fn main() -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(ansi)
         .init();
+
+    if let Some(Command::Recover { action }) = command {
+        return broker::recover::run(&config, action);
+    }
 
     // Signals are handled on a thread of their own, before the store opens: an early SIGTERM is still a
     // clean stop, and a runtime whose workers are all stuck cannot keep the broker from exiting.

@@ -59,6 +59,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         self.broker.spawn_timer();
+        self.broker.spawn_monitor();
         let mut acceptors = Vec::new();
         for listener in self.listeners {
             let addr = listener.local_addr().expect("bound socket has an address");

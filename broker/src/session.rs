@@ -3,8 +3,9 @@
 //! owns, and the buffers reused across frames so the hot path allocates nothing.
 //!
 //! A channel gets it (with the output buffer) in a `channel::Ctx` for each frame. Everything registered here
-//! is released by `Session::release`, which the connection's `Drop` runs, so an early return, an error path
-//! or a panic in the connection's task still releases it.
+//! is released by `Session::release_consumers` and `Session::delete_exclusive_queues` (after each channel's
+//! `Channel::release`), which the connection's `Drop` runs, so an early return, an error path or a panic in
+//! the connection's task still releases it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 use protocol::ShortStr;
 
 use crate::clock::now_ms;
+use crate::config::MAX_MAX_MESSAGE_SIZE;
+use crate::error::{AmqpError, AmqpResult};
 use crate::queue::{ConsumerId, Entry, Queue};
 use crate::signal::ConnSignal;
 use crate::vhost::VHost;
@@ -55,6 +58,15 @@ pub struct Session {
     pub(crate) pull_scratch: Vec<Entry>,
     /// Reused for the consumers a signal says are ready.
     pub(crate) ready_scratch: Vec<ConsumerId>,
+    /// Largest message body accepted (`--max-message-size`).
+    max_message_size: u64,
+    /// This connection has published (a memory or disk alarm blocks it).
+    pub(crate) published: bool,
+    /// Queues over their flow bound this connection published to: it is not read until they are under
+    /// their low-water marks (flow control, `flow.rs`).
+    pub(crate) flow_queues: Vec<Arc<Queue>>,
+    /// `flow_queues` grew since the connection last registered with them.
+    pub(crate) flow_dirty: bool,
 }
 
 impl Session {
@@ -64,6 +76,7 @@ impl Session {
         user: String,
         caps: ClientCaps,
         signal: Arc<ConnSignal>,
+        max_message_size: u64,
     ) -> Session {
         Session {
             id,
@@ -77,7 +90,28 @@ impl Session {
             route_scratch: Vec::new(),
             pull_scratch: Vec::new(),
             ready_scratch: Vec::new(),
+            max_message_size,
+            published: false,
+            flow_queues: Vec::new(),
+            flow_dirty: false,
         }
+    }
+
+    /// A body over `--max-message-size` is refused with 406 and RabbitMQ's text (rabbit_channel's
+    /// check_msg_size: "max size" when the limit is the 512 MiB ceiling, "configured max size" otherwise).
+    pub fn check_message_size(&self, size: u64) -> AmqpResult<()> {
+        let max = self.max_message_size;
+        if size <= max {
+            return Ok(());
+        }
+        let which = if max == MAX_MAX_MESSAGE_SIZE {
+            "max size"
+        } else {
+            "configured max size"
+        };
+        Err(AmqpError::precondition_failed(format!(
+            "message size {size} is larger than {which} {max}"
+        )))
     }
 
     /// Puts a consumer on the pull list (once).

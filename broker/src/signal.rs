@@ -1,6 +1,6 @@
 //! How queues and the store reach a connection task: a wake-up plus small lists of what happened.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -45,6 +45,8 @@ pub struct ConnSignal {
     events: Mutex<Vec<ConnEvent>>,
     /// Direct replies for this connection's channels, and their body bytes.
     replies: Mutex<(Vec<Reply>, u64)>,
+    /// A queue this connection was throttled by went under its low-water mark.
+    flow: AtomicBool,
 }
 
 impl ConnSignal {
@@ -85,6 +87,17 @@ impl ConnSignal {
         let mut r = self.replies.lock();
         std::mem::swap(&mut r.0, into);
         r.1 = 0;
+    }
+
+    /// A queue that throttled this connection is under its low-water mark again.
+    pub fn flow_released(&self) {
+        self.flow.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether a throttling queue released this connection since the last call.
+    pub fn take_flow(&self) -> bool {
+        self.flow.swap(false, Ordering::AcqRel)
     }
 
     pub async fn notified(&self) {

@@ -36,9 +36,10 @@ fn log_store_err<T>(what: &str, r: Result<T, storage::StoreError>) {
     }
 }
 
+/// A definition change the store refused: 541, and the change is not made (docs/durability.md).
 fn store_err(e: storage::StoreError) -> AmqpError {
     tracing::error!(error = %e, "store write failed");
-    AmqpError::internal(format!("store error: {e}"))
+    AmqpError::internal(format!("could not store the change: {e}"))
 }
 
 impl VHost {
@@ -67,14 +68,23 @@ impl VHost {
     /// Returns the existing queue (false) or creates it from `spec` (true). Durable queues are recorded in
     /// the store before they are visible.
     pub fn declare_queue(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool), AmqpError> {
+        self.declare_queue_durably(spec)
+            .map(|(q, created, _)| (q, created))
+    }
+
+    /// `declare_queue`, and the store ticket of the queue's record (0 when nothing was written): the
+    /// declare-ok that promises durability waits for it.
+    pub fn declare_queue_durably(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool, u64), AmqpError> {
         let mut queues = self.queues.write();
         if let Some(q) = queues.get(&spec.name) {
-            return Ok((q.clone(), false));
+            return Ok((q.clone(), false, 0));
         }
         let name = spec.name.clone();
+        let mut ticket = 0;
         let q = if spec.durable {
             let id = self.store.next_queue_id().map_err(store_err)?;
-            self.store
+            ticket = self
+                .store
                 .put_queue(&QueueRecord {
                     id,
                     vhost: self.name.to_string(),
@@ -93,7 +103,29 @@ impl VHost {
         queues.insert(name.clone(), q.clone());
         drop(queues);
         self.router.write().declare_queue(name);
-        Ok((q, true))
+        Ok((q, true, ticket))
+    }
+
+    /// `delete_queue`, and the store ticket the deletion-ok waits for (0 for a transient queue).
+    pub fn delete_queue_durably(&self, queue: &Arc<Queue>) -> (u32, u64) {
+        let n = self.delete_queue(queue);
+        // The deletion's writes all happened before this read: a ticket at or above theirs.
+        let ticket = if queue.spec.durable {
+            self.store.current_ticket()
+        } else {
+            0
+        };
+        (n, ticket)
+    }
+
+    /// Why the writes of `ticket` could not be made durable (the store's last flush error).
+    pub fn durability_error(&self, ticket: u64) -> String {
+        self.store.not_durable(ticket).to_string()
+    }
+
+    /// The store ticket of the latest write (a ticket at or above every write made so far).
+    pub fn current_ticket(&self) -> u64 {
+        self.store.current_ticket()
     }
 
     /// Removes a queue, its bindings and its messages; its consumers are told. Returns its ready count.
@@ -310,16 +342,36 @@ impl VHost {
     // ------------------------------------------------------------------ exchanges and bindings
 
     pub fn declare_exchange(&self, def: ExchangeDef) -> Result<Declared, AmqpError> {
+        self.declare_exchange_durably(def).map(|(d, _)| d)
+    }
+
+    /// `declare_exchange`, and the store ticket of its record (0 when nothing was written). If the store
+    /// refuses the record, the exchange is not declared.
+    pub fn declare_exchange_durably(&self, def: ExchangeDef) -> Result<(Declared, u64), AmqpError> {
         let durable = def.durable;
+        let name = def.name.clone();
         let record = durable.then(|| self.exchange_record(&def));
         let declared = self.router.write().declare_exchange(def)?;
+        let mut ticket = 0;
         if let (Declared::Created, Some(r)) = (&declared, record) {
-            self.store.put_exchange(&r).map_err(store_err)?;
+            match self.store.put_exchange(&r) {
+                Ok(t) => ticket = t,
+                Err(e) => {
+                    let _ = self.router.write().delete_exchange_full(&name, false);
+                    return Err(store_err(e));
+                }
+            }
         }
-        Ok(declared)
+        Ok((declared, ticket))
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        self.delete_exchange_durably(name, if_unused).map(|_| ())
+    }
+
+    /// `delete_exchange`, and the store ticket the delete-ok waits for (0 when nothing durable went). If the
+    /// store refuses to remove the record, the exchange and its bindings are put back.
+    pub fn delete_exchange_durably(&self, name: &str, if_unused: bool) -> Result<u64, AmqpError> {
         let (deleted, bindings) = {
             let mut router = self.router.write();
             let bindings: Vec<Binding> = router
@@ -331,11 +383,19 @@ impl VHost {
             let deleted = router.delete_exchange_full(name, if_unused)?;
             (deleted, bindings)
         };
+        let mut ticket = 0;
         if let Some(router::DeletedExchange { def, auto_deleted }) = deleted {
-            self.forget_exchanges(&auto_deleted);
             if def.durable {
-                self.store.delete_exchange(&self.name, name).map_err(store_err)?;
+                if let Err(e) = self.store.delete_exchange(&self.name, name) {
+                    let mut router = self.router.write();
+                    router.restore_exchange(def);
+                    for b in bindings {
+                        let _ = router.bind(b);
+                    }
+                    return Err(store_err(e));
+                }
             }
+            self.forget_exchanges(&auto_deleted);
             for b in &bindings {
                 if self.binding_is_durable(b) || def.durable {
                     log_store_err(
@@ -344,37 +404,70 @@ impl VHost {
                     );
                 }
             }
+            if def.durable {
+                ticket = self.store.current_ticket();
+            }
         }
-        Ok(())
+        Ok(ticket)
     }
 
     pub fn bind(&self, binding: Binding) -> Result<(), AmqpError> {
+        self.bind_durably(binding).map(|_| ())
+    }
+
+    /// `bind`, and the store ticket of the binding's record (0 when nothing was written). If the store
+    /// refuses the record, the binding is not made.
+    pub fn bind_durably(&self, binding: Binding) -> Result<u64, AmqpError> {
         let record = self
             .binding_is_durable(&binding)
             .then(|| self.binding_record(&binding));
+        let undo = record.is_some().then(|| binding.clone());
         let created = self.router.write().bind(binding)?;
         if let (true, Some(r)) = (created, record) {
-            self.store.put_binding(&r).map_err(store_err)?;
+            return match self.store.put_binding(&r) {
+                Ok(t) => Ok(t),
+                Err(e) => {
+                    if let Some(b) = undo {
+                        let _ = self.router.write().unbind(&b);
+                    }
+                    Err(store_err(e))
+                }
+            };
         }
-        Ok(())
+        Ok(0)
     }
 
     pub fn unbind(&self, binding: &Binding) -> Result<(), AmqpError> {
+        self.unbind_durably(binding).map(|_| ())
+    }
+
+    /// `unbind`, and the store ticket of the record's removal (0 when nothing was written). If the store
+    /// refuses the removal, the binding is put back.
+    pub fn unbind_durably(&self, binding: &Binding) -> Result<u64, AmqpError> {
         let durable = self.binding_is_durable(binding);
         let (removed, auto_deleted) = match self.router.write().unbind(binding) {
             Ok(r) => r,
             // RabbitMQ 4.x answers unbind-ok when an end of the binding does not exist
             // (rabbit_db_binding:delete_v2/2: "No absent queues, always present on disk" -> ok).
-            Err(e) if e.kind == router::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind == router::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e.into()),
         };
+        let mut ticket = 0;
         if removed && durable {
-            self.store
-                .delete_binding(&self.binding_record(binding))
-                .map_err(store_err)?;
+            match self.store.delete_binding(&self.binding_record(binding)) {
+                Ok(t) => ticket = t,
+                Err(e) if auto_deleted.is_empty() => {
+                    let _ = self.router.write().bind(binding.clone());
+                    return Err(store_err(e));
+                }
+                Err(e) => return Err(store_err(e)),
+            }
         }
         self.forget_exchanges(&auto_deleted);
-        Ok(())
+        if !auto_deleted.is_empty() && ticket > 0 {
+            ticket = self.store.current_ticket();
+        }
+        Ok(ticket)
     }
 
     /// A binding is durable when both its ends are (as RabbitMQ).

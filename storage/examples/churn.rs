@@ -163,7 +163,7 @@ fn main() {
                             .map(|(i, m)| (q, seq + i as u64, m))
                             .collect();
                         let t = store.append_messages(&items).unwrap();
-                        store.wait_durable_blocking(t);
+                        store.wait_durable_blocking(t).expect("durable");
                         seq = end;
                     }
                 });

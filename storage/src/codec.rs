@@ -52,7 +52,7 @@ pub(crate) fn decode_message(bytes: Bytes) -> Result<StoredMessage, StoreError> 
             "message value shorter than its header".into(),
         ));
     }
-    let meta_len = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let meta_len = crate::be::u32_at(&bytes, 0) as usize;
     let meta_end = 4usize
         .checked_add(meta_len)
         .filter(|&e| e <= bytes.len())

@@ -78,9 +78,7 @@ pub(crate) fn parse_msg_key(k: &[u8]) -> Option<(u32, u64)> {
     if k.len() != MSG_KEY_LEN {
         return None;
     }
-    let q = u32::from_be_bytes(k[1..5].try_into().ok()?);
-    let s = u64::from_be_bytes(k[5..13].try_into().ok()?);
-    Some((q, s))
+    Some((crate::be::u32_at(k, 1), crate::be::u64_at(k, 5)))
 }
 
 #[cfg(test)]

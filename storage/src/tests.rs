@@ -2,6 +2,10 @@ use super::*;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::store::{block_on, DELETE_CHUNK};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -45,7 +49,7 @@ fn smoke_durable_after_flush_blocking() {
     let s = open(d.path());
     let t = s.append_message(1, 1, &msg(1)).unwrap();
     s.flush_blocking().unwrap();
-    assert!(*s.durable_watch().borrow() >= t);
+    assert_eq!(s.ticket_state(t), TicketState::Durable);
 }
 
 #[test]
@@ -563,8 +567,8 @@ fn flusher_publishes_tickets_without_explicit_flush() {
     let mut rx = s.durable_watch();
     let t = s.append_message(1, 1, &msg(1)).unwrap();
     assert_eq!(t, s.current_ticket());
-    s.wait_durable_blocking(t);
-    assert!(*rx.borrow_and_update() >= t);
+    s.wait_durable_blocking(t).unwrap();
+    assert!(rx.borrow_and_update().settled() >= t);
     let st = s.stats();
     assert!(st.flushes >= 1);
     assert!(st.durable >= t);
@@ -607,7 +611,7 @@ fn group_commit_many_writers_share_flushes() {
                     let ticket = s.append_message(t as u32 + 1, i, &m).unwrap();
                     // each writer waits for its own write to be durable, like a publisher
                     // waiting to send basic.ack in confirm mode
-                    let _ = block_on(rx.wait_for(|d| *d >= ticket)).unwrap();
+                    let _ = block_on(rx.wait_for(|d| d.settled() >= ticket)).unwrap();
                 }
             });
         }
@@ -792,6 +796,28 @@ fn open_seg(d: &Path, segment_bytes: u64) -> Store {
     .unwrap()
 }
 
+fn q_rec(id: u32) -> QueueRecord {
+    QueueRecord {
+        id,
+        vhost: "/".into(),
+        name: format!("q{id}"),
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// The message log of `dir` alone, with queue `id` known.
+fn open_log(dir: &Path, segment_bytes: u64, id: u32) -> (seglog::MsgLog, seglog::Recovery) {
+    seglog::MsgLog::open(
+        &dir.join("messages"),
+        segment_bytes,
+        &std::collections::HashMap::from([(id, q_rec(id))]),
+        &dir.join(LOST_FOUND),
+        std::sync::Arc::new(Faults::default()),
+    )
+    .unwrap()
+}
+
 fn put_q(s: &Store, id: u32) {
     s.put_queue(&QueueRecord {
         id,
@@ -815,9 +841,12 @@ fn queue_dir(d: &Path, q: u32) -> PathBuf {
 }
 
 /// (file name, length) of a queue's message files, sorted.
+/// The segment and ack files of queue `q` (not its definition copy `queue.def`, which stays as
+/// long as the queue does), with their lengths.
 fn files(d: &Path, q: u32) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = match fs::read_dir(queue_dir(d, q)) {
         Ok(rd) => rd
+            .filter(|e| e.as_ref().unwrap().file_name() != "queue.def")
             .map(|e| {
                 let e = e.unwrap();
                 (
@@ -988,7 +1017,9 @@ fn reopen_after_ack_keeps_acks_and_drops_empty_segments() {
     drop(s);
     let s = open_seg(d.path(), 2048);
     assert_eq!(s.queue_bounds(1).unwrap(), None);
-    assert!(!queue_dir(d.path(), 1).exists());
+    assert_eq!(files(d.path(), 1), vec![]);
+    // the definition copy stays while the queue exists
+    assert!(queue_dir(d.path(), 1).join("queue.def").exists());
     s.append_message(1, 0, &big(0)).unwrap();
     assert_eq!(seqs_of(&s.read_messages(1, 0, 10).unwrap()), vec![0]);
 }
@@ -1076,6 +1107,11 @@ fn purge_and_delete_queue_remove_files() {
     s2.delete_queue("/", "q2", 2).unwrap();
     assert!(!queue_dir(d.path(), 2).exists());
     assert_eq!(s.count_messages(2).unwrap(), 0);
+    // renamed to `<id>.deleted` until a flush round made the deletion durable, then removed
+    let trash = d.path().join("messages").join("00000002.deleted");
+    assert!(trash.exists());
+    s.flush_blocking().unwrap();
+    assert!(!trash.exists());
     drop((s, s2));
     let s = open_seg(d.path(), 2048);
     assert_eq!(s.queue_ids_with_messages().unwrap(), vec![1]);
@@ -1204,7 +1240,7 @@ fn sealed_segments_are_opened_from_their_footers() {
         .filter(|i| i % 5 != 3 && ![0, 7, 150].contains(i))
         .collect();
     // every segment ends with a footer now: a reopen reads none of them whole
-    let (log, rec) = seglog::MsgLog::open(&d.path().join("messages"), 2048, &HashSet::from([1u32])).unwrap();
+    let (log, rec) = open_log(d.path(), 2048, 1);
     assert_eq!(rec.scanned_segments, 0);
     assert_eq!(rec.truncated_files, 0);
     assert_eq!(log.seqs(1), want);
@@ -1224,6 +1260,6 @@ fn sealed_segments_are_opened_from_their_footers() {
         assert_eq!(m, &big(*seq));
     }
     drop(s);
-    let (_, rec) = seglog::MsgLog::open(&d.path().join("messages"), 2048, &HashSet::from([1u32])).unwrap();
+    let (_, rec) = open_log(d.path(), 2048, 1);
     assert_eq!(rec.scanned_segments, 0, "the segment got a new footer");
 }

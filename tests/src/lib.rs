@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use std::sync::Once;
 use std::time::Duration;
 
+pub mod faultfs;
 pub mod fuzz_server;
+pub mod lazyfs;
 pub mod raw;
 
 /// Path of the workspace root.
@@ -20,7 +22,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+/// Cargo's target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => PathBuf::from(d),
         None => workspace_root().join("target"),
@@ -59,7 +62,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log: mpsc::Receiver<String>,
-    /// What the broker printed before it accepted connections.
+    /// What the broker printed before it accepted connections (recovery warnings and the like).
     pub startup_log: Vec<String>,
 }
 
@@ -226,6 +229,7 @@ impl Server {
         self.child = next.child.take();
         self.addr = next.addr;
         self.log = std::mem::replace(&mut next.log, mpsc::channel().1);
+        self.startup_log = std::mem::take(&mut next.startup_log);
     }
 }
 

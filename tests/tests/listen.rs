@@ -63,5 +63,8 @@ fn listen_flag_repeats_and_each_listener_serves() {
     let mut v4 = RawClient::open_ch1(server.addr);
     v6.declare_queue(1, "both");
     v4.publish(1, "", "both", b"over v4");
+    // Publishes carry no reply: a declare on the same channel after it proves it was enqueued before the
+    // other connection asks for it (under load the get could otherwise overtake it).
+    assert_eq!(v4.declare_queue(1, "both").message_count, 1);
     assert_eq!(v6.get(1, "both", true).expect("message").body, b"over v4");
 }

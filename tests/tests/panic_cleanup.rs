@@ -40,6 +40,9 @@ fn a_panicking_connection_requeues_its_unacked_and_loses_its_exclusive_queues() 
         w.publish(1, "", "pc-work", format!("m{i}").as_bytes());
     }
     w.publish(1, "", "pc-get", b"got");
+    // Publishes carry no reply: a declare on the same channel after them proves they were enqueued before
+    // another connection asks for them.
+    assert_eq!(w.declare_queue(1, "pc-get").message_count, 1);
 
     // The victim: a consumer holding three unacked deliveries on channel 1, a basic.get left unacked, and on
     // channel 2 an exclusive queue with a consumer holding one more.

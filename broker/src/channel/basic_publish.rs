@@ -12,9 +12,7 @@ use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{DeadLetters, Queue, Rejected};
-
-/// Largest message body accepted (RabbitMQ's default max_message_size).
-pub const MAX_MESSAGE_SIZE: u64 = 128 << 20;
+use crate::session::Session;
 
 impl Channel {
     pub(super) fn basic_publish(
@@ -27,12 +25,7 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
-        if body.len() as u64 > MAX_MESSAGE_SIZE {
-            return Err(AmqpError::precondition_failed(format!(
-                "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
-                body.len()
-            )));
-        }
+        ctx.session.check_message_size(body.len() as u64)?;
         if let Some(uid) = header.properties.user_id() {
             if uid != ctx.session.user.as_str() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -81,15 +74,22 @@ impl Channel {
     }
 
     /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
-    /// records its confirm.
+    /// records its confirm. Returns the store ticket its writes need (0: none).
     pub(super) fn enqueue(
         &mut self,
         p: &BasicPublish,
         msg: Arc<Message>,
         dests: &[router::Name],
         ctx: &mut Ctx,
-    ) {
-        let vhost = &ctx.session.vhost;
+    ) -> u64 {
+        let Session {
+            vhost,
+            flow_queues,
+            flow_dirty,
+            published,
+            ..
+        } = &mut *ctx.session;
+        *published = true;
         let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
@@ -108,6 +108,11 @@ impl Channel {
             }
             if !dead.is_empty() {
                 deferred.push((q.clone(), dead.take()));
+            }
+            // Flow control: the queue is over its bound; the connection stops reading after this frame.
+            if q.flow_over() && !flow_queues.iter().any(|f| Arc::ptr_eq(f, q)) {
+                flow_queues.push(q.clone());
+                *flow_dirty = true;
             }
         });
         for (q, mut d) in deferred {
@@ -128,5 +133,6 @@ impl Channel {
             ctx.out.content(self.id, &msg.properties, &msg.body);
         }
         self.confirms.record(ticket, !failed);
+        ticket
     }
 }

@@ -1,10 +1,13 @@
 //! The confirm class: confirm.select, and publisher confirms. Each publish in confirm mode gets the next
 //! publish tag and waits for the store ticket of its write (0 when nothing was written); after each round of
-//! frames the connection sends every confirm whose ticket is durable, a run of acks as one `multiple` ack.
+//! frames the connection sends every confirm whose ticket is settled, a run of acks as one `multiple` ack.
+//! A publish whose ticket failed (its flush round could not make it durable) is nacked, never acked: the
+//! message may or may not be kept, as RabbitMQ's nack says.
 
 use std::collections::VecDeque;
 
 use protocol::Method;
+use storage::{Durability, TicketState};
 
 use super::{Channel, Ctx};
 use crate::error::{AmqpError, AmqpResult};
@@ -69,25 +72,29 @@ impl Channel {
         Ok(())
     }
 
-    /// Whether the oldest pending confirm waits for a store write (the connection then watches the store).
+    /// Whether the oldest pending confirm, or a held reply, waits for a store write (the connection then
+    /// watches the store).
     pub fn awaiting_durable(&self) -> bool {
-        self.confirms.pending.front().is_some_and(|p| p.ticket > 0)
+        self.confirms.pending.front().is_some_and(|p| p.ticket > 0) || self.hold.is_held()
     }
 
-    /// Sends the confirms whose writes are durable: runs of acks as one `multiple` ack, nacks one by one.
-    pub fn flush_confirms(&mut self, durable: u64, out: &mut Output) {
+    /// Sends the confirms whose writes are settled: runs of acks as one `multiple` ack, nacks one by one
+    /// (a publish refused by a queue, or whose write could not be made durable).
+    pub fn flush_confirms(&mut self, durable: &Durability, out: &mut Output) {
         if self.confirms.pending.is_empty() || self.closing {
             return;
         }
         let mut run: Option<(u64, usize)> = None;
         while let Some(p) = self.confirms.pending.front() {
-            if p.ticket > durable {
-                break;
-            }
+            let stored = match durable.state(p.ticket) {
+                TicketState::Pending => break,
+                TicketState::Durable => true,
+                TicketState::Failed => false,
+            };
             let Some(p) = self.confirms.pending.pop_front() else {
                 break;
             };
-            if p.ack {
+            if p.ack && stored {
                 run = Some((p.tag, run.map_or(1, |(_, n)| n + 1)));
             } else {
                 if let Some((tag, n)) = run.take() {

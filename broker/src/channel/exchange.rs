@@ -2,6 +2,7 @@
 
 use protocol::Method;
 
+use super::held::Undo;
 use super::{Channel, Ctx};
 use crate::error::{AmqpError, AmqpResult};
 
@@ -47,7 +48,18 @@ impl Channel {
                 internal: d.internal,
                 arguments: crate::args::to_router_args(&d.arguments),
             };
-            vhost.declare_exchange(def)?;
+            let (_, ticket) = vhost.declare_exchange_durably(def)?;
+            if !d.no_wait {
+                let name: std::sync::Arc<str> = d.exchange.as_str().into();
+                self.reply_when_durable(
+                    ticket,
+                    Method::ExchangeDeclareOk(protocol::ExchangeDeclareOk),
+                    Undo::DeleteExchange(name.clone()),
+                    || format!("exchange.declare of '{name}'"),
+                    ctx,
+                );
+            }
+            return Ok(());
         }
         if !d.no_wait {
             ctx.out
@@ -57,12 +69,18 @@ impl Channel {
     }
 
     pub(super) fn exchange_delete(&mut self, d: protocol::ExchangeDelete, ctx: &mut Ctx) -> AmqpResult<()> {
-        ctx.session
+        let ticket = ctx
+            .session
             .vhost
-            .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+            .delete_exchange_durably(d.exchange.as_str(), d.if_unused)?;
         if !d.no_wait {
-            ctx.out
-                .method(self.id, &Method::ExchangeDeleteOk(protocol::ExchangeDeleteOk));
+            self.reply_when_durable(
+                ticket,
+                Method::ExchangeDeleteOk(protocol::ExchangeDeleteOk),
+                Undo::Nothing,
+                || format!("exchange.delete of '{}'", d.exchange),
+                ctx,
+            );
         }
         Ok(())
     }
@@ -74,10 +92,15 @@ impl Channel {
             b.routing_key.as_str(),
             &b.arguments,
         );
-        ctx.session.vhost.bind(binding)?;
+        let ticket = ctx.session.vhost.bind_durably(binding.clone())?;
         if !b.no_wait {
-            ctx.out
-                .method(self.id, &Method::ExchangeBindOk(protocol::ExchangeBindOk));
+            self.reply_when_durable(
+                ticket,
+                Method::ExchangeBindOk(protocol::ExchangeBindOk),
+                Undo::Unbind(binding),
+                || format!("exchange.bind of '{}' to '{}'", b.destination, b.source),
+                ctx,
+            );
         }
         Ok(())
     }
@@ -89,10 +112,15 @@ impl Channel {
             b.routing_key.as_str(),
             &b.arguments,
         );
-        ctx.session.vhost.unbind(&binding)?;
+        let ticket = ctx.session.vhost.unbind_durably(&binding)?;
         if !b.no_wait {
-            ctx.out
-                .method(self.id, &Method::ExchangeUnbindOk(protocol::ExchangeUnbindOk));
+            self.reply_when_durable(
+                ticket,
+                Method::ExchangeUnbindOk(protocol::ExchangeUnbindOk),
+                Undo::Rebind(binding),
+                || format!("exchange.unbind of '{}' from '{}'", b.destination, b.source),
+                ctx,
+            );
         }
         Ok(())
     }

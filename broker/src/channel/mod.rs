@@ -23,6 +23,7 @@ mod basic_publish;
 mod confirm;
 mod direct_reply_to;
 mod exchange;
+mod held;
 mod queue;
 #[cfg(test)]
 mod requeue_model;
@@ -40,8 +41,9 @@ use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
 use crate::session::Session;
 use crate::vhost::VHost;
 
-pub use basic_publish::MAX_MESSAGE_SIZE;
 use confirm::Confirms;
+use held::Hold;
+pub use held::BACKLOG_MAX;
 use tx::TxState;
 
 /// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.
@@ -90,6 +92,8 @@ pub struct Channel {
     settle_scratch: Vec<Unacked>,
     /// The direct reply-to consumer, if the client consumes from `amq.rabbitmq.reply-to` here.
     reply: Option<direct_reply_to::ReplyConsumer>,
+    /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
+    hold: Hold,
 }
 
 impl Channel {
@@ -111,6 +115,7 @@ impl Channel {
             last_queue: None,
             settle_scratch: Vec::new(),
             reply: None,
+            hold: Hold::default(),
         }
     }
 
@@ -137,6 +142,9 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
+        let Some(frame) = self.hold_back(frame) else {
+            return Ok(Next::Keep);
+        };
         let assembled = match frame {
             Frame::Method(_, m) => self.assembler.push_method(m),
             Frame::Header(_, h) => self.assembler.push_header(h),
@@ -268,6 +276,7 @@ impl Channel {
         requeue_model::other_connections_run();
         self.requeue_unacked(session);
         self.confirms.clear();
+        self.hold.clear();
         self.tx = None;
         self.assembler.reset();
         #[cfg(test)]

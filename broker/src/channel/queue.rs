@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use protocol::{Method, ShortStr};
 
+use super::held::Undo;
 use super::{Channel, Ctx};
 use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
@@ -59,6 +60,7 @@ impl Channel {
         } else {
             d.queue.as_str().into()
         };
+        let mut ticket = 0;
         let q = if d.passive {
             let q = vhost.queue_or_404(&name)?;
             check_exclusive(&q, session)?;
@@ -82,8 +84,9 @@ impl Channel {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             };
-            let (q, created) = vhost.declare_queue(spec)?;
+            let (q, created, t) = vhost.declare_queue_durably(spec)?;
             if created {
+                ticket = t;
                 if d.exclusive {
                     session.own_exclusive(q.clone());
                 }
@@ -97,13 +100,17 @@ impl Channel {
         self.last_queue = Some(name.clone());
         if !d.no_wait {
             let (messages, consumers) = q.counts();
-            ctx.out.method(
-                self.id,
-                &Method::QueueDeclareOk(protocol::QueueDeclareOk {
-                    queue: ShortStr::from(&*name),
-                    message_count: messages,
-                    consumer_count: consumers,
-                }),
+            let reply = Method::QueueDeclareOk(protocol::QueueDeclareOk {
+                queue: ShortStr::from(&*name),
+                message_count: messages,
+                consumer_count: consumers,
+            });
+            self.reply_when_durable(
+                ticket,
+                reply,
+                Undo::DeleteQueue(q),
+                || format!("queue.declare of '{name}'"),
+                ctx,
             );
         }
         Ok(())
@@ -119,10 +126,15 @@ impl Channel {
             routing_key,
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        ctx.session.vhost.bind(binding)?;
+        let ticket = ctx.session.vhost.bind_durably(binding.clone())?;
         if !b.no_wait {
-            ctx.out
-                .method(self.id, &Method::QueueBindOk(protocol::QueueBindOk));
+            self.reply_when_durable(
+                ticket,
+                Method::QueueBindOk(protocol::QueueBindOk),
+                Undo::Unbind(binding),
+                || format!("queue.bind of '{}' to '{}'", q.name(), b.exchange),
+                ctx,
+            );
         }
         Ok(())
     }
@@ -144,9 +156,15 @@ impl Channel {
             routing_key,
             arguments: crate::args::to_router_args(&b.arguments),
         };
-        ctx.session.vhost.unbind(&binding)?;
-        ctx.out
-            .method(self.id, &Method::QueueUnbindOk(protocol::QueueUnbindOk));
+        let ticket = ctx.session.vhost.unbind_durably(&binding)?;
+        let what = || format!("queue.unbind of '{}' from '{}'", b.queue, b.exchange);
+        self.reply_when_durable(
+            ticket,
+            Method::QueueUnbindOk(protocol::QueueUnbindOk),
+            Undo::Rebind(binding),
+            what,
+            ctx,
+        );
         Ok(())
     }
 
@@ -166,6 +184,7 @@ impl Channel {
         let name = self.queue_name(&d.queue)?;
         let session = &mut *ctx.session;
         let mut n = 0;
+        let mut ticket = 0;
         if let Some(q) = session.vhost.queue(&name) {
             check_exclusive(&q, session)?;
             let (messages, consumers) = q.counts();
@@ -181,13 +200,16 @@ impl Channel {
                     session.vhost.name
                 )));
             }
-            n = session.vhost.delete_queue(&q);
+            (n, ticket) = session.vhost.delete_queue_durably(&q);
             session.disown(&q);
         }
         if !d.no_wait {
-            ctx.out.method(
-                self.id,
-                &Method::QueueDeleteOk(protocol::QueueDeleteOk { message_count: n }),
+            self.reply_when_durable(
+                ticket,
+                Method::QueueDeleteOk(protocol::QueueDeleteOk { message_count: n }),
+                Undo::Nothing,
+                || format!("queue.delete of '{name}'"),
+                ctx,
             );
         }
         Ok(())

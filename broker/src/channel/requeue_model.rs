@@ -284,6 +284,7 @@ impl Conn {
                 "guest".into(),
                 ClientCaps::default(),
                 signal.clone(),
+                crate::config::Config::default().max_message_size,
             ),
             channels: HashMap::new(),
             out: Output::new(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use protocol::{BasicPublish, Method};
 
 use super::basic_ack::Settle;
+use super::held::Undo;
 use super::{Channel, Ctx};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
@@ -36,13 +37,25 @@ impl Channel {
             return Err(AmqpError::precondition_failed("channel is not transactional"));
         };
         let TxState { publishes, settles } = std::mem::take(tx);
+        let mut ticket = 0;
         for (p, msg, dests) in publishes {
-            self.enqueue(&p, msg, &dests, ctx);
+            ticket = ticket.max(self.enqueue(&p, msg, &dests, ctx));
         }
-        for s in settles {
-            self.apply_settle(s, ctx)?;
+        if !settles.is_empty() {
+            for s in settles {
+                self.apply_settle(s, ctx)?;
+            }
+            // the acks' deletes were written by now: a ticket at or above theirs
+            ticket = ticket.max(ctx.session.vhost.current_ticket());
         }
-        ctx.out.method(self.id, &Method::TxCommitOk(protocol::TxCommitOk));
+        // commit-ok promises that the transaction's persistent messages (and acks) are on disk
+        self.reply_when_durable(
+            ticket,
+            Method::TxCommitOk(protocol::TxCommitOk),
+            Undo::Nothing,
+            || "the transaction (tx.commit)".to_string(),
+            ctx,
+        );
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use protocol::{ConnectionStart, ConnectionTune, FieldTable, FieldValue, LongStr, Method};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::transport::{Phase, Transport};
 use crate::broker::{Broker, LoginError};
@@ -161,6 +161,13 @@ pub(super) fn on_open(
     let Some(vhost) = broker.vhost(name) else {
         return Err(AmqpError::not_allowed(format!("vhost {name} not found")));
     };
+    // RabbitMQ's rabbit_reader:is_over_node_connection_limit (`connection_max`).
+    broker.try_open_connection().map_err(|limit| {
+        info!(peer = %t.peer, limit, "connection refused: node connection limit reached");
+        AmqpError::not_allowed(format!(
+            "connection refused: node connection limit ({limit}) is reached"
+        ))
+    })?;
     t.send_method(0, &Method::ConnectionOpenOk(protocol::ConnectionOpenOk));
     t.phase = Phase::Open;
     debug!(peer = %t.peer, user = login.user, vhost = name, "connection open");

@@ -17,8 +17,9 @@
 mod handshake;
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::broker::Broker;
-use crate::channel::{truncate_text, Channel, Ctx, Next};
+use crate::channel::{truncate_text, Channel, Ctx, Next, BACKLOG_MAX};
 use crate::error::{AmqpError, AmqpResult};
+use crate::flow::AlarmState;
 use crate::session::Session;
 use crate::signal::{ConnEvent, ConnSignal};
 use handshake::Login;
@@ -41,6 +43,12 @@ use transport::{Phase, Transport};
 
 /// Frames handled per wake-up before the connection writes what it produced.
 const FRAMES_PER_ROUND: usize = 512;
+/// While a connection is paused by flow control it still reads, into a stash, up to this many bytes of
+/// frames: enough to see heartbeats and a connection.close from a client that stopped publishing when it
+/// was blocked; past it, the socket is not read at all and TCP pushes back on the client.
+const STASH_MAX: usize = 256 * 1024;
+/// Throttling is logged at most this often per connection.
+const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a closed connection keeps reading (and discarding) while it waits for the client's EOF.
 const LINGER: Duration = Duration::from_secs(3);
 
@@ -55,6 +63,23 @@ struct Conn {
     /// From connection.open on.
     session: Option<Session>,
     channels: HashMap<u16, Channel>,
+    /// Counted against --max-connections (from connection.open on).
+    counted: bool,
+    /// Flow control: frames read while paused, handled in order once it resumes.
+    stash: VecDeque<Frame>,
+    stash_bytes: usize,
+    /// The alarms in force (from the broker's monitor).
+    alarm: AlarmState,
+    /// Blocked by an alarm since (a connection that has published, while an alarm is set).
+    blocked_at: Option<Instant>,
+    /// connection.blocked was sent (unblocked is owed).
+    blocked_sent: bool,
+    /// Throttled by a queue over its flow bound since.
+    throttled_at: Option<Instant>,
+    throttle_logged_at: Option<Instant>,
+    /// Publishes and body bytes handled in this wake-up (the per-connection publish budget).
+    round_publishes: u32,
+    round_bytes: u64,
 }
 
 /// Serves one accepted socket until it closes.
@@ -82,6 +107,16 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
         signal: Arc::new(ConnSignal::new()),
         session: None,
         channels: HashMap::new(),
+        counted: false,
+        stash: VecDeque::new(),
+        stash_bytes: 0,
+        alarm: AlarmState::default(),
+        blocked_at: None,
+        blocked_sent: false,
+        throttled_at: None,
+        throttle_logged_at: None,
+        round_publishes: 0,
+        round_bytes: 0,
     };
     if header != protocol::PROTOCOL_HEADER {
         debug!(%peer, ?header, "bad protocol header");
@@ -129,6 +164,12 @@ impl Conn {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
         let mut heartbeat_secs = 0u16;
         let mut durable = self.broker.durable_watch();
+        let mut alarms = self.broker.flow.subscribe();
+        self.alarm = *alarms.borrow_and_update();
+        let (budget, budget_bytes) = (
+            self.broker.config.publish_budget,
+            self.broker.config.publish_budget_bytes,
+        );
         loop {
             let t = &self.transport;
             if heartbeat_secs != t.heartbeat && t.heartbeat > 0 {
@@ -143,7 +184,11 @@ impl Conn {
             let handshaking = t.phase.is_handshake();
             let phase = t.phase;
             let awaiting_durable = self.channels.values().any(Channel::awaiting_durable);
+            // A channel whose reply waits for the store keeps the frames that arrive for it; past a bound,
+            // stop reading until it is settled.
+            let backlog_ok = !self.channels.values().any(|c| c.backlog_len() >= BACKLOG_MAX);
             let closing_deadline = t.closing_deadline;
+            let reading = backlog_ok && self.may_read();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if phase != Phase::Closing => {
@@ -151,14 +196,26 @@ impl Conn {
                         "broker forced connection closure with reason 'shutdown'"));
                     self.transport.closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
-                frame = framed.next() => {
-                    if !self.on_read(frame) { break; }
-                }
+                // Delivery before intake: wake-ups from queues, confirms and alarms come before new frames.
                 _ = self.signal.notified() => self.on_signal(),
                 r = durable.changed(), if awaiting_durable => {
                     if r.is_err() { /* store gone: confirms flushed at shutdown */ }
                 }
+                r = alarms.changed() => {
+                    if r.is_ok() {
+                        self.alarm = *alarms.borrow_and_update();
+                        self.update_alarm_block();
+                    }
+                }
+                frame = framed.next(), if reading => {
+                    if !self.on_read(frame) { break; }
+                }
                 _ = heartbeat.tick(), if heartbeat_secs > 0 && phase == Phase::Open => {
+                    if !self.may_read() {
+                        // Not reading the socket (flow control): the client's heartbeats wait in it, as
+                        // RabbitMQ pauses its heartbeat monitor while a connection is blocked.
+                        self.transport.last_recv = Instant::now();
+                    }
                     if self.transport.heartbeat_missed(heartbeat_secs) {
                         info!(peer = %self.transport.peer, "missed heartbeats from client, timeout: {heartbeat_secs}s");
                         break;
@@ -173,10 +230,23 @@ impl Conn {
                     if closing_deadline.is_some() => { break; }
                 _ = std::future::ready(()), if has_pulls => {}
             }
-            // Handle whatever else is already buffered before writing.
+            // Delivery before intake: deliveries the consumers have credit for go into the buffer first.
+            if self.transport.phase == Phase::Open {
+                self.run_pulls();
+            }
+            // Frames stashed while paused, once flow control lets the connection go on.
+            self.drain_stash(false);
+            // Handle whatever else is already buffered before writing, within the publish budget.
             let mut eof = false;
+            self.round_publishes = 0;
+            self.round_bytes = 0;
             for _ in 0..FRAMES_PER_ROUND {
-                if self.transport.phase == Phase::Closed {
+                if self.transport.phase == Phase::Closed
+                    || !backlog_ok
+                    || !self.may_read()
+                    || self.round_publishes >= budget
+                    || self.round_bytes >= budget_bytes
+                {
                     break;
                 }
                 match framed.next().now_or_never() {
@@ -193,10 +263,11 @@ impl Conn {
                 framed.decoder_mut().set_max_frame_size(max);
             }
             if self.transport.phase == Phase::Open {
+                let durable_now = durable.borrow_and_update().clone();
+                while self.settle_held(&durable_now) {}
                 self.run_pulls();
-                let durable_now = *durable.borrow_and_update();
                 for channel in self.channels.values_mut() {
-                    channel.flush_confirms(durable_now, &mut self.transport.out);
+                    channel.flush_confirms(&durable_now, &mut self.transport.out);
                 }
             } else if let Some(s) = self.session.as_mut() {
                 s.pull_list.clear();
@@ -225,11 +296,147 @@ impl Conn {
             }
             Some(Ok(frame)) => {
                 self.transport.last_recv = Instant::now();
-                if let Err(e) = self.on_frame(frame) {
-                    self.start_close(e);
+                match &frame {
+                    Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
+                    Frame::Body(_, b) => self.round_bytes += b.len() as u64,
+                    _ => {}
+                }
+                if self.transport.phase == Phase::Open && (self.paused() || !self.stash.is_empty()) {
+                    self.stash_frame(frame);
+                } else {
+                    self.handle_frame(frame);
                 }
                 true
             }
+        }
+    }
+
+    /// One frame through the connection, then what flow control learned from it.
+    fn handle_frame(&mut self, frame: Frame) {
+        if let Err(e) = self.on_frame(frame) {
+            self.start_close(e);
+        }
+        let Some(s) = self.session.as_ref() else { return };
+        if s.flow_dirty {
+            self.refresh_flow();
+        }
+        if self.alarm.any() && self.blocked_at.is_none() {
+            self.update_alarm_block();
+        }
+    }
+
+    /// Paused by flow control: a queue it published to is over its bound, or an alarm blocks it.
+    fn paused(&self) -> bool {
+        self.blocked_at.is_some() || self.throttled_at.is_some()
+    }
+
+    /// Whether the socket may be read now: always, unless paused with a full stash.
+    fn may_read(&self) -> bool {
+        self.transport.phase != Phase::Open || !self.paused() || self.stash_bytes < STASH_MAX
+    }
+
+    /// A frame read while paused: heartbeats only count as traffic; connection.close and channel.close are
+    /// handled at once (after the frames before them, which the stash bounds), so a throttled client can
+    /// close cleanly; the rest waits in order.
+    fn stash_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Heartbeat(0) => {}
+            Frame::Method(0, Method::ConnectionClose(_)) | Frame::Method(_, Method::ChannelClose(_)) => {
+                self.drain_stash(true);
+                self.handle_frame(frame);
+            }
+            f => {
+                self.stash_bytes += frame_size(&f);
+                self.stash.push_back(f);
+            }
+        }
+    }
+
+    /// Handles stashed frames while not paused (or all of them, with `force`).
+    fn drain_stash(&mut self, force: bool) {
+        while force || !self.paused() {
+            let Some(f) = self.stash.pop_front() else { break };
+            self.stash_bytes -= frame_size(&f);
+            if matches!(self.transport.phase, Phase::Closing | Phase::Closed) {
+                continue;
+            }
+            self.handle_frame(f);
+        }
+    }
+
+    /// Registers with every queue that throttles this connection (or forgets those under their low-water
+    /// mark again), and starts or ends the throttle.
+    fn refresh_flow(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        s.flow_dirty = false;
+        let signal = &self.signal;
+        s.flow_queues.retain(|q| q.flow_wait(signal));
+        let throttled = !s.flow_queues.is_empty();
+        let counters = &self.broker.flow.counters;
+        match (throttled, self.throttled_at) {
+            (true, None) => {
+                self.throttled_at = Some(Instant::now());
+                counters.queue_throttles.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                if self
+                    .throttle_logged_at
+                    .is_none_or(|t| now - t >= THROTTLE_LOG_EVERY)
+                {
+                    self.throttle_logged_at = Some(now);
+                    let queues: Vec<&str> = s.flow_queues.iter().map(|q| &**q.name()).collect();
+                    info!(peer = %self.transport.peer, ?queues,
+                        "connection throttled: publishing to queues over their flow bound (logged once per 10 s)");
+                }
+            }
+            (false, Some(at)) => {
+                self.throttled_at = None;
+                counters
+                    .queue_throttled_ms
+                    .fetch_add(at.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.transport.last_recv = Instant::now();
+            }
+            _ => {}
+        }
+    }
+
+    /// Blocks a connection that has published while an alarm is set (connection.blocked to clients that
+    /// asked for it), and unblocks it when the alarms clear (connection.unblocked).
+    fn update_alarm_block(&mut self) {
+        let Some(s) = self.session.as_ref() else { return };
+        if self.transport.phase != Phase::Open {
+            return;
+        }
+        let block = self.alarm.any() && s.published;
+        let counters = &self.broker.flow.counters;
+        match (block, self.blocked_at) {
+            (true, None) => {
+                self.blocked_at = Some(Instant::now());
+                counters.alarm_blocks.fetch_add(1, Ordering::Relaxed);
+                let reason = self.alarm.reason();
+                debug!(peer = %self.transport.peer, reason, "connection blocked by a resource alarm");
+                if s.caps.connection_blocked {
+                    self.transport.send_method(
+                        0,
+                        &Method::ConnectionBlocked(protocol::ConnectionBlocked {
+                            reason: ShortStr::from(reason),
+                        }),
+                    );
+                    self.blocked_sent = true;
+                }
+            }
+            (false, Some(at)) => {
+                self.blocked_at = None;
+                counters
+                    .alarm_blocked_ms
+                    .fetch_add(at.elapsed().as_millis() as u64, Ordering::Relaxed);
+                debug!(peer = %self.transport.peer, "connection unblocked");
+                if std::mem::take(&mut self.blocked_sent) {
+                    self.transport
+                        .send_method(0, &Method::ConnectionUnblocked(protocol::ConnectionUnblocked));
+                }
+                self.transport.last_recv = Instant::now();
+            }
+            _ => {}
         }
     }
 
@@ -306,7 +513,9 @@ impl Conn {
                         login.user,
                         login.caps,
                         self.signal.clone(),
+                        self.broker.config.max_message_size,
                     ));
+                    self.counted = true;
                 })
             }
             (_, m) => Err(AmqpError::command_invalid(format!(
@@ -350,6 +559,45 @@ impl Conn {
         Ok(())
     }
 
+    /// Replies held for durability whose tickets are settled go out (or fail the connection), and the frames
+    /// that waited behind them are handled. Returns whether a reply was released (the frames handled may
+    /// hold another reply that is settled already).
+    fn settle_held(&mut self, d: &storage::Durability) -> bool {
+        let Conn {
+            session,
+            channels,
+            transport,
+            ..
+        } = self;
+        let Some(session) = session.as_mut() else {
+            return false;
+        };
+        let mut err = None;
+        let mut released = false;
+        channels.retain(|_, channel| {
+            if err.is_some() || !channel.held_settled(d) {
+                return true;
+            }
+            released = true;
+            let mut ctx = Ctx {
+                session,
+                out: &mut transport.out,
+            };
+            match channel.settle_held(d, &mut ctx) {
+                Ok(next) => next == Next::Keep,
+                Err(e) => {
+                    err = Some(e);
+                    true
+                }
+            }
+        });
+        if let Some(e) = err {
+            self.start_close(e);
+            return false;
+        }
+        released
+    }
+
     /// Sends connection.close and waits (in the main loop) for close-ok. The channels are released now.
     fn start_close(&mut self, err: AmqpError) {
         if matches!(self.transport.phase, Phase::Closing | Phase::Closed) {
@@ -367,6 +615,8 @@ impl Conn {
         );
         self.transport.phase = Phase::Closing;
         self.transport.closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+        self.stash.clear();
+        self.stash_bytes = 0;
         self.release_channels();
     }
 
@@ -389,6 +639,12 @@ impl Conn {
                 channel.deliver_reply(reply, &mut self.transport.out);
             }
         }
+        if self.signal.take_flow() {
+            self.refresh_flow();
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
         for ev in self.signal.take_events() {
             match ev {
                 ConnEvent::ConsumerCancelled(id, tag) => {
@@ -465,6 +721,17 @@ impl Drop for Conn {
     /// However the task ends (returned, failed, panicked), nothing the connection registered stays behind.
     fn drop(&mut self) {
         self.release_all();
+        if std::mem::take(&mut self.counted) {
+            self.broker.connection_closed();
+        }
+    }
+}
+
+/// What a stashed frame costs, roughly: its payload (a method frame counts as a small one).
+fn frame_size(f: &Frame) -> usize {
+    match f {
+        Frame::Body(_, b) => b.len() + 8,
+        _ => 64,
     }
 }
 

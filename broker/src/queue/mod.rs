@@ -26,12 +26,14 @@ mod paging;
 mod ready;
 mod retry;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use protocol::{FieldTable, ShortStr};
 
 use crate::error::AmqpError;
+use crate::flow::QueueBound;
 use crate::message::Message;
 use crate::queue_args::QueueArgs;
 use crate::signal::ConnSignal;
@@ -84,6 +86,8 @@ struct Inner {
     deleted: bool,
     /// Highest seq recorded in the store as possibly delivered.
     delivered_mark: Option<u64>,
+    /// Connections throttled by this queue's flow bound, woken when it is under its low-water mark.
+    flow_waiters: Vec<Arc<ConnSignal>>,
 }
 
 /// Why a publish did not enter the queue.
@@ -109,6 +113,11 @@ pub struct Queue {
     pub args: QueueArgs,
     pub kind: QueueKind,
     limits: Limits,
+    /// Flow control: the bound on ready messages in memory while the queue has consumers.
+    bound: QueueBound,
+    /// Over the bound and not yet back under the low-water mark: publishers to it are throttled. Read
+    /// without the lock by publishers; written under it.
+    flow_over: AtomicBool,
     /// Where persistent messages of a durable queue are kept (None for non-durable queues).
     store: Option<QueueStore>,
     inner: Mutex<Inner>,
@@ -150,6 +159,7 @@ impl Queue {
             next_seq: 0,
             deleted: false,
             delivered_mark: store.as_ref().and_then(|s| s.delivered_mark()),
+            flow_waiters: Vec::new(),
         };
         if let Some(r) = recovered {
             inner.next_seq = r.last_seq + 1;
@@ -165,6 +175,8 @@ impl Queue {
         Queue {
             kind: QueueKind::of(&spec.arguments),
             limits: Limits::new(&args),
+            bound: crate::flow::queue_bound(),
+            flow_over: AtomicBool::new(false),
             spec,
             args,
             store,
@@ -249,7 +261,52 @@ impl Queue {
             }
         }
         q.consumers.wake_waiters(1);
+        // Flow control: in-memory ready messages beyond what the consumers take. A queue without consumers
+        // is not bounded here (a batch producer filling a queue for later is not throttled forever): the
+        // memory alarm and paging bound it.
+        if !q.consumers.is_empty()
+            && !self.flow_over.load(Ordering::Relaxed)
+            && self.bound.exceeded(q.ready.len() as u64, q.ready.bytes())
+        {
+            self.flow_over.store(true, Ordering::Relaxed);
+        }
         Ok(ticket)
+    }
+
+    /// Whether publishers to this queue are throttled (over its bound, not yet under its low-water mark).
+    pub fn flow_over(&self) -> bool {
+        self.flow_over.load(Ordering::Relaxed)
+    }
+
+    /// A connection throttled by this queue waits for it: `signal` is woken (`flow_released`) once the queue
+    /// is under its low-water mark. Returns false if it is not throttling now (nothing to wait for).
+    pub fn flow_wait(&self, signal: &Arc<ConnSignal>) -> bool {
+        let mut q = self.inner.lock();
+        self.flow_check(&mut q);
+        if !self.flow_over.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !q.flow_waiters.iter().any(|s| Arc::ptr_eq(s, signal)) {
+            q.flow_waiters.push(signal.clone());
+        }
+        true
+    }
+
+    /// Releases the throttled publishers once the queue is under its low-water mark, has no consumers left
+    /// or is deleted. Called under the lock wherever ready messages leave.
+    fn flow_check(&self, q: &mut Inner) {
+        if !self.flow_over.load(Ordering::Relaxed) {
+            return;
+        }
+        if q.deleted
+            || q.consumers.is_empty()
+            || self.bound.below_low_water(q.ready.len() as u64, q.ready.bytes())
+        {
+            self.flow_over.store(false, Ordering::Relaxed);
+            for s in q.flow_waiters.drain(..) {
+                s.flow_released();
+            }
+        }
     }
 
     /// The next ready message, read back from the store first if the in-memory head ran dry.
@@ -353,6 +410,7 @@ impl Queue {
         if ack {
             self.delivered_with_ack(q, &out[out.len() - n..]);
         }
+        self.flow_check(q);
         if n < max {
             q.consumers.register_waiter(id);
         }
@@ -366,6 +424,7 @@ impl Queue {
         q.expiry.touch(now);
         let mut got = None;
         self.take_live(q, 1, now, dead, |e| got = Some(e));
+        self.flow_check(q);
         let e = got?;
         if ack {
             self.delivered_with_ack(q, std::slice::from_ref(&e));
@@ -485,6 +544,7 @@ impl Queue {
             q.consumers.wake_waiters(ready);
         }
         q.expiry.touch(now);
+        self.flow_check(&mut q);
         ConsumerRemoved {
             auto_delete_now: self.spec.auto_delete
                 && q.consumers.had_consumer()
@@ -527,6 +587,7 @@ impl Queue {
             }
             q.ready.drop_expired_heads(now, dead);
         }
+        self.flow_check(q);
         Tick {
             expired: q.expiry.unused_too_long(now, !q.consumers.is_empty()),
         }
@@ -548,6 +609,7 @@ impl Queue {
         let mut gone = q.ready.drain();
         gone.extend(q.delayed.take_all());
         let paged = q.paged.take();
+        self.flow_check(&mut q);
         drop(q);
         if let Some(store) = &self.store {
             if let Some(p) = paged {
@@ -574,6 +636,7 @@ impl Queue {
                 None => break,
             }
         }
+        self.flow_check(q);
         out
     }
 
@@ -590,7 +653,8 @@ impl Queue {
     /// Marks the queue deleted and tells every consumer's connection that its consumer is gone.
     /// Returns the number of ready messages it held.
     pub fn mark_deleted(&self) -> u32 {
-        let mut q = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let q = &mut *guard;
         if q.deleted {
             return 0;
         }
@@ -603,6 +667,7 @@ impl Queue {
         }
         q.ready.drain();
         q.consumers.cancel_all();
+        self.flow_check(q);
         n
     }
 }
