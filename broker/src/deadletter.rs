@@ -35,7 +35,11 @@ pub fn with_x_death(msg: &Message, queue: &str, reason: &str, now_ms: u64) -> Ra
             let FieldValue::Table(mut t) = deaths.remove(i) else {
                 unreachable!("checked table")
             };
-            let count = t.get("count").and_then(|c| c.as_i64()).unwrap_or(0) + 1;
+            let count = t
+                .get("count")
+                .and_then(|c| c.as_i64())
+                .unwrap_or(0)
+                .saturating_add(1);
             t.insert("count", FieldValue::I64(count));
             t.insert("time", time);
             t
@@ -172,6 +176,31 @@ mod tests {
         assert_eq!(h.get("x-first-death-queue").unwrap().as_str(), Some("q1"));
         assert_eq!(h.get("x-first-death-reason").unwrap().as_str(), Some("expired"));
         assert_eq!(h.get("x-last-death-queue").unwrap().as_str(), Some("q1"));
+    }
+
+    /// Found by the `x_death` fuzz target: a publisher-supplied x-death count of i64::MAX overflowed (a panic
+    /// in a debug build, a negative count in release). It saturates.
+    #[test]
+    fn x_death_count_from_the_publisher_saturates() {
+        let mut entry = FieldTable::new();
+        entry.insert("queue", FieldValue::from("q"));
+        entry.insert("reason", FieldValue::from("expired"));
+        entry.insert("count", FieldValue::I64(i64::MAX));
+        let mut h = FieldTable::new();
+        h.insert("x-death", FieldValue::Array(vec![FieldValue::Table(entry)]));
+        let props = BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        };
+        let p = with_x_death(&msg(props), "q", "expired", 1_000);
+        let h = p.decode().unwrap().headers.unwrap();
+        let FieldValue::Array(d) = h.get("x-death").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            d[0].as_table().unwrap().get("count").unwrap().as_i64(),
+            Some(i64::MAX)
+        );
     }
 
     #[test]
