@@ -17,6 +17,7 @@ pub mod output;
 pub mod queue;
 pub mod queue_args;
 pub mod recover;
+pub mod reply_to;
 pub mod server;
 pub mod session;
 pub mod signal;

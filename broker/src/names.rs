@@ -29,6 +29,11 @@ pub fn queue_name() -> String {
     format!("amq.gen-{}", random_suffix())
 }
 
+/// A direct reply-to name: `amq.rabbitmq.reply-to.` and a random token (opaque to clients, as RabbitMQ's).
+pub fn reply_to_name() -> String {
+    format!("amq.rabbitmq.reply-to.{}", random_suffix())
+}
+
 pub fn consumer_tag() -> String {
     format!("amq.ctag-{}", random_suffix())
 }

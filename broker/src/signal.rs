@@ -1,10 +1,25 @@
 //! How queues and the store reach a connection task: a wake-up plus small lists of what happened.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use protocol::ShortStr;
 use tokio::sync::Notify;
+
+use crate::message::Message;
+
+/// Body bytes of direct replies a connection may have waiting before further replies to it are dropped.
+pub const MAX_PENDING_REPLY_BYTES: u64 = 64 << 20;
+
+/// A direct reply on its way to the requester's channel.
+#[derive(Debug)]
+pub struct Reply {
+    pub channel: u16,
+    /// The `amq.rabbitmq.reply-to.*` name it was sent to (the channel checks it is still its own).
+    pub name: Arc<str>,
+    pub msg: Arc<Message>,
+}
 
 /// A consumer, process-wide: the key under which a queue wakes a consumer's connection.
 pub type ConsumerId = u64;
@@ -28,6 +43,8 @@ pub struct ConnSignal {
     notify: Notify,
     ready: Mutex<Vec<ConsumerId>>,
     events: Mutex<Vec<ConnEvent>>,
+    /// Direct replies for this connection's channels, and their body bytes.
+    replies: Mutex<(Vec<Reply>, u64)>,
     /// A queue this connection was throttled by went under its low-water mark.
     flow: AtomicBool,
 }
@@ -46,6 +63,30 @@ impl ConnSignal {
     pub fn consumer_cancelled(&self, id: ConsumerId, tag: ShortStr) {
         self.events.lock().push(ConnEvent::ConsumerCancelled(id, tag));
         self.notify.notify_one();
+    }
+
+    /// A direct reply for one of this connection's channels. Dropped (at most once, as RabbitMQ's direct
+    /// reply-to) when the connection already has `MAX_PENDING_REPLY_BYTES` of replies waiting.
+    pub fn push_reply(&self, reply: Reply) {
+        let size = reply.msg.size();
+        {
+            let mut r = self.replies.lock();
+            if r.1.saturating_add(size) > MAX_PENDING_REPLY_BYTES && !r.0.is_empty() {
+                tracing::debug!(name = %reply.name, "direct reply dropped: the requester is too far behind");
+                return;
+            }
+            r.1 += size;
+            r.0.push(reply);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Swaps the waiting replies with `into` (cleared first).
+    pub fn take_replies(&self, into: &mut Vec<Reply>) {
+        into.clear();
+        let mut r = self.replies.lock();
+        std::mem::swap(&mut r.0, into);
+        r.1 = 0;
     }
 
     /// A queue that throttled this connection is under its low-water mark again.

@@ -14,6 +14,7 @@ use crate::deadletter::{deaths, is_cycle, with_x_death, Redriven};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::queue::{DeadLetters, DeathReason, Entry, Queue, QueueSpec, Recovered};
+use crate::reply_to::ReplyTargets;
 use crate::store::{decode_table, encode_table, QueueStore};
 
 pub struct VHost {
@@ -23,6 +24,8 @@ pub struct VHost {
     pub router: RwLock<Router>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     store: Store,
+    /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
+    pub reply_to: ReplyTargets,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -46,6 +49,7 @@ impl VHost {
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),
             store,
+            reply_to: ReplyTargets::default(),
         })
     }
 

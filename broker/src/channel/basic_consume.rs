@@ -30,13 +30,16 @@ impl Channel {
     }
 
     pub(super) fn basic_consume(&mut self, c: protocol::BasicConsume, ctx: &mut Ctx) -> AmqpResult<()> {
+        if c.queue.as_str() == crate::reply_to::PSEUDO_QUEUE {
+            return self.reply_consume(c, ctx);
+        }
         let q = self.usable_queue(&c.queue, ctx.session)?;
         let tag = if c.consumer_tag.is_empty() {
             ShortStr::from(crate::names::consumer_tag())
         } else {
             c.consumer_tag.clone()
         };
-        if self.consumers.contains_key(&tag) {
+        if self.consumers.contains_key(&tag) || self.is_reply_tag(&tag) {
             return Err(AmqpError::not_allowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -91,6 +94,8 @@ impl Channel {
     pub(super) fn basic_cancel(&mut self, c: protocol::BasicCancel, ctx: &mut Ctx) -> AmqpResult<()> {
         if let Some(id) = self.consumers.remove(&c.consumer_tag) {
             ctx.session.remove_consumer(id);
+        } else {
+            self.reply_cancel(&c.consumer_tag, ctx.session);
         }
         if !c.no_wait {
             ctx.out.method(

@@ -35,8 +35,10 @@ impl Channel {
             }
         }
         crate::message::validate_expiration(&header.properties).map_err(AmqpError::precondition_failed)?;
+        // A request with reply_to = amq.rabbitmq.reply-to gets this channel's reply name.
+        let properties = self.request_reply_to(header.properties)?;
         let msg = Arc::new(
-            Message::published(p.exchange.clone(), p.routing_key.clone(), header.properties, body)
+            Message::published(p.exchange.clone(), p.routing_key.clone(), properties, body)
                 .map_err(AmqpError::precondition_failed)?,
         );
         // The route buffer is the session's, reused by every publish: taken here, given back once below.
@@ -115,6 +117,10 @@ impl Channel {
         });
         for (q, mut d) in deferred {
             vhost.dead_letter(&q, &mut d, now);
+        }
+        if p.exchange.is_empty() {
+            // Direct replies: keys that name a requester's amq.rabbitmq.reply-to.* go straight to it.
+            enqueued += Self::send_replies(&msg, ctx.session);
         }
         if enqueued == 0 && p.mandatory {
             let m = Method::BasicReturn(protocol::BasicReturn {

@@ -9,6 +9,7 @@
 //! - `basic_consume.rs`: basic.qos/consume/cancel, and consumers cancelled by the server;
 //! - `basic_deliver.rs`: deliveries to consumers, basic.get;
 //! - `basic_ack.rs`: basic.ack/nack/reject/recover(-async);
+//! - `direct_reply_to.rs`: the `amq.rabbitmq.reply-to` pseudo-queue (RPC replies without a queue);
 //! - `confirm.rs`: confirm.select and publisher confirms;
 //! - `tx.rs`: tx.select/commit/rollback.
 //!
@@ -20,9 +21,12 @@ mod basic_consume;
 mod basic_deliver;
 mod basic_publish;
 mod confirm;
+mod direct_reply_to;
 mod exchange;
 mod held;
 mod queue;
+#[cfg(test)]
+mod requeue_model;
 mod tx;
 
 use std::collections::{HashMap, VecDeque};
@@ -86,6 +90,8 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// The direct reply-to consumer, if the client consumes from `amq.rabbitmq.reply-to` here.
+    reply: Option<direct_reply_to::ReplyConsumer>,
     /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
     hold: Hold,
 }
@@ -108,6 +114,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             settle_scratch: Vec::new(),
+            reply: None,
             hold: Hold::default(),
         }
     }
@@ -256,20 +263,40 @@ impl Channel {
         );
     }
 
-    /// Cancels the channel's consumers and requeues its unacked messages (in order). Also what the
-    /// connection does to every channel when it goes, however it goes.
+    /// Requeues the channel's unacked messages (to their original positions) and then cancels its
+    /// consumers. Also what the connection does to every channel when it goes, however it goes
+    /// ([`release_channels`]).
+    ///
+    /// Requeue first: a single active consumer's successor becomes active only when the consumer leaves, and
+    /// by then the messages are back in place, so it receives them first, in order (m0*, m1*, m2, m3), as
+    /// RabbitMQ's classic queue does when a channel goes down (rabbit_amqqueue_process.erl
+    /// `handle_ch_down/2`: `requeue_and_run` before the queue delivers again).
     pub fn release(&mut self, session: &mut Session) {
-        for (_, id) in self.consumers.drain() {
-            session.remove_consumer(id);
-        }
-        let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
-        // Deliveries a settle had taken when its handler failed go back too.
-        unacked.append(&mut self.settle_scratch);
-        self.consumer_unacked = 0;
+        #[cfg(test)]
+        requeue_model::other_connections_run();
+        self.requeue_unacked(session);
         self.confirms.clear();
         self.hold.clear();
         self.tx = None;
         self.assembler.reset();
+        #[cfg(test)]
+        requeue_model::other_connections_run();
+        #[cfg(debug_assertions)]
+        if !self.consumers.is_empty() {
+            test_hooks::pause_in_release();
+        }
+        for (_, id) in self.consumers.drain() {
+            session.remove_consumer(id);
+        }
+        self.release_reply(session);
+    }
+
+    /// Every unacked delivery of the channel goes back to its queue, in order.
+    fn requeue_unacked(&mut self, session: &mut Session) {
+        let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        // Deliveries a settle had taken when its handler failed go back too.
+        unacked.append(&mut self.settle_scratch);
+        self.consumer_unacked = 0;
         requeue_grouped(&session.vhost, unacked, now_ms());
     }
 
@@ -282,6 +309,18 @@ impl Channel {
                 .ok_or_else(|| AmqpError::not_found("no previously declared queue"));
         }
         Ok(name.as_str().into())
+    }
+}
+
+/// A connection's channels go (connection closed, dropped or failed): every channel's unacked deliveries are
+/// requeued before any of its consumers leaves, so no consumer of another connection takes over a single
+/// active consumer's queue while some of the connection's deliveries are still out.
+pub fn release_channels(channels: &mut HashMap<u16, Channel>, session: &mut Session) {
+    for channel in channels.values_mut() {
+        channel.requeue_unacked(session);
+    }
+    for (_, mut channel) in channels.drain() {
+        channel.release(session);
     }
 }
 
@@ -317,5 +356,35 @@ fn requeue_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
     for (q, entries) in group_by_queue(unacked) {
         q.requeue(entries, now, &mut dead);
         vhost.dead_letter(&q, &mut dead, now);
+    }
+}
+
+/// Test-only fault injection, compiled into debug builds only: `MAILROOM_TEST_RELEASE_PAUSE_MS=N` makes a
+/// channel that is going away wait N ms between requeueing its deliveries and cancelling its consumers, so an
+/// end-to-end test can show that a single active consumer's successor cannot take over (and take messages out
+/// of order) before the requeue.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    pub fn pause_in_release() {
+        static PAUSE: OnceLock<Option<u64>> = OnceLock::new();
+        let pause = PAUSE.get_or_init(|| {
+            std::env::var("MAILROOM_TEST_RELEASE_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(ms) = pause {
+            tracing::warn!(ms, "test hook: pausing a channel release");
+            let sleep = || std::thread::sleep(Duration::from_millis(*ms));
+            // Let the runtime's other tasks (other connections) run meanwhile, as they could at any time.
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(sleep)
+                }
+                _ => sleep(),
+            }
+        }
     }
 }

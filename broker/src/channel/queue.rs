@@ -45,6 +45,10 @@ impl Channel {
     }
 
     pub(super) fn queue_declare(&mut self, d: protocol::QueueDeclare, ctx: &mut Ctx) -> AmqpResult<()> {
+        if d.queue.as_str().starts_with(crate::reply_to::PSEUDO_QUEUE) {
+            // Direct reply-to: every declare of these names is passive (RabbitMQ's queue.declare clause).
+            return self.reply_declare(&d, ctx);
+        }
         let session = &mut *ctx.session;
         let vhost = session.vhost.clone();
         let name: Arc<str> = if d.queue.is_empty() {

@@ -631,6 +631,14 @@ impl Conn {
             s.schedule_pull(id);
         }
         s.ready_scratch = ready;
+        // Direct replies for our channels (a channel gone meanwhile drops them).
+        let mut replies = Vec::new();
+        self.signal.take_replies(&mut replies);
+        for reply in replies {
+            if let Some(channel) = self.channels.get_mut(&reply.channel) {
+                channel.deliver_reply(reply, &mut self.transport.out);
+            }
+        }
         if self.signal.take_flow() {
             self.refresh_flow();
         }
@@ -694,9 +702,7 @@ impl Conn {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        for (_, mut channel) in self.channels.drain() {
-            channel.release(session);
-        }
+        crate::channel::release_channels(&mut self.channels, session);
         // No consumers are left, so nothing may stay scheduled for a pull.
         session.release_consumers();
     }

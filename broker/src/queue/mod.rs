@@ -537,6 +537,12 @@ impl Queue {
     pub fn remove_consumer(&self, id: ConsumerId, now: u64) -> ConsumerRemoved {
         let mut q = self.inner.lock();
         q.consumers.remove(id);
+        // The consumer may have been woken for messages it will never take (a requeue just before it left):
+        // whoever waits gets a chance at them.
+        let ready = q.ready_count() as usize;
+        if ready > 0 {
+            q.consumers.wake_waiters(ready);
+        }
         q.expiry.touch(now);
         self.flow_check(&mut q);
         ConsumerRemoved {
