@@ -113,6 +113,7 @@ pub(crate) struct RoundState {
 pub(crate) struct Shared {
     pub(crate) sled: SledDb,
     pub(crate) log: MsgLog,
+    pub(crate) streams: crate::stream::StreamLog,
     pub(crate) faults: Arc<Faults>,
     /// Held for a whole flush round: rounds never overlap (a round settles only after every
     /// earlier round's syncs completed).
@@ -204,6 +205,9 @@ impl Shared {
         }
         let mut batch = SyncBatch::default();
         let collected = self.log.collect_for_sync(&mut batch);
+        let n_log_files = batch.files.len();
+        let streams_collected = self.streams.collect_for_sync(&mut batch);
+        let collected = collected.and(streams_collected);
         batch.dirs.append(&mut round.dirs);
         if self.sled.take_dirty() {
             round.sled = true;
@@ -272,7 +276,15 @@ impl Shared {
         };
         let mut results = results.into_iter();
         let file_results: Vec<bool> = results.by_ref().take(nf).map(&mut ok).collect();
-        self.log.apply_sync_results(files.into_iter().zip(file_results));
+        let mut files = files;
+        let stream_files = files.split_off(n_log_files.min(files.len()));
+        self.log
+            .apply_sync_results(files.into_iter().zip(file_results[..n_log_files].iter().copied()));
+        self.streams.apply_sync_results(
+            stream_files
+                .into_iter()
+                .zip(file_results[n_log_files..].iter().copied()),
+        );
         for (d, r) in dirs.into_iter().zip(results.by_ref().take(nd)) {
             if !ok(r) {
                 round.dirs.push(d);

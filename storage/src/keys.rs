@@ -17,6 +17,10 @@ pub(crate) const MSG_STATE: u8 = 0x11;
 /// `Store::set_delivered_mark`).
 pub(crate) const DELIVERED_MARK: u8 = 0x12;
 
+/// `[0x13][queue id u32 BE][consumer tag utf-8]` -> u64 BE: a stream consumer's last acked offset
+/// (server-side offset tracking).
+pub(crate) const STREAM_OFFSET: u8 = 0x13;
+
 /// Present (value `[1]`) while the store is closed cleanly with its queue counts written.
 pub(crate) const CLEAN_KEY: &[u8] = b"\x00clean_shutdown";
 

@@ -24,6 +24,7 @@ mod records;
 mod seglog;
 mod sleddb;
 mod store;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,7 @@ pub use records::{
     UserRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
+pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
 /// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.

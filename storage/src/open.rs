@@ -175,10 +175,16 @@ impl Store {
         let known: HashMap<u32, QueueRecord> = records.into_iter().map(|q| (q.id, q)).collect();
         let (log, recovery) = MsgLog::open(&messages, opts.segment_bytes, &known, &lost, faults.clone())?;
 
+        let (streams, stream_recovery) =
+            crate::stream::StreamLog::open(&dir.join("streams"), &known, &lost, faults.clone())?;
+        if stream_recovery.streams > 0 {
+            tracing::debug!(?stream_recovery, "streams opened");
+        }
         let (durable_tx, _) = watch::channel(Default::default());
         let shared = Arc::new(Shared {
             sled,
             log,
+            streams,
             faults,
             round: Mutex::new(RoundState::default()),
             ticket: AtomicU64::new(0),

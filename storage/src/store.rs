@@ -469,7 +469,7 @@ impl Store {
         Ok((removed, self.sh().bump(0)))
     }
 
-    fn remove_prefix(&self, prefix: &[u8]) -> Result<u64> {
+    pub(crate) fn remove_prefix(&self, prefix: &[u8]) -> Result<u64> {
         let mut end = prefix.to_vec();
         end.extend_from_slice(&[0xFF; keys::MSG_KEY_LEN]);
         self.remove_range(prefix, &end)

@@ -26,8 +26,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::fault::{Faults, FileKind};
 use crate::{codec, io_err, QueueRecord, Result, StoreError, StoredMessage};
-use file::{remove_file_if_exists, LogFile, PENDING_MAX};
-pub(crate) use file::{sync_dir, SyncItem};
+use file::remove_file_if_exists;
+pub(crate) use file::{sync_dir, LogFile, SyncItem, PENDING_MAX};
+pub(crate) use format::parse_hex_name;
 use format::*;
 #[cfg(test)]
 pub(crate) use format::{decode_def as decode_def_pub, encode_def as encode_def_pub, encode_record};

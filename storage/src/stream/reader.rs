@@ -1,0 +1,307 @@
+//! Reading a stream: a `StreamReader` is one consumer's position (segment, file position, the
+//! offset it starts at) and its read buffer. Reads are sequential, 256 KiB at a time, from the
+//! segment files; the stream's lock is held only to find the segment and its length (writing out
+//! its buffer first if the reader has caught up with what is in the file), never during the read.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::format::*;
+use super::{Stream, StreamLog};
+use crate::{io_err, Result, StoredMessage};
+
+/// Reads fetch this much of a segment at a time (more if one record is larger).
+const READ_CHUNK: usize = 256 << 10;
+
+/// Where a reader starts (RabbitMQ's `x-stream-offset` specs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// The first message still held.
+    First,
+    /// The first message of the last chunk written.
+    Last,
+    /// The next message to be appended.
+    Next,
+    /// This offset (the first held if it is gone; the next one if it is beyond the end).
+    Offset(u64),
+    /// The first message published at or after this time (ms since the epoch).
+    Timestamp(u64),
+}
+
+/// One message read from a stream.
+#[derive(Debug)]
+pub struct StreamItem {
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub message: StoredMessage,
+}
+
+/// What one `read` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadOutcome {
+    /// Messages handed out.
+    pub taken: usize,
+    /// It stopped at its scan limit with more to read (filtered-out records): call again.
+    pub more: bool,
+}
+
+/// A consumer's position in a stream.
+pub struct StreamReader {
+    id: u32,
+    seg: Option<u64>,
+    file: Option<Arc<File>>,
+    /// File position of `buf[0]`.
+    buf_at: u64,
+    buf: Vec<u8>,
+    /// Bytes of `buf` consumed.
+    used: usize,
+    /// Records below this offset are skipped.
+    start: u64,
+    /// Records published before this time are skipped (0: none).
+    min_ts: u64,
+    /// The last offset read.
+    last: Option<u64>,
+}
+
+impl std::fmt::Debug for StreamReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("stream", &self.id)
+            .field("segment", &self.seg)
+            .field("position", &(self.buf_at + self.used as u64))
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+impl StreamReader {
+    fn new(id: u32) -> StreamReader {
+        StreamReader {
+            id,
+            seg: None,
+            file: None,
+            buf_at: 0,
+            buf: Vec::new(),
+            used: 0,
+            start: 0,
+            min_ts: 0,
+            last: None,
+        }
+    }
+
+    fn place(&mut self, seg: Option<u64>, pos: u64) {
+        self.seg = seg;
+        self.file = None;
+        self.buf.clear();
+        self.buf_at = pos;
+        self.used = 0;
+    }
+
+    /// The offset the next message read will have at least.
+    pub fn next_offset(&self) -> u64 {
+        self.last.map_or(self.start, |l| (l + 1).max(self.start))
+    }
+}
+
+impl StreamLog {
+    /// A reader of stream `id` positioned at `start`.
+    pub(crate) fn reader(&self, id: u32, start: StreamStart) -> Result<StreamReader> {
+        let s = self.get_or_create(id);
+        let mut s = s.lock();
+        let mut r = StreamReader::new(id);
+        let next = |r: &mut StreamReader, s: &Stream| {
+            let w = s.write_seg();
+            let pos = w.and_then(|w| s.segs.get(&w)).map_or(0, |g| g.data.len());
+            r.place(w, pos);
+            r.start = s.next_offset;
+        };
+        match start {
+            StreamStart::Next => next(&mut r, &s),
+            StreamStart::First => r.place(s.segs.keys().next().copied(), 0),
+            StreamStart::Last => match s.last_chunk.filter(|(g, _)| s.segs.contains_key(g)) {
+                Some((g, e)) => {
+                    r.place(Some(g), e.pos);
+                    r.start = e.offset;
+                }
+                None => r.place(s.segs.keys().next().copied(), 0),
+            },
+            StreamStart::Offset(n) if n >= s.next_offset => next(&mut r, &s),
+            StreamStart::Offset(n) => match s.segs.range(..=n).next_back().map(|(k, _)| *k) {
+                None => r.place(s.segs.keys().next().copied(), 0),
+                Some(g) => {
+                    let idx = self.read_index(&mut s, g)?;
+                    let pos = idx
+                        .iter()
+                        .take_while(|e| e.offset <= n)
+                        .last()
+                        .map_or(0, |e| e.pos);
+                    r.place(Some(g), pos);
+                    r.start = n;
+                }
+            },
+            StreamStart::Timestamp(t) => {
+                let g = s
+                    .segs
+                    .iter()
+                    .find(|(_, g)| g.last.is_some() && g.last_ts >= t)
+                    .map(|(k, _)| *k);
+                match g {
+                    None => next(&mut r, &s),
+                    Some(g) => {
+                        let idx = self.read_index(&mut s, g)?;
+                        let pos = idx.iter().take_while(|e| e.ts < t).last().map_or(0, |e| e.pos);
+                        r.place(Some(g), pos);
+                        r.min_ts = t;
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Reads up to `max` messages that `accept` (given each record's filter value) takes, from the
+    /// reader's position on. Stops early, with `more`, after scanning `scan_max` bytes.
+    pub(crate) fn read(
+        &self,
+        r: &mut StreamReader,
+        max: usize,
+        scan_max: usize,
+        accept: &mut dyn FnMut(Option<&[u8]>) -> bool,
+        out: &mut Vec<StreamItem>,
+    ) -> Result<ReadOutcome> {
+        let mut res = ReadOutcome::default();
+        let mut scanned = 0usize;
+        loop {
+            while res.taken < max && scanned < scan_max && r.used < r.buf.len() {
+                let rest = &r.buf[r.used..];
+                match parse_record(rest) {
+                    Err(_) => break,
+                    Ok(None) => {
+                        let at = r.buf_at + r.used as u64;
+                        let skip_to = find_record(&r.buf, r.used + 1, r.last).unwrap_or(r.buf.len());
+                        tracing::error!(
+                            stream = r.id,
+                            segment = ?r.seg,
+                            position = at,
+                            bytes = skip_to - r.used,
+                            "damaged stream record skipped (the messages in it are lost)"
+                        );
+                        scanned += skip_to - r.used;
+                        r.used = skip_to;
+                    }
+                    Ok(Some(h)) => {
+                        let rec = &rest[..h.total];
+                        r.used += h.total;
+                        scanned += h.total;
+                        if r.last.is_some_and(|l| h.offset <= l) {
+                            continue;
+                        }
+                        r.last = Some(h.offset);
+                        if h.offset < r.start || h.ts < r.min_ts {
+                            continue;
+                        }
+                        r.min_ts = 0;
+                        if !accept(h.filter(rec)) {
+                            continue;
+                        }
+                        match decode_value(h.value(rec)) {
+                            Ok(message) => {
+                                out.push(StreamItem {
+                                    offset: h.offset,
+                                    timestamp_ms: h.ts,
+                                    message,
+                                });
+                                res.taken += 1;
+                            }
+                            Err(e) => tracing::error!(stream = r.id, offset = h.offset, error = %e,
+                                "undecodable stream record skipped"),
+                        }
+                    }
+                }
+            }
+            if res.taken >= max {
+                return Ok(res);
+            }
+            if scanned >= scan_max {
+                res.more = true;
+                return Ok(res);
+            }
+            if !self.refill(r)? {
+                return Ok(res);
+            }
+        }
+    }
+
+    /// Reads the next block of the reader's segment into its buffer, moving on to the next segment
+    /// at the end of one. False: nothing more to read now.
+    fn refill(&self, r: &mut StreamReader) -> Result<bool> {
+        let Some(s) = self.get(r.id) else {
+            return Ok(false);
+        };
+        let (file, path, from, n) = {
+            let mut guard = s.lock();
+            let s = &mut *guard;
+            loop {
+                let key = match r.seg.filter(|k| s.segs.contains_key(k)) {
+                    Some(k) => k,
+                    None => {
+                        // not placed yet, or its segment was dropped by retention
+                        let want = r.next_offset();
+                        let k = s
+                            .segs
+                            .range(..=want)
+                            .next_back()
+                            .or_else(|| s.segs.iter().next())
+                            .map(|(k, _)| *k);
+                        let Some(k) = k else { return Ok(false) };
+                        r.place(Some(k), 0);
+                        k
+                    }
+                };
+                let has_next = s.segs.range(key + 1..).next().map(|(k, _)| *k);
+                let seg = s.segs.get_mut(&key).expect("segment");
+                let from = r.buf_at + r.buf.len() as u64;
+                if from >= seg.data.written && seg.data.unwritten() > 0 {
+                    seg.data.write_out(&self.faults)?;
+                }
+                let avail = seg.data.written;
+                if from >= avail {
+                    match has_next {
+                        Some(k) => {
+                            if r.used < r.buf.len() {
+                                tracing::error!(
+                                    stream = r.id,
+                                    segment = key,
+                                    bytes = r.buf.len() - r.used,
+                                    "a stream segment ends in a partial record; skipped"
+                                );
+                            }
+                            r.place(Some(k), 0);
+                            continue;
+                        }
+                        None => return Ok(false),
+                    }
+                }
+                let file = match (&r.file, &seg.data.file) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(f)) => f.clone(),
+                    (None, None) => Arc::new(File::open(&seg.data.path).map_err(io_err(&seg.data.path))?),
+                };
+                r.file = Some(file.clone());
+                let n = (avail - from).min(READ_CHUNK as u64) as usize;
+                break (file, seg.data.path.clone(), from, n);
+            }
+        };
+        r.buf.drain(..r.used);
+        r.buf_at += r.used as u64;
+        r.used = 0;
+        let old = r.buf.len();
+        r.buf.resize(old + n, 0);
+        if let Err(e) = file.read_exact_at(&mut r.buf[old..], from) {
+            r.buf.truncate(old);
+            return Err(io_err(&path)(e));
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,350 @@
+use std::fs;
+use std::path::Path;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::format::{idx_path, seg_path, stream_dir_name};
+use super::*;
+use crate::{FaultOp, FileKind, Store, StoreOptions, TicketState};
+
+fn open(d: &Path) -> Store {
+    Store::open(d, StoreOptions::default()).unwrap()
+}
+
+fn msg(i: u64, size: usize) -> StoredMessage {
+    let mut body = format!("body-{i}-").into_bytes();
+    body.resize(size.max(body.len()), b'.');
+    StoredMessage {
+        exchange: "ex".into(),
+        routing_key: format!("rk.{i}"),
+        properties: Bytes::from_static(&[0x10, 0]),
+        body: Bytes::from(body),
+        delivery_count: 0,
+        published_at_ms: i,
+        expires_at_ms: None,
+        not_before_ms: None,
+    }
+}
+
+/// A queue record so the stream's directory is accounted for at the next open.
+fn declare(st: &Store, name: &str) -> u32 {
+    let id = st.next_queue_id().unwrap();
+    st.put_queue(&crate::QueueRecord {
+        id,
+        vhost: "/".into(),
+        name: name.into(),
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: vec![],
+    })
+    .unwrap();
+    id
+}
+
+fn read_all(st: &Store, r: &mut StreamReader) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    loop {
+        let mut items = Vec::new();
+        let res = st
+            .stream_read(r, 100, usize::MAX, &mut |_| true, &mut items)
+            .unwrap();
+        out.extend(items.iter().map(|i| (i.offset, i.timestamp_ms)));
+        if res.taken < 100 && !res.more {
+            return out;
+        }
+    }
+}
+
+fn offsets(v: &[(u64, u64)]) -> Vec<u64> {
+    v.iter().map(|x| x.0).collect()
+}
+
+#[test]
+fn offsets_increase_and_every_start_spec_places_the_reader() {
+    let d = tempfile::tempdir().unwrap();
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    // ~30 records per 4 KiB segment
+    for i in 0..300u64 {
+        let (off, _) = st
+            .stream_append(id, 1000 + i * 10, None, &msg(i, 100), 4096)
+            .unwrap();
+        assert_eq!(off, i);
+        if i % 7 == 0 {
+            st.flush_blocking().unwrap(); // chunk boundaries
+        }
+    }
+    let stats = st.stream_stats(id);
+    assert_eq!((stats.first, stats.next), (Some(0), 300));
+    assert!(stats.segments > 5, "{stats:?}");
+
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let all = read_all(&st, &mut r);
+    assert_eq!(offsets(&all), (0..300).collect::<Vec<_>>());
+    assert_eq!(all[5].1, 1050);
+
+    let mut r = st.stream_reader(id, StreamStart::Offset(137)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), (137..300).collect::<Vec<_>>());
+
+    // the first message at or after 2005 is offset 101 (ts 2010)
+    let mut r = st.stream_reader(id, StreamStart::Timestamp(2005)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r))[0], 101);
+    let mut r = st.stream_reader(id, StreamStart::Timestamp(2000)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r))[0], 100);
+
+    // last: the last chunk (started after the flush at 294, or later: the flusher also runs rounds
+    // of its own, and each round ends a chunk)
+    let mut r = st.stream_reader(id, StreamStart::Last).unwrap();
+    let last = offsets(&read_all(&st, &mut r));
+    assert!(
+        last[0] >= 295 && last == (last[0]..300).collect::<Vec<_>>(),
+        "{last:?}"
+    );
+
+    let mut r = st.stream_reader(id, StreamStart::Next).unwrap();
+    assert!(read_all(&st, &mut r).is_empty());
+    st.stream_append(id, 9999, None, &msg(300, 10), 4096).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![300]);
+    // beyond the end: next
+    let mut r = st.stream_reader(id, StreamStart::Offset(10_000)).unwrap();
+    st.stream_append(id, 9999, None, &msg(301, 10), 4096).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![301]);
+}
+
+#[test]
+fn filter_values_select_records_and_the_scan_limit_yields() {
+    let d = tempfile::tempdir().unwrap();
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    for i in 0..100u64 {
+        let f: Option<&[u8]> = match i % 3 {
+            0 => Some(b"eu"),
+            1 => Some(b"us"),
+            _ => None,
+        };
+        st.stream_append(id, i, f, &msg(i, 50), 1 << 20).unwrap();
+    }
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let mut out = Vec::new();
+    let mut accept = |f: Option<&[u8]>| f == Some(b"eu");
+    let res = st
+        .stream_read(&mut r, 1000, 1 << 20, &mut accept, &mut out)
+        .unwrap();
+    assert_eq!(res.taken, 34);
+    assert!(out.iter().all(|i| i.offset % 3 == 0));
+    // a small scan limit stops early and says so
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let mut out = Vec::new();
+    let res = st.stream_read(&mut r, 1000, 500, &mut accept, &mut out).unwrap();
+    assert!(res.more && res.taken < 34);
+}
+
+#[test]
+fn reopen_continues_offsets_and_cuts_a_torn_tail() {
+    let d = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let st = open(d.path());
+        id = declare(&st, "s");
+        for i in 0..50u64 {
+            st.stream_append(id, i, None, &msg(i, 200), 4096).unwrap();
+        }
+        st.flush_blocking().unwrap();
+    }
+    // a torn write at the end of the last segment
+    let dir = d.path().join("streams").join(stream_dir_name(id));
+    let last = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            n.strip_suffix(".seg")
+                .map(|s| u64::from_str_radix(s, 16).unwrap())
+        })
+        .max()
+        .unwrap();
+    let p = seg_path(&dir, last);
+    let good_len = fs::metadata(&p).unwrap().len();
+    let mut bytes = fs::read(&p).unwrap();
+    bytes.extend_from_slice(&[0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    fs::write(&p, &bytes).unwrap();
+    // and a lost index of another segment
+    fs::remove_file(idx_path(&dir, 0)).unwrap();
+    let st = open(d.path());
+    assert_eq!(fs::metadata(&p).unwrap().len(), good_len, "torn tail cut");
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), (0..50).collect::<Vec<_>>());
+    let mut r = st.stream_reader(id, StreamStart::Offset(3)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r))[0], 3);
+    let (off, t) = st.stream_append(id, 60, None, &msg(50, 10), 4096).unwrap();
+    assert_eq!(off, 50);
+    block_wait(&st, t);
+}
+
+fn block_wait(st: &Store, t: u64) {
+    st.wait_durable_blocking(t).unwrap();
+}
+
+#[test]
+fn damaged_record_in_the_middle_is_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    for i in 0..10u64 {
+        st.stream_append(id, i, None, &msg(i, 100), 1 << 20).unwrap();
+    }
+    st.flush_blocking().unwrap();
+    let p = seg_path(&d.path().join("streams").join(stream_dir_name(id)), 0);
+    let mut b = fs::read(&p).unwrap();
+    let one = b.len() / 10;
+    b[one * 3 + 40] ^= 0xff;
+    fs::write(&p, &b).unwrap();
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let got = offsets(&read_all(&st, &mut r));
+    assert_eq!(got, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+}
+
+#[test]
+fn retention_drops_whole_oldest_segments_and_readers_move_on() {
+    let d = tempfile::tempdir().unwrap();
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    for i in 0..400u64 {
+        st.stream_append(id, 1000 + i, None, &msg(i, 200), 8192).unwrap();
+    }
+    st.flush_blocking().unwrap();
+    let dir = d.path().join("streams").join(stream_dir_name(id));
+    let before = crate::dir_allocated_bytes(&dir).unwrap();
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let mut items = Vec::new();
+    st.stream_read(&mut r, 3, usize::MAX, &mut |_| true, &mut items)
+        .unwrap();
+    let s0 = st.stream_stats(id);
+    let dropped = st.stream_retain(id, Some(32 << 10), None).unwrap();
+    assert!(dropped > 0);
+    let s1 = st.stream_stats(id);
+    assert!(s1.bytes <= 32 << 10 && s1.bytes < s0.bytes, "{s0:?} {s1:?}");
+    assert!(s1.first.unwrap() > 0);
+    st.flush_blocking().unwrap();
+    let after = crate::dir_allocated_bytes(&dir).unwrap();
+    assert!(after < before / 2, "disk shrank: {before} -> {after}");
+    // the reader's segment is gone: it hands out what it had read, then goes on at the first
+    // offset held
+    let rest = offsets(&read_all(&st, &mut r));
+    let first = s1.first.unwrap();
+    let jump = rest.iter().position(|&o| o == first).unwrap();
+    assert_eq!(&rest[jump..], (first..400).collect::<Vec<_>>().as_slice());
+    assert!(rest[..jump].windows(2).all(|w| w[1] == w[0] + 1) && rest[0] == 3);
+    // by age: everything older than the write segment
+    let dropped = st.stream_retain(id, None, Some(u64::MAX)).unwrap();
+    assert!(dropped > 0);
+    assert_eq!(st.stream_stats(id).segments, 1);
+    drop(st);
+    let st = open(d.path());
+    let (off, _) = st.stream_append(id, 5000, None, &msg(1, 1), 8192).unwrap();
+    assert_eq!(off, 400, "offsets are never reused");
+}
+
+#[test]
+fn stored_offsets_survive_reopen_and_go_with_the_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let st = open(d.path());
+        id = declare(&st, "s");
+        st.stream_append(id, 1, None, &msg(1, 1), 1 << 20).unwrap();
+        let t = st.stream_store_offset(id, "reader-1", 41).unwrap();
+        st.wait_durable_blocking(t).unwrap();
+    }
+    let st = open(d.path());
+    assert_eq!(st.stream_offset(id, "reader-1").unwrap(), Some(41));
+    assert_eq!(st.stream_offset(id, "reader-2").unwrap(), None);
+    st.delete_stream("/", "s", id).unwrap();
+    assert_eq!(st.stream_offset(id, "reader-1").unwrap(), None);
+    assert!(!d.path().join("streams").join(stream_dir_name(id)).exists());
+}
+
+#[test]
+fn a_failed_sync_fails_the_appends_it_covered_and_later_ones_succeed() {
+    let d = tempfile::tempdir().unwrap();
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    st.flush_blocking().unwrap();
+    st.faults()
+        .fail(FileKind::Segment, FaultOp::Sync, libc_eio(), Some(1));
+    let (_, t) = st.stream_append(id, 1, None, &msg(1, 10), 1 << 20).unwrap();
+    let _ = st.flush_blocking();
+    assert_eq!(st.ticket_state(t), TicketState::Failed);
+    let (_, t2) = st.stream_append(id, 2, None, &msg(2, 10), 1 << 20).unwrap();
+    st.flush_blocking().unwrap();
+    assert_eq!(st.ticket_state(t2), TicketState::Durable);
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![0, 1]);
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+#[test]
+fn a_stream_directory_without_a_record_goes_to_lost_found() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let st = open(d.path());
+        st.stream_append(77, 1, None, &msg(1, 1), 1 << 20).unwrap();
+        st.flush_blocking().unwrap();
+    }
+    let _st = open(d.path());
+    assert!(!d.path().join("streams").join(stream_dir_name(77)).exists());
+    let lost: Vec<_> = fs::read_dir(d.path().join(crate::LOST_FOUND))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(lost.iter().any(|n| n.starts_with("stream-0000004d")), "{lost:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Against a model (a vector of (offset, timestamp)): any start spec, after any pattern of
+    /// appends, flushes, reopens and segment sizes, reads exactly the model's suffix.
+    #[test]
+    fn reads_match_a_model(
+        ops in proptest::collection::vec((0u8..10, 1usize..600), 1..120),
+        seg in 1024u64..16384,
+        probes in proptest::collection::vec((0u8..4, 0u64..200), 1..8),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = open(d.path());
+        let id = declare(&st, "s");
+        let mut model: Vec<(u64, u64)> = Vec::new();
+        let mut ts = 1000u64;
+        for (op, size) in ops {
+            match op {
+                0 => { st.flush_blocking().unwrap(); }
+                1 => { drop(st); st = open(d.path()); }
+                _ => {
+                    ts += (size % 3) as u64;
+                    let (off, _) = st.stream_append(id, ts, None, &msg(model.len() as u64, size), seg).unwrap();
+                    prop_assert_eq!(off, model.len() as u64);
+                    model.push((off, ts));
+                }
+            }
+        }
+        for (kind, v) in probes {
+            let (start, want): (StreamStart, Vec<(u64, u64)>) = match kind {
+                0 => (StreamStart::First, model.clone()),
+                1 => (StreamStart::Offset(v), model.iter().copied().filter(|m| m.0 >= v.min(model.len() as u64)).collect()),
+                2 => {
+                    let t = 1000 + v;
+                    let w: Vec<_> = model.iter().copied().filter(|m| m.1 >= t).collect();
+                    (StreamStart::Timestamp(t), w)
+                }
+                _ => (StreamStart::Next, vec![]),
+            };
+            let mut r = st.stream_reader(id, start).unwrap();
+            prop_assert_eq!(read_all(&st, &mut r), want);
+        }
+    }
+}
