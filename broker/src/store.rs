@@ -145,6 +145,16 @@ impl QueueStore {
         }
     }
 
+    /// The same queue's log, when it is a stream queue.
+    pub fn stream_store(&self) -> crate::stream_store::StreamStore {
+        crate::stream_store::StreamStore::new(
+            self.store.clone(),
+            self.id,
+            self.vhost.clone(),
+            self.name.clone(),
+        )
+    }
+
     /// Removes the queue's record and all its messages.
     pub fn delete_queue(&self) {
         if let Err(e) = self.store.delete_queue(&self.vhost, &self.name, self.id) {

@@ -169,7 +169,7 @@ fn settle_grouped(taken: &[Unacked]) {
         while j < taken.len() && Arc::ptr_eq(&taken[j].queue, q) {
             j += 1;
         }
-        q.settle(taken[i..j].iter().map(|u| &u.entry));
+        q.settle_acked(taken[i..j].iter().map(|u| (&u.entry, u.consumer)));
         i = j;
     }
 }

@@ -7,7 +7,7 @@ use super::{Channel, Ctx};
 use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::output::Output;
-use crate::queue::next_consumer_id;
+use crate::queue::{next_consumer_id, QueueKind};
 use crate::session::ConsumerState;
 
 impl Channel {
@@ -58,15 +58,20 @@ impl Channel {
                 })?,
         };
         let session = &mut *ctx.session;
-        q.add_consumer(
-            id,
-            tag.clone(),
-            c.exclusive,
-            priority,
-            session.signal.clone(),
-            &session.vhost.name,
-            now_ms(),
-        )?;
+        if q.kind == QueueKind::Stream {
+            let spec = self.stream_consume_spec(&q, &c.arguments, c.no_ack, &tag, &session.vhost.name)?;
+            q.add_stream_consumer(id, tag.clone(), session.signal.clone(), spec)?;
+        } else {
+            q.add_consumer(
+                id,
+                tag.clone(),
+                c.exclusive,
+                priority,
+                session.signal.clone(),
+                &session.vhost.name,
+                now_ms(),
+            )?;
+        }
         self.consumers.insert(tag.clone(), id);
         session.consumers.insert(
             id,

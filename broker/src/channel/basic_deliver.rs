@@ -86,6 +86,7 @@ impl Channel {
 
     pub(super) fn basic_get(&mut self, g: protocol::BasicGet, ctx: &mut Ctx) -> AmqpResult<()> {
         let q = self.usable_queue(&g.queue, ctx.session)?;
+        self.refuse_on_stream(&q, "basic.get", &ctx.session.vhost.name)?;
         let now = now_ms();
         let mut dead = DeadLetters::new();
         let got = q.get(!g.no_ack, now, &mut dead);

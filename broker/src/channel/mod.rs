@@ -27,6 +27,7 @@ mod held;
 mod queue;
 #[cfg(test)]
 mod requeue_model;
+mod stream;
 mod tx;
 
 use std::collections::{HashMap, VecDeque};

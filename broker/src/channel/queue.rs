@@ -9,7 +9,7 @@ use super::held::Undo;
 use super::{Channel, Ctx};
 use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
-use crate::queue::{Queue, QueueSpec};
+use crate::queue::{Queue, QueueKind, QueueSpec};
 use crate::session::Session;
 
 fn locked(name: &str, vhost: &str) -> AmqpError {
@@ -77,6 +77,16 @@ impl Channel {
                 }
             }
             crate::args::validate_queue_args(&d.arguments, &name, &vhost.name)?;
+            if QueueKind::of(&d.arguments) == QueueKind::Stream {
+                crate::queue::stream::args::check_declare(
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    &d.arguments,
+                    &name,
+                    &vhost.name,
+                )?;
+            }
             let spec = QueueSpec {
                 name: name.clone(),
                 durable: d.durable,
@@ -170,6 +180,7 @@ impl Channel {
 
     pub(super) fn queue_purge(&mut self, p: protocol::QueuePurge, ctx: &mut Ctx) -> AmqpResult<()> {
         let q = self.usable_queue(&p.queue, ctx.session)?;
+        self.refuse_on_stream(&q, "queue.purge", &ctx.session.vhost.name)?;
         let n = q.purge();
         if !p.no_wait {
             ctx.out.method(

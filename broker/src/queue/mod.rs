@@ -25,6 +25,7 @@ mod limits;
 mod paging;
 mod ready;
 mod retry;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,18 +49,23 @@ use paging::Paged;
 pub use paging::MEM_MAX;
 use ready::Ready;
 use retry::Delayed;
+use stream::StreamQueue;
 
-/// What kind of queue this is: where its behaviour differs, the queue dispatches on its kind. Today every
-/// queue is classic (a `quorum` or `stream` `x-queue-type` is accepted and served as classic); streams and
-/// delayed delivery add their kinds here.
+/// What kind of queue this is: where its behaviour differs, the queue dispatches on its kind. A `quorum`
+/// `x-queue-type` is accepted and served as classic; `stream` is a stream queue (`stream/`): an
+/// append-only log that consumers replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueKind {
     Classic,
+    Stream,
 }
 
 impl QueueKind {
-    pub fn of(_args: &FieldTable) -> QueueKind {
-        QueueKind::Classic
+    pub fn of(args: &FieldTable) -> QueueKind {
+        match args.get("x-queue-type").and_then(protocol::FieldValue::as_str) {
+            Some("stream") => QueueKind::Stream,
+            _ => QueueKind::Classic,
+        }
     }
 }
 
@@ -118,8 +124,10 @@ pub struct Queue {
     /// Over the bound and not yet back under the low-water mark: publishers to it are throttled. Read
     /// without the lock by publishers; written under it.
     flow_over: AtomicBool,
-    /// Where persistent messages of a durable queue are kept (None for non-durable queues).
+    /// Where persistent messages of a durable queue are kept (None for non-durable queues and streams).
     store: Option<QueueStore>,
+    /// A stream queue's log and consumers (`QueueKind::Stream`).
+    stream: Option<StreamQueue>,
     inner: Mutex<Inner>,
 }
 
@@ -172,8 +180,16 @@ impl Queue {
             // Never reuse a seq at or below the delivered mark: a new message would read as redelivered.
             inner.next_seq = inner.next_seq.max(mark + 1);
         }
+        let (kind, stream, store) = match (QueueKind::of(&spec.arguments), store) {
+            (QueueKind::Stream, Some(qs)) => {
+                let s = StreamQueue::new(qs.stream_store(), &spec.arguments);
+                (QueueKind::Stream, Some(s), None)
+            }
+            (_, store) => (QueueKind::Classic, None, store),
+        };
         Queue {
-            kind: QueueKind::of(&spec.arguments),
+            kind,
+            stream,
             limits: Limits::new(&args),
             bound: crate::flow::queue_bound(),
             flow_over: AtomicBool::new(false),
@@ -192,6 +208,9 @@ impl Queue {
     /// durable before the publish is confirmed (0 when nothing was written). Messages that die on the way
     /// (TTL 0, reject-publish-dlx, drop-head) go to `dead`.
     pub fn publish(&self, msg: Arc<Message>, now: u64, dead: &mut DeadLetters) -> Result<u64, Rejected> {
+        if let Some(s) = &self.stream {
+            return s.publish(&msg, now);
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         if q.deleted {
@@ -389,6 +408,9 @@ impl Queue {
         out: &mut Vec<Entry>,
         dead: &mut DeadLetters,
     ) -> usize {
+        if let Some(s) = &self.stream {
+            return s.pull(id, max, out);
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         if !q.consumers.may_take(id) {
@@ -419,6 +441,9 @@ impl Queue {
 
     /// basic.get: takes the head message, if any, and the number of ready messages left.
     pub fn get(&self, ack: bool, now: u64, dead: &mut DeadLetters) -> Option<(Entry, u32)> {
+        if self.stream.is_some() {
+            return None; // refused by the channel (basic.get is not for streams)
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         q.expiry.touch(now);
@@ -434,6 +459,20 @@ impl Queue {
 
     /// Settles unacked messages for good (ack): they leave the store.
     pub fn settle<'a>(&self, entries: impl ExactSizeIterator<Item = &'a Entry> + Clone) {
+        self.settle_acked(entries.map(|e| (e, None)));
+    }
+
+    /// `settle`, knowing which consumer each delivery went to: a stream keeps its messages and records the
+    /// consumer's offset if it tracks one.
+    pub fn settle_acked<'a>(
+        &self,
+        acked: impl ExactSizeIterator<Item = (&'a Entry, Option<ConsumerId>)> + Clone,
+    ) {
+        if let Some(s) = &self.stream {
+            s.acked(acked.map(|(e, c)| (e.seq, c)));
+            return;
+        }
+        let entries = acked.map(|(e, _)| e);
         {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
@@ -443,6 +482,9 @@ impl Queue {
 
     /// Rejected without requeue: they go to `dead` (reason `rejected`), to be dead-lettered or dropped.
     pub fn reject(&self, entries: Vec<Entry>, dead: &mut DeadLetters) {
+        if self.stream.is_some() {
+            return; // a stream keeps its messages: a reject only gives credit back
+        }
         {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
@@ -471,6 +513,9 @@ impl Queue {
     /// Puts unacked messages back at their original positions, marked redelivered, with their delivery count
     /// raised. Over the delivery limit they go to `dead` instead; with retry they wait out their delay.
     pub fn requeue(&self, entries: impl IntoIterator<Item = Entry>, now: u64, dead: &mut DeadLetters) {
+        if self.stream.is_some() {
+            return; // nothing left a stream: nothing goes back
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         let mut n = 0usize;
@@ -534,7 +579,28 @@ impl Queue {
         Ok(())
     }
 
+    /// Registers a stream consumer reading from where `spec` says.
+    pub fn add_stream_consumer(
+        &self,
+        id: ConsumerId,
+        tag: ShortStr,
+        signal: Arc<ConnSignal>,
+        spec: stream::ConsumeSpec,
+    ) -> Result<(), AmqpError> {
+        let Some(s) = &self.stream else {
+            return Err(AmqpError::internal("not a stream"));
+        };
+        s.add_consumer(id, tag, signal, spec)
+            .map_err(|e| AmqpError::internal(format!("stream reader: {e}")))
+    }
+
     pub fn remove_consumer(&self, id: ConsumerId, now: u64) -> ConsumerRemoved {
+        if let Some(s) = &self.stream {
+            s.remove_consumer(id);
+            return ConsumerRemoved {
+                auto_delete_now: false,
+            };
+        }
         let mut q = self.inner.lock();
         q.consumers.remove(id);
         // The consumer may have been woken for messages it will never take (a requeue just before it left):
@@ -560,6 +626,9 @@ impl Queue {
 
     /// (ready messages, consumers), as declare-ok reports them.
     pub fn counts(&self) -> (u32, u32) {
+        if let Some(s) = &self.stream {
+            return s.counts();
+        }
         let q = self.inner.lock();
         (q.ready_count(), q.consumers.len() as u32)
     }
@@ -572,6 +641,10 @@ impl Queue {
     /// The timer: expires messages at the heads (into `dead`), releases due retries, reports an unused
     /// `x-expires` queue.
     pub fn tick(&self, now: u64, dead: &mut DeadLetters) -> Tick {
+        if let Some(s) = &self.stream {
+            s.tick(now);
+            return Tick::default();
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         if q.deleted {
@@ -595,6 +668,9 @@ impl Queue {
 
     /// Whether the timer has anything to look at for this queue.
     pub fn needs_tick(&self) -> bool {
+        if let Some(s) = &self.stream {
+            return s.needs_tick();
+        }
         if self.args.timed() {
             return true;
         }
@@ -624,6 +700,9 @@ impl Queue {
     /// Takes up to `max` ready messages out of the queue for good (redrive), expired or not; the caller
     /// forgets them from the store once they are safely elsewhere.
     pub fn take(&self, max: usize, now: u64) -> Vec<Entry> {
+        if self.stream.is_some() {
+            return Vec::new(); // a stream's messages are not moved out (retention drops them)
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         if !q.delayed.is_empty() {
@@ -653,6 +732,9 @@ impl Queue {
     /// Marks the queue deleted and tells every consumer's connection that its consumer is gone.
     /// Returns the number of ready messages it held.
     pub fn mark_deleted(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.mark_deleted();
+        }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
         if q.deleted {

@@ -1,0 +1,137 @@
+//! Issue 15, stream queues: replay from `first`, a number, an AMQP timestamp and an interval after a
+//! restart; `last` and `next`; the `x-stream-offset` header; independent consumers; acks never remove.
+//! Semantics as RabbitMQ's rabbit_stream_queue.erl (parse_offset_arg/1: a timestamp is seconds, an interval
+//! string is "now minus that", in x-max-age's format).
+
+mod stream_common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::types::{AMQPValue, FieldTable};
+use mailroom_tests::Server;
+use stream_common::*;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test]
+async fn replay_from_first_number_timestamp_and_interval_after_a_restart() {
+    let mut server = Server::start();
+    let ts_b;
+    {
+        let conn = connect(&server).await;
+        let ch = conn.create_channel().await.unwrap();
+        declare_stream(&ch, "events", &[]).await;
+        publish_confirmed(&conn, "events", bodies(0..100, "a")).await;
+        // batch b starts in a later second than every message of batch a
+        let t0 = now_ms();
+        let boundary = (t0 / 1000 + 1) * 1000;
+        while now_ms() < boundary + 50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ts_b = boundary / 1000;
+        publish_confirmed(&conn, "events", bodies(100..150, "b")).await;
+        conn.close(200, "bye".into()).await.ok();
+    }
+    server.stop();
+    server.restart();
+    let conn = connect(&server).await;
+
+    // first: everything, in order, each with its offset
+    let (_ch, mut c) = consume(&conn, "events", "", 50, table(&[("x-stream-offset", s("first"))])).await;
+    let got = take(&mut c, 150, true).await;
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        (0..150).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].1, "a0");
+    assert_eq!(got[120].1, "b120");
+    nothing_more(&mut c).await;
+
+    // acks removed nothing: a second consumer reads the same from a number on
+    let (_ch2, mut c2) = consume(
+        &conn,
+        "events",
+        "",
+        10,
+        table(&[("x-stream-offset", AMQPValue::LongLongInt(42))]),
+    )
+    .await;
+    let got = take(&mut c2, 108, true).await;
+    assert_eq!(got[0], (42, "a42".to_string()));
+    assert_eq!(got.last().unwrap().0, 149);
+    nothing_more(&mut c2).await;
+
+    // an AMQP timestamp (seconds): batch b only
+    let (_ch3, mut c3) = consume(
+        &conn,
+        "events",
+        "",
+        10,
+        table(&[("x-stream-offset", AMQPValue::Timestamp(ts_b))]),
+    )
+    .await;
+    let got = take(&mut c3, 50, true).await;
+    assert_eq!(got[0], (100, "b100".to_string()));
+    nothing_more(&mut c3).await;
+
+    // an interval: everything was published within the last 24 hours
+    let (_ch4, mut c4) = consume(&conn, "events", "", 10, table(&[("x-stream-offset", s("24h"))])).await;
+    let got = take(&mut c4, 150, true).await;
+    assert_eq!(got[0].0, 0);
+    nothing_more(&mut c4).await;
+
+    // next (the default): only what is published from now on; every consumer gets it
+    let (_ch5, mut c5) = consume(&conn, "events", "", 10, FieldTable::default()).await;
+    nothing_more(&mut c5).await;
+    publish_confirmed(&conn, "events", bodies(150..152, "c")).await;
+    assert_eq!(
+        take(&mut c5, 2, true).await,
+        vec![(150, "c150".into()), (151, "c151".into())]
+    );
+    assert_eq!(take(&mut c, 2, true).await[0].0, 150);
+    assert_eq!(take(&mut c4, 2, true).await[1].0, 151);
+}
+
+#[tokio::test]
+async fn an_interval_leaves_out_what_is_older() {
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare_stream(&ch, "s", &[]).await;
+    publish_confirmed(&conn, "s", bodies(0..10, "old")).await;
+    // "4s": the old batch is 6 s old when the consumer starts, the new one moments old
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    publish_confirmed(&conn, "s", bodies(10..15, "new")).await;
+    let (_ch, mut c) = consume(&conn, "s", "", 10, table(&[("x-stream-offset", s("4s"))])).await;
+    let got = take(&mut c, 5, true).await;
+    assert_eq!(got[0], (10, "new10".to_string()));
+    nothing_more(&mut c).await;
+}
+
+#[tokio::test]
+async fn last_starts_at_the_last_chunk_and_consumers_are_independent() {
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare_stream(&ch, "s", &[]).await;
+    publish_confirmed(&conn, "s", bodies(0..20, "m")).await;
+    // the last chunk holds at least the last message and ends with it
+    let (_ch, mut last) = consume(&conn, "s", "", 100, table(&[("x-stream-offset", s("last"))])).await;
+    let first = take(&mut last, 1, true).await[0].0;
+    assert!(first <= 19);
+    if first < 19 {
+        let rest = take(&mut last, (19 - first) as usize, true).await;
+        assert_eq!(rest.last().unwrap().0, 19);
+    }
+    nothing_more(&mut last).await;
+
+    // a slow consumer (prefetch 1, never acking) does not hold back a fast one
+    let (_slow_ch, mut slow) = consume(&conn, "s", "", 1, table(&[("x-stream-offset", s("first"))])).await;
+    let (_fast_ch, mut fast) = consume(&conn, "s", "", 5, table(&[("x-stream-offset", s("first"))])).await;
+    assert_eq!(take(&mut slow, 1, false).await[0].0, 0);
+    nothing_more(&mut slow).await;
+    let got = take(&mut fast, 20, true).await;
+    assert_eq!(got.last().unwrap().0, 19);
+}
