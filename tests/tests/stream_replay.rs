@@ -135,3 +135,31 @@ async fn last_starts_at_the_last_chunk_and_consumers_are_independent() {
     let got = take(&mut fast, 20, true).await;
     assert_eq!(got.last().unwrap().0, 19);
 }
+
+#[tokio::test]
+async fn every_confirmed_message_survives_kill_9() {
+    let mut server = Server::start();
+    {
+        let conn = connect(&server).await;
+        let ch = conn.create_channel().await.unwrap();
+        declare_stream(
+            &ch,
+            "s",
+            &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100_000))],
+        )
+        .await;
+        publish_confirmed(&conn, "s", bodies(0..3000, "m")).await;
+    }
+    server.restart(); // SIGKILL, then start on the same data dir
+    let conn = connect(&server).await;
+    let (_ch, mut c) = consume(&conn, "s", "", 200, table(&[("x-stream-offset", s("first"))])).await;
+    let got = take(&mut c, 3000, true).await;
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, g)| g.0 == i as u64 && g.1 == format!("m{i}")));
+    nothing_more(&mut c).await;
+    // offsets continue after the last one
+    publish_confirmed(&conn, "s", ["next".to_string()]).await;
+    assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
+}

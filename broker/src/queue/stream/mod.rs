@@ -31,7 +31,7 @@ pub use spec::{ConsumeSpec, Filter};
 /// stays scheduled), so one consumer with a narrow filter cannot hold its connection for long.
 const SCAN_MAX: usize = 4 << 20;
 
-/// Size retention is checked after this many bytes were appended.
+/// Size retention is checked after this many bytes were appended (or a quarter segment, if less).
 const RETAIN_EVERY: u64 = 1 << 20;
 
 /// A consumer's reader and what it needs to read.
@@ -99,7 +99,8 @@ impl StreamQueue {
             })?;
         q.tail = offset + 1;
         q.appended_since_retain += msg.size();
-        if self.args.max_bytes.is_some() && q.appended_since_retain >= RETAIN_EVERY {
+        let every = RETAIN_EVERY.min(self.args.max_segment_bytes / 4).max(4096);
+        if self.args.max_bytes.is_some() && q.appended_since_retain >= every {
             q.appended_since_retain = 0;
             self.store.retain(self.args.max_bytes, None);
         }
