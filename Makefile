@@ -7,7 +7,7 @@ VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
 
-.PHONY: run test test-power-loss test-write-faults lint bench bench-compare crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
+.PHONY: run test test-power-loss test-write-faults lint bench bench-compare bench-stream crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
@@ -29,6 +29,10 @@ bench:
 # M1_COUNT=10000000 for the 10 M memory run; see scripts/bench-compare.sh.
 bench-compare:
 	CARGO="$(CARGO)" PYTHON="$(PYTHON)" scripts/bench-compare.sh
+
+# Stream queues, Mailroom vs RabbitMQ (issue 15): append with confirms, replay from first.
+bench-stream:
+	CARGO="$(CARGO)" PYTHON="$(PYTHON)" scripts/bench-stream.sh
 
 # The kill -9 crash test with 100 cycles (CI runs 10 as part of `make test`).
 crash-test:

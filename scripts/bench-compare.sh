@@ -621,4 +621,7 @@ EOF
     fi
 }
 
-main "$@"
+# scripts/bench-stream.sh sources this file for its functions (BENCH_SOURCE_ONLY=1).
+if [ "${BENCH_SOURCE_ONLY:-0}" != 1 ]; then
+    main "$@"
+fi

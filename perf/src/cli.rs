@@ -30,6 +30,17 @@ impl ExchangeType {
     }
 }
 
+/// Queue types the tool can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum QueueType {
+    /// A classic queue.
+    #[default]
+    Classic,
+    /// A stream (`x-queue-type: stream`): durable, never purged, consumers need manual acks and read
+    /// from `--stream-offset`.
+    Stream,
+}
+
 /// Benchmark presets (see `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -241,6 +252,15 @@ pub struct Args {
     /// Test only: a producer publishes every Nth sequence number twice.
     #[arg(long, hide = true)]
     pub inject_duplicate_every: Option<u64>,
+
+    /// Queue type to declare: classic or stream (streams are durable; manual acks).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub queue_type: Option<QueueType>,
+
+    /// Where stream consumers start (`x-stream-offset`): first, last, next (default), an offset, or an
+    /// interval such as 10m.
+    #[arg(long, value_name = "SPEC")]
+    pub stream_offset: Option<String>,
 }
 
 /// Fully resolved settings of one run.
@@ -310,6 +330,10 @@ pub struct Settings {
     pub inject_loss_every: u64,
     /// Test-only duplicate injection.
     pub inject_duplicate_every: u64,
+    /// Queue type.
+    pub queue_type: QueueType,
+    /// Stream consumers' `x-stream-offset` (None: the broker's default, next).
+    pub stream_offset: Option<String>,
 }
 
 /// Values a preset sets (None = tool default).
@@ -489,6 +513,17 @@ impl Args {
             bail!("--max-broker-rss needs --broker-pid or --broker-process");
         }
         let cleanup = flag_pair(self.cleanup, self.no_cleanup).unwrap_or(self.scenario.is_some());
+        let queue_type = self.queue_type.unwrap_or_default();
+        let stream = queue_type == QueueType::Stream;
+        if self.stream_offset.is_some() && !stream {
+            bail!("--stream-offset needs --queue-type stream");
+        }
+        if stream && flag_pair(self.autoack, self.manual_ack).or(p.autoack) == Some(true) {
+            bail!("stream consumers need manual acks (drop --autoack)");
+        }
+        if stream && flag_pair(self.durable, self.non_durable) == Some(false) {
+            bail!("streams are durable (drop --non-durable)");
+        }
         let threads = self.threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             cores.min(producers + consumers).max(1)
@@ -505,9 +540,10 @@ impl Args {
             confirm: self.confirm.or(p.confirm).unwrap_or(0),
             prefetch: self.prefetch.or(p.prefetch).unwrap_or(100),
             multi_ack: self.multi_ack.unwrap_or(0),
-            autoack: flag_pair(self.autoack, self.manual_ack)
-                .or(p.autoack)
-                .unwrap_or(false),
+            autoack: !stream
+                && flag_pair(self.autoack, self.manual_ack)
+                    .or(p.autoack)
+                    .unwrap_or(false),
             exchange_type,
             exchange,
             queues,
@@ -515,9 +551,10 @@ impl Args {
                 Some(sc) => format!("mailroom-perf-{}-", format!("{sc:?}").to_lowercase()),
                 None => "mailroom-perf-".into(),
             }),
-            durable: flag_pair(self.durable, self.non_durable)
-                .or(p.durable)
-                .unwrap_or(false),
+            durable: stream
+                || flag_pair(self.durable, self.non_durable)
+                    .or(p.durable)
+                    .unwrap_or(false),
             rate: self.rate.or(p.rate).unwrap_or(0),
             duration,
             count,
@@ -531,15 +568,47 @@ impl Args {
             json: self.json,
             quiet: self.quiet,
             cleanup,
-            purge: !self.no_purge,
+            // queue.purge is not for streams
+            purge: !self.no_purge && !stream,
             threads,
             inject_loss_every: self.inject_loss_every.unwrap_or(0),
             inject_duplicate_every: self.inject_duplicate_every.unwrap_or(0),
+            queue_type,
+            stream_offset: self.stream_offset.clone(),
         })
     }
 }
 
 impl Settings {
+    /// The queue.declare arguments (`x-queue-type` for streams).
+    pub fn queue_arguments(&self) -> protocol::FieldTable {
+        let mut t = protocol::FieldTable::new();
+        if self.queue_type == QueueType::Stream {
+            t.insert("x-queue-type", protocol::FieldValue::LongStr("stream".into()));
+        }
+        t
+    }
+
+    /// The basic.consume arguments (`x-stream-offset`: a number is an offset, anything else a string).
+    pub fn consume_arguments(&self) -> protocol::FieldTable {
+        let mut t = protocol::FieldTable::new();
+        // always explicit for streams: a consumer tag of our own without x-stream-offset would turn on
+        // Mailroom's (LavinMQ's) server-side offset tracking, which RabbitMQ does not have
+        let spec = match (&self.stream_offset, self.queue_type) {
+            (Some(o), _) => Some(o.as_str()),
+            (None, QueueType::Stream) => Some("next"),
+            (None, QueueType::Classic) => None,
+        };
+        if let Some(spec) = spec {
+            let v = match spec.parse::<i64>() {
+                Ok(n) => protocol::FieldValue::I64(n),
+                Err(_) => protocol::FieldValue::LongStr(spec.into()),
+            };
+            t.insert("x-stream-offset", v);
+        }
+        t
+    }
+
     /// Name of queue `i`.
     pub fn queue_name(&self, i: usize) -> String {
         format!("{}{}", self.queue_prefix, i)

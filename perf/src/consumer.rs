@@ -96,7 +96,7 @@ pub async fn subscribe(conn: &mut Conn, s: &Settings, id: usize) -> anyhow::Resu
             no_ack: s.autoack,
             exclusive: false,
             no_wait: false,
-            arguments: Default::default(),
+            arguments: s.consume_arguments(),
         }))
         .await?
     {

@@ -46,6 +46,7 @@ pub async fn declare(conn: &mut Conn, s: &Settings) -> anyhow::Result<()> {
         conn.rpc(Method::QueueDeclare(QueueDeclare {
             queue: name.clone(),
             durable: s.durable,
+            arguments: s.queue_arguments(),
             ..Default::default()
         }))
         .await
