@@ -175,11 +175,11 @@ impl StreamQueue {
         let res = self
             .store
             .read(&mut st.reader, max, SCAN_MAX, &mut accept, &mut st.items);
-        let (n, more) = match res {
-            Ok(r) => (r.taken, r.more),
+        let (n, more, failed) = match res {
+            Ok(r) => (r.taken, r.more, false),
             Err(e) => {
-                tracing::error!(error = %e, "reading a stream failed");
-                (0, false)
+                tracing::error!(error = %e, "reading a stream failed; retried at the next publish");
+                (0, false, true)
             }
         };
         for item in st.items.drain(..) {
@@ -196,7 +196,7 @@ impl StreamQueue {
         if n < max {
             let mut q = self.inner.lock();
             if let Some(c) = q.consumers.get(&id) {
-                if more || pos < q.tail {
+                if !failed && (more || pos < q.tail) {
                     c.signal.consumer_ready(id);
                 } else if !q.waiters.contains(&id) {
                     q.waiters.push(id);
