@@ -76,6 +76,70 @@ fn a_publish_over_the_max_message_size_gets_406() {
     assert!(c.get(2, "big", true).is_some());
 }
 
+/// A content header that announces a body over the limit is refused at once (issue 18: a client cannot
+/// make the broker buffer up to the limit first): 406 with RabbitMQ's text (rabbit_channel.erl
+/// check_msg_size, which RabbitMQ applies after the whole body), the body frames still on the way are
+/// discarded by the closing channel, and the connection goes on.
+#[test]
+fn a_content_header_over_the_max_message_size_is_refused_before_its_body() {
+    use protocol::bytes::BytesMut;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::try_start_in(&tmp.path().join("data"), &["--max-message-size", "1KiB"]).unwrap();
+    let mut c = RawClient::open_ch1(server.addr);
+    c.declare_queue(1, "big");
+    let announced: u64 = 400 << 20;
+    let mut b = BytesMut::new();
+    protocol::write_method(
+        &mut b,
+        1,
+        &Method::BasicPublish(protocol::BasicPublish {
+            exchange: "".into(),
+            routing_key: "big".into(),
+            mandatory: false,
+            immediate: false,
+        }),
+    );
+    let header_at = b.len();
+    protocol::write_content(
+        &mut b,
+        1,
+        protocol::CLASS_BASIC,
+        &protocol::RawProperties::empty(),
+        &[],
+        0,
+    );
+    // type(1) channel(2) size(4) class(2) weight(2), then the 8-byte body size.
+    b[header_at + 11..header_at + 19].copy_from_slice(&announced.to_be_bytes());
+    c.send_raw(&b);
+    // Only the header was sent: the refusal cannot wait for the body.
+    let close = loop {
+        match c.read_frame() {
+            Some(protocol::Frame::Method(1, Method::ChannelClose(m))) => break m,
+            Some(_) => continue,
+            None => panic!("connection closed without channel.close"),
+        }
+    };
+    assert_eq!(close.reply_code, 406);
+    assert_eq!(
+        close.reply_text.to_string(),
+        format!("PRECONDITION_FAILED - message size {announced} is larger than configured max size 1024")
+    );
+    assert_eq!((close.class_id, close.method_id), (60, 40));
+    // Body frames the client had in flight before it read the close are dropped with the channel.
+    let mut body = BytesMut::new();
+    for _ in 0..64 {
+        body.extend_from_slice(&[3, 0, 1, 0, 0, 16, 0]);
+        body.extend_from_slice(&[9u8; 4096]);
+        body.extend_from_slice(&[0xce]);
+    }
+    c.send_raw(&body);
+    c.send_method(1, Method::ChannelCloseOk(protocol::ChannelCloseOk));
+    c.open_channel(2);
+    c.publish(2, "", "big", b"small");
+    let m = c.get(2, "big", true).expect("the connection still works");
+    assert_eq!(m.body_str(), "small");
+}
+
 /// RabbitMQ's rabbit_reader:is_over_node_connection_limit: connection.open is refused with 530
 /// NOT_ALLOWED "connection refused: node connection limit (N) is reached"; a closed connection frees
 /// its place.

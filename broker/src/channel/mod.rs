@@ -35,6 +35,7 @@ use std::sync::Arc;
 use protocol::{Assembled, ContentAssembler, Frame, Method, ShortStr};
 
 use crate::clock::now_ms;
+use crate::config::MAX_MAX_MESSAGE_SIZE;
 use crate::error::{AmqpError, AmqpResult};
 use crate::output::Output;
 use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
@@ -145,6 +146,25 @@ impl Channel {
         let Some(frame) = self.hold_back(frame) else {
             return Ok(Next::Keep);
         };
+        // A body over --max-message-size is refused at its content header, before any of it is buffered:
+        // RabbitMQ (rabbit_channel.erl check_msg_size) gives the same 406 only after reading the whole body.
+        // Its body frames, still on the way, are discarded by the closing channel. Sizes over the 512 MiB
+        // ceiling stay the assembler's frame error, as RabbitMQ's rabbit_command_assembler has it.
+        if let Frame::Header(_, h) = &frame {
+            if self.assembler.awaits_header() && h.body_size <= MAX_MAX_MESSAGE_SIZE {
+                if let Err(e) = ctx.session.check_message_size(h.body_size) {
+                    self.assembler.reset();
+                    self.close_with(
+                        e.on_method(
+                            protocol::BasicPublish::CLASS_ID,
+                            protocol::BasicPublish::METHOD_ID,
+                        ),
+                        ctx,
+                    );
+                    return Ok(Next::Keep);
+                }
+            }
+        }
         let assembled = match frame {
             Frame::Method(_, m) => self.assembler.push_method(m),
             Frame::Header(_, h) => self.assembler.push_header(h),
