@@ -16,6 +16,7 @@
 //! A handler sees the channel (`self`) and a [`Ctx`]: the connection's shared [`Session`] and its [`Output`].
 //! Channels never see the connection itself, so the channel module does not depend on the connection module.
 
+mod ack_timeout;
 mod basic_ack;
 mod basic_consume;
 mod basic_deliver;
@@ -68,6 +69,8 @@ pub struct Unacked {
     pub entry: Entry,
     /// None for basic.get.
     pub consumer: Option<ConsumerId>,
+    /// When it was delivered (ms, the clock read once per delivered batch): the consumer timeout's start.
+    pub delivered_at: u64,
 }
 
 pub struct Channel {
@@ -91,6 +94,9 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// The smallest acknowledgement timeout (ms) of the queues this channel delivered from (u64::MAX: none):
+    /// the consumer-timeout check looks no further than deliveries this old (`ack_timeout.rs`).
+    ack_timeout_floor: u64,
     /// The direct reply-to consumer, if the client consumes from `amq.rabbitmq.reply-to` here.
     reply: Option<direct_reply_to::ReplyConsumer>,
     /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
@@ -108,6 +114,7 @@ impl Channel {
             consumers: HashMap::new(),
             unacked: VecDeque::new(),
             next_tag: 1,
+            ack_timeout_floor: u64::MAX,
             consumer_prefetch: 0,
             channel_prefetch: 0,
             consumer_unacked: 0,
