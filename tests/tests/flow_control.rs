@@ -37,6 +37,36 @@ fn memory_alarm_blocks_publishers_and_unblocks_them() {
         .is_some());
 }
 
+/// The disk alarm, end to end (RabbitMQ's rabbit_disk_monitor: free space under `disk_free_limit` blocks
+/// publishers with "low on disk"). The debug hook MAILROOM_TEST_DISK_FREE_FILE makes the monitor read the
+/// free space from a file; the same pika script as the memory alarm checks blocked/unblocked, that a
+/// non-publishing connection drains meanwhile, heartbeats, and that every message is delivered once.
+#[test]
+fn disk_alarm_blocks_publishers_and_unblocks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = tmp.path().join("disk-free");
+    std::fs::write(&hook, "100GiB").unwrap();
+    let hook_s = hook.to_str().unwrap();
+    let server = Server::try_start_with_env(
+        &tmp.path().join("data"),
+        &["--disk-free-limit", "50MB"],
+        &[("MAILROOM_TEST_DISK_FREE_FILE", hook_s)],
+    )
+    .unwrap();
+    let out = run_python(&server, "flow_control.py", &["alarm", hook_s, "disk"]);
+    assert!(out.contains("BLOCKED low on disk"), "{out}");
+    assert!(out.contains("ALARM OK"), "{out}");
+    assert!(server
+        .wait_for_log("disk resource limit alarm set", std::time::Duration::from_secs(5))
+        .is_some());
+    assert!(server
+        .wait_for_log(
+            "disk resource limit alarm cleared",
+            std::time::Duration::from_secs(5)
+        )
+        .is_some());
+}
+
 #[test]
 fn a_queue_over_its_bound_throttles_its_publishers_only() {
     let tmp = tempfile::tempdir().unwrap();
