@@ -33,6 +33,12 @@ use crate::{io_err, Result, StoredMessage};
 use format::*;
 pub use reader::{ReadOutcome, StreamItem, StreamReader, StreamStart};
 
+/// The index is a hint (recovery rebuilds what it misses from the records): it is synced when this much
+/// segment data was written since its last sync, and when its segment is sealed, not in every round. A
+/// round then syncs one file per stream, not two; after a crash, recovery reads at most this much of a
+/// segment to find its chunks again.
+const IDX_SYNC_EVERY: u64 = 16 << 20;
+
 /// A chunk is closed once it holds this much (a busy flusher round would otherwise make one huge
 /// chunk, and `last` would replay all of it).
 const CHUNK_MAX: u64 = 256 << 10;
@@ -58,6 +64,8 @@ struct Seg {
     last_ts: u64,
     data: LogFile,
     idx: LogFile,
+    /// The segment length the index's last sync covered (its chunks up to there are durable).
+    idx_synced_at: u64,
 }
 
 impl Seg {
@@ -251,6 +259,7 @@ impl StreamLog {
                 last_ts: s.last_ts,
                 data,
                 idx,
+                idx_synced_at: 0,
             },
         );
         s.chunk = None;
@@ -347,19 +356,27 @@ impl StreamLog {
                     continue;
                 };
                 let mut ok = true;
-                for f in [&mut seg.data, &mut seg.idx] {
+                let sync_idx = seg.idx.release
+                    || seg.idx.broken
+                    || seg.data.len().saturating_sub(seg.idx_synced_at) >= IDX_SYNC_EVERY;
+                let data_len = seg.data.len();
+                for (f, sync) in [(&mut seg.data, true), (&mut seg.idx, sync_idx)] {
                     let r = if f.broken {
                         f.repair(&self.faults)
                     } else {
                         f.write_out(&self.faults)
                     };
                     match r {
-                        Ok(()) => f.take_sync(s.id, Some(first), &mut batch.files),
+                        Ok(()) if sync => f.take_sync(s.id, Some(first), &mut batch.files),
+                        Ok(()) => {}
                         Err(e) => {
                             first_err.get_or_insert(e);
                             ok = false;
                         }
                     }
+                }
+                if sync_idx && ok {
+                    seg.idx_synced_at = data_len;
                 }
                 if !ok {
                     s.dirty_segs.insert(first);

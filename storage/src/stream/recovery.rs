@@ -218,6 +218,7 @@ impl StreamLog {
             last_ts: scan.last.map_or(0, |(_, t)| t),
             data: LogFile::existing(sp, FileKind::Segment, scan.end),
             idx,
+            idx_synced_at: scan.end,
         };
         Ok((seg, entries, rebuilt))
     }
