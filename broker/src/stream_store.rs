@@ -41,7 +41,8 @@ impl StreamStore {
         let record = StoredMessage {
             exchange: msg.exchange.as_str().to_owned(),
             routing_key: msg.routing_key.as_str().to_owned(),
-            properties: msg.stored_properties().to_bytes(),
+            // as delivered (without BCC, RabbitMQ's sender-selected distribution): a stream is never re-routed
+            properties: msg.properties.to_bytes(),
             body: msg.body.clone(),
             delivery_count: 0,
             published_at_ms: now,

@@ -163,3 +163,40 @@ async fn every_confirmed_message_survives_kill_9() {
     publish_confirmed(&conn, "s", ["next".to_string()]).await;
     assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
 }
+
+#[tokio::test]
+async fn deliveries_never_carry_bcc() {
+    // RabbitMQ's sender-selected distribution: BCC routes the message but is removed before delivery
+    // (rabbit_exchange: the header is stripped), from a stream too.
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{FieldArray, ShortString};
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare_stream(&ch, "s", &[]).await;
+    declare_stream(&ch, "s2", &[]).await;
+    let headers = table(&[("BCC", AMQPValue::FieldArray(FieldArray::from(vec![s("s2")])))]);
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        "s".into(),
+        BasicPublishOptions::default(),
+        b"m",
+        lapin::BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    for q in ["s", "s2"] {
+        let (_c, mut c) = consume(&conn, q, "", 10, table(&[("x-stream-offset", s("first"))])).await;
+        let d = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut c))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let h = d.properties.headers().as_ref().unwrap();
+        assert!(h.inner().get(&ShortString::from("BCC")).is_none(), "{q}: {h:?}");
+        assert_eq!(offset_of(&d), 0);
+    }
+}
