@@ -137,6 +137,10 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-delayed-retry-min",
     "x-delayed-retry-max",
     "x-delayed-retry-multiplier",
+    // a stream's (rabbit_stream_queue:capabilities() queue_arguments)
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-stream-filter-size-bytes",
 ];
 
 pub fn check_equivalent_args(

@@ -145,6 +145,25 @@ fn declarations_a_stream_refuses() {
         matches!(m, Method::QueueDeclareOk(ref ok) if ok.message_count == 0),
         "{m:?}"
     );
+    // a redeclaration must match (rabbit_misc:assert_args_equivalence/4 over the stream's arguments)
+    let m = declare(
+        &mut c,
+        "s",
+        true,
+        false,
+        false,
+        &[
+            ("x-max-age", text("1D")),
+            ("x-max-length-bytes", FieldValue::I64(1 << 30)),
+        ],
+    );
+    refused(
+        &mut c,
+        m,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'x-max-age' for queue 's' in vhost '/': received the value '1D' of type 'longstr' but current is the value '7D' of type 'longstr'",
+        (50, 10),
+    );
 }
 
 #[test]
