@@ -135,6 +135,17 @@ impl Broker {
         Ok(user.clone())
     }
 
+    /// SASL EXTERNAL (a verified client certificate's CN): the user must exist; no password is checked, as
+    /// rabbit_auth_backend_internal's passwordless login. `loopback_users` still applies.
+    pub fn login_external(&self, name: &str, peer: IpAddr) -> Result<User, LoginError> {
+        let users = self.users.read();
+        let user = users.get(name).ok_or(LoginError::BadCredentials)?;
+        if user.loopback_only && !peer.is_loopback() {
+            return Err(LoginError::LoopbackOnly);
+        }
+        Ok(user.clone())
+    }
+
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<storage::Durability> {
         self.store.durable_watch()
     }

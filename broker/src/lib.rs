@@ -22,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod signal;
 pub mod store;
+pub mod tls;
 pub mod vhost;
 pub mod watchdog;
 

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use protocol::{reply, ConnectionClose, Frame, FrameCodec, Method, ShortStr};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +37,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::flow::AlarmState;
 use crate::session::Session;
 use crate::signal::{ConnEvent, ConnSignal};
+use crate::tls::PeerTls;
 use handshake::Login;
 use transport::{Phase, Transport};
 
@@ -52,10 +52,11 @@ const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a closed connection keeps reading (and discarding) while it waits for the client's EOF.
 const LINGER: Duration = Duration::from_secs(3);
 
-struct Conn {
+/// Generic over the socket's write half: plain TCP pays for no indirection, AMQPS writes through TLS.
+struct Conn<W: AsyncWrite + Unpin> {
     broker: Arc<Broker>,
     id: u64,
-    transport: Transport,
+    transport: Transport<W>,
     /// What the handshake learned (until connection.open makes the session).
     login: Login,
     /// Shared with the queues this connection consumes from, to wake it.
@@ -85,8 +86,49 @@ struct Conn {
 /// Serves one accepted socket until it closes.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = socket.set_nodelay(true);
+    let (rd, wr) = socket.into_split();
+    serve_stream(broker, rd, wr, peer, None, shutdown).await;
+}
+
+/// Serves one socket accepted on an AMQPS listener: the TLS handshake (within the handshake timeout; a
+/// client that does not speak TLS, such as a plain AMQP client, is closed), then AMQP over it.
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let stream = match tokio::time::timeout(broker.config.handshake_timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed: connection closed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "no TLS handshake before the handshake timeout: connection closed");
+            return;
+        }
+    };
+    let tls = PeerTls::from_connection(stream.get_ref().1);
+    debug!(%peer, client_cert = tls.has_cert, cn = ?tls.cert_cn, "TLS handshake done");
+    let (rd, wr) = tokio::io::split(stream);
+    serve_stream(broker, rd, wr, peer, Some(tls), shutdown).await;
+}
+
+async fn serve_stream<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    tls: Option<PeerTls>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let id = broker.next_connection_id();
-    let (mut rd, wr) = socket.into_split();
     let handshake_timeout = broker.config.handshake_timeout;
 
     // Protocol header: exactly "AMQP" 0 0 9 1; anything else gets our header back and the socket closed.
@@ -103,7 +145,10 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
         broker,
         id,
         transport: Transport::new(peer, wr),
-        login: Login::default(),
+        login: Login {
+            tls,
+            ..Login::default()
+        },
         signal: Arc::new(ConnSignal::new()),
         session: None,
         channels: HashMap::new(),
@@ -136,7 +181,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
     debug!(%peer, id, "connection closed");
 }
 
-async fn drain_until_eof(rd: &mut OwnedReadHalf) {
+async fn drain_until_eof<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut scratch = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = rd.read(&mut scratch).await {
@@ -148,15 +193,17 @@ async fn drain_until_eof(rd: &mut OwnedReadHalf) {
     .await;
 }
 
-impl Conn {
-    async fn run(
+impl<W: AsyncWrite + Unpin> Conn<W> {
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        framed: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        framed: &mut FramedRead<R, FrameCodec>,
         shutdown: CancellationToken,
         handshake_timeout: Duration,
     ) {
-        self.transport
-            .send_method(0, &Method::ConnectionStart(handshake::connection_start()));
+        self.transport.send_method(
+            0,
+            &Method::ConnectionStart(handshake::connection_start(&self.login)),
+        );
         if self.transport.write_out().await.is_err() {
             return;
         }
@@ -717,7 +764,7 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
+impl<W: AsyncWrite + Unpin> Drop for Conn<W> {
     /// However the task ends (returned, failed, panicked), nothing the connection registered stays behind.
     fn drop(&mut self) {
         self.release_all();
