@@ -36,6 +36,8 @@ pub struct Broker {
     pub store: Store,
     /// Alarms, flow-control counters and the memory/disk monitor.
     pub flow: Arc<Flow>,
+    /// The connections' message counters (the metrics).
+    pub stats: crate::stats::StatsRegistry,
 }
 
 /// Why a login failed.
@@ -65,6 +67,7 @@ impl Broker {
             open_connections: AtomicU64::new(0),
             store,
             flow: Arc::new(Flow::default()),
+            stats: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker.users.write().insert(

@@ -19,6 +19,8 @@ pub struct Server {
     /// AMQPS listeners and their (reloadable) TLS configuration.
     tls_listeners: Vec<TcpListener>,
     pub tls: Option<Arc<TlsConfig>>,
+    /// The Prometheus endpoint's listeners.
+    prometheus_listeners: Vec<TcpListener>,
 }
 
 /// Binds `addrs`; of defaults, an address the host lacks (`[::1]` without IPv6) is skipped with a warning,
@@ -61,6 +63,13 @@ impl Server {
             anyhow::bail!("no address to listen on");
         }
         let tls_listeners = bind_all(&c.tls_listen, c.tls_listen_is_default, false, "AMQPS").await?;
+        let prometheus_listeners = bind_all(
+            &c.prometheus_listen,
+            c.prometheus_listen_is_default,
+            true,
+            "Prometheus",
+        )
+        .await?;
         if let Some(tls) = &tls {
             let weak = Arc::downgrade(tls);
             crate::watchdog::on_reload(move || {
@@ -76,6 +85,7 @@ impl Server {
             listeners,
             tls_listeners,
             tls,
+            prometheus_listeners,
         })
     }
 
@@ -106,7 +116,16 @@ impl Server {
         self.broker.spawn_timer();
         self.broker.spawn_monitor();
         let mut acceptors = Vec::new();
-        // AMQPS before AMQP: the tests' harness reads the startup log up to the first "accepting AMQP" line.
+        for listener in self.prometheus_listeners {
+            let addr = listener.local_addr().expect("bound socket has an address");
+            info!(%addr, "serving Prometheus metrics");
+            tokio::spawn(crate::prometheus::serve(
+                listener,
+                self.broker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        // Prometheus and AMQPS before AMQP: the tests' harness reads the startup log up to the first "accepting AMQP" line.
         if let Some(tls) = &self.tls {
             for listener in self.tls_listeners {
                 let addr = listener.local_addr().expect("bound socket has an address");

@@ -67,6 +67,8 @@ pub struct Session {
     pub(crate) flow_queues: Vec<Arc<Queue>>,
     /// `flow_queues` grew since the connection last registered with them.
     pub(crate) flow_dirty: bool,
+    /// This connection's message counters (the metrics; `stats.rs`).
+    pub(crate) stats: Arc<crate::stats::ConnStats>,
 }
 
 impl Session {
@@ -94,6 +96,7 @@ impl Session {
             published: false,
             flow_queues: Vec::new(),
             flow_dirty: false,
+            stats: Arc::default(),
         }
     }
 

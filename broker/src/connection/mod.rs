@@ -313,8 +313,17 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 let durable_now = durable.borrow_and_update().clone();
                 while self.settle_held(&durable_now) {}
                 self.run_pulls();
+                let mut confirmed = 0;
                 for channel in self.channels.values_mut() {
-                    channel.flush_confirms(&durable_now, &mut self.transport.out);
+                    confirmed += channel.flush_confirms(&durable_now, &mut self.transport.out);
+                }
+                if let Some(s) = self.session.as_ref() {
+                    let stats = &s.stats;
+                    crate::stats::MessageCounters::add(&stats.messages.confirmed, confirmed);
+                    stats
+                        .channels
+                        .store(self.channels.len() as u64, Ordering::Relaxed);
+                    stats.publishing.store(s.published as u64, Ordering::Relaxed);
                 }
             } else if let Some(s) = self.session.as_mut() {
                 s.pull_list.clear();
@@ -422,6 +431,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let counters = &self.broker.flow.counters;
         match (throttled, self.throttled_at) {
             (true, None) => {
+                crate::stats::THROTTLED_NOW.fetch_add(1, Ordering::Relaxed);
                 self.throttled_at = Some(Instant::now());
                 counters.queue_throttles.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
@@ -436,6 +446,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 }
             }
             (false, Some(at)) => {
+                crate::stats::THROTTLED_NOW.fetch_sub(1, Ordering::Relaxed);
                 self.throttled_at = None;
                 counters
                     .queue_throttled_ms
@@ -457,6 +468,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let counters = &self.broker.flow.counters;
         match (block, self.blocked_at) {
             (true, None) => {
+                crate::stats::BLOCKED_NOW.fetch_add(1, Ordering::Relaxed);
                 self.blocked_at = Some(Instant::now());
                 counters.alarm_blocks.fetch_add(1, Ordering::Relaxed);
                 let reason = self.alarm.reason();
@@ -472,6 +484,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 }
             }
             (false, Some(at)) => {
+                crate::stats::BLOCKED_NOW.fetch_sub(1, Ordering::Relaxed);
                 self.blocked_at = None;
                 counters
                     .alarm_blocked_ms
@@ -563,6 +576,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                         self.broker.config.max_message_size,
                     ));
                     self.counted = true;
+                    if let Some(s) = self.session.as_ref() {
+                        self.broker.stats.register(self.id, s.stats.clone());
+                    }
                 })
             }
             (_, m) => Err(AmqpError::command_invalid(format!(
@@ -587,6 +603,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let Some(channel) = self.channels.get_mut(&ch) else {
             return match frame {
                 Frame::Method(_, Method::ChannelOpen(_)) => {
+                    crate::stats::CHANNELS_OPENED.fetch_add(1, Ordering::Relaxed);
                     self.channels
                         .insert(ch, Channel::open(ch, &mut self.transport.out));
                     Ok(())
@@ -768,8 +785,15 @@ impl<W: AsyncWrite + Unpin> Drop for Conn<W> {
     /// However the task ends (returned, failed, panicked), nothing the connection registered stays behind.
     fn drop(&mut self) {
         self.release_all();
+        if self.throttled_at.take().is_some() {
+            crate::stats::THROTTLED_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.blocked_at.take().is_some() {
+            crate::stats::BLOCKED_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
         if std::mem::take(&mut self.counted) {
             self.broker.connection_closed();
+            self.broker.stats.unregister(self.id);
         }
     }
 }
