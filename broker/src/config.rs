@@ -89,6 +89,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub prometheus_listen: Vec<String>,
+    /// Print the configuration reference (every flag, environment variable and TOML key) as a Markdown
+    /// table, and exit.
+    #[arg(long)]
+    pub print_config_reference: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

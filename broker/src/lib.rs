@@ -7,6 +7,7 @@ pub mod broker;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod config_reference;
 pub mod connection;
 pub mod deadletter;
 pub mod error;

@@ -238,7 +238,26 @@ fn encode(s: &Scrape, per_object: bool) -> Result<String, std::fmt::Error> {
     registry.register_collector(Box::new(snap));
     let mut text = String::with_capacity(64 * 1024);
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
-    Ok(text)
+    Ok(dashboard_le(text))
+}
+
+/// The message size buckets from 1 MB up as the RabbitMQ-Overview dashboard spells their `le` values
+/// (`1e+06`, Go's float format, which Prometheus 3 also normalises to); prometheus-client writes
+/// `1000000.0`, which a Prometheus 2 would keep and the dashboard's `le="1e+06"` would not match.
+fn dashboard_le(mut text: String) -> String {
+    for (from, to) in [
+        ("1000000.0", "1e+06"),
+        ("10000000.0", "1e+07"),
+        ("50000000.0", "5e+07"),
+        ("100000000.0", "1e+08"),
+    ] {
+        let from = format!("rabbitmq_message_size_bytes_bucket{{le=\"{from}\"}}");
+        if let Some(i) = text.find(&from) {
+            let to = format!("rabbitmq_message_size_bytes_bucket{{le=\"{to}\"}}");
+            text.replace_range(i..i + from.len(), &to);
+        }
+    }
+    text
 }
 
 /// A label value escaped as the text format wants (`\`, `"` and newlines; queue names may hold any of

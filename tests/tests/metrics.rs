@@ -227,6 +227,13 @@ async fn metrics_after_real_traffic() {
     assert_eq!(get(&m, "rabbitmq_message_size_bytes_bucket{le=\"100.0\"}"), 5.0);
     assert_eq!(get(&m, "rabbitmq_message_size_bytes_bucket{le=\"1000.0\"}"), 15.0);
     assert_eq!(get(&m, "rabbitmq_message_size_bytes_bucket{le=\"+Inf\"}"), 15.0);
+    // The dashboard's spelling of the large buckets (RabbitMQ-Overview.json: le="1e+06", ..., "1e+08").
+    for le in ["1e+06", "1e+07", "5e+07", "1e+08"] {
+        assert_eq!(
+            get(&m, &format!("rabbitmq_message_size_bytes_bucket{{le=\"{le}\"}}")),
+            15.0
+        );
+    }
     assert_eq!(get(&m, "rabbitmq_message_size_bytes_sum"), 1505.0);
     assert_eq!(get(&m, "rabbitmq_alarms_memory_used_watermark"), 0.0);
     assert_eq!(get(&m, "rabbitmq_alarms_free_disk_space_watermark"), 0.0);
