@@ -150,9 +150,22 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
-        let Some(frame) = self.hold_back(frame) else {
+        let Some((frame, passed)) = self.hold_back(frame) else {
             return Ok(Next::Keep);
         };
+        if let held::Passed::Behind(index) = passed {
+            // A definition method handled while replies are held: what it writes goes out after them.
+            let mark = ctx.out.mark();
+            let r = self.handle_now(frame, ctx);
+            let frames = ctx.out.take_from(mark);
+            self.hold.keep_after(index, frames);
+            return r;
+        }
+        self.handle_now(frame, ctx)
+    }
+
+    /// One frame, handled now (not held back).
+    fn handle_now(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
         // A body over --max-message-size is refused at its content header, before any of it is buffered:
         // RabbitMQ (rabbit_channel.erl check_msg_size) gives the same 406 only after reading the whole body.
         // Its body frames, still on the way, are discarded by the closing channel. Sizes over the 512 MiB
@@ -270,6 +283,10 @@ impl Channel {
 
     /// A channel error: send channel.close, release what the channel holds, drop its frames until close-ok.
     fn close_with(&mut self, e: AmqpError, ctx: &mut Ctx) {
+        // Replies held for durability go out first (a method handled ahead of them failed).
+        let Err(e) = self.hold.defer_close(e) else {
+            return;
+        };
         tracing::debug!(
             conn = ctx.session.id,
             channel = self.id,
