@@ -40,6 +40,7 @@ use crate::message::Message;
 use crate::queue_args::QueueArgs;
 use crate::signal::ConnSignal;
 pub use crate::signal::{next_consumer_id, ConsumerId};
+use crate::stats::QueueStats;
 use crate::store::QueueStore;
 
 use consumers::Consumers;
@@ -129,6 +130,8 @@ pub struct Queue {
     store: Option<QueueStore>,
     /// A stream queue's log and consumers (`QueueKind::Stream`).
     stream: Option<StreamQueue>,
+    /// Message counters for the metrics (relaxed atomics, no lock).
+    pub stats: QueueStats,
     inner: Mutex<Inner>,
 }
 
@@ -197,6 +200,7 @@ impl Queue {
             spec,
             args,
             store,
+            stats: QueueStats::default(),
             inner: Mutex::new(inner),
         }
     }
@@ -210,7 +214,11 @@ impl Queue {
     /// (TTL 0, reject-publish-dlx, drop-head) go to `dead`.
     pub fn publish(&self, msg: Arc<Message>, now: u64, dead: &mut DeadLetters) -> Result<u64, Rejected> {
         if let Some(s) = &self.stream {
-            return s.publish(&msg, now);
+            let r = s.publish(&msg, now);
+            if r.is_ok() {
+                QueueStats::add(&self.stats.published, 1);
+            }
+            return r;
         }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
@@ -228,6 +236,7 @@ impl Queue {
             expires_at,
             not_before: None,
         };
+        QueueStats::add(&self.stats.published, 1);
         if entry.is_expired(now) {
             // x-message-ttl 0 (or an expiration of 0) with nobody to take it now: it dies at once.
             dead.push(entry, DeathReason::Expired);
@@ -435,7 +444,9 @@ impl Queue {
         dead: &mut DeadLetters,
     ) -> usize {
         if let Some(s) = &self.stream {
-            return s.pull(id, max, out);
+            let n = s.pull(id, max, out);
+            QueueStats::add(&self.stats.delivered, n as u64);
+            return n;
         }
         let mut guard = self.inner.lock();
         let q = &mut *guard;
@@ -455,6 +466,7 @@ impl Queue {
             }
         }
         let n = self.take_live(q, max, now, dead, |e| out.push(e));
+        QueueStats::add(&self.stats.delivered, n as u64);
         if ack {
             self.delivered_with_ack(q, &out[out.len() - n..]);
         }
@@ -477,6 +489,7 @@ impl Queue {
         self.take_live(q, 1, now, dead, |e| got = Some(e));
         self.flow_check(q);
         let e = got?;
+        QueueStats::add(&self.stats.delivered, 1);
         if ack {
             self.delivered_with_ack(q, std::slice::from_ref(&e));
         }
@@ -495,6 +508,7 @@ impl Queue {
         acked: impl ExactSizeIterator<Item = (&'a Entry, Option<ConsumerId>)> + Clone,
     ) {
         if let Some(s) = &self.stream {
+            QueueStats::add(&self.stats.acked, acked.len() as u64);
             s.acked(acked.map(|(e, c)| (e.seq, c)));
             return;
         }
@@ -503,6 +517,7 @@ impl Queue {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
         }
+        QueueStats::add(&self.stats.acked, entries.len() as u64);
         self.delete_stored(entries);
     }
 
@@ -657,6 +672,12 @@ impl Queue {
         }
         let q = self.inner.lock();
         (q.ready_count(), q.consumers.len() as u32)
+    }
+
+    /// (ready, unacked, consumers) under one lock, for the metrics.
+    pub fn depth(&self) -> (u32, u64, u32) {
+        let q = self.inner.lock();
+        (q.ready_count(), q.unacked, q.consumers.len() as u32)
     }
 
     /// Messages delivered and not yet settled.
