@@ -18,6 +18,7 @@ pub mod queue;
 pub mod queue_args;
 pub mod recover;
 pub mod reply_to;
+pub mod ring_order;
 pub mod server;
 pub mod session;
 pub mod signal;

@@ -385,6 +385,9 @@ impl VHost {
         };
         let mut ticket = 0;
         if let Some(router::DeletedExchange { def, auto_deleted }) = deleted {
+            if def.kind == router::ExchangeKind::ConsistentHash && def.durable {
+                crate::ring_order::forget(&self.store, &self.name, name);
+            }
             if def.durable {
                 if let Err(e) = self.store.delete_exchange(&self.name, name) {
                     let mut router = self.router.write();
@@ -422,9 +425,14 @@ impl VHost {
             .binding_is_durable(&binding)
             .then(|| self.binding_record(&binding));
         let undo = record.is_some().then(|| binding.clone());
+        let source = binding.source.clone();
         let created = self.router.write().bind(binding)?;
         if let (true, Some(r)) = (created, record) {
-            return match self.store.put_binding(&r) {
+            return match self
+                .store
+                .put_binding(&r)
+                .and_then(|t| Ok(t.max(self.save_ring_order(&source)?)))
+            {
                 Ok(t) => Ok(t),
                 Err(e) => {
                     if let Some(b) = undo {
@@ -454,7 +462,11 @@ impl VHost {
         };
         let mut ticket = 0;
         if removed && durable {
-            match self.store.delete_binding(&self.binding_record(binding)) {
+            match self
+                .store
+                .delete_binding(&self.binding_record(binding))
+                .and_then(|t| Ok(t.max(self.save_ring_order(&binding.source)?)))
+            {
                 Ok(t) => ticket = t,
                 Err(e) if auto_deleted.is_empty() => {
                     let _ = self.router.write().bind(binding.clone());
@@ -468,6 +480,11 @@ impl VHost {
             ticket = self.store.current_ticket();
         }
         Ok(ticket)
+    }
+
+    /// Stores the ring order of a durable consistent-hash exchange after a binding change (`ring_order.rs`).
+    fn save_ring_order(&self, exchange: &str) -> Result<u64, storage::StoreError> {
+        crate::ring_order::save(&self.store, &self.router.read(), &self.name, exchange)
     }
 
     /// A binding is durable when both its ends are (as RabbitMQ).
@@ -620,6 +637,7 @@ impl VHost {
                 tracing::warn!(error = %e, source = b.source, "skipping stored binding");
             }
         }
+        crate::ring_order::restore(&self.store, &mut router, &self.name);
         Ok(())
     }
 }

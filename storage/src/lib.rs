@@ -16,6 +16,7 @@
 
 mod be;
 mod codec;
+mod entity_state;
 mod fault;
 mod flusher;
 mod keys;
@@ -27,6 +28,7 @@ mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
 pub use open::{Attached, LostQueue, LOST_FOUND};

@@ -57,13 +57,23 @@ impl Channel {
     ) -> AmqpResult<()> {
         let headers = crate::args::message_headers(&msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
-        ctx.session.vhost.router.read().route_multi(
-            p.exchange.as_str(),
-            p.routing_key.as_str(),
-            msg.extra_routing_keys(),
-            headers.as_ref(),
-            dests,
-        )?;
+        {
+            let router = ctx.session.vhost.router.read();
+            // Properties are read only when a consistent-hash exchange hashes on one.
+            let props = if router.needs_properties() {
+                crate::message::route_props(&msg.properties)
+            } else {
+                router::MsgProps::default()
+            };
+            router.route_msg(
+                p.exchange.as_str(),
+                p.routing_key.as_str(),
+                msg.extra_routing_keys(),
+                headers.as_ref(),
+                &props,
+                dests,
+            )?;
+        }
         if let Some(tx) = self.tx.as_mut() {
             // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
             tx.publishes.push((p, msg, dests.clone()));
