@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod deadletter;
+pub mod dedup;
 pub mod error;
 pub mod flow;
 pub mod message;

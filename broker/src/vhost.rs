@@ -26,6 +26,8 @@ pub struct VHost {
     store: Store,
     /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
     pub reply_to: ReplyTargets,
+    /// Deduplication windows of exchanges and queues (`dedup.rs`).
+    pub dedup: crate::dedup::Registry,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -50,6 +52,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             store,
             reply_to: ReplyTargets::default(),
+            dedup: Default::default(),
         })
     }
 
@@ -80,6 +83,7 @@ impl VHost {
             return Ok((q.clone(), false, 0));
         }
         let name = spec.name.clone();
+        let dedup = crate::dedup::config(&spec.arguments, false).ok().flatten();
         let mut ticket = 0;
         let q = if spec.durable {
             let id = self.store.next_queue_id().map_err(store_err)?;
@@ -102,6 +106,10 @@ impl VHost {
         };
         queues.insert(name.clone(), q.clone());
         drop(queues);
+        if let Some(c) = dedup {
+            let store = q.spec.durable.then_some(&self.store);
+            self.dedup.add(true, &self.name, &name, c, store, false, now_ms());
+        }
         self.router.write().declare_queue(name);
         Ok((q, true, ticket))
     }
@@ -140,6 +148,7 @@ impl VHost {
         if removed.is_none() {
             return 0;
         }
+        self.dedup.remove(true, queue.name());
         let (bindings, auto_deleted) = {
             let mut router = self.router.write();
             let bindings = router.bindings_for_queue(queue.name());
@@ -353,6 +362,9 @@ impl VHost {
         let record = durable.then(|| self.exchange_record(&def));
         let declared = self.router.write().declare_exchange(def)?;
         let mut ticket = 0;
+        if declared == Declared::Created {
+            self.add_exchange_dedup(&name, false);
+        }
         if let (Declared::Created, Some(r)) = (&declared, record) {
             match self.store.put_exchange(&r) {
                 Ok(t) => ticket = t,
@@ -385,6 +397,7 @@ impl VHost {
         };
         let mut ticket = 0;
         if let Some(router::DeletedExchange { def, auto_deleted }) = deleted {
+            self.dedup.remove(false, name);
             if def.kind == router::ExchangeKind::ConsistentHash && def.durable {
                 crate::ring_order::forget(&self.store, &self.name, name);
             }
@@ -487,6 +500,25 @@ impl VHost {
         crate::ring_order::save(&self.store, &self.router.read(), &self.name, exchange)
     }
 
+    /// Gives a new (or recovered) exchange its deduplication window if it has one.
+    fn add_exchange_dedup(&self, name: &str, recovering: bool) {
+        let (config, durable) = {
+            let router = self.router.read();
+            let Some(def) = router.exchange(name) else { return };
+            let args = crate::args::from_router_args(&def.arguments);
+            let plugin_type = def.kind == router::ExchangeKind::Deduplication;
+            (
+                crate::dedup::config(&args, plugin_type).ok().flatten(),
+                def.durable,
+            )
+        };
+        if let Some(c) = config {
+            let store = durable.then_some(&self.store);
+            self.dedup
+                .add(false, &self.name, &name.into(), c, store, recovering, now_ms());
+        }
+    }
+
     /// A binding is durable when both its ends are (as RabbitMQ).
     fn binding_is_durable(&self, b: &Binding) -> bool {
         let router = self.router.read();
@@ -506,6 +538,7 @@ impl VHost {
             return;
         }
         for n in names {
+            self.dedup.remove(false, n);
             log_store_err("delete exchange", self.store.delete_exchange(&self.name, n));
         }
         match self.store.bindings() {
@@ -579,6 +612,11 @@ impl VHost {
                 arguments: crate::args::to_router_args(&decode_table(&x.arguments)),
             });
         }
+        drop(router);
+        for x in exchanges.iter().filter(|x| *x.vhost == *self.name) {
+            self.add_exchange_dedup(&x.name, true);
+        }
+        let mut router = self.router.write();
         let mut map = self.queues.write();
         for r in queues.iter().filter(|q| *q.vhost == *self.name) {
             if r.exclusive {
@@ -615,6 +653,10 @@ impl VHost {
                 auto_delete: r.auto_delete,
                 arguments: decode_table(&r.arguments),
             };
+            if let Ok(Some(c)) = crate::dedup::config(&spec.arguments, false) {
+                self.dedup
+                    .add(true, &self.name, &name, c, Some(&self.store), true, now_ms());
+            }
             let mut qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
             qs.load_delivered_mark()?;
             let q = Queue::with_store(spec, qs, recovered, now_ms());

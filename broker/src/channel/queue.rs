@@ -77,6 +77,7 @@ impl Channel {
                 }
             }
             crate::args::validate_queue_args(&d.arguments, &name, &vhost.name)?;
+            crate::dedup::config(&d.arguments, false)?;
             let spec = QueueSpec {
                 name: name.clone(),
                 durable: d.durable,
