@@ -16,6 +16,7 @@
 
 mod be;
 mod codec;
+mod delayed;
 mod entity_state;
 mod fault;
 mod flusher;
@@ -28,6 +29,7 @@ mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use delayed::{DelayedLog, DelayedStats, DueMessage};
 pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
