@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod deadletter;
 pub mod dedup;
+pub mod delayed;
 pub mod error;
 pub mod flow;
 pub mod message;

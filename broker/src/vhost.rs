@@ -28,6 +28,8 @@ pub struct VHost {
     pub reply_to: ReplyTargets,
     /// Deduplication windows of exchanges and queues (`dedup.rs`).
     pub dedup: crate::dedup::Registry,
+    /// Messages held by `x-delayed-message` exchanges (`delayed.rs`).
+    pub delayed: crate::delayed::Delayed,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -47,6 +49,7 @@ fn store_err(e: storage::StoreError) -> AmqpError {
 impl VHost {
     pub fn new(name: &str, store: Store) -> Arc<VHost> {
         Arc::new(VHost {
+            delayed: crate::delayed::Delayed::open(&store, name),
             name: name.into(),
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),

@@ -76,6 +76,15 @@ impl Channel {
             Some(Seen::New(t)) => dedup_ticket = t,
             None => {}
         }
+        // An `x-delayed-message` exchange holds a message with a positive `x-delay` until it is due; its
+        // confirm waits for the store (delayed.rs). Mandatory does not apply to a held message (as the plugin).
+        if let Some(delay) = crate::delayed::delay_of(&msg.properties) {
+            if vhost.holds(p.exchange.as_str()) {
+                let t = vhost.hold_delayed(&msg, delay)?;
+                self.confirms.record(t.max(dedup_ticket), true);
+                return Ok(());
+            }
+        }
         let headers = crate::args::message_headers(&msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
         {
