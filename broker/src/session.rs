@@ -67,6 +67,10 @@ pub struct Session {
     pub(crate) flow_queues: Vec<Arc<Queue>>,
     /// `flow_queues` grew since the connection last registered with them.
     pub(crate) flow_dirty: bool,
+    /// `--consumer-timeout` in ms (None: off); a queue's `x-consumer-timeout` overrides it.
+    pub(crate) consumer_timeout: Option<u64>,
+    /// The broker's flow-control state, for the counters this connection bumps.
+    pub(crate) flow: Option<Arc<crate::flow::Flow>>,
 }
 
 impl Session {
@@ -94,6 +98,8 @@ impl Session {
             published: false,
             flow_queues: Vec::new(),
             flow_dirty: false,
+            consumer_timeout: None,
+            flow: None,
         }
     }
 
@@ -103,6 +109,11 @@ impl Session {
         let max = self.max_message_size;
         if size <= max {
             return Ok(());
+        }
+        if let Some(flow) = &self.flow {
+            flow.counters
+                .oversized_publishes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let which = if max == MAX_MAX_MESSAGE_SIZE {
             "max size"
