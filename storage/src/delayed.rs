@@ -7,10 +7,11 @@
 //! time (about 1/16 of it, from ~1 s to ~70 min), so a few dozen buckets cover any spread of due times
 //! and memory is per bucket, not per message: a bucket that is not loaded costs one small entry here.
 //!
-//! A bucket is *loaded* when its start is less than `LOOKAHEAD_MS` away: its messages are read back
-//! once; those due within the look-ahead (or from a finest-width bucket) go into an in-memory heap
-//! ordered by due time; the others are written again into a finer bucket ("cascaded"), like a
-//! hierarchical timing wheel. So the heap holds only what falls due in the next moments. The caller takes
+//! A bucket is *loaded* its width (at least `LOOKAHEAD_MS`) before its start: its messages are read back
+//! once; a bucket at most `HEAP_WIDTH_MS` wide goes into an in-memory heap ordered by due time, a wider
+//! one is written again into finer buckets ("cascaded"), like a hierarchical timing wheel. So the heap
+//! holds only what falls due in the next few seconds, and a burst of messages due together is in memory
+//! before it is due. The caller takes
 //! due messages (`take_due`), routes them, and reports the store ticket of their enqueues (`released`);
 //! a message's record is acked in its bucket only once that ticket is durable (a cascaded one once its
 //! copy is), so a crash at any moment loses nothing — at worst a message is released twice. A loaded
@@ -32,8 +33,16 @@ pub const BUCKET_VHOST: &str = "\u{0}delayed";
 pub const MIN_WIDTH_MS: u64 = 1 << 10;
 /// Coarsest bucket width (ms, ~70 min).
 pub const MAX_WIDTH_MS: u64 = 1 << 22;
-/// A bucket is loaded this long before its start.
+/// A bucket is loaded this long before its start, or its width before, whichever is longer.
 pub const LOOKAHEAD_MS: u64 = 1_000;
+/// A loaded bucket at most this wide goes into memory whole; a wider one is cascaded into finer buckets.
+pub const HEAP_WIDTH_MS: u64 = 1 << 13;
+
+/// When a bucket is loaded: its width (at least `LOOKAHEAD_MS`) before its start, so that reading it and
+/// cascading it are done before its first message is due.
+fn load_at(start: u64, width: u64) -> u64 {
+    start.saturating_sub(width.max(LOOKAHEAD_MS))
+}
 
 /// The bucket width for a message due `distance` ms from now: about 1/16 of the distance.
 pub fn width_for(distance: u64) -> u64 {
@@ -117,7 +126,7 @@ struct Bucket {
 #[derive(Default)]
 struct Inner {
     buckets: HashMap<u32, Bucket>,
-    /// Buckets not loaded yet, by start.
+    /// Buckets not loaded yet, by load time (`load_at`).
     unloaded: BTreeMap<(u64, u32), ()>,
     /// Open for appends: (start, width) -> id.
     by_span: HashMap<(u64, u64), u32>,
@@ -176,7 +185,7 @@ impl DelayedLog {
                     live,
                 },
             );
-            inner.unloaded.insert((start, r.id), ());
+            inner.unloaded.insert((load_at(start, width), r.id), ());
             inner.by_span.insert((start, width), r.id);
         }
         Ok(DelayedLog {
@@ -216,7 +225,7 @@ impl DelayedLog {
                         live: 0,
                     },
                 );
-                inner.unloaded.insert((start, id), ());
+                inner.unloaded.insert((load_at(start, width), id), ());
                 inner.by_span.insert((start, width), id);
                 id
             }
@@ -241,17 +250,16 @@ impl DelayedLog {
     pub fn poll(&self, now: u64) -> Result<()> {
         let mut inner = self.inner.lock();
         self.settle_acks(&mut inner)?;
-        let horizon = now.saturating_add(LOOKAHEAD_MS);
-        while let Some((&(start, id), _)) = inner.unloaded.iter().next() {
-            if start > horizon {
+        while let Some((&(at, id), _)) = inner.unloaded.iter().next() {
+            if at > now {
                 break;
             }
-            inner.unloaded.remove(&(start, id));
+            inner.unloaded.remove(&(at, id));
             let Some(b) = inner.buckets.get_mut(&id) else {
                 continue;
             };
             b.loaded = true;
-            let (width, next_seq) = (b.width, b.next_seq);
+            let (start, width, next_seq) = (b.start, b.width, b.next_seq);
             // No more appends to a loaded bucket's span once it is being read: new ones go to the heap
             // through `loaded`; keep it in `by_span` so they land here, in order.
             let msgs = if next_seq > 1 {
@@ -261,7 +269,7 @@ impl DelayedLog {
             };
             for (seq, msg) in msgs {
                 let due = msg.not_before_ms.unwrap_or(start);
-                if due <= horizon || width <= MIN_WIDTH_MS {
+                if width <= HEAP_WIDTH_MS {
                     inner.heap.push(Reverse(HeapKey { due, bucket: id, seq }));
                     inner.held.insert((id, seq), msg);
                 } else {
@@ -445,7 +453,7 @@ mod tests {
         let s = log.stats();
         assert_eq!(s.held, N);
         assert!(s.buckets < 200, "buckets: {}", s.buckets);
-        assert_eq!(s.in_memory, 0, "nothing is due soon");
+        assert_eq!(s.in_memory, 0, "nothing is loaded before the first poll");
         let got = run(&log, now, now + SPAN + 100_000, 250);
         assert_eq!(got.len() as u64, N);
         for w in got.windows(2) {
@@ -464,6 +472,32 @@ mod tests {
         let s = log.stats();
         assert_eq!((s.held, s.buckets), (0, 0), "every bucket removed");
         assert!(s.cascaded > 0);
+    }
+
+    #[test]
+    fn a_burst_due_together_is_in_memory_before_it_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let log = DelayedLog::open(&store, "/").unwrap();
+        let (now, due) = (10_000_000, 10_060_000);
+        for i in 0..5000 {
+            log.hold(msg(&format!("m{i}")), due, now).unwrap();
+        }
+        log.poll(now).unwrap();
+        assert_eq!(log.stats().in_memory, 0, "a minute ahead: on disk only");
+        log.poll(due - 1).unwrap();
+        assert_eq!(log.stats().in_memory, 5000, "loaded ahead of the due time");
+        let mut out = Vec::new();
+        log.take_due(due - 1, usize::MAX, &mut out);
+        assert!(out.is_empty());
+        log.take_due(due, usize::MAX, &mut out);
+        assert_eq!(out.len(), 5000);
+        let bodies: Vec<String> = out
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.msg.body).into_owned())
+            .collect();
+        let want: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+        assert_eq!(bodies, want, "equal due times: publish order");
     }
 
     #[test]

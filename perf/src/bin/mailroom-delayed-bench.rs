@@ -64,7 +64,10 @@ const EXCHANGE: &str = "mailroom-delayed-bench";
 const QUEUE: &str = "mailroom-delayed-bench-q";
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -155,7 +158,8 @@ async fn publish_confirmed(
     due_of: impl Fn(u64) -> u64,
 ) -> anyhow::Result<Duration> {
     let mut c = Conn::open(uri, "delayed-bench-publisher", None).await?;
-    c.rpc(Method::ConfirmSelect(ConfirmSelect { no_wait: false })).await?;
+    c.rpc(Method::ConfirmSelect(ConfirmSelect { no_wait: false }))
+        .await?;
     let frame_max = c.frame_max;
     let publish = Method::BasicPublish(BasicPublish {
         exchange: ShortStr::try_from_str(EXCHANGE)?,
@@ -179,7 +183,14 @@ async fn publish_confirmed(
             body[8..16].copy_from_slice(&sent.to_be_bytes());
             let delay = due as i64 - now_ms() as i64;
             write_method(&mut c.wr.buf, CH, &publish);
-            write_content(&mut c.wr.buf, CH, CLASS_BASIC, &props_with_delay(delay), &body, frame_max);
+            write_content(
+                &mut c.wr.buf,
+                CH,
+                CLASS_BASIC,
+                &props_with_delay(delay),
+                &body,
+                frame_max,
+            );
             sent += 1;
             if c.wr.buf.len() > 256 * 1024 {
                 c.wr.flush().await?;
@@ -193,10 +204,16 @@ async fn publish_confirmed(
         match tokio::time::timeout(Duration::from_millis(50), c.rd.next_frame()).await {
             Ok(frame) => match frame? {
                 Frame::Method(_, Method::BasicAck(a)) => {
-                    acked = if a.multiple { a.delivery_tag } else { acked.max(a.delivery_tag) };
+                    acked = if a.multiple {
+                        a.delivery_tag
+                    } else {
+                        acked.max(a.delivery_tag)
+                    };
                 }
                 Frame::Method(_, Method::BasicNack(_)) => bail!("a delayed publish was nacked"),
-                Frame::Method(_, Method::ChannelClose(cl)) => bail!("channel closed: {} {}", cl.reply_code, cl.reply_text),
+                Frame::Method(_, Method::ChannelClose(cl)) => {
+                    bail!("channel closed: {} {}", cl.reply_code, cl.reply_text)
+                }
                 _ => {}
             },
             Err(_) => {}
@@ -235,7 +252,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         if let (Some(pid), Some(r0)) = (a.broker_pid, rss0) {
             if let Some(r1) = rss_kb(pid) {
-                println!("  broker RSS: {} MiB before, {} MiB while held", r0 / 1024, r1 / 1024);
+                println!(
+                    "  broker RSS: {} MiB before, {} MiB while held",
+                    r0 / 1024,
+                    r1 / 1024
+                );
             }
         }
         if let Some(d) = &a.data_dir {
@@ -344,7 +365,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
 
 fn main() {
     let a = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mailroom-delayed-bench: {e}");
