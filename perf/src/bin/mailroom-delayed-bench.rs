@@ -201,8 +201,8 @@ async fn publish_confirmed(
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
-        match tokio::time::timeout(Duration::from_millis(50), c.rd.next_frame()).await {
-            Ok(frame) => match frame? {
+        if let Ok(frame) = tokio::time::timeout(Duration::from_millis(50), c.rd.next_frame()).await {
+            match frame? {
                 Frame::Method(_, Method::BasicAck(a)) => {
                     acked = if a.multiple {
                         a.delivery_tag
@@ -215,8 +215,7 @@ async fn publish_confirmed(
                     bail!("channel closed: {} {}", cl.reply_code, cl.reply_text)
                 }
                 _ => {}
-            },
-            Err(_) => {}
+            }
         }
     }
     let took = start.elapsed();
