@@ -100,36 +100,32 @@ pub fn config(args: &FieldTable, plugin_type: bool) -> AmqpResult<Option<Config>
     }))
 }
 
-/// A message's deduplication value (the header's value as bytes, typed so `1` and `"1"` differ) and its
-/// `x-cache-ttl` override. None when it has no such header (one walk over the raw headers, no allocation).
-pub fn message_key(props: &RawProperties) -> Option<(Vec<u8>, Option<u64>)> {
-    if !props.has_headers() || !props.headers_contain_any(&[HEADER]) {
-        return None;
-    }
-    let headers = props.headers().ok().flatten()?;
-    let v = headers.get(HEADER)?;
-    let key = match v {
-        FieldValue::LongStr(s) => {
-            let mut k = vec![b'S'];
-            k.extend_from_slice(s.as_bytes());
-            k
-        }
-        FieldValue::Bytes(b) => {
-            let mut k = vec![b'S'];
-            k.extend_from_slice(b);
-            k
-        }
-        other => match other.as_i64() {
-            Some(i) => {
-                let mut k = vec![b'I'];
-                k.extend_from_slice(i.to_string().as_bytes());
-                k
-            }
-            None => format!("O{other:?}").into_bytes(),
-        },
+/// A message's deduplication value — the header's raw value with its AMQP type code in front, so `1` and
+/// `"1"` differ (and so do integers of different widths) — and its `x-cache-ttl` override. None when it
+/// has no such header. Read from the raw properties without decoding the table (no allocation).
+pub fn message_key(props: &RawProperties) -> Option<(u8, &[u8], Option<u64>)> {
+    let (code, v) = props.raw_header(HEADER)?;
+    let ttl = props
+        .raw_header(TTL_HEADER)
+        .and_then(|(c, b)| raw_positive_int(c, b));
+    Some((code, v, ttl))
+}
+
+/// A positive integer from a raw header value (any integer width, or a decimal string).
+fn raw_positive_int(code: u8, b: &[u8]) -> Option<u64> {
+    let n: i64 = match (code, b.len()) {
+        (b'b', 1) => b[0] as i8 as i64,
+        (b'B', 1) => b[0] as i64,
+        (b's', 2) => i16::from_be_bytes([b[0], b[1]]) as i64,
+        (b'u', 2) => u16::from_be_bytes([b[0], b[1]]) as i64,
+        (b'I', 4) => i32::from_be_bytes(b.try_into().ok()?) as i64,
+        (b'i', 4) => u32::from_be_bytes(b.try_into().ok()?) as i64,
+        (b'l', 8) => i64::from_be_bytes(b.try_into().ok()?),
+        (b'L', 8) => i64::try_from(u64::from_be_bytes(b.try_into().ok()?)).ok()?,
+        (b'S', _) => std::str::from_utf8(b).ok()?.parse().ok()?,
+        _ => return None,
     };
-    let ttl = headers.get(TTL_HEADER).and_then(positive_int);
-    Some((key, ttl))
+    (n > 0).then_some(n as u64)
 }
 
 /// What a check found.
@@ -159,8 +155,9 @@ struct Persist {
 /// One entity's window: at most `size` entries, oldest evicted first; entries expire after their TTL.
 pub struct Window {
     config: Config,
-    map: HashMap<Vec<u8>, Entry>,
-    order: VecDeque<(Vec<u8>, u64)>,
+    /// Keys are the type code followed by the value bytes, shared with `order` (one allocation per value).
+    map: HashMap<Arc<[u8]>, Entry>,
+    order: VecDeque<(Arc<[u8]>, u64)>,
     next_stamp: u64,
     persist: Option<Persist>,
     dropped: AtomicU64,
@@ -190,23 +187,26 @@ impl Window {
         let expires_at = ttl.map_or(u64::MAX, |t| now.saturating_add(t));
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        let mut evicted: Vec<Vec<u8>> = Vec::new();
-        self.order.push_back((key.to_vec(), stamp));
+        let k: Arc<[u8]> = Arc::from(key);
+        self.order.push_back((k.clone(), stamp));
         self.map.insert(
-            key.to_vec(),
+            k,
             Entry {
                 expires_at,
                 ticket: 0,
                 stamp,
             },
         );
+        let mut evicted: Vec<Arc<[u8]>> = Vec::new();
         while self.map.len() as u64 > self.config.size {
             let Some((k, s)) = self.order.pop_front() else {
                 break;
             };
             if self.map.get(&k).is_some_and(|e| e.stamp == s) {
                 self.map.remove(&k);
-                evicted.push(k);
+                if self.persist.is_some() {
+                    evicted.push(k);
+                }
             }
         }
         // Stale positions (keys re-recorded later) are dropped as they reach the front.
@@ -228,8 +228,10 @@ impl Window {
                 }
             }
         }
-        if let Some(e) = self.map.get_mut(key) {
-            e.ticket = ticket;
+        if ticket > 0 {
+            if let Some(e) = self.map.get_mut(key) {
+                e.ticket = ticket;
+            }
         }
         Seen::New(ticket)
     }
@@ -255,6 +257,7 @@ impl Window {
             }
             let stamp = self.next_stamp;
             self.next_stamp += 1;
+            let k: Arc<[u8]> = Arc::from(k);
             self.order.push_back((k.clone(), stamp));
             self.map.insert(
                 k,
@@ -383,9 +386,20 @@ impl Registry {
         if self.is_empty() {
             return None;
         }
+        let (code, value, ttl) = message_key(props)?;
         let w = self.map(is_queue).read().get(name).cloned()?;
-        let (key, ttl) = message_key(props)?;
-        let seen = w.lock().check(&key, ttl, now);
+        // The key: the type code, then the value (a small stack buffer for the usual short values).
+        let mut small = [0u8; 64];
+        let seen = if value.len() < small.len() {
+            small[0] = code;
+            small[1..=value.len()].copy_from_slice(value);
+            w.lock().check(&small[..=value.len()], ttl, now)
+        } else {
+            let mut key = Vec::with_capacity(value.len() + 1);
+            key.push(code);
+            key.extend_from_slice(value);
+            w.lock().check(&key, ttl, now)
+        };
         if matches!(seen, Seen::Duplicate(_)) {
             self.dropped_total.fetch_add(1, Relaxed);
             tracing::debug!(entity = name, is_queue, "duplicate message dropped");
