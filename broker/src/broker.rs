@@ -36,6 +36,8 @@ pub struct Broker {
     pub store: Store,
     /// Alarms, flow-control counters and the memory/disk monitor.
     pub flow: Arc<Flow>,
+    /// The connections' message counters (the metrics).
+    pub stats: crate::stats::StatsRegistry,
 }
 
 /// Why a login failed.
@@ -70,6 +72,7 @@ impl Broker {
             open_connections: AtomicU64::new(0),
             store,
             flow: Arc::new(Flow::default()),
+            stats: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker.users.write().insert(
@@ -134,6 +137,17 @@ impl Broker {
         if user.password != password {
             return Err(LoginError::BadCredentials);
         }
+        if user.loopback_only && !peer.is_loopback() {
+            return Err(LoginError::LoopbackOnly);
+        }
+        Ok(user.clone())
+    }
+
+    /// SASL EXTERNAL (a verified client certificate's CN): the user must exist; no password is checked, as
+    /// rabbit_auth_backend_internal's passwordless login. `loopback_users` still applies.
+    pub fn login_external(&self, name: &str, peer: IpAddr) -> Result<User, LoginError> {
+        let users = self.users.read();
+        let user = users.get(name).ok_or(LoginError::BadCredentials)?;
         if user.loopback_only && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly);
         }

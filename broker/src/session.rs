@@ -67,6 +67,8 @@ pub struct Session {
     pub(crate) flow_queues: Vec<Arc<Queue>>,
     /// `flow_queues` grew since the connection last registered with them.
     pub(crate) flow_dirty: bool,
+    /// This connection's message counters (the metrics; `stats.rs`).
+    pub(crate) stats: Arc<crate::stats::ConnStats>,
     /// `--consumer-timeout` in ms (None: off); a queue's `x-consumer-timeout` overrides it.
     pub(crate) consumer_timeout: Option<u64>,
     /// The broker's flow-control state, for the counters this connection bumps.
@@ -98,6 +100,7 @@ impl Session {
             published: false,
             flow_queues: Vec::new(),
             flow_dirty: false,
+            stats: Arc::default(),
             consumer_timeout: None,
             flow: None,
         }

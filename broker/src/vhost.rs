@@ -81,6 +81,7 @@ impl VHost {
     /// `declare_queue`, and the store ticket of the queue's record (0 when nothing was written): the
     /// declare-ok that promises durability waits for it.
     pub fn declare_queue_durably(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool, u64), AmqpError> {
+        crate::stats::QUEUES_DECLARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut queues = self.queues.write();
         if let Some(q) = queues.get(&spec.name) {
             return Ok((q.clone(), false, 0));
@@ -113,6 +114,7 @@ impl VHost {
             let store = q.spec.durable.then_some(&self.store);
             self.dedup.add(true, &self.name, &name, c, store, false, now_ms());
         }
+        crate::stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.router.write().declare_queue(name);
         Ok((q, true, ticket))
     }
@@ -152,6 +154,7 @@ impl VHost {
             return 0;
         }
         self.dedup.remove(true, queue.name());
+        crate::stats::QUEUES_DELETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (bindings, auto_deleted) = {
             let mut router = self.router.write();
             let bindings = router.bindings_for_queue(queue.name());
@@ -216,7 +219,10 @@ impl VHost {
         }
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         match from.args.dead_letter_exchange.as_deref() {
-            Some(dlx) => self.republish_dead(from, dlx, dead, now, &mut further),
+            Some(dlx) => {
+                crate::stats::QueueStats::add(&from.stats.dead_lettered, dead.len() as u64);
+                self.republish_dead(from, dlx, dead, now, &mut further)
+            }
             None => {
                 tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
             }

@@ -21,6 +21,7 @@ mod entity_state;
 mod fault;
 mod flusher;
 mod keys;
+mod latency;
 mod open;
 mod records;
 mod seglog;
@@ -34,6 +35,7 @@ pub use delayed::{DelayedLog, DelayedStats, DueMessage};
 pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
+pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS};
 pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
     BindingRecord, ExchangeRecord, MessageState, QueueRecord, StoreOptions, StoreStats, StoredMessage,
