@@ -16,6 +16,8 @@
 
 mod be;
 mod codec;
+mod delayed;
+mod entity_state;
 mod fault;
 mod flusher;
 mod keys;
@@ -30,6 +32,8 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
+pub use delayed::{DelayedLog, DelayedStats, DueMessage};
+pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
 pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS};

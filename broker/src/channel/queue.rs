@@ -87,6 +87,7 @@ impl Channel {
                     &vhost.name,
                 )?;
             }
+            crate::dedup::config(&d.arguments, false)?;
             let spec = QueueSpec {
                 name: name.clone(),
                 durable: d.durable,
