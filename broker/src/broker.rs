@@ -11,25 +11,23 @@ use anyhow::Context;
 use storage::{Store, StoreOptions};
 
 use crate::config::Config;
+use crate::conns::Conns;
 use crate::flow::Flow;
+use crate::users::{UserInfo, Users};
 use crate::vhost::VHost;
 
 /// How often the queue timer runs (ms): the resolution of TTLs and retry delays.
 pub const TIMER_MS: u64 = 10;
 
-/// A user allowed to connect.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    pub password: String,
-    /// RabbitMQ's `loopback_users`: such a user may only connect from a loopback address.
-    pub loopback_only: bool,
-}
-
 pub struct Broker {
     pub config: Config,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: RwLock<HashMap<String, User>>,
+    /// Users, password hashes, tags and permissions (`users.rs`).
+    pub users: Arc<Users>,
+    /// The open connections, for the management API.
+    pub conns: Conns,
+    /// The addresses the AMQP and HTTP listeners were bound to (set once by `Server::bind`).
+    pub bound: std::sync::OnceLock<(Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>)>,
     next_conn_id: AtomicU64,
     /// Connections past connection.open (for --max-connections).
     open_connections: AtomicU64,
@@ -57,24 +55,20 @@ impl Broker {
             },
         )
         .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+        let users = Users::load(store.clone(), config.loopback_users.clone())
+            .context("cannot load users from the store")?;
         let broker = Broker {
             config,
             vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
+            users: Arc::new(users),
+            conns: Conns::default(),
+            bound: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             open_connections: AtomicU64::new(0),
             store,
             flow: Arc::new(Flow::default()),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
-        broker.users.write().insert(
-            "guest".into(),
-            User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            },
-        );
         broker
             .recover()
             .context("cannot recover definitions from the store")?;
@@ -119,20 +113,57 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
-    pub fn add_user(&self, user: User) {
-        self.users.write().insert(user.name.clone(), user);
+    /// Creates a vhost (durable on return); false if it existed. Its exchanges are the standard ones.
+    pub fn add_vhost(&self, name: &str) -> Result<bool, storage::StoreError> {
+        if self.vhosts.read().contains_key(name) {
+            return Ok(false);
+        }
+        self.store
+            .put_vhost(&storage::VhostRecord { name: name.into() })?;
+        let vhost = VHost::new(name, self.store.clone());
+        self.vhosts.write().entry(name.to_string()).or_insert(vhost);
+        Ok(true)
     }
 
-    pub fn login(&self, name: &str, password: &str, peer: IpAddr) -> Result<User, LoginError> {
-        let users = self.users.read();
-        let user = users.get(name).ok_or(LoginError::BadCredentials)?;
-        if user.password != password {
-            return Err(LoginError::BadCredentials);
+    /// Deletes a vhost: its connections are closed, its queues (with their messages), exchanges, bindings
+    /// and permissions removed. False if there was no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> Result<bool, storage::StoreError> {
+        let Some(vhost) = self.vhosts.write().remove(name) else {
+            return Ok(false);
+        };
+        self.conns
+            .close_vhost(name, &format!("vhost '{name}' is deleted"));
+        for q in vhost.queues() {
+            vhost.delete_queue(&q);
         }
-        if user.loopback_only && !peer.is_loopback() {
+        let exchanges: Vec<String> = vhost
+            .router
+            .read()
+            .exchanges()
+            .filter(|x| !x.name.is_empty() && !x.name.starts_with("amq."))
+            .map(|x| x.name.to_string())
+            .collect();
+        for x in exchanges {
+            if let Err(e) = vhost.delete_exchange(&x, false) {
+                tracing::warn!(exchange = x, error = %e, "deleting a vhost's exchange");
+            }
+        }
+        if let Err(e) = self.users.clear_vhost(name) {
+            tracing::error!(vhost = name, error = %e, "removing a deleted vhost's permissions");
+        }
+        self.store.delete_vhost(name)?;
+        Ok(true)
+    }
+
+    pub fn login(&self, name: &str, password: &str, peer: IpAddr) -> Result<UserInfo, LoginError> {
+        let user = self
+            .users
+            .authenticate(name, password)
+            .ok_or(LoginError::BadCredentials)?;
+        if self.users.loopback_only(name) && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly);
         }
-        Ok(user.clone())
+        Ok(user)
     }
 
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<storage::Durability> {
@@ -226,11 +257,10 @@ mod tests {
             broker.login("nobody", "guest", lo).unwrap_err(),
             LoginError::BadCredentials
         );
-        broker.add_user(User {
-            name: "app".into(),
-            password: "pw".into(),
-            loopback_only: false,
-        });
+        broker
+            .users
+            .put_user("app", crate::users::hash_password("pw"), vec![])
+            .unwrap();
         assert!(broker.login("app", "pw", remote).is_ok());
     }
 }

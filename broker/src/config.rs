@@ -12,6 +12,8 @@ use crate::flow::{parse_size, DiskLimit, QueueBound, Watermark};
 /// The default listeners: both loopback addresses, because Node.js (17+) and others resolve `localhost` to
 /// `::1` first. `[::1]` is skipped with a warning on a host without IPv6.
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5672", "[::1]:5672"];
+/// The management API's default listeners (RabbitMQ's port 15672), both loopbacks as for AMQP.
+pub const DEFAULT_HTTP_LISTEN: [&str; 2] = ["127.0.0.1:15672", "[::1]:15672"];
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_LOG: &str = "info";
 
@@ -61,6 +63,19 @@ pub struct Cli {
     /// to DIR/lost+found (see docs/failure-handling.md). Without it such a data directory is refused.
     #[arg(long, env = "MAILROOM_FORCE_RECOVERY", global = true)]
     pub force_recovery: bool,
+    /// Address of the management HTTP API (RabbitMQ's management plugin API); repeat the flag (or give a
+    /// comma-separated list in the environment) for several. Default: 127.0.0.1:15672 and [::1]:15672.
+    #[arg(
+        long,
+        env = "MAILROOM_HTTP_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub http_listen: Vec<String>,
+    /// A RabbitMQ-format definitions file (users, vhosts, permissions, exchanges, queues, bindings) to
+    /// import at boot; importing it again changes nothing.
+    #[arg(long, env = "MAILROOM_DEFINITIONS", value_name = "FILE")]
+    pub definitions: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -135,6 +150,12 @@ pub struct FileConfig {
     pub connection_publish_budget: Option<u32>,
     /// Per-connection publish budget: body bytes handled per wake-up.
     pub connection_publish_budget_bytes: Option<NumOrStr>,
+    /// Management API listeners: one address or a list.
+    pub http_listen: Option<Listen>,
+    /// RabbitMQ's `loopback_users`: users that may only connect from a loopback address (default guest).
+    pub loopback_users: Option<Vec<String>>,
+    /// Definitions file imported at boot.
+    pub definitions: Option<PathBuf>,
 }
 
 /// `listen` in the TOML file: one address or a list.
@@ -191,6 +212,15 @@ pub struct Config {
     pub publish_budget: u32,
     /// Body bytes a connection handles per wake-up before it delivers and writes.
     pub publish_budget_bytes: u64,
+    /// Management API listeners.
+    pub http_listen: Vec<SocketAddr>,
+    /// True when `http_listen` is the built-in default: an address that cannot be bound (no IPv6, or the
+    /// port taken) is skipped with a warning.
+    pub http_listen_is_default: bool,
+    /// Users that may only connect from loopback addresses.
+    pub loopback_users: Vec<String>,
+    /// Definitions file imported at boot.
+    pub definitions: Option<PathBuf>,
 }
 
 /// RabbitMQ 4.0+'s default `max_message_size`.
@@ -223,6 +253,13 @@ impl Default for Config {
             queue_bound: QueueBound::DEFAULT,
             publish_budget: 256,
             publish_budget_bytes: 1 << 20,
+            http_listen: DEFAULT_HTTP_LISTEN
+                .iter()
+                .map(|a| a.parse().expect("default http listen address"))
+                .collect(),
+            http_listen_is_default: true,
+            loopback_users: vec!["guest".into()],
+            definitions: None,
         }
     }
 }
@@ -261,6 +298,17 @@ impl Config {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let http_given = if !cli.http_listen.is_empty() {
+            cli.http_listen
+        } else {
+            file.http_listen.map(Listen::into_vec).unwrap_or_default()
+        };
+        let http_listen_is_default = http_given.is_empty();
+        let http_listen = if http_listen_is_default {
+            d.http_listen
+        } else {
+            parse_addrs(&http_given, "http listen")?
         };
         let frame_max = file.frame_max.unwrap_or(d.frame_max);
         if frame_max != 0 && frame_max < protocol::FRAME_MIN_SIZE {
@@ -322,6 +370,10 @@ impl Config {
             None => d.consumer_timeout,
         };
         Ok(Config {
+            http_listen,
+            http_listen_is_default,
+            loopback_users: file.loopback_users.unwrap_or(d.loopback_users),
+            definitions: cli.definitions.or(file.definitions),
             memory_high_watermark,
             disk_free_limit,
             max_message_size,
@@ -350,6 +402,17 @@ impl Config {
             force_recovery: cli.force_recovery,
         })
     }
+}
+
+fn parse_addrs(given: &[String], what: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    given
+        .iter()
+        .map(|a| {
+            a.trim()
+                .parse::<SocketAddr>()
+                .with_context(|| format!("invalid {what} address '{a}' (expected HOST:PORT, or [IPv6]:PORT)"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -442,5 +505,35 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         let file: FileConfig = toml::from_str("listen = \"127.0.0.1:4\"").unwrap();
         assert_eq!(Config::merge(Cli::default(), file).unwrap().listen.len(), 1);
+    }
+
+    #[test]
+    fn http_listen_repeats_and_defaults() {
+        let c = Config::merge(Cli::default(), FileConfig::default()).unwrap();
+        let defaults: Vec<String> = c.http_listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(defaults, DEFAULT_HTTP_LISTEN);
+        assert!(c.http_listen_is_default);
+        assert_eq!(c.loopback_users, vec!["guest".to_string()]);
+        let cli = Cli::try_parse_from([
+            "mailroom",
+            "--http-listen",
+            "127.0.0.1:1",
+            "--http-listen",
+            "[::1]:2",
+        ])
+        .unwrap();
+        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(c.http_listen.len(), 2);
+        assert!(!c.http_listen_is_default);
+        let file: FileConfig = toml::from_str(
+            "http_listen = [\"127.0.0.1:3\"]\nloopback_users = []\ndefinitions = \"/tmp/d.json\"",
+        )
+        .unwrap();
+        let c = Config::merge(Cli::default(), file).unwrap();
+        assert_eq!(c.http_listen, vec!["127.0.0.1:3".parse().unwrap()]);
+        assert!(c.loopback_users.is_empty());
+        assert_eq!(c.definitions, Some(PathBuf::from("/tmp/d.json")));
+        let cli = Cli::try_parse_from(["mailroom", "--http-listen", "nowhere"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
     }
 }

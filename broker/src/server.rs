@@ -15,6 +15,8 @@ use crate::config::Config;
 pub struct Server {
     pub broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    /// The management API's listeners (`http/`).
+    http_listeners: Vec<TcpListener>,
 }
 
 impl Server {
@@ -22,6 +24,12 @@ impl Server {
     /// defaults, an address the host lacks (`[::1]` without IPv6) is skipped with a warning.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let broker = Broker::open(config)?;
+        if let Some(path) = broker.config.definitions.clone() {
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || crate::http::import_file(&b, &path)).await??;
+        }
+        let http_listeners =
+            crate::http::bind(&broker.config.http_listen, broker.config.http_listen_is_default).await?;
         let mut listeners = Vec::new();
         for &addr in &broker.config.listen {
             match TcpListener::bind(addr).await {
@@ -39,7 +47,16 @@ impl Server {
         if listeners.is_empty() {
             anyhow::bail!("no address to listen on");
         }
-        Ok(Server { broker, listeners })
+        let server = Server {
+            broker,
+            listeners,
+            http_listeners,
+        };
+        let _ = server
+            .broker
+            .bound
+            .set((server.local_addrs(), server.http_addrs()));
+        Ok(server)
     }
 
     /// The first listener's address (the tests' port-0 listener).
@@ -55,11 +72,23 @@ impl Server {
             .collect()
     }
 
+    /// The management API's addresses.
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http_listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound socket has an address"))
+            .collect()
+    }
+
     /// Serves until `shutdown` is cancelled, then closes every connection and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         self.broker.spawn_timer();
         self.broker.spawn_monitor();
+        for addr in self.http_addrs() {
+            info!(%addr, "accepting HTTP connections");
+        }
+        let http = crate::http::spawn(self.broker.clone(), self.http_listeners, shutdown.clone());
         let mut acceptors = Vec::new();
         for listener in self.listeners {
             let addr = listener.local_addr().expect("bound socket has an address");
@@ -73,6 +102,9 @@ impl Server {
         }
         for a in acceptors {
             let _ = a.await;
+        }
+        for h in http {
+            let _ = h.await;
         }
         tracker.close();
         info!(connections = tracker.len(), "shutting down: closing connections");

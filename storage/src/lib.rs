@@ -31,8 +31,8 @@ pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
 pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
-    BindingRecord, ExchangeRecord, MessageState, QueueRecord, StoreOptions, StoreStats, StoredMessage,
-    UserRecord, VhostRecord,
+    BindingRecord, ExchangeRecord, MessageState, PermissionRecord, PolicyRecord, QueueRecord, StoreOptions,
+    StoreStats, StoredMessage, UserRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
 

@@ -45,6 +45,27 @@ pub struct UserRecord {
     pub tags: Vec<String>,
 }
 
+/// A user's configure/write/read regular expressions in one vhost (RabbitMQ's permissions).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PermissionRecord {
+    pub vhost: String,
+    pub user: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// An operator policy (RabbitMQ's model); `definition` is its JSON text, opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    pub apply_to: String,
+    pub priority: i64,
+    pub definition: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ExchangeRecord {
     pub vhost: String,

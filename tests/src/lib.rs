@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod faultfs;
 pub mod fuzz_server;
+pub mod http;
 pub mod lazyfs;
 pub mod raw;
 
@@ -59,6 +60,8 @@ pub fn mailroom_bin() -> PathBuf {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The management API's address (the harness listens on 127.0.0.1:0 for it too).
+    pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log: mpsc::Receiver<String>,
@@ -94,6 +97,7 @@ impl Server {
         let mut child = Command::new(mailroom_bin())
             .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(extra)
             .envs(env.iter().copied())
             .env_remove("MAILROOM_LISTEN")
@@ -133,9 +137,19 @@ impl Server {
                             .unwrap_or("")
                             .parse()?;
                         seen.push(line);
+                        // The broker logs its HTTP listeners before its AMQP ones.
+                        let http_addr = seen.iter().find_map(|l| {
+                            let i = l.find("accepting HTTP connections addr=")?;
+                            l[i + "accepting HTTP connections addr=".len()..]
+                                .split_whitespace()
+                                .next()?
+                                .parse()
+                                .ok()
+                        });
                         return Ok(Server {
                             child: Some(child),
                             addr,
+                            http_addr,
                             data_dir: data_dir.to_path_buf(),
                             _tmp: None,
                             log: rx,
@@ -151,6 +165,11 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The management API's base URL, `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr.expect("the broker listens for HTTP"))
     }
 
     pub fn url(&self) -> String {

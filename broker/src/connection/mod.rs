@@ -55,6 +55,8 @@ const LINGER: Duration = Duration::from_secs(3);
 struct Conn {
     broker: Arc<Broker>,
     id: u64,
+    /// The address the client connected to (for the management API's connection name).
+    local: SocketAddr,
     transport: Transport,
     /// What the handshake learned (until connection.open makes the session).
     login: Login,
@@ -86,6 +88,7 @@ struct Conn {
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = socket.set_nodelay(true);
     let id = broker.next_connection_id();
+    let local = socket.local_addr().unwrap_or(peer);
     let (mut rd, wr) = socket.into_split();
     let handshake_timeout = broker.config.handshake_timeout;
 
@@ -102,6 +105,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
     let mut conn = Conn {
         broker,
         id,
+        local,
         transport: Transport::new(peer, wr),
         login: Login::default(),
         signal: Arc::new(ConnSignal::new()),
@@ -507,14 +511,31 @@ impl Conn {
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => {
                 handshake::on_open(t, &self.broker, &self.login, open).map(|vhost| {
                     let login = std::mem::take(&mut self.login);
-                    self.session = Some(Session::new(
+                    self.broker.conns.register(crate::conns::ConnInfo {
+                        id: self.id,
+                        name: format!("{} -> {}", t.peer, self.local),
+                        peer: t.peer,
+                        local: self.local,
+                        user: login.user.clone(),
+                        vhost: vhost.name.to_string(),
+                        connected_at_ms: crate::clock::now_ms(),
+                        client_properties: login.client_properties,
+                        frame_max: t.out.frame_max(),
+                        channel_max: t.channel_max,
+                        heartbeat: t.heartbeat,
+                        auth_mechanism: login.mechanism,
+                        signal: self.signal.clone(),
+                    });
+                    let mut session = Session::new(
                         self.id,
                         vhost,
                         login.user,
                         login.caps,
                         self.signal.clone(),
                         self.broker.config.max_message_size,
-                    ));
+                    );
+                    session.access = crate::users::Access::new(self.broker.users.clone(), &session.user);
+                    self.session = Some(session);
                     self.counted = true;
                 })
             }
@@ -642,11 +663,21 @@ impl Conn {
         if self.signal.take_flow() {
             self.refresh_flow();
         }
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
+        let mut close = None;
         for ev in self.signal.take_events() {
+            let Some(s) = self.session.as_mut() else {
+                return;
+            };
             match ev {
+                ConnEvent::ForceClose(reason) => close = Some(reason),
+                ConnEvent::Snapshot(tx) => {
+                    let mut channels: Vec<_> = self.channels.values().map(|c| c.snapshot(s)).collect();
+                    channels.sort_by_key(|c| c.number);
+                    let _ = tx.send(crate::conns::ConnSnapshot {
+                        channels,
+                        consumers: crate::channel::consumer_snapshots(s),
+                    });
+                }
                 ConnEvent::ConsumerCancelled(id, tag) => {
                     let Some(c) = s.forget_consumer(id) else { continue };
                     if let Some(channel) = self.channels.get_mut(&c.channel) {
@@ -658,6 +689,10 @@ impl Conn {
                     }
                 }
             }
+        }
+        if let Some(reason) = close {
+            info!(peer = %self.transport.peer, reason, "connection closed by an operator");
+            self.start_close(AmqpError::new(reply::CONNECTION_FORCED, reason));
         }
     }
 
@@ -723,6 +758,7 @@ impl Drop for Conn {
         self.release_all();
         if std::mem::take(&mut self.counted) {
             self.broker.connection_closed();
+            self.broker.conns.unregister(self.id);
         }
     }
 }
