@@ -88,9 +88,18 @@ impl Broker {
             self.store.bindings()?,
         );
         let clean = self.store.take_clean_shutdown()?;
+        let policies = self.store.policies()?;
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
             vhost.recover(&exchanges, &queues, &bindings, clean)?;
+            for p in policies.iter().filter(|p| p.vhost == name) {
+                match policy_from_record(p) {
+                    Ok(p) => vhost.put_policy(p),
+                    Err(e) => {
+                        tracing::warn!(vhost = name, policy = p.name, error = %e, "skipping stored policy")
+                    }
+                }
+            }
 
             self.vhosts.write().insert(name, vhost);
         }
@@ -148,11 +157,45 @@ impl Broker {
                 tracing::warn!(exchange = x, error = %e, "deleting a vhost's exchange");
             }
         }
+        for p in vhost.policies() {
+            if let Err(e) = self.store.delete_policy(name, &p.name) {
+                tracing::error!(vhost = name, error = %e, "removing a deleted vhost's policy");
+            }
+        }
         if let Err(e) = self.users.clear_vhost(name) {
             tracing::error!(vhost = name, error = %e, "removing a deleted vhost's permissions");
         }
         self.store.delete_vhost(name)?;
         Ok(true)
+    }
+
+    /// Sets a policy (durable on return) and applies it to the vhost's live queues.
+    pub fn put_policy(&self, p: crate::policy::Policy) -> Result<(), storage::StoreError> {
+        let Some(vhost) = self.vhost(&p.vhost) else {
+            return Ok(());
+        };
+        self.store.put_policy(&storage::PolicyRecord {
+            vhost: p.vhost.clone(),
+            name: p.name.clone(),
+            pattern: p.pattern.clone(),
+            apply_to: p.apply_to.clone(),
+            priority: p.priority,
+            definition: serde_json::Value::Object(p.definition.clone()).to_string(),
+        })?;
+        vhost.put_policy(p);
+        Ok(())
+    }
+
+    /// Deletes a policy (durable on return); false if there was none.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> Result<bool, storage::StoreError> {
+        let Some(vh) = self.vhost(vhost) else {
+            return Ok(false);
+        };
+        if !vh.policies().iter().any(|p| p.name == name) {
+            return Ok(false);
+        }
+        self.store.delete_policy(vhost, name)?;
+        Ok(vh.delete_policy(name))
     }
 
     pub fn login(&self, name: &str, password: &str, peer: IpAddr) -> Result<UserInfo, LoginError> {
@@ -228,6 +271,15 @@ impl Broker {
     pub fn next_connection_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+fn policy_from_record(r: &storage::PolicyRecord) -> Result<crate::policy::Policy, String> {
+    let definition = match serde_json::from_str::<serde_json::Value>(&r.definition) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err("definition is not a JSON object".into()),
+    };
+    crate::policy::Policy::new(&r.vhost, &r.name, &r.pattern, &r.apply_to, r.priority, definition)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod message;
 pub mod names;
 pub mod output;
+pub mod policy;
 pub mod queue;
 pub mod queue_args;
 pub mod recover;
@@ -26,6 +27,7 @@ pub mod signal;
 pub mod store;
 pub mod users;
 pub mod vhost;
+pub mod vhost_policy;
 pub mod watchdog;
 
 pub use broker::Broker;

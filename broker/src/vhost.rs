@@ -26,6 +26,8 @@ pub struct VHost {
     store: Store,
     /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
     pub reply_to: ReplyTargets,
+    /// Operator policies (`vhost_policy.rs`).
+    pub(crate) policies: RwLock<Vec<Arc<crate::policy::Policy>>>,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -50,6 +52,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             store,
             reply_to: ReplyTargets::default(),
+            policies: RwLock::new(Vec::new()),
         })
     }
 
@@ -103,6 +106,7 @@ impl VHost {
         queues.insert(name.clone(), q.clone());
         drop(queues);
         self.router.write().declare_queue(name);
+        self.apply_policy(&q);
         Ok((q, true, ticket))
     }
 
@@ -203,8 +207,9 @@ impl VHost {
             return;
         }
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
-        match from.args.dead_letter_exchange.as_deref() {
-            Some(dlx) => self.republish_dead(from, dlx, dead, now, &mut further),
+        let (dlx, dlrk) = from.dead_letter_target();
+        match dlx.as_deref() {
+            Some(dlx) => self.republish_dead(from, dlx, dlrk.as_deref(), dead, now, &mut further),
             None => {
                 tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
             }
@@ -220,6 +225,7 @@ impl VHost {
         &self,
         from: &Queue,
         dlx: &str,
+        dlrk: Option<&str>,
         dead: &DeadLetters,
         now: u64,
         further: &mut Vec<(Arc<Queue>, DeadLetters)>,
@@ -234,7 +240,7 @@ impl VHost {
             // As RabbitMQ (rabbit_dead_letter.erl `publish/5`): with the queue's dead-letter routing key the
             // dead letter routes with that key alone; without it, with every key it was published with (its
             // key, CC and BCC). Its headers keep CC (as RabbitMQ since 3.13) and never show BCC.
-            let (routing_key, new) = match &from.args.dead_letter_routing_key {
+            let (routing_key, new) = match dlrk {
                 Some(rk) => {
                     let rk = ShortStr::try_from_str(rk).unwrap_or_default();
                     let mut new = Message::new(exchange, rk.clone(), props, msg.body.clone());
@@ -352,6 +358,9 @@ impl VHost {
         let name = def.name.clone();
         let record = durable.then(|| self.exchange_record(&def));
         let declared = self.router.write().declare_exchange(def)?;
+        if declared == Declared::Created {
+            self.apply_exchange_policy(&name);
+        }
         let mut ticket = 0;
         if let (Declared::Created, Some(r)) = (&declared, record) {
             match self.store.put_exchange(&r) {

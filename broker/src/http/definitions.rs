@@ -24,6 +24,7 @@ fn export_json(broker: &Broker, only: Option<&str>) -> Value {
     let mut vhosts = Vec::new();
     let mut permissions = Vec::new();
     let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut policies = Vec::new();
     if only.is_none() {
         for u in broker.users.list() {
             users.push(json!({
@@ -48,6 +49,13 @@ fn export_json(broker: &Broker, only: Option<&str>) -> Value {
         }
         let name = |v: &str| if only.is_some() { None } else { Some(v.to_string()) };
         vhosts.push(json!({"name": &*vh.name, "description": "", "tags": [], "metadata": {"description": "", "tags": []}}));
+        for p in vh.policies() {
+            let mut o = super::policies::policy_json(&p);
+            if only.is_some() {
+                o.as_object_mut().map(|m| m.remove("vhost"));
+            }
+            policies.push(o);
+        }
         let mut qs = vh.queues();
         qs.sort_by(|a, b| a.name().cmp(b.name()));
         for q in qs.iter().filter(|q| q.spec.exclusive_owner.is_none()) {
@@ -114,7 +122,7 @@ fn export_json(broker: &Broker, only: Option<&str>) -> Value {
         "rabbitmq_version": super::overview::RABBITMQ_VERSION,
         "product_name": "Mailroom",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "policies": [],
+        "policies": policies,
         "parameters": [],
         "queues": queues,
         "exchanges": exchanges,
@@ -156,6 +164,7 @@ struct Plan {
     queues: Vec<(String, QueueSpec)>,
     exchanges: Vec<(String, router::ExchangeDef)>,
     bindings: Vec<(String, router::Binding)>,
+    policies: Vec<crate::policy::Policy>,
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], ApiError> {
@@ -231,6 +240,12 @@ fn plan(v: &Value, vhost: Option<&str>) -> Result<Plan, ApiError> {
             p.permissions
                 .push((vh.into(), user.into(), c.into(), w.into(), r.into()));
         }
+    }
+    for pol in list(v, "policies")? {
+        let vh = vhost_of(pol, "policy")?;
+        let name = text(pol, "name", "policy")?;
+        p.policies
+            .push(super::policies::policy_from_json(&vh, name, pol)?);
     }
     for q in list(v, "queues")? {
         let name = text(q, "name", "queue")?;
@@ -309,6 +324,7 @@ pub fn apply(broker: &Broker, v: &Value, vhost: Option<&str>) -> Result<(), ApiE
         .chain(p.exchanges.iter().map(|(v, _)| v))
         .chain(p.bindings.iter().map(|(v, _)| v))
         .chain(p.permissions.iter().map(|(v, ..)| v))
+        .chain(p.policies.iter().map(|x| &x.vhost))
     {
         if !known(vh) {
             return Err(ApiError::bad_request(format!("vhost '{vh}' does not exist")));
@@ -354,6 +370,18 @@ pub fn apply(broker: &Broker, v: &Value, vhost: Option<&str>) -> Result<(), ApiE
     }
     for (vh, b) in p.bindings {
         vhost(&vh)?.bind_durably(b)?;
+    }
+    for pol in p.policies {
+        let same = vhost(&pol.vhost)?.policies().iter().any(|x| {
+            x.name == pol.name
+                && x.pattern == pol.pattern
+                && x.apply_to == pol.apply_to
+                && x.priority == pol.priority
+                && x.definition == pol.definition
+        });
+        if !same {
+            broker.put_policy(pol)?;
+        }
     }
     broker.store.flush_blocking()?;
     Ok(())

@@ -16,6 +16,7 @@ pub mod json;
 mod messages;
 mod overview;
 mod paging;
+mod policies;
 mod queues;
 mod users;
 mod vhosts;
@@ -145,8 +146,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/api/health/checks/port-listener/{port}",
             get(overview::health_ok),
         )
-        .route("/api/policies", get(overview::empty_list))
-        .route("/api/policies/{vhost}", get(overview::empty_list))
+        .route("/api/policies", get(policies::list))
+        .route("/api/policies/{vhost}", get(policies::list_vhost))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::show).put(policies::put).delete(policies::delete),
+        )
+        .route("/api/operator-policies", get(overview::empty_list))
         .route("/api/parameters", get(overview::empty_list))
         .route("/api/global-parameters", get(overview::empty_list))
         .route("/api/feature-flags", get(overview::empty_list))

@@ -18,7 +18,9 @@ use super::{durable, paging, AppState};
 use crate::queue::{Queue, QueueSpec};
 use crate::users::{Perm, Res};
 
-pub fn queue_json(vhost: &str, q: &Queue) -> Value {
+pub fn queue_json(vh: &crate::vhost::VHost, q: &Queue) -> Value {
+    let vhost: &str = &vh.name;
+    let policy = vh.policy_for(q.name());
     let (ready, consumers) = q.counts();
     let unacked = q.unacked_count();
     let ready = ready as u64;
@@ -43,9 +45,9 @@ pub fn queue_json(vhost: &str, q: &Queue) -> Value {
         "messages_ready_details": {"rate": 0.0},
         "messages_unacknowledged": unacked,
         "messages_unacknowledged_details": {"rate": 0.0},
-        "policy": null,
+        "policy": policy.as_ref().map(|p| p.name.clone()),
         "operator_policy": null,
-        "effective_policy_definition": {},
+        "effective_policy_definition": crate::policy::effective_definition(policy.as_deref()),
         "message_stats": {},
         "storage_version": 2,
     })
@@ -57,7 +59,7 @@ fn collect(broker: &AppState, user: &AuthUser, only: Option<&str>) -> Vec<Value>
         if only.is_some_and(|o| o != &*vh.name) || !user.can_access(broker, &vh.name) {
             continue;
         }
-        items.extend(vh.queues().iter().map(|q| queue_json(&vh.name, q)));
+        items.extend(vh.queues().iter().map(|q| queue_json(&vh, q)));
     }
     items
 }
@@ -102,8 +104,8 @@ pub async fn show(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let (_, queue) = find(&broker, &user, &vhost, &name)?;
-    Ok(paging::respond_one(queue_json(&vhost, &queue), &q))
+    let (vh, queue) = find(&broker, &user, &vhost, &name)?;
+    Ok(paging::respond_one(queue_json(&vh, &queue), &q))
 }
 
 pub async fn put(
