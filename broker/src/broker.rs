@@ -55,6 +55,11 @@ impl Broker {
             },
         )
         .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+        // Transient messages paged out by the previous run are gone by definition: empty their directory
+        // (under the store's lock), then page this run's there.
+        storage::spill::clear_spill_root(&config.data_dir)
+            .with_context(|| "cannot empty the spill directory of transient messages")?;
+        crate::queue::transient::set_spill_root(config.data_dir.join(storage::spill::SPILL_DIR));
         let users = Users::load(store.clone(), config.loopback_users.clone())
             .context("cannot load users from the store")?;
         let broker = Broker {

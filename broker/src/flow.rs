@@ -265,6 +265,13 @@ impl Flow {
             total >> 20,
             disk_limit / 1_000_000
         );
+        if test_hooks::fake("MAILROOM_TEST_DISK_FREE_FILE").is_none() && disk_free(&data_dir).is_none() {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "the file system of the data directory reports no free space figure (total size 0, as some \
+                 FUSE file systems do): the disk free limit cannot be checked there and its alarm stays off"
+            );
+        }
         let spawned = std::thread::Builder::new()
             .name("mailroom-alarms".into())
             .spawn(move || {
@@ -416,14 +423,16 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * if page > 0 { page as u64 } else { 4096 })
 }
 
-/// Free space (for unprivileged users) on the file system holding `dir`.
+/// Free space (for unprivileged users) on the file system holding `dir`; `None` when the file system does
+/// not report its size (total blocks 0, as FUSE file systems without `statfs` do, LazyFS among them):
+/// "0 bytes free" there means "unknown", and raising the disk alarm on it would block every publisher.
 pub fn disk_free(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: an all-zero statvfs is a valid value; the path is NUL-terminated and outlives the call.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if r != 0 {
+    if r != 0 || st.f_blocks == 0 {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64)

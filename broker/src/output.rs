@@ -72,6 +72,21 @@ impl Output {
         &self.buf
     }
 
+    /// Where the buffer ends now (see [`Output::take_from`]).
+    pub fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes back what was written since `mark` (frames a held channel must send later, in order).
+    pub fn take_from(&mut self, mark: usize) -> bytes::BytesMut {
+        self.buf.split_off(mark.min(self.buf.len()))
+    }
+
+    /// Appends frames taken earlier with [`Output::take_from`].
+    pub fn put(&mut self, frames: &[u8]) {
+        self.buf.extend_from_slice(frames);
+    }
+
     /// After a write: empty the buffer, and give back the memory of an unusually large burst.
     pub fn written(&mut self) {
         self.buf.clear();

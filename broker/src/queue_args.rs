@@ -57,6 +57,9 @@ pub struct QueueArgs {
     pub retry: Option<Retry>,
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
+    /// `x-consumer-timeout` (ms): how long a delivery from this queue may stay unacknowledged before its
+    /// channel is closed; overrides `--consumer-timeout`, 0 turns it off for this queue.
+    pub consumer_timeout: Option<u64>,
 }
 
 fn int(t: &FieldTable, k: &str) -> Option<u64> {
@@ -96,6 +99,16 @@ impl QueueArgs {
             retry,
             max_priority: int(t, "x-max-priority").map(|p| p.min(255) as u8),
             single_active_consumer: matches!(t.get("x-single-active-consumer"), Some(FieldValue::Bool(true))),
+            consumer_timeout: int(t, "x-consumer-timeout"),
+        }
+    }
+
+    /// The acknowledgement timeout of deliveries from this queue (ms), given the broker's default.
+    pub fn ack_timeout(&self, default: Option<u64>) -> Option<u64> {
+        match self.consumer_timeout {
+            Some(0) => None,
+            Some(ms) => Some(ms),
+            None => default,
         }
     }
 
@@ -108,6 +121,18 @@ impl QueueArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_timeout_queue_argument_overrides_the_default_and_zero_turns_it_off() {
+        let mut t = FieldTable::new();
+        assert_eq!(QueueArgs::parse(&t).ack_timeout(Some(1_800_000)), Some(1_800_000));
+        assert_eq!(QueueArgs::parse(&t).ack_timeout(None), None);
+        t.insert("x-consumer-timeout", FieldValue::I64(5000));
+        assert_eq!(QueueArgs::parse(&t).ack_timeout(Some(1_800_000)), Some(5000));
+        assert_eq!(QueueArgs::parse(&t).ack_timeout(None), Some(5000));
+        t.insert("x-consumer-timeout", FieldValue::I64(0));
+        assert_eq!(QueueArgs::parse(&t).ack_timeout(Some(1_800_000)), None);
+    }
 
     #[test]
     fn retry_delays() {

@@ -69,6 +69,10 @@ pub struct Session {
     pub(crate) flow_dirty: bool,
     /// Who the connection acts as, for permission checks (`users.rs`); allows everything by default.
     pub(crate) access: crate::users::Access,
+    /// `--consumer-timeout` in ms (None: off); a queue's `x-consumer-timeout` overrides it.
+    pub(crate) consumer_timeout: Option<u64>,
+    /// The broker's flow-control state, for the counters this connection bumps.
+    pub(crate) flow: Option<Arc<crate::flow::Flow>>,
 }
 
 impl Session {
@@ -97,6 +101,8 @@ impl Session {
             flow_queues: Vec::new(),
             flow_dirty: false,
             access: Default::default(),
+            consumer_timeout: None,
+            flow: None,
         }
     }
 
@@ -106,6 +112,11 @@ impl Session {
         let max = self.max_message_size;
         if size <= max {
             return Ok(());
+        }
+        if let Some(flow) = &self.flow {
+            flow.counters
+                .oversized_publishes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let which = if max == MAX_MAX_MESSAGE_SIZE {
             "max size"

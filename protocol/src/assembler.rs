@@ -89,6 +89,11 @@ impl ContentAssembler {
         self.max_body_size = max;
     }
 
+    /// True when a content-bearing method has arrived and its content header is due next.
+    pub fn awaits_header(&self) -> bool {
+        matches!(self.state, State::Header(_))
+    }
+
     /// True when no command is in progress.
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)

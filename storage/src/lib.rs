@@ -23,6 +23,7 @@ mod open;
 mod records;
 mod seglog;
 mod sleddb;
+pub mod spill;
 mod store;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 """Flow control (issue 11) with pika, which announces the connection.blocked capability.
 
-alarm HOOKFILE: the broker runs with MAILROOM_TEST_RSS_FILE=HOOKFILE (a debug-build hook that makes its
+alarm HOOKFILE [memory|disk]: the broker runs with MAILROOM_TEST_RSS_FILE=HOOKFILE (a debug-build hook that makes its
 memory monitor read the RSS from that file). Writing a size over the watermark raises the memory alarm:
 the publishing connection gets connection.blocked ("low on memory") and is not read; a connection that
 never published still declares, gets, acks; heartbeats keep the blocked connection alive. Writing a small
-size clears it: connection.unblocked, and what was published while blocked is delivered, once.
+size clears it: connection.unblocked, and what was published while blocked is delivered, once. With
+`disk`, the broker runs with MAILROOM_TEST_DISK_FREE_FILE=HOOKFILE instead (the free disk space its
+monitor reads): 0 bytes free raises the disk alarm ("low on disk"), a large figure clears it.
 
 throttle: the broker runs with a per-queue flow bound of 10 messages. A consumer that does not ack holds
 the queue over its bound, so the publisher's confirms stop at the bound (its later publishes are not
@@ -35,9 +37,17 @@ def wait_for(conn, cond, what, secs=30):
         conn.process_data_events(time_limit=0.1)
 
 
-def alarm(hook):
+# What the hook file says for "fine" and for "over the limit", and the reason connection.blocked gives.
+KINDS = {
+    "memory": ("0", "100GiB", "low on memory"),
+    "disk": ("100GiB", "0", "low on disk"),
+}
+
+
+def alarm(hook, kind="memory"):
+    fine, over, reason = KINDS[kind]
     with open(hook, "w") as f:
-        f.write("0")
+        f.write(fine)
     events = []
     pub = pika.BlockingConnection(params(heartbeat=1))
     pub.add_on_connection_blocked_callback(lambda c, m: events.append(("blocked", m.method.reason)))
@@ -49,9 +59,9 @@ def alarm(hook):
     pub.process_data_events(time_limit=0.2)
 
     with open(hook, "w") as f:
-        f.write("100GiB")
+        f.write(over)
     wait_for(pub, lambda: events, "connection.blocked")
-    assert events[0] == ("blocked", "low on memory"), events
+    assert events[0] == ("blocked", reason), events
     print("BLOCKED", events[0][1])
 
     # Published while blocked: not read by the broker until the alarm clears.
@@ -80,7 +90,7 @@ def alarm(hook):
     print("CONSUMED WHILE BLOCKED", len(got))
 
     with open(hook, "w") as f:
-        f.write("0")
+        f.write(fine)
     wait_for(pub, lambda: len(events) >= 2, "connection.unblocked")
     assert events[1] == ("unblocked", None), events
     print("UNBLOCKED")
@@ -173,6 +183,6 @@ def throttle():
 
 if __name__ == "__main__":
     if sys.argv[1] == "alarm":
-        alarm(sys.argv[2])
+        alarm(sys.argv[2], *sys.argv[3:4])
     else:
         throttle()

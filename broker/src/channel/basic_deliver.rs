@@ -50,6 +50,9 @@ impl Channel {
             return false;
         }
         let (no_ack, tag, queue) = (c.no_ack, c.tag.clone(), c.queue.clone());
+        if !no_ack {
+            self.note_ack_timeout(&queue, session.consumer_timeout);
+        }
         if no_ack && queue.is_stored() {
             queue.forget(&batch);
         }
@@ -72,6 +75,7 @@ impl Channel {
                     queue: queue.clone(),
                     entry,
                     consumer: Some(id),
+                    delivered_at: now,
                 });
             }
         }
@@ -114,11 +118,13 @@ impl Channel {
         if g.no_ack {
             q.forget(std::slice::from_ref(&entry));
         } else {
+            self.note_ack_timeout(&q, ctx.session.consumer_timeout);
             self.unacked.push_back(Unacked {
                 tag,
                 queue: q,
                 entry,
                 consumer: None,
+                delivered_at: now,
             });
         }
         Ok(())

@@ -16,6 +16,7 @@
 //! A handler sees the channel (`self`) and a [`Ctx`]: the connection's shared [`Session`] and its [`Output`].
 //! Channels never see the connection itself, so the channel module does not depend on the connection module.
 
+mod ack_timeout;
 mod basic_ack;
 mod basic_consume;
 mod basic_deliver;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use protocol::{Assembled, ContentAssembler, Frame, Method, ShortStr};
 
 use crate::clock::now_ms;
+use crate::config::MAX_MAX_MESSAGE_SIZE;
 use crate::error::{AmqpError, AmqpResult};
 use crate::output::Output;
 use crate::queue::{ConsumerId, DeadLetters, Entry, Queue};
@@ -69,6 +71,8 @@ pub struct Unacked {
     pub entry: Entry,
     /// None for basic.get.
     pub consumer: Option<ConsumerId>,
+    /// When it was delivered (ms, the clock read once per delivered batch): the consumer timeout's start.
+    pub delivered_at: u64,
 }
 
 pub struct Channel {
@@ -92,6 +96,9 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// The smallest acknowledgement timeout (ms) of the queues this channel delivered from (u64::MAX: none):
+    /// the consumer-timeout check looks no further than deliveries this old (`ack_timeout.rs`).
+    ack_timeout_floor: u64,
     /// The direct reply-to consumer, if the client consumes from `amq.rabbitmq.reply-to` here.
     reply: Option<direct_reply_to::ReplyConsumer>,
     /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
@@ -111,6 +118,7 @@ impl Channel {
             consumers: HashMap::new(),
             unacked: VecDeque::new(),
             next_tag: 1,
+            ack_timeout_floor: u64::MAX,
             consumer_prefetch: 0,
             channel_prefetch: 0,
             consumer_unacked: 0,
@@ -160,9 +168,41 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
-        let Some(frame) = self.hold_back(frame) else {
+        let Some((frame, passed)) = self.hold_back(frame) else {
             return Ok(Next::Keep);
         };
+        if let held::Passed::Behind(index) = passed {
+            // A definition method handled while replies are held: what it writes goes out after them.
+            let mark = ctx.out.mark();
+            let r = self.handle_now(frame, ctx);
+            let frames = ctx.out.take_from(mark);
+            self.hold.keep_after(index, frames);
+            return r;
+        }
+        self.handle_now(frame, ctx)
+    }
+
+    /// One frame, handled now (not held back).
+    fn handle_now(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
+        // A body over --max-message-size is refused at its content header, before any of it is buffered:
+        // RabbitMQ (rabbit_channel.erl check_msg_size) gives the same 406 only after reading the whole body.
+        // Its body frames, still on the way, are discarded by the closing channel. Sizes over the 512 MiB
+        // ceiling stay the assembler's frame error, as RabbitMQ's rabbit_command_assembler has it.
+        if let Frame::Header(_, h) = &frame {
+            if self.assembler.awaits_header() && h.body_size <= MAX_MAX_MESSAGE_SIZE {
+                if let Err(e) = ctx.session.check_message_size(h.body_size) {
+                    self.assembler.reset();
+                    self.close_with(
+                        e.on_method(
+                            protocol::BasicPublish::CLASS_ID,
+                            protocol::BasicPublish::METHOD_ID,
+                        ),
+                        ctx,
+                    );
+                    return Ok(Next::Keep);
+                }
+            }
+        }
         let assembled = match frame {
             Frame::Method(_, m) => self.assembler.push_method(m),
             Frame::Header(_, h) => self.assembler.push_header(h),
@@ -261,6 +301,10 @@ impl Channel {
 
     /// A channel error: send channel.close, release what the channel holds, drop its frames until close-ok.
     fn close_with(&mut self, e: AmqpError, ctx: &mut Ctx) {
+        // Replies held for durability go out first (a method handled ahead of them failed).
+        let Err(e) = self.hold.defer_close(e) else {
+            return;
+        };
         tracing::debug!(
             conn = ctx.session.id,
             channel = self.id,

@@ -34,6 +34,7 @@ use tracing::{debug, info};
 
 use crate::broker::Broker;
 use crate::channel::{truncate_text, Channel, Ctx, Next, BACKLOG_MAX};
+use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::flow::AlarmState;
 use crate::session::Session;
@@ -51,6 +52,8 @@ const STASH_MAX: usize = 256 * 1024;
 const THROTTLE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a closed connection keeps reading (and discarding) while it waits for the client's EOF.
 const LINGER: Duration = Duration::from_secs(3);
+/// How often the consumer acknowledgement timeout is checked (RabbitMQ checks on its channel tick).
+const ACK_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 
 struct Conn {
     broker: Arc<Broker>,
@@ -167,6 +170,10 @@ impl Conn {
         let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
         let mut heartbeat_secs = 0u16;
+        // The consumer acknowledgement timeout is checked about once a second while a channel holds
+        // deliveries it applies to (channel/ack_timeout.rs).
+        let mut ack_timer = tokio::time::interval(ACK_TIMEOUT_CHECK);
+        ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut durable = self.broker.durable_watch();
         let mut alarms = self.broker.flow.subscribe();
         self.alarm = *alarms.borrow_and_update();
@@ -193,6 +200,7 @@ impl Conn {
             let backlog_ok = !self.channels.values().any(|c| c.backlog_len() >= BACKLOG_MAX);
             let closing_deadline = t.closing_deadline;
             let reading = backlog_ok && self.may_read();
+            let watch_acks = phase == Phase::Open && self.channels.values().any(Channel::watches_ack_timeout);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if phase != Phase::Closing => {
@@ -226,6 +234,7 @@ impl Conn {
                     }
                     self.transport.out.heartbeat();
                 }
+                _ = ack_timer.tick(), if watch_acks => self.check_ack_timeouts(),
                 _ = tokio::time::sleep_until(handshake_deadline), if handshaking => {
                     info!(peer = %self.transport.peer, "handshake timeout");
                     break;
@@ -282,6 +291,27 @@ impl Conn {
             // Tokio's cooperative budget: even if some branch above were always ready, the task yields
             // after a bounded amount of work, so one connection can never keep a worker from the others.
             tokio::task::coop::consume_budget().await;
+        }
+    }
+
+    /// Closes the channels holding a delivery unacknowledged past its timeout (406, unacked requeued).
+    fn check_ack_timeouts(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        for channel in self.channels.values_mut() {
+            let mut ctx = Ctx {
+                session,
+                out: &mut self.transport.out,
+            };
+            if channel.check_ack_timeout(now, &mut ctx) {
+                self.broker
+                    .flow
+                    .counters
+                    .consumer_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -535,6 +565,9 @@ impl Conn {
                         self.broker.config.max_message_size,
                     );
                     session.access = crate::users::Access::new(self.broker.users.clone(), &session.user);
+                    session.consumer_timeout =
+                        self.broker.config.consumer_timeout.map(|d| d.as_millis() as u64);
+                    session.flow = Some(self.broker.flow.clone());
                     self.session = Some(session);
                     self.counted = true;
                 })

@@ -25,6 +25,7 @@ mod limits;
 mod paging;
 mod ready;
 mod retry;
+pub mod transient;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -253,9 +254,16 @@ impl Queue {
         }
         let prioritised = self.args.max_priority.is_some();
         match &mut q.paged {
-            Some(p) => p.admit(entry, persist),
+            Some(p) => p.admit(entry, persist, &self.spec.name),
             None if persist && !prioritised && q.ready.len() >= MEM_MAX => {
                 q.paged = Some(Paged::starting_with(seq));
+            }
+            // Transient messages page too (to the queue's spill, never recovered): a long queue of them
+            // costs memory per spill file, not per message.
+            None if !prioritised && q.ready.len() >= MEM_MAX && transient::spills() => {
+                let mut p = Paged::starting_transient(seq);
+                p.admit(entry, false, &self.spec.name);
+                q.paged = Some(p);
             }
             None => q.ready.push_back(entry),
         }
@@ -328,10 +336,10 @@ impl Queue {
     /// Moves the next batch of paged-out messages back into memory (or into the retry scheduler, for those
     /// still waiting out a delay).
     fn refill(&self, q: &mut Inner, now: u64) {
-        let (Some(store), Some(p)) = (self.store.as_ref(), q.paged.as_mut()) else {
+        let Some(p) = q.paged.as_mut() else {
             return;
         };
-        let Some(batch) = p.read_back(store, &self.spec.name) else {
+        let Some(batch) = p.read_back(self.store.as_ref(), &self.spec.name) else {
             return;
         };
         if p.is_done() {

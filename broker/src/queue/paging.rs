@@ -1,11 +1,12 @@
-//! The message store part of a durable queue: a long queue lives on disk, not in RAM. Beyond `MEM_MAX`
-//! ready messages, persistent messages stay in the store only and are read back in batches as the head
-//! advances; transient messages published meanwhile wait in memory and are merged back by seq.
+//! The part of a long queue that is not in memory: a long queue lives on disk, not in RAM. Beyond `MEM_MAX`
+//! ready messages, persistent messages of a durable queue stay in the store only and are read back in
+//! batches as the head advances; transient messages (of any queue) go to the queue's spill
+//! (`transient.rs`) and are merged back by seq.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::entry::Entry;
+use super::transient::Transient;
 use crate::store::{QueueStore, StoredEntry};
 
 /// Ready messages a durable queue keeps in memory; beyond this, persistent messages stay on disk only and
@@ -20,8 +21,8 @@ pub(super) struct Paged {
     next_disk_seq: u64,
     /// Persistent messages on disk and not in memory.
     on_disk: u64,
-    /// Transient messages published while paged (kept in memory, merged back by seq).
-    transient: VecDeque<Entry>,
+    /// Transient messages published while paged (spilled to disk past a bound, merged back by seq).
+    transient: Transient,
 }
 
 impl Paged {
@@ -30,7 +31,16 @@ impl Paged {
         Paged {
             next_disk_seq: seq,
             on_disk: 1,
-            transient: VecDeque::new(),
+            transient: Transient::default(),
+        }
+    }
+
+    /// Paging starts with the transient message `seq` (any queue; nothing of it in the store yet).
+    pub fn starting_transient(seq: u64) -> Paged {
+        Paged {
+            next_disk_seq: seq,
+            on_disk: 0,
+            transient: Transient::default(),
         }
     }
 
@@ -39,13 +49,13 @@ impl Paged {
         Paged {
             next_disk_seq: first_seq,
             on_disk: count,
-            transient: VecDeque::new(),
+            transient: Transient::default(),
         }
     }
 
     /// Messages waiting here (on disk or transient).
     pub fn count(&self) -> u64 {
-        self.on_disk + self.transient.len() as u64
+        self.on_disk + self.transient.len()
     }
 
     /// First seq not yet read back (purge deletes from here on).
@@ -54,11 +64,11 @@ impl Paged {
     }
 
     /// A message published while paged: a persistent one is already in the store and stays there only.
-    pub fn admit(&mut self, entry: Entry, persistent: bool) {
+    pub fn admit(&mut self, entry: Entry, persistent: bool, queue: &str) {
         if persistent {
             self.on_disk += 1;
         } else {
-            self.transient.push_back(entry);
+            self.transient.push_back(entry, queue);
         }
     }
 
@@ -69,8 +79,8 @@ impl Paged {
 
     /// Reads the next batch back from the store and merges it with the transient messages, in seq order.
     /// `None` when the store read failed (logged; the messages stay where they are).
-    pub fn read_back(&mut self, store: &QueueStore, queue: &str) -> Option<Vec<Entry>> {
-        let loaded = if self.on_disk > 0 {
+    pub fn read_back(&mut self, store: Option<&QueueStore>, queue: &str) -> Option<Vec<Entry>> {
+        let loaded = if let (true, Some(store)) = (self.on_disk > 0, store) {
             match store.read(self.next_disk_seq, REFILL) {
                 Ok(v) => v,
                 Err(e) => {
@@ -82,21 +92,32 @@ impl Paged {
             Vec::new()
         };
         let disk_done = loaded.len() < REFILL;
-        if let Some(last) = loaded.last() {
-            self.next_disk_seq = last.seq + 1;
+        let loaded_len = loaded.len();
+        let m = merge(loaded, &mut self.transient, disk_done, queue);
+        // Disk messages the batch had no room for are read again next time.
+        if let Some(last) = m.last_disk_seq {
+            self.next_disk_seq = last + 1;
         }
         self.on_disk = if disk_done {
-            0
+            (loaded_len - m.disk_taken) as u64
         } else {
-            self.on_disk.saturating_sub(loaded.len() as u64)
+            self.on_disk.saturating_sub(m.disk_taken as u64)
         };
-        Some(merge(loaded, &mut self.transient, disk_done))
+        Some(m.entries)
     }
 }
 
-/// Merges a batch read from disk with the transient messages, by seq. Transient messages beyond the batch's
-/// last seq stay for a later batch, unless the disk is done.
-fn merge(loaded: Vec<StoredEntry>, transient: &mut VecDeque<Entry>, disk_done: bool) -> Vec<Entry> {
+/// What one merge took.
+struct Merged {
+    entries: Vec<Entry>,
+    /// Disk messages among them (the rest of the batch read from disk was not taken).
+    disk_taken: usize,
+    last_disk_seq: Option<u64>,
+}
+
+/// Merges a batch read from disk with the transient messages, by seq, `REFILL` at most. Transient messages
+/// beyond the batch's last seq stay for a later batch, unless the disk is done.
+fn merge(loaded: Vec<StoredEntry>, transient: &mut Transient, disk_done: bool, queue: &str) -> Merged {
     let upto = if disk_done {
         u64::MAX
     } else {
@@ -104,24 +125,34 @@ fn merge(loaded: Vec<StoredEntry>, transient: &mut VecDeque<Entry>, disk_done: b
     };
     let mut disk = loaded.into_iter().map(entry_from_store).peekable();
     let mut merged = Vec::new();
-    loop {
-        let take_disk = match (disk.peek(), transient.front()) {
+    let (mut disk_taken, mut last_disk_seq) = (0, None);
+    while merged.len() < REFILL {
+        let take_disk = match (disk.peek(), transient.front(queue)) {
             (Some(d), Some(t)) => t.seq > upto || d.seq < t.seq,
             (Some(_), None) => true,
             (None, Some(t)) if t.seq <= upto => false,
             _ => break,
         };
         let next = if take_disk {
-            disk.next()
+            let e = disk.next();
+            if let Some(e) = &e {
+                disk_taken += 1;
+                last_disk_seq = Some(e.seq);
+            }
+            e
         } else {
-            transient.pop_front()
+            transient.pop_front(queue)
         };
         match next {
             Some(e) => merged.push(e),
             None => break,
         }
     }
-    merged
+    Merged {
+        entries: merged,
+        disk_taken,
+        last_disk_seq,
+    }
 }
 
 /// A message read back from the store, as a queue entry.
@@ -158,17 +189,25 @@ mod tests {
         }
     }
 
-    fn transient(seqs: &[u64]) -> VecDeque<Entry> {
-        seqs.iter().map(|&s| entry(s, 0, "t")).collect()
+    fn transient(seqs: &[u64]) -> Transient {
+        let mut t = Transient::default();
+        for &s in seqs {
+            t.push_back(entry(s, 0, "t"), "q");
+        }
+        t
+    }
+
+    fn drain(t: &mut Transient) -> Vec<u64> {
+        std::iter::from_fn(|| t.pop_front("q")).map(|e| e.seq).collect()
     }
 
     #[test]
     fn a_full_batch_keeps_later_transients_for_the_next_one() {
         let mut t = transient(&[1, 4, 9]);
-        let merged = merge(vec![stored(0), stored(2), stored(5)], &mut t, false);
+        let merged = merge(vec![stored(0), stored(2), stored(5)], &mut t, false, "q").entries;
         let seqs: Vec<u64> = merged.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [0, 1, 2, 4, 5]);
-        assert_eq!(t.iter().map(|e| e.seq).collect::<Vec<_>>(), [9]);
+        assert_eq!(drain(&mut t), [9]);
         let from_disk = &merged[0];
         assert!(from_disk.redelivered);
         assert_eq!((from_disk.delivery_count, from_disk.expires_at), (2, Some(9)));
@@ -177,17 +216,42 @@ mod tests {
     #[test]
     fn when_the_disk_is_done_every_transient_comes_back() {
         let mut t = transient(&[3, 7]);
-        let merged = merge(vec![stored(1)], &mut t, true);
+        let merged = merge(vec![stored(1)], &mut t, true, "q").entries;
         let seqs: Vec<u64> = merged.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 3, 7]);
         assert!(t.is_empty());
     }
 
     #[test]
+    fn when_the_disk_is_done_transients_come_back_a_batch_at_a_time() {
+        let seqs: Vec<u64> = (0..(REFILL as u64 * 2 + 10)).collect();
+        let mut t = transient(&seqs);
+        let first = merge(Vec::new(), &mut t, true, "q").entries;
+        assert_eq!(first.len(), REFILL);
+        assert_eq!(first.last().map(|e| e.seq), Some(REFILL as u64 - 1));
+        assert_eq!(t.len(), REFILL as u64 + 10);
+    }
+
+    #[test]
+    fn disk_messages_a_full_batch_has_no_room_for_are_not_skipped() {
+        // A full disk batch (seqs 0, 2, 4, ...) interleaved with transients (1, 3, 5, ...): only half of
+        // the disk batch fits; the next merge must start at the first disk message not taken.
+        let disk: Vec<StoredEntry> = (0..REFILL as u64).map(|i| stored(2 * i)).collect();
+        let odd: Vec<u64> = (0..REFILL as u64).map(|i| 2 * i + 1).collect();
+        let mut t = transient(&odd);
+        let m = merge(disk, &mut t, false, "q");
+        assert_eq!(m.entries.len(), REFILL);
+        assert_eq!(m.disk_taken, REFILL / 2);
+        assert_eq!(m.last_disk_seq, Some(REFILL as u64 - 2));
+        let seqs: Vec<u64> = m.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..REFILL as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn admit_counts_persistent_and_keeps_transient() {
         let mut p = Paged::starting_with(10);
-        p.admit(entry(11, 0, "p"), true);
-        p.admit(entry(12, 0, "t"), false);
+        p.admit(entry(11, 0, "p"), true, "q");
+        p.admit(entry(12, 0, "t"), false, "q");
         assert_eq!(p.count(), 3);
         assert_eq!(p.next_disk_seq(), 10);
         assert!(!p.is_done());
