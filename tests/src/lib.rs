@@ -56,6 +56,27 @@ pub fn mailroom_bin() -> PathBuf {
     target_dir().join(profile).join("mailroom")
 }
 
+/// The `mailroomctl` binary, built once per test process (same profile as the tests).
+pub fn mailroomctl_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "-p", "mailroom-ctl", "--bin", "mailroomctl"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for mailroomctl");
+        assert!(status.success(), "building mailroomctl failed");
+    });
+    target_dir().join(profile).join("mailroomctl")
+}
+
 /// A running broker process.
 pub struct Server {
     child: Option<Child>,
