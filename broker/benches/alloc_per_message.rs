@@ -253,9 +253,20 @@ fn main() {
         let handle = tokio::spawn(server.run(shutdown.clone()));
         let n = std::env::var("ALLOC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000u64);
         println!("heap allocations per message, broker and client in one process (client allocates nothing per message)");
-        run(addr, n, 16, false, false).await;
-        run(addr, n, 1024, false, true).await;
-        run(addr, n / 4, 1024, true, true).await;
+        // ALLOC_BENCH_CASES picks cases by number (default "123"): 1 = 16 B transient autoack, 2 = 1 KiB
+        // transient with acks, 3 = 1 KiB persistent with acks. With one case and two values of
+        // ALLOC_BENCH_N under `valgrind --tool=callgrind`, the difference of the instruction totals over the
+        // difference of N is the instructions per message (docs/performance.md, "Hot path").
+        let cases = std::env::var("ALLOC_BENCH_CASES").unwrap_or_else(|_| "123".into());
+        if cases.contains('1') {
+            run(addr, n, 16, false, false).await;
+        }
+        if cases.contains('2') {
+            run(addr, n, 1024, false, true).await;
+        }
+        if cases.contains('3') {
+            run(addr, n / 4, 1024, true, true).await;
+        }
         shutdown.cancel();
         let _ = handle.await;
     });

@@ -182,8 +182,18 @@ impl Spill {
                 r.path.display()
             )));
         }
-        let mut buf = vec![0u8; len];
-        r.file.read_exact(&mut buf).map_err(io(&r.path))?;
+        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+        let mut buf = Vec::with_capacity(len);
+        (&mut r.file)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(io(&r.path))?;
+        if buf.len() != len {
+            return Err(StoreError::Corrupt(format!(
+                "spill record cut short in {}",
+                r.path.display()
+            )));
+        }
         r.left -= 1;
         self.len -= 1;
         let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());

@@ -259,8 +259,12 @@ impl Queue {
                 q.paged = Some(Paged::starting_with(seq));
             }
             // Transient messages page too (to the queue's spill, never recovered): a long queue of them
-            // costs memory per spill file, not per message.
-            None if !prioritised && q.ready.len() >= MEM_MAX && transient::spills() => {
+            // costs memory per spill file, not per message. With consumers, the flow bound keeps the
+            // backlog in memory small already: paging starts only past it.
+            None if !prioritised
+                && q.ready.len() >= self.transient_page_at(&q.consumers)
+                && transient::spills() =>
+            {
                 let mut p = Paged::starting_transient(seq);
                 p.admit(entry, false, &self.spec.name);
                 q.paged = Some(p);
@@ -277,16 +281,28 @@ impl Queue {
             }
         }
         q.consumers.wake_waiters(1);
-        // Flow control: in-memory ready messages beyond what the consumers take. A queue without consumers
-        // is not bounded here (a batch producer filling a queue for later is not throttled forever): the
-        // memory alarm and paging bound it.
+        // Flow control: ready messages beyond what the consumers take, counted wherever they are (in memory
+        // or paged to disk: a queue that pages would otherwise never reach its bound; the bytes are those in
+        // memory). A queue without consumers is not bounded here (a batch producer filling a queue for later
+        // is not throttled forever): paging and the memory alarm bound it.
         if !q.consumers.is_empty()
             && !self.flow_over.load(Ordering::Relaxed)
-            && self.bound.exceeded(q.ready.len() as u64, q.ready.bytes())
+            && self.bound.exceeded(q.ready_count() as u64, q.ready.bytes())
         {
             self.flow_over.store(true, Ordering::Relaxed);
         }
         Ok(ticket)
+    }
+
+    /// Ready messages in memory past which transient messages page to disk: `MEM_MAX`, or the flow bound
+    /// when the queue has consumers (its publishers are throttled there; paging what the consumers are
+    /// about to take would only cost a write and a read each).
+    fn transient_page_at(&self, consumers: &Consumers) -> usize {
+        if consumers.is_empty() {
+            MEM_MAX
+        } else {
+            MEM_MAX.max(self.bound.max_messages.min(usize::MAX as u64) as usize)
+        }
     }
 
     /// Whether publishers to this queue are throttled (over its bound, not yet under its low-water mark).
@@ -316,7 +332,9 @@ impl Queue {
         }
         if q.deleted
             || q.consumers.is_empty()
-            || self.bound.below_low_water(q.ready.len() as u64, q.ready.bytes())
+            || self
+                .bound
+                .below_low_water(q.ready_count() as u64, q.ready.bytes())
         {
             self.flow_over.store(false, Ordering::Relaxed);
             for s in q.flow_waiters.drain(..) {
