@@ -177,6 +177,14 @@ enum Dlq {
         #[arg(long, default_value_t = 20)]
         count: u64,
     },
+    /// Moves dead letters back to the queue each died in (or `--to QUEUE`), all or the first `--count`.
+    Redrive {
+        queue: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -616,6 +624,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &Value::Array(rows),
                     &["died_in", "reason", "count", "routing_key", "payload"],
                 ),
+            }
+        }
+        Cmd::Dlq(Dlq::Redrive { queue, to, count }) => {
+            let body = json!({"to": to, "count": count});
+            let r = ctl
+                .call(
+                    M::POST,
+                    &format!("/api/queues/{v}/{}/redrive", seg(&queue)),
+                    Some(body),
+                )
+                .await?;
+            match ctl.format {
+                Format::Json => ctl.object(&r),
+                Format::Table => println!("moved: {}, kept: {}", r["moved"], r["kept"]),
             }
         }
         Cmd::Users(Users::List) => {

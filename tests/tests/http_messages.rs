@@ -199,3 +199,67 @@ async fn reject_requeue_false_dead_letters() {
         "rejected"
     );
 }
+
+/// `POST /api/queues/{vhost}/{name}/redrive` (a Mailroom addition; the broker's redrive operation): back to
+/// where each message died, the first N, or to a named queue.
+#[tokio::test]
+async fn redrive_moves_dead_letters_back() {
+    let server = Server::start();
+    let api = Api::new(&server.http_url(), "guest", "guest");
+    api.put("/api/queues/%2F/work.dlq", json!({})).await;
+    api.put("/api/queues/%2F/other", json!({})).await;
+    api.put(
+        "/api/queues/%2F/work",
+        json!({"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "work.dlq"}}),
+    )
+    .await;
+    for i in 0..3 {
+        api.post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"routing_key": "work", "payload": format!("m{i}"), "properties": {}}),
+        )
+        .await;
+    }
+    assert_eq!(
+        get(&api, "work", 3, "reject_requeue_false")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(api.ok("/api/queues/%2F/work.dlq").await["messages"], 3);
+    let r = api
+        .post("/api/queues/%2F/work.dlq/redrive", json!({"count": 2}))
+        .await;
+    assert_eq!(r.body, json!({"moved": 2, "kept": 0}), "{r:?}");
+    let back = get(&api, "work", 5, "ack_requeue_true").await;
+    let payloads: Vec<&str> = back
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, vec!["m0", "m1"]);
+    let r = api
+        .post("/api/queues/%2F/work.dlq/redrive", json!({"to": "other"}))
+        .await;
+    assert_eq!(r.body, json!({"moved": 1, "kept": 0}));
+    assert_eq!(
+        get(&api, "other", 1, "ack_requeue_true").await[0]["payload"],
+        "m2"
+    );
+    assert_eq!(api.ok("/api/queues/%2F/work.dlq").await["messages"], 0);
+    assert_eq!(
+        api.post("/api/queues/%2F/work.dlq/redrive", json!({"to": "nope"}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        api.post("/api/queues/%2F/work.dlq/redrive", json!({"count": -1}))
+            .await
+            .status,
+        400
+    );
+}

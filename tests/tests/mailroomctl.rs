@@ -134,6 +134,12 @@ fn every_command_group_against_the_broker() {
         "{dlq}"
     );
 
+    // ... and goes back where it died.
+    let out = ctl(&server, &["dlq", "redrive", "orders.dlq"]);
+    assert_eq!(out.trim(), "moved: 1, kept: 0");
+    let back = json(&server, &["get", "work"]);
+    assert_eq!(back[0]["payload"], "bad");
+
     // Users, vhosts, permissions, policies.
     ctl(&server, &["vhosts", "add", "team a"]);
     ctl(

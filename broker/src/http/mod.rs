@@ -94,6 +94,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             axum::routing::delete(queues::purge),
         )
         .route("/api/queues/{vhost}/{name}/get", post(messages::get))
+        .route("/api/queues/{vhost}/{name}/redrive", post(messages::redrive))
         .route("/api/queues/{vhost}/{name}/actions", post(queues::actions))
         .route("/api/bindings", get(bindings::list))
         .route("/api/bindings/{vhost}", get(bindings::list_vhost))
