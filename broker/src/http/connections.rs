@@ -81,12 +81,9 @@ fn visible(broker: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Arc<C
         .collect()
 }
 
+/// Every connection's snapshot, asked of all of them at once (each answers from its own task).
 async fn snapshots(conns: &[Arc<ConnInfo>]) -> Vec<ConnSnapshot> {
-    let mut out = Vec::with_capacity(conns.len());
-    for c in conns {
-        out.push(c.snapshot().await);
-    }
-    out
+    futures::future::join_all(conns.iter().map(|c| c.snapshot())).await
 }
 
 async fn list_conns(

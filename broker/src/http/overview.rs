@@ -61,10 +61,11 @@ pub async fn overview(
         .into_iter()
         .filter(|c| user.sees_all() || c.user == user.name())
         .collect();
-    let mut channels = 0usize;
-    for c in &conns {
-        channels += c.snapshot().await.channels.len();
-    }
+    let channels: usize = futures::future::join_all(conns.iter().map(|c| c.snapshot()))
+        .await
+        .iter()
+        .map(|s| s.channels.len())
+        .sum();
     let node = node_name();
     let (amqp, http) = broker.bound.get().cloned().unwrap_or_default();
     let mut listeners = Vec::new();
