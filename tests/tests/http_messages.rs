@@ -263,3 +263,26 @@ async fn redrive_moves_dead_letters_back() {
         400
     );
 }
+
+/// Bodies up to RabbitMQ's 20 MiB `max_body_size` are accepted (a 3 MiB publish), larger ones refused (413).
+#[tokio::test]
+async fn large_bodies() {
+    let server = Server::start();
+    let api = Api::new(&server.http_url(), "guest", "guest");
+    api.put("/api/queues/%2F/big", json!({})).await;
+    let payload = "x".repeat(3 << 20);
+    let r = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"routing_key": "big", "payload": payload, "properties": {}}),
+        )
+        .await;
+    assert_eq!(r.body, json!({"routed": true}));
+    let got = get(&api, "big", 1, "ack_requeue_false").await;
+    assert_eq!(got[0]["payload_bytes"], 3 << 20);
+    let huge = "y".repeat(21 << 20);
+    let r = api
+        .raw("POST", "/api/exchanges/%2F/amq.default/publish", &huge)
+        .await;
+    assert_eq!(r.status, 413);
+}

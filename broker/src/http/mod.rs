@@ -37,6 +37,9 @@ pub use error::ApiError;
 
 pub type AppState = Arc<Broker>;
 
+/// Largest request body accepted (RabbitMQ's default `management.http.max_body_size`).
+pub const MAX_BODY: usize = 20 << 20;
+
 /// Every route of the API.
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
@@ -161,6 +164,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/user-limits", get(overview::empty_list))
         .route("/api/topic-permissions", get(overview::empty_list))
         .route("/api/rebalance/queues", put(overview::not_applicable))
+        // RabbitMQ's management.http.max_body_size (20 MiB): large definitions files and publishes fit.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .with_state(broker)
