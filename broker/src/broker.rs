@@ -26,6 +26,8 @@ pub struct Broker {
     pub users: Arc<Users>,
     /// The open connections, for the management API.
     pub conns: Conns,
+    /// Vhost descriptions, tags and default queue types (management API metadata), by vhost.
+    vhost_meta: RwLock<HashMap<String, storage::VhostMetaRecord>>,
     /// The addresses the AMQP and HTTP listeners were bound to (set once by `Server::bind`).
     pub bound: std::sync::OnceLock<(Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>)>,
     next_conn_id: AtomicU64,
@@ -68,6 +70,7 @@ impl Broker {
             users: Arc::new(users),
             conns: Conns::default(),
             bound: std::sync::OnceLock::new(),
+            vhost_meta: RwLock::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             open_connections: AtomicU64::new(0),
             store,
@@ -94,6 +97,9 @@ impl Broker {
         );
         let clean = self.store.take_clean_shutdown()?;
         let policies = self.store.policies()?;
+        for m in self.store.vhost_metas()? {
+            self.vhost_meta.write().insert(m.name.clone(), m);
+        }
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
             vhost.recover(&exchanges, &queues, &bindings, clean)?;
@@ -170,8 +176,34 @@ impl Broker {
         if let Err(e) = self.users.clear_vhost(name) {
             tracing::error!(vhost = name, error = %e, "removing a deleted vhost's permissions");
         }
+        if self.vhost_meta.write().remove(name).is_some() {
+            self.store.delete_vhost_meta(name)?;
+        }
         self.store.delete_vhost(name)?;
         Ok(true)
+    }
+
+    /// A vhost's description, tags and default queue type (empty when never set).
+    pub fn vhost_meta(&self, name: &str) -> storage::VhostMetaRecord {
+        self.vhost_meta
+            .read()
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| storage::VhostMetaRecord {
+                name: name.into(),
+                default_queue_type: "classic".into(),
+                ..Default::default()
+            })
+    }
+
+    /// Sets a vhost's metadata (durable on return).
+    pub fn set_vhost_meta(&self, m: storage::VhostMetaRecord) -> Result<(), storage::StoreError> {
+        if self.vhost_meta(&m.name) == m {
+            return Ok(());
+        }
+        self.store.put_vhost_meta(&m)?;
+        self.vhost_meta.write().insert(m.name.clone(), m);
+        Ok(())
     }
 
     /// Sets a policy (durable on return) and applies it to the vhost's live queues.

@@ -33,7 +33,7 @@ pub use flusher::{Durability, TicketState};
 pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
     BindingRecord, ExchangeRecord, MessageState, PermissionRecord, PolicyRecord, QueueRecord, StoreOptions,
-    StoreStats, StoredMessage, UserRecord, VhostRecord,
+    StoreStats, StoredMessage, UserRecord, VhostMetaRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
 

@@ -55,6 +55,15 @@ pub struct PermissionRecord {
     pub read: String,
 }
 
+/// A vhost's description, tags and default queue type (the management API's vhost metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VhostMetaRecord {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub default_queue_type: String,
+}
+
 /// An operator policy (RabbitMQ's model); `definition` is its JSON text, opaque here.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PolicyRecord {

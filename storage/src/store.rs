@@ -12,7 +12,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::flusher::{Durability, Shared, TicketState};
-use crate::keys::{self, Key, BINDING, EXCHANGE, MSG_STATE, PERMISSION, POLICY, QUEUE, USER, VHOST};
+use crate::keys::{
+    self, Key, BINDING, EXCHANGE, MSG_STATE, PERMISSION, POLICY, QUEUE, USER, VHOST, VHOST_META,
+};
 use crate::{be, codec, io_err, records::*, Result, StoreError};
 
 /// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
@@ -164,6 +166,22 @@ impl Store {
 
     pub fn permissions(&self) -> Result<Vec<PermissionRecord>> {
         self.list(PERMISSION, "permission")
+    }
+
+    /// Insert or replace a vhost's metadata. Durable on return.
+    pub fn put_vhost_meta(&self, m: &VhostMetaRecord) -> Result<()> {
+        let t = self.put_raw(Key::new(VHOST_META).str(&m.name).into_vec(), codec::encode(m)?)?;
+        self.flush_ticket(t)
+    }
+
+    /// Durable on return.
+    pub fn delete_vhost_meta(&self, name: &str) -> Result<()> {
+        let t = self.remove_raw(Key::new(VHOST_META).str(name).into_vec())?;
+        self.flush_ticket(t)
+    }
+
+    pub fn vhost_metas(&self) -> Result<Vec<VhostMetaRecord>> {
+        self.list(VHOST_META, "vhost metadata")
     }
 
     /// Insert or replace a policy. Durable on return.

@@ -1298,8 +1298,16 @@ fn permissions_and_policies_roundtrip_and_reopen() {
         })
         .unwrap();
         s.delete_policy("/", "gone").unwrap();
+        s.put_vhost_meta(&VhostMetaRecord {
+            name: "/".into(),
+            description: "d".into(),
+            tags: vec!["t".into()],
+            default_queue_type: "classic".into(),
+        })
+        .unwrap();
     }
     let s = open(d.path());
     assert_eq!(s.permissions().unwrap(), vec![p]);
     assert_eq!(s.policies().unwrap(), vec![pol]);
+    assert_eq!(s.vhost_metas().unwrap()[0].tags, vec!["t".to_string()]);
 }

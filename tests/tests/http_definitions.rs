@@ -17,6 +17,11 @@ async fn check_imported(server: &Server, api: &Api) {
     let users = names(&api.ok("/api/users").await);
     assert_eq!(users, vec!["billing", "guest", "legacy-512", "watcher"]);
     assert_eq!(names(&api.ok("/api/vhosts").await), vec!["/", "billing"]);
+    let billing = api.ok("/api/vhosts/billing").await;
+    assert_eq!(
+        (billing["description"].as_str(), &billing["tags"]),
+        (Some("Billing team"), &json!(["prod"]))
+    );
     let q = api.ok("/api/queues/billing/billing.invoices").await;
     assert_eq!(q["arguments"]["x-max-length"], 10000);
     assert_eq!(

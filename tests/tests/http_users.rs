@@ -103,6 +103,14 @@ async fn users_permissions_and_vhosts_round_trip_and_survive_restart() {
         names(&api.ok("/api/users").await),
         vec!["dev one", "guest", "ops"]
     );
+    let shown = api.ok(&format!("/api/vhosts/{}", seg(vh))).await;
+    assert_eq!(
+        (
+            shown["description"].as_str(),
+            shown["default_queue_type"].as_str()
+        ),
+        (Some("x"), Some("classic"))
+    );
     assert_eq!(names(&api.ok("/api/vhosts").await), vec!["/", vh]);
     let p = api.ok(&format!("/api/permissions/{}/dev%20one", seg(vh))).await;
     assert_eq!(p["configure"], "^x");

@@ -48,7 +48,10 @@ fn export_json(broker: &Broker, only: Option<&str>) -> Value {
             continue;
         }
         let name = |v: &str| if only.is_some() { None } else { Some(v.to_string()) };
-        vhosts.push(json!({"name": &*vh.name, "description": "", "tags": [], "metadata": {"description": "", "tags": []}}));
+        let meta = broker.vhost_meta(&vh.name);
+        vhosts.push(json!({"name": &*vh.name, "description": meta.description, "tags": meta.tags,
+            "default_queue_type": meta.default_queue_type,
+            "metadata": {"description": meta.description, "tags": meta.tags, "default_queue_type": meta.default_queue_type}}));
         for p in vh.policies() {
             let mut o = super::policies::policy_json(&p);
             if only.is_some() {
@@ -160,6 +163,7 @@ pub async fn export_vhost(
 struct Plan {
     users: Vec<(String, Vec<u8>, Vec<String>)>,
     vhosts: Vec<String>,
+    vhost_metas: Vec<storage::VhostMetaRecord>,
     permissions: Vec<(String, String, String, String, String)>,
     queues: Vec<(String, QueueSpec)>,
     exchanges: Vec<(String, router::ExchangeDef)>,
@@ -224,7 +228,30 @@ fn plan(v: &Value, vhost: Option<&str>) -> Result<Plan, ApiError> {
             p.users.push((name.to_string(), hash, tags));
         }
         for vh in list(v, "vhosts")? {
-            p.vhosts.push(text(vh, "name", "vhost")?.to_string());
+            let name = text(vh, "name", "vhost")?.to_string();
+            let field = |k: &str| vh.get(k).or_else(|| vh.get("metadata").and_then(|m| m.get(k)));
+            let tags = match field("tags") {
+                Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+                Some(Value::String(s)) => s
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            p.vhost_metas.push(storage::VhostMetaRecord {
+                name: name.clone(),
+                description: field("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                tags,
+                default_queue_type: field("default_queue_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("classic")
+                    .to_string(),
+            });
+            p.vhosts.push(name);
         }
         for perm in list(v, "permissions")? {
             let (user, vh) = (
@@ -341,6 +368,9 @@ pub fn apply(broker: &Broker, v: &Value, vhost: Option<&str>) -> Result<(), ApiE
     }
     for vh in &p.vhosts {
         broker.add_vhost(vh)?;
+    }
+    for m in p.vhost_metas {
+        broker.set_vhost_meta(m)?;
     }
     for (vh, user, c, w, r) in p.permissions {
         let same = broker

@@ -13,7 +13,8 @@ use super::error::{ApiError, ApiResult};
 use super::{blocking, paging, AppState};
 use crate::vhost::VHost;
 
-pub fn vhost_json(vh: &VHost) -> Value {
+pub fn vhost_json(broker: &AppState, vh: &VHost) -> Value {
+    let meta = broker.vhost_meta(&vh.name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     for q in vh.queues() {
         ready += q.counts().0 as u64;
@@ -21,10 +22,10 @@ pub fn vhost_json(vh: &VHost) -> Value {
     }
     json!({
         "name": &*vh.name,
-        "description": "",
-        "tags": [],
-        "default_queue_type": "classic",
-        "metadata": {"description": "", "tags": [], "default_queue_type": "classic"},
+        "description": meta.description,
+        "tags": meta.tags,
+        "default_queue_type": meta.default_queue_type,
+        "metadata": {"description": meta.description, "tags": meta.tags, "default_queue_type": meta.default_queue_type},
         "tracing": false,
         "protected_from_deletion": false,
         "cluster_state": {super::overview::node_name(): "running"},
@@ -43,7 +44,7 @@ pub async fn list(
         .vhosts()
         .iter()
         .filter(|v| user.can_access(&broker, &v.name))
-        .map(|v| vhost_json(v))
+        .map(|v| vhost_json(&broker, v))
         .collect();
     paging::respond(items, &q, &["name"])
 }
@@ -56,7 +57,7 @@ pub async fn show(
 ) -> ApiResult<Response> {
     let vh = broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     user.require_vhost(&broker, &vhost)?;
-    Ok(paging::respond_one(vhost_json(&vh), &q))
+    Ok(paging::respond_one(vhost_json(&broker, &vh), &q))
 }
 
 /// PUT creates the vhost (201) or leaves an existing one as it is (204). The body is optional
@@ -68,21 +69,61 @@ pub async fn put(
     body: Bytes,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    if !body.is_empty() {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if !v.is_object() {
-            return Err(ApiError::bad_request("the body must be a JSON object"));
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if v.get("tracing").and_then(Value::as_bool) == Some(true) {
+        return Err(ApiError::bad_request("tracing is not supported by Mailroom yet"));
+    }
+    let existing = broker.vhost_meta(&vhost);
+    let text = |k: &str, d: &str| -> Result<String, ApiError> {
+        match v.get(k).or_else(|| v.get("metadata").and_then(|m| m.get(k))) {
+            None | Some(Value::Null) => Ok(d.to_string()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ApiError::bad_request(format!("{k} must be a string"))),
         }
-        if v.get("tracing").and_then(Value::as_bool) == Some(true) {
-            return Err(ApiError::bad_request("tracing is not supported by Mailroom yet"));
-        }
+    };
+    let tags = match v
+        .get("tags")
+        .or_else(|| v.get("metadata").and_then(|m| m.get("tags")))
+    {
+        None | Some(Value::Null) => existing.tags.clone(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        Some(_) => return Err(ApiError::bad_request("tags must be a string or a list")),
+    };
+    let meta = storage::VhostMetaRecord {
+        name: vhost.clone(),
+        description: text("description", &existing.description)?,
+        tags,
+        default_queue_type: text("default_queue_type", &existing.default_queue_type)?,
+    };
+    if !matches!(meta.default_queue_type.as_str(), "classic" | "quorum" | "stream") {
+        return Err(ApiError::bad_request(format!(
+            "default_queue_type must be classic, quorum or stream, got '{}'",
+            meta.default_queue_type
+        )));
     }
     if vhost.is_empty() {
         return Err(ApiError::bad_request("vhost name must not be empty"));
     }
     let b = broker.clone();
     let name = vhost.clone();
-    let created = blocking(move || b.add_vhost(&name)).await??;
+    let created = blocking(move || -> Result<bool, storage::StoreError> {
+        let created = b.add_vhost(&name)?;
+        b.set_vhost_meta(meta)?;
+        Ok(created)
+    })
+    .await??;
     if created {
         // As RabbitMQ: the creating user gets full permissions on the new vhost.
         let (b, name, u) = (broker.clone(), vhost.clone(), user.name().to_string());
