@@ -36,6 +36,8 @@ pub struct Broker {
     pub store: Store,
     /// Alarms, flow-control counters and the memory/disk monitor.
     pub flow: Arc<Flow>,
+    /// The connections' message counters (the metrics).
+    pub stats: crate::stats::StatsRegistry,
 }
 
 /// Why a login failed.
@@ -75,6 +77,7 @@ impl Broker {
             open_connections: AtomicU64::new(0),
             store,
             flow: Arc::new(Flow::default()),
+            stats: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker
@@ -240,6 +243,16 @@ impl Broker {
             .users
             .authenticate(name, password)
             .ok_or(LoginError::BadCredentials)?;
+        if self.users.loopback_only(name) && !peer.is_loopback() {
+            return Err(LoginError::LoopbackOnly);
+        }
+        Ok(user)
+    }
+
+    /// SASL EXTERNAL (a verified client certificate's CN): the user must exist; no password is checked, as
+    /// rabbit_auth_backend_internal's passwordless login. `loopback_users` still applies.
+    pub fn login_external(&self, name: &str, peer: IpAddr) -> Result<UserInfo, LoginError> {
+        let user = self.users.user(name).ok_or(LoginError::BadCredentials)?;
         if self.users.loopback_only(name) && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly);
         }

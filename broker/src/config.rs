@@ -14,6 +14,11 @@ use crate::flow::{parse_size, DiskLimit, QueueBound, Watermark};
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5672", "[::1]:5672"];
 /// The management API's default listeners (RabbitMQ's port 15672), both loopbacks as for AMQP.
 pub const DEFAULT_HTTP_LISTEN: [&str; 2] = ["127.0.0.1:15672", "[::1]:15672"];
+/// AMQPS listeners when a certificate is given without `--tls-listen` (RabbitMQ's port 5671, loopback like
+/// the plain default).
+pub const DEFAULT_TLS_LISTEN: [&str; 2] = ["127.0.0.1:5671", "[::1]:5671"];
+/// The Prometheus listener (RabbitMQ's and LavinMQ's port).
+pub const DEFAULT_PROMETHEUS_LISTEN: [&str; 1] = ["127.0.0.1:15692"];
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_LOG: &str = "info";
 
@@ -76,6 +81,33 @@ pub struct Cli {
     /// import at boot; importing it again changes nothing.
     #[arg(long, env = "MAILROOM_DEFINITIONS", value_name = "FILE")]
     pub definitions: Option<PathBuf>,
+    /// Address to accept AMQPS (AMQP over TLS) connections on; repeatable. Default: none, or 127.0.0.1:5671
+    /// and [::1]:5671 when --tls-cert is given.
+    #[arg(long, env = "MAILROOM_TLS_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+    pub tls_listen: Vec<String>,
+    /// PEM file with the server's certificate chain (leaf first); turns AMQPS on. Reloaded on SIGHUP.
+    #[arg(long, env = "MAILROOM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the server's private key. Reloaded on SIGHUP.
+    #[arg(long, env = "MAILROOM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file with the CA certificates client certificates must chain to: AMQPS clients must then present
+    /// a certificate, and may log in with SASL EXTERNAL as the certificate's CN. Reloaded on SIGHUP.
+    #[arg(long, env = "MAILROOM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Address of the Prometheus endpoint (/metrics, /metrics/per-object); repeatable. Default:
+    /// 127.0.0.1:15692 (skipped with a warning if taken).
+    #[arg(
+        long,
+        env = "MAILROOM_PROMETHEUS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub prometheus_listen: Vec<String>,
+    /// Print the configuration reference (every flag, environment variable and TOML key) as a Markdown
+    /// table, and exit.
+    #[arg(long)]
+    pub print_config_reference: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -156,6 +188,11 @@ pub struct FileConfig {
     pub loopback_users: Option<Vec<String>>,
     /// Definitions file imported at boot.
     pub definitions: Option<PathBuf>,
+    pub tls_listen: Option<Listen>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub prometheus_listen: Option<Listen>,
 }
 
 /// `listen` in the TOML file: one address or a list.
@@ -221,6 +258,15 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// Definitions file imported at boot.
     pub definitions: Option<PathBuf>,
+    /// AMQPS listeners (empty without TLS).
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls_listen_is_default: bool,
+    /// Certificate, key and client CA files (None: no TLS).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Prometheus listeners (empty: none).
+    pub prometheus_listen: Vec<SocketAddr>,
+    /// True when `prometheus_listen` is the default: a taken port is a warning, not a failure.
+    pub prometheus_listen_is_default: bool,
 }
 
 /// RabbitMQ 4.0+'s default `max_message_size`.
@@ -260,6 +306,12 @@ impl Default for Config {
             http_listen_is_default: true,
             loopback_users: vec!["guest".into()],
             definitions: None,
+            tls_listen: Vec::new(),
+            tls_listen_is_default: false,
+            tls: None,
+            prometheus_listen: parse_addrs(&DEFAULT_PROMETHEUS_LISTEN.map(String::from))
+                .expect("default prometheus address"),
+            prometheus_listen_is_default: true,
         }
     }
 }
@@ -308,7 +360,41 @@ impl Config {
         let http_listen = if http_listen_is_default {
             d.http_listen
         } else {
-            parse_addrs(&http_given, "http listen")?
+            parse_addrs(&http_given)?
+        };
+        let tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                ca: cli.tls_ca.or(file.tls_ca),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+        };
+        let tls_given = if !cli.tls_listen.is_empty() {
+            cli.tls_listen
+        } else {
+            file.tls_listen.map(Listen::into_vec).unwrap_or_default()
+        };
+        if tls.is_none() && !tls_given.is_empty() {
+            anyhow::bail!("--tls-listen needs --tls-cert and --tls-key");
+        }
+        let tls_listen_is_default = tls.is_some() && tls_given.is_empty();
+        let tls_listen = match (&tls, tls_listen_is_default) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => parse_addrs(&DEFAULT_TLS_LISTEN.map(String::from))?,
+            (Some(_), false) => parse_addrs(&tls_given)?,
+        };
+        let prom_given = if !cli.prometheus_listen.is_empty() {
+            cli.prometheus_listen
+        } else {
+            file.prometheus_listen.map(Listen::into_vec).unwrap_or_default()
+        };
+        let prometheus_listen_is_default = prom_given.is_empty();
+        let prometheus_listen = if prometheus_listen_is_default {
+            d.prometheus_listen.clone()
+        } else {
+            parse_addrs(&prom_given)?
         };
         let frame_max = file.frame_max.unwrap_or(d.frame_max);
         if frame_max != 0 && frame_max < protocol::FRAME_MIN_SIZE {
@@ -400,17 +486,23 @@ impl Config {
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.shutdown_timeout),
             force_recovery: cli.force_recovery,
+            tls_listen,
+            tls_listen_is_default,
+            tls,
+            prometheus_listen,
+            prometheus_listen_is_default,
         })
     }
 }
 
-fn parse_addrs(given: &[String], what: &str) -> anyhow::Result<Vec<SocketAddr>> {
+/// Listen addresses (`HOST:PORT` or `[IPv6]:PORT`).
+fn parse_addrs(given: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     given
         .iter()
         .map(|a| {
             a.trim()
                 .parse::<SocketAddr>()
-                .with_context(|| format!("invalid {what} address '{a}' (expected HOST:PORT, or [IPv6]:PORT)"))
+                .with_context(|| format!("invalid listen address '{a}' (expected HOST:PORT, or [IPv6]:PORT)"))
         })
         .collect()
 }
@@ -485,6 +577,39 @@ mod tests {
             Config::merge(cli, file).unwrap().memory_high_watermark,
             Watermark::Absolute(256 << 20)
         );
+    }
+
+    #[test]
+    fn tls_and_prometheus_settings() {
+        let c = Config::merge(Cli::default(), FileConfig::default()).unwrap();
+        assert!(c.tls.is_none() && c.tls_listen.is_empty());
+        assert_eq!(c.prometheus_listen, vec!["127.0.0.1:15692".parse().unwrap()]);
+        assert!(c.prometheus_listen_is_default);
+        // A certificate without --tls-listen: RabbitMQ's port 5671 on the loopback addresses.
+        let cli = Cli::try_parse_from(["mailroom", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str(), tls.ca),
+            (Some("c.pem"), Some("k.pem"), None)
+        );
+        assert!(c.tls_listen_is_default);
+        assert!(c.tls_listen.iter().all(|a| a.port() == 5671));
+        let file: FileConfig = toml::from_str(
+            "tls_listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\ntls_cert = \"c\"\ntls_key = \"k\"\n\
+             tls_ca = \"ca\"\nprometheus_listen = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(Cli::default(), file).unwrap();
+        assert_eq!(c.tls_listen.len(), 2);
+        assert_eq!(c.tls.unwrap().ca, Some(PathBuf::from("ca")));
+        assert_eq!(c.prometheus_listen, vec!["127.0.0.1:9".parse().unwrap()]);
+        assert!(!c.prometheus_listen_is_default);
+        // Half a TLS setup is an error, not a silent plain-text broker.
+        let cli = Cli::try_parse_from(["mailroom", "--tls-cert", "c.pem"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
+        let cli = Cli::try_parse_from(["mailroom", "--tls-listen", "127.0.0.1:5671"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
     }
 
     #[test]

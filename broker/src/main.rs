@@ -9,6 +9,10 @@ use broker::{watchdog, Server};
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
+    if cli.print_config_reference {
+        print!("{}", broker::config_reference::render());
+        return Ok(());
+    }
     let command = cli.command.take();
     let config = Config::load(cli)?;
     let filter = EnvFilter::try_new(&config.log_level)

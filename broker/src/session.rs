@@ -69,6 +69,8 @@ pub struct Session {
     pub(crate) flow_dirty: bool,
     /// Who the connection acts as, for permission checks (`users.rs`); allows everything by default.
     pub(crate) access: crate::users::Access,
+    /// This connection's message counters (the metrics; `stats.rs`).
+    pub(crate) stats: Arc<crate::stats::ConnStats>,
     /// `--consumer-timeout` in ms (None: off); a queue's `x-consumer-timeout` overrides it.
     pub(crate) consumer_timeout: Option<u64>,
     /// The broker's flow-control state, for the counters this connection bumps.
@@ -101,6 +103,7 @@ impl Session {
             flow_queues: Vec::new(),
             flow_dirty: false,
             access: Default::default(),
+            stats: Arc::default(),
             consumer_timeout: None,
             flow: None,
         }

@@ -78,6 +78,7 @@ impl VHost {
     /// `declare_queue`, and the store ticket of the queue's record (0 when nothing was written): the
     /// declare-ok that promises durability waits for it.
     pub fn declare_queue_durably(&self, spec: QueueSpec) -> Result<(Arc<Queue>, bool, u64), AmqpError> {
+        crate::stats::QUEUES_DECLARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut queues = self.queues.write();
         if let Some(q) = queues.get(&spec.name) {
             return Ok((q.clone(), false, 0));
@@ -105,6 +106,7 @@ impl VHost {
         };
         queues.insert(name.clone(), q.clone());
         drop(queues);
+        crate::stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.router.write().declare_queue(name);
         self.apply_policy(&q);
         Ok((q, true, ticket))
@@ -144,6 +146,7 @@ impl VHost {
         if removed.is_none() {
             return 0;
         }
+        crate::stats::QUEUES_DELETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (bindings, auto_deleted) = {
             let mut router = self.router.write();
             let bindings = router.bindings_for_queue(queue.name());
@@ -209,7 +212,10 @@ impl VHost {
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         let (dlx, dlrk) = from.dead_letter_target();
         match dlx.as_deref() {
-            Some(dlx) => self.republish_dead(from, dlx, dlrk.as_deref(), dead, now, &mut further),
+            Some(dlx) => {
+                crate::stats::QueueStats::add(&from.stats.dead_lettered, dead.len() as u64);
+                self.republish_dead(from, dlx, dlrk.as_deref(), dead, now, &mut further)
+            }
             None => {
                 tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
             }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use parking_lot::Mutex;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -23,6 +24,22 @@ pub const FORCED_EXIT_CODE: i32 = 70;
 
 static STALLS: AtomicU64 = AtomicU64::new(0);
 
+/// What SIGHUP runs (certificate reloads), in the order registered.
+type ReloadHook = Box<dyn Fn() + Send + Sync>;
+static RELOAD_HOOKS: Mutex<Vec<ReloadHook>> = Mutex::new(Vec::new());
+
+/// Registers something to run on SIGHUP (on the signal thread; it must not block for long).
+pub fn on_reload(hook: impl Fn() + Send + Sync + 'static) {
+    RELOAD_HOOKS.lock().push(Box::new(hook));
+}
+
+/// Runs the SIGHUP hooks now.
+pub fn run_reload_hooks() {
+    for hook in RELOAD_HOOKS.lock().iter() {
+        hook();
+    }
+}
+
 /// Number of runtime stalls seen since start (for the operators' metrics).
 pub fn stall_count() -> u64 {
     STALLS.load(Ordering::Relaxed)
@@ -30,14 +47,20 @@ pub fn stall_count() -> u64 {
 
 /// Starts the signal thread: the first SIGTERM or SIGINT cancels `shutdown` (the graceful stop) and arms a
 /// deadline of `grace`; if the process still runs then, or a second signal comes, it logs and exits with
-/// [`FORCED_EXIT_CODE`]. Install it before anything slow (opening the store), so an early signal counts.
+/// [`FORCED_EXIT_CODE`]. SIGHUP runs the reload hooks ([`on_reload`]: TLS certificates) and nothing else.
+/// Install it before anything slow (opening the store), so an early signal counts.
 pub fn install_signal_thread(shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("mailroom-signals".into())
         .spawn(move || {
             let mut first = true;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    info!("SIGHUP received: reloading TLS certificates");
+                    run_reload_hooks();
+                    continue;
+                }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
                 if first {
                     first = false;

@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) round: Mutex<RoundState>,
     pub(crate) ticket: AtomicU64,
     pub(crate) flushes: AtomicU64,
+    /// How long successful flush rounds took (the metrics' flush latency).
+    pub(crate) flush_latency: crate::latency::LatencyHistogram,
     pub(crate) fsyncs: AtomicU64,
     pub(crate) flush_errors: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -159,8 +161,10 @@ impl Shared {
     pub(crate) fn flush_now(&self) -> Result<()> {
         let mut round = self.round.lock();
         let t = self.ticket.load(SeqCst);
+        let started = Instant::now();
         match self.sync_round(&mut round) {
             Ok(()) => {
+                self.flush_latency.observe(started.elapsed());
                 self.flushes.fetch_add(1, SeqCst);
                 self.settle(t, true);
                 if self.failing.swap(false, SeqCst) {

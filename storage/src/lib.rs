@@ -19,6 +19,7 @@ mod codec;
 mod fault;
 mod flusher;
 mod keys;
+mod latency;
 mod open;
 mod records;
 mod seglog;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
+pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS};
 pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
     BindingRecord, ExchangeRecord, MessageState, PermissionRecord, PolicyRecord, QueueRecord, StoreOptions,

@@ -183,6 +183,7 @@ impl Store {
             round: Mutex::new(RoundState::default()),
             ticket: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            flush_latency: Default::default(),
             fsyncs: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),

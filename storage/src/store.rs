@@ -652,6 +652,11 @@ impl Store {
         }
     }
 
+    /// How long the flush rounds took (successful ones).
+    pub fn flush_latency(&self) -> crate::LatencySnapshot {
+        self.sh().flush_latency.snapshot()
+    }
+
     /// Disk space allocated to the store directory (like `du`: allocated blocks, all files).
     pub fn size_on_disk(&self) -> Result<u64> {
         dir_allocated_bytes(&self.inner.dir)

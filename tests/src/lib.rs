@@ -115,10 +115,18 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
+        // The Prometheus endpoint on a free port unless the test picks one (its default port would be
+        // contended by brokers started in parallel).
+        let prometheus: &[&str] = if extra.contains(&"--prometheus-listen") {
+            &[]
+        } else {
+            &["--prometheus-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(mailroom_bin())
             .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .args(["--http-listen", "127.0.0.1:0"])
+            .args(prometheus)
             .args(extra)
             .envs(env.iter().copied())
             .env_remove("MAILROOM_LISTEN")
@@ -191,6 +199,22 @@ impl Server {
     /// The management API's base URL, `http://127.0.0.1:PORT`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http_addr.expect("the broker listens for HTTP"))
+    }
+
+    /// The address a listener logged at startup (`<what> addr=...`), e.g. "serving Prometheus metrics" or
+    /// "accepting AMQPS connections".
+    pub fn logged_addr(&self, what: &str) -> Option<SocketAddr> {
+        let needle = format!("{what} addr=");
+        self.startup_log.iter().find_map(|l| {
+            let i = l.find(&needle)? + needle.len();
+            l[i..].split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// The Prometheus endpoint's address.
+    pub fn prometheus_addr(&self) -> SocketAddr {
+        self.logged_addr("serving Prometheus metrics")
+            .expect("Prometheus listener in the startup log")
     }
 
     pub fn url(&self) -> String {
@@ -306,4 +330,59 @@ pub fn run_python(server: &Server, script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// A plain HTTP/1.1 GET (no client library needed): (status, head, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw.get(split + 4..).unwrap_or(&[]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Ok((status, head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let rest = &body[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest.get(n + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// Prometheus text samples: `name{labels}` (exactly as printed) to value.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }

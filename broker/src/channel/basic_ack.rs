@@ -95,6 +95,10 @@ impl Channel {
         match s {
             _ if requeue => requeue_grouped(vhost, std::mem::take(&mut taken), now_ms()),
             Settle::Ack { .. } => {
+                crate::stats::MessageCounters::add(
+                    &ctx.session.stats.messages.acknowledged,
+                    taken.len() as u64,
+                );
                 settle_grouped(&taken);
                 taken.clear();
             }

@@ -10,6 +10,7 @@ use super::{Channel, Ctx, Unacked};
 use crate::clock::now_ms;
 use crate::error::AmqpResult;
 use crate::queue::{ConsumerId, DeadLetters, Entry};
+use crate::stats::MessageCounters;
 
 /// Most messages pulled for one consumer in one go.
 const PULL_BATCH: usize = 128;
@@ -56,7 +57,19 @@ impl Channel {
         if no_ack && queue.is_stored() {
             queue.forget(&batch);
         }
+        let counters = &session.stats.messages;
+        MessageCounters::add(
+            if no_ack {
+                &counters.delivered_consume_auto_ack
+            } else {
+                &counters.delivered_consume_manual_ack
+            },
+            n as u64,
+        );
         for entry in batch.drain(..) {
+            if entry.redelivered {
+                MessageCounters::add(&counters.redelivered, 1);
+            }
             let delivery_tag = self.next_tag;
             self.next_tag += 1;
             let m = Method::BasicDeliver(BasicDeliver {
@@ -97,11 +110,24 @@ impl Channel {
         let mut dead = DeadLetters::new();
         let got = q.get(!g.no_ack, now, &mut dead);
         ctx.session.vhost.dead_letter(&q, &mut dead, now);
+        let counters = &ctx.session.stats.messages;
         let Some((entry, remaining)) = got else {
+            MessageCounters::add(&counters.get_empty, 1);
             ctx.out
                 .method(self.id, &Method::BasicGetEmpty(protocol::BasicGetEmpty));
             return Ok(());
         };
+        MessageCounters::add(
+            if g.no_ack {
+                &counters.delivered_get_auto_ack
+            } else {
+                &counters.delivered_get_manual_ack
+            },
+            1,
+        );
+        if entry.redelivered {
+            MessageCounters::add(&counters.redelivered, 1);
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = Method::BasicGetOk(protocol::BasicGetOk {

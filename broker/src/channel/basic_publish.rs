@@ -13,6 +13,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{DeadLetters, Queue, Rejected};
 use crate::session::Session;
+use crate::stats::MessageCounters;
 use crate::users::{Perm, Res};
 
 impl Channel {
@@ -43,6 +44,7 @@ impl Channel {
             Message::published(p.exchange.clone(), p.routing_key.clone(), properties, body)
                 .map_err(AmqpError::precondition_failed)?,
         );
+        ctx.session.stats.messages.published(msg.body.len() as u64);
         // The route buffer is the session's, reused by every publish: taken here, given back once below.
         let mut dests = std::mem::take(&mut ctx.session.route_scratch);
         let r = self.route_and_enqueue(p, msg, &mut dests, ctx);
@@ -123,6 +125,17 @@ impl Channel {
         if p.exchange.is_empty() {
             // Direct replies: keys that name a requester's amq.rabbitmq.reply-to.* go straight to it.
             enqueued += Self::send_replies(&msg, ctx.session);
+        }
+        let counters = &ctx.session.stats.messages;
+        if self.confirms.is_enabled() {
+            MessageCounters::add(&counters.received_confirm, 1);
+        }
+        if enqueued > 0 {
+            MessageCounters::add(&counters.routed, 1);
+        } else if p.mandatory {
+            MessageCounters::add(&counters.unroutable_returned, 1);
+        } else {
+            MessageCounters::add(&counters.unroutable_dropped, 1);
         }
         if enqueued == 0 && p.mandatory {
             let m = Method::BasicReturn(protocol::BasicReturn {

@@ -79,11 +79,13 @@ impl Channel {
     }
 
     /// Sends the confirms whose writes are settled: runs of acks as one `multiple` ack, nacks one by one
-    /// (a publish refused by a queue, or whose write could not be made durable).
-    pub fn flush_confirms(&mut self, durable: &Durability, out: &mut Output) {
+    /// (a publish refused by a queue, or whose write could not be made durable). Returns the number of
+    /// publishes acked (for the metrics).
+    pub fn flush_confirms(&mut self, durable: &Durability, out: &mut Output) -> u64 {
         if self.confirms.pending.is_empty() || self.closing {
-            return;
+            return 0;
         }
+        let mut acked = 0;
         let mut run: Option<(u64, usize)> = None;
         while let Some(p) = self.confirms.pending.front() {
             let stored = match durable.state(p.ticket) {
@@ -95,6 +97,7 @@ impl Channel {
                 break;
             };
             if p.ack && stored {
+                acked += 1;
                 run = Some((p.tag, run.map_or(1, |(_, n)| n + 1)));
             } else {
                 if let Some((tag, n)) = run.take() {
@@ -111,6 +114,7 @@ impl Channel {
         if let Some((tag, n)) = run {
             write_ack(out, self.id, tag, n > 1);
         }
+        acked
     }
 }
 

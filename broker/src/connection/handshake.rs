@@ -11,6 +11,7 @@ use super::transport::{Phase, Transport};
 use crate::broker::{Broker, LoginError};
 use crate::error::{AmqpError, AmqpResult};
 use crate::session::ClientCaps;
+use crate::tls::PeerTls;
 use crate::vhost::VHost;
 
 /// What the handshake learns before connection.open.
@@ -21,9 +22,19 @@ pub(super) struct Login {
     /// For the management API's connection list.
     pub client_properties: FieldTable,
     pub mechanism: String,
+    /// What the TLS handshake told (AMQPS only): a client certificate makes `EXTERNAL` available.
+    pub tls: Option<PeerTls>,
 }
 
-pub(super) fn connection_start() -> ConnectionStart {
+impl Login {
+    /// `EXTERNAL` is offered only to a client that presented a certificate (rabbit_auth_mechanism_ssl's
+    /// `should_offer`).
+    fn offers_external(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.has_cert)
+    }
+}
+
+pub(super) fn connection_start(login: &Login) -> ConnectionStart {
     let mut caps = FieldTable::new();
     for cap in [
         "publisher_confirms",
@@ -58,13 +69,17 @@ pub(super) fn connection_start() -> ConnectionStart {
         version_major: 0,
         version_minor: 9,
         server_properties: props,
-        mechanisms: LongStr::from("PLAIN AMQPLAIN"),
+        mechanisms: LongStr::from(if login.offers_external() {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        }),
         locales: LongStr::from("en_US"),
     }
 }
 
-pub(super) fn on_start_ok(
-    t: &mut Transport,
+pub(super) fn on_start_ok<W>(
+    t: &mut Transport<W>,
     login: &mut Login,
     broker: &Broker,
     ok: protocol::ConnectionStartOk,
@@ -77,27 +92,50 @@ pub(super) fn on_start_ok(
     login.client_properties = ok.client_properties.clone();
     let mechanism = ok.mechanism.as_str();
     login.mechanism = mechanism.to_string();
-    let (user, pass) = match mechanism {
-        "PLAIN" => crate::auth::parse_plain(ok.response.as_bytes()),
-        "AMQPLAIN" => crate::auth::parse_amqplain(ok.response.as_bytes()),
-        other => {
-            return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")))
-        }
-    }
-    .ok_or_else(|| {
+    let refused = || {
         AmqpError::access_refused(format!(
             "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
         ))
-    })?;
-    match broker.login(&user, &pass, t.peer.ip()) {
+    };
+    let result = match mechanism {
+        "PLAIN" | "AMQPLAIN" => {
+            let parsed = if mechanism == "PLAIN" {
+                crate::auth::parse_plain(ok.response.as_bytes())
+            } else {
+                crate::auth::parse_amqplain(ok.response.as_bytes())
+            };
+            let (user, pass) = parsed.ok_or_else(refused)?;
+            broker.login(&user, &pass, t.peer.ip()).map_err(|e| (user, e))
+        }
+        // rabbit_auth_mechanism_ssl: the response is ignored, the user is the certificate's CN.
+        "EXTERNAL" if login.offers_external() => {
+            let Some(cn) = login.tls.as_ref().and_then(|t| t.cert_cn.clone()) else {
+                warn!(peer = %t.peer, "EXTERNAL login refused: the client certificate has no CN");
+                return Err(refused());
+            };
+            broker.login_external(&cn, t.peer.ip()).map_err(|e| (cn, e))
+        }
+        // rabbit_reader:auth_mechanism_to_module.
+        "EXTERNAL" => {
+            return Err(AmqpError::command_invalid(format!(
+                "invalid authentication mechanism '{mechanism}'"
+            )))
+        }
+        other => {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown authentication mechanism '{other}'"
+            )))
+        }
+    };
+    match result {
         Ok(u) => login.user = u.name,
-        Err(LoginError::BadCredentials) => {
+        Err((user, LoginError::BadCredentials)) => {
             warn!(peer = %t.peer, user, "login refused: invalid credentials");
             return Err(AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             )));
         }
-        Err(LoginError::LoopbackOnly) => {
+        Err((user, LoginError::LoopbackOnly)) => {
             warn!(peer = %t.peer, user, "login refused: user may only connect via localhost");
             return Err(AmqpError::access_refused(format!(
                 "user '{user}' can only connect via localhost"
@@ -117,8 +155,8 @@ pub(super) fn on_start_ok(
     Ok(())
 }
 
-pub(super) fn on_tune_ok(
-    t: &mut Transport,
+pub(super) fn on_tune_ok<W>(
+    t: &mut Transport<W>,
     broker: &Broker,
     ok: protocol::ConnectionTuneOk,
 ) -> AmqpResult<()> {
@@ -156,8 +194,8 @@ pub(super) fn on_tune_ok(
 }
 
 /// connection.open: the vhost the session will work in.
-pub(super) fn on_open(
-    t: &mut Transport,
+pub(super) fn on_open<W>(
+    t: &mut Transport<W>,
     broker: &Broker,
     login: &Login,
     open: protocol::ConnectionOpen,
@@ -189,7 +227,7 @@ pub(super) fn on_open(
 }
 
 /// A connection-class method on channel 0 of an open connection.
-pub(super) fn on_connection_method(t: &mut Transport, m: Method) -> AmqpResult<()> {
+pub(super) fn on_connection_method<W>(t: &mut Transport<W>, m: Method) -> AmqpResult<()> {
     let (class_id, method_id) = (m.class_id(), m.method_id());
     match m {
         Method::ConnectionClose(_) => {

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use protocol::{reply, ConnectionClose, Frame, FrameCodec, Method, ShortStr};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::flow::AlarmState;
 use crate::session::Session;
 use crate::signal::{ConnEvent, ConnSignal};
+use crate::tls::PeerTls;
 use handshake::Login;
 use transport::{Phase, Transport};
 
@@ -55,12 +55,13 @@ const LINGER: Duration = Duration::from_secs(3);
 /// How often the consumer acknowledgement timeout is checked (RabbitMQ checks on its channel tick).
 const ACK_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 
-struct Conn {
+/// Generic over the socket's write half: plain TCP pays for no indirection, AMQPS writes through TLS.
+struct Conn<W: AsyncWrite + Unpin> {
     broker: Arc<Broker>,
     id: u64,
     /// The address the client connected to (for the management API's connection name).
     local: SocketAddr,
-    transport: Transport,
+    transport: Transport<W>,
     /// What the handshake learned (until connection.open makes the session).
     login: Login,
     /// Shared with the queues this connection consumes from, to wake it.
@@ -90,9 +91,52 @@ struct Conn {
 /// Serves one accepted socket until it closes.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = socket.set_nodelay(true);
-    let id = broker.next_connection_id();
     let local = socket.local_addr().unwrap_or(peer);
-    let (mut rd, wr) = socket.into_split();
+    let (rd, wr) = socket.into_split();
+    serve_stream(broker, rd, wr, peer, local, None, shutdown).await;
+}
+
+/// Serves one socket accepted on an AMQPS listener: the TLS handshake (within the handshake timeout; a
+/// client that does not speak TLS, such as a plain AMQP client, is closed), then AMQP over it.
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
+    let stream = match tokio::time::timeout(broker.config.handshake_timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed: connection closed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "no TLS handshake before the handshake timeout: connection closed");
+            return;
+        }
+    };
+    let tls = PeerTls::from_connection(stream.get_ref().1);
+    debug!(%peer, client_cert = tls.has_cert, cn = ?tls.cert_cn, "TLS handshake done");
+    let (rd, wr) = tokio::io::split(stream);
+    serve_stream(broker, rd, wr, peer, local, Some(tls), shutdown).await;
+}
+
+async fn serve_stream<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<PeerTls>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let id = broker.next_connection_id();
     let handshake_timeout = broker.config.handshake_timeout;
 
     // Protocol header: exactly "AMQP" 0 0 9 1; anything else gets our header back and the socket closed.
@@ -110,7 +154,10 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
         id,
         local,
         transport: Transport::new(peer, wr),
-        login: Login::default(),
+        login: Login {
+            tls,
+            ..Login::default()
+        },
         signal: Arc::new(ConnSignal::new()),
         session: None,
         channels: HashMap::new(),
@@ -143,7 +190,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shu
     debug!(%peer, id, "connection closed");
 }
 
-async fn drain_until_eof(rd: &mut OwnedReadHalf) {
+async fn drain_until_eof<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut scratch = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = rd.read(&mut scratch).await {
@@ -155,15 +202,17 @@ async fn drain_until_eof(rd: &mut OwnedReadHalf) {
     .await;
 }
 
-impl Conn {
-    async fn run(
+impl<W: AsyncWrite + Unpin> Conn<W> {
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        framed: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        framed: &mut FramedRead<R, FrameCodec>,
         shutdown: CancellationToken,
         handshake_timeout: Duration,
     ) {
-        self.transport
-            .send_method(0, &Method::ConnectionStart(handshake::connection_start()));
+        self.transport.send_method(
+            0,
+            &Method::ConnectionStart(handshake::connection_start(&self.login)),
+        );
         if self.transport.write_out().await.is_err() {
             return;
         }
@@ -279,8 +328,17 @@ impl Conn {
                 let durable_now = durable.borrow_and_update().clone();
                 while self.settle_held(&durable_now) {}
                 self.run_pulls();
+                let mut confirmed = 0;
                 for channel in self.channels.values_mut() {
-                    channel.flush_confirms(&durable_now, &mut self.transport.out);
+                    confirmed += channel.flush_confirms(&durable_now, &mut self.transport.out);
+                }
+                if let Some(s) = self.session.as_ref() {
+                    let stats = &s.stats;
+                    crate::stats::MessageCounters::add(&stats.messages.confirmed, confirmed);
+                    stats
+                        .channels
+                        .store(self.channels.len() as u64, Ordering::Relaxed);
+                    stats.publishing.store(s.published as u64, Ordering::Relaxed);
                 }
             } else if let Some(s) = self.session.as_mut() {
                 s.pull_list.clear();
@@ -409,6 +467,7 @@ impl Conn {
         let counters = &self.broker.flow.counters;
         match (throttled, self.throttled_at) {
             (true, None) => {
+                crate::stats::THROTTLED_NOW.fetch_add(1, Ordering::Relaxed);
                 self.throttled_at = Some(Instant::now());
                 counters.queue_throttles.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
@@ -423,6 +482,7 @@ impl Conn {
                 }
             }
             (false, Some(at)) => {
+                crate::stats::THROTTLED_NOW.fetch_sub(1, Ordering::Relaxed);
                 self.throttled_at = None;
                 counters
                     .queue_throttled_ms
@@ -444,6 +504,7 @@ impl Conn {
         let counters = &self.broker.flow.counters;
         match (block, self.blocked_at) {
             (true, None) => {
+                crate::stats::BLOCKED_NOW.fetch_add(1, Ordering::Relaxed);
                 self.blocked_at = Some(Instant::now());
                 counters.alarm_blocks.fetch_add(1, Ordering::Relaxed);
                 let reason = self.alarm.reason();
@@ -459,6 +520,7 @@ impl Conn {
                 }
             }
             (false, Some(at)) => {
+                crate::stats::BLOCKED_NOW.fetch_sub(1, Ordering::Relaxed);
                 self.blocked_at = None;
                 counters
                     .alarm_blocked_ms
@@ -570,6 +632,9 @@ impl Conn {
                     session.flow = Some(self.broker.flow.clone());
                     self.session = Some(session);
                     self.counted = true;
+                    if let Some(s) = self.session.as_ref() {
+                        self.broker.stats.register(self.id, s.stats.clone());
+                    }
                 })
             }
             (_, m) => Err(AmqpError::command_invalid(format!(
@@ -594,6 +659,7 @@ impl Conn {
         let Some(channel) = self.channels.get_mut(&ch) else {
             return match frame {
                 Frame::Method(_, Method::ChannelOpen(_)) => {
+                    crate::stats::CHANNELS_OPENED.fetch_add(1, Ordering::Relaxed);
                     self.channels
                         .insert(ch, Channel::open(ch, &mut self.transport.out));
                     Ok(())
@@ -785,13 +851,20 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
+impl<W: AsyncWrite + Unpin> Drop for Conn<W> {
     /// However the task ends (returned, failed, panicked), nothing the connection registered stays behind.
     fn drop(&mut self) {
         self.release_all();
+        if self.throttled_at.take().is_some() {
+            crate::stats::THROTTLED_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.blocked_at.take().is_some() {
+            crate::stats::BLOCKED_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
         if std::mem::take(&mut self.counted) {
             self.broker.connection_closed();
             self.broker.conns.unregister(self.id);
+            self.broker.stats.unregister(self.id);
         }
     }
 }

@@ -1,12 +1,14 @@
 //! A connection's transport: the socket's write half, the output buffer, where the handshake is, the
 //! negotiated limits, heartbeats and the closing deadline. Knows nothing of channels.
+//!
+//! Generic over the write half `W`: a plain TCP connection writes to its `OwnedWriteHalf` directly (no
+//! indirection), an AMQPS one to the write half of its TLS stream.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use protocol::Method;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::output::Output;
 
@@ -28,9 +30,9 @@ impl Phase {
     }
 }
 
-pub(super) struct Transport {
+pub(super) struct Transport<W> {
     pub peer: SocketAddr,
-    wr: OwnedWriteHalf,
+    wr: W,
     pub out: Output,
     pub phase: Phase,
     pub channel_max: u16,
@@ -42,8 +44,8 @@ pub(super) struct Transport {
     pub pending_frame_max: Option<u32>,
 }
 
-impl Transport {
-    pub fn new(peer: SocketAddr, wr: OwnedWriteHalf) -> Transport {
+impl<W> Transport<W> {
+    pub fn new(peer: SocketAddr, wr: W) -> Transport<W> {
         Transport {
             peer,
             wr,
@@ -61,6 +63,13 @@ impl Transport {
         self.out.method(channel, m);
     }
 
+    /// The client missed two heartbeat intervals.
+    pub fn heartbeat_missed(&self, secs: u16) -> bool {
+        self.last_recv.elapsed() > Duration::from_secs(secs as u64 * 2)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Transport<W> {
     /// Writes everything produced since the last write, in one `write_all`.
     pub async fn write_out(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
@@ -79,10 +88,5 @@ impl Transport {
     /// Shuts our write side down: the client sees EOF.
     pub async fn shutdown(&mut self) {
         let _ = self.wr.shutdown().await;
-    }
-
-    /// The client missed two heartbeat intervals.
-    pub fn heartbeat_missed(&self, secs: u16) -> bool {
-        self.last_recv.elapsed() > Duration::from_secs(secs as u64 * 2)
     }
 }

@@ -39,6 +39,7 @@ use crate::message::Message;
 use crate::queue_args::QueueArgs;
 use crate::signal::ConnSignal;
 pub use crate::signal::{next_consumer_id, ConsumerId};
+use crate::stats::QueueStats;
 use crate::store::QueueStore;
 
 use consumers::Consumers;
@@ -127,6 +128,8 @@ pub struct Queue {
     flow_over: AtomicBool,
     /// Where persistent messages of a durable queue are kept (None for non-durable queues).
     store: Option<QueueStore>,
+    /// Message counters for the metrics (relaxed atomics, no lock).
+    pub stats: QueueStats,
     inner: Mutex<Inner>,
 }
 
@@ -189,6 +192,7 @@ impl Queue {
             spec,
             args,
             store,
+            stats: QueueStats::default(),
             inner: Mutex::new(inner),
         }
     }
@@ -217,6 +221,7 @@ impl Queue {
             expires_at,
             not_before: None,
         };
+        QueueStats::add(&self.stats.published, 1);
         if entry.is_expired(now) {
             // x-message-ttl 0 (or an expiration of 0) with nobody to take it now: it dies at once.
             dead.push(entry, DeathReason::Expired);
@@ -441,6 +446,7 @@ impl Queue {
             }
         }
         let n = self.take_live(q, max, now, dead, |e| out.push(e));
+        QueueStats::add(&self.stats.delivered, n as u64);
         if ack {
             self.delivered_with_ack(q, &out[out.len() - n..]);
         }
@@ -460,6 +466,7 @@ impl Queue {
         self.take_live(q, 1, now, dead, |e| got = Some(e));
         self.flow_check(q);
         let e = got?;
+        QueueStats::add(&self.stats.delivered, 1);
         if ack {
             self.delivered_with_ack(q, std::slice::from_ref(&e));
         }
@@ -472,6 +479,7 @@ impl Queue {
             let mut q = self.inner.lock();
             q.unacked = q.unacked.saturating_sub(entries.len() as u64);
         }
+        QueueStats::add(&self.stats.acked, entries.len() as u64);
         self.delete_stored(entries);
     }
 
@@ -592,6 +600,12 @@ impl Queue {
     pub fn counts(&self) -> (u32, u32) {
         let q = self.inner.lock();
         (q.ready_count(), q.consumers.len() as u32)
+    }
+
+    /// (ready, unacked, consumers) under one lock, for the metrics.
+    pub fn depth(&self) -> (u32, u64, u32) {
+        let q = self.inner.lock();
+        (q.ready_count(), q.unacked, q.consumers.len() as u32)
     }
 
     /// Messages delivered and not yet settled.

@@ -1,0 +1,259 @@
+//! Counters for the operators' metrics (`prometheus.rs` reads them at scrape time).
+//!
+//! Cheap on the hot path: a connection's message counters are plain atomics in its own [`ConnStats`], which
+//! only that connection's task writes (relaxed adds to a cache line no other core writes); a queue's are in
+//! its [`QueueStats`], written by whoever holds the queue for the operation anyway. No lock and no
+//! allocation per message. The connections' counters are found at scrape time through the [`StatsRegistry`]
+//! (one lock per connection open/close, not per message); a closed connection's counts are folded into the
+//! registry's totals so the sums never go backwards. Rare events (queues declared, channels opened) are
+//! process-wide atomics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Message size buckets, bytes: rabbit_msg_size_metrics' (RabbitMQ 4.1), so the RabbitMQ-Overview
+/// dashboard's "Message Size Distribution" panel finds its `le` values.
+pub const SIZE_BUCKETS: [f64; 8] = [
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    50_000_000.0,
+    100_000_000.0,
+];
+
+/// Every message counter of a connection (RabbitMQ's global counters, per connection here).
+#[derive(Default)]
+pub struct MessageCounters {
+    /// basic.publish received (RabbitMQ `messages_received`).
+    pub received: AtomicU64,
+    /// ... on a channel in confirm mode (`messages_received_confirm`).
+    pub received_confirm: AtomicU64,
+    /// Routed to at least one queue (`messages_routed`).
+    pub routed: AtomicU64,
+    pub unroutable_dropped: AtomicU64,
+    pub unroutable_returned: AtomicU64,
+    /// Publisher confirms sent (acks).
+    pub confirmed: AtomicU64,
+    pub delivered_consume_manual_ack: AtomicU64,
+    pub delivered_consume_auto_ack: AtomicU64,
+    pub delivered_get_manual_ack: AtomicU64,
+    pub delivered_get_auto_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    pub redelivered: AtomicU64,
+    /// Acknowledged by the client (basic.ack; a multiple ack counts each message).
+    pub acknowledged: AtomicU64,
+    /// Published body sizes: counts per bucket of [`SIZE_BUCKETS`] (not cumulative), the last is +Inf.
+    pub size_buckets: [AtomicU64; SIZE_BUCKETS.len() + 1],
+    pub size_sum: AtomicU64,
+}
+
+/// A plain snapshot of [`MessageCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MessageTotals {
+    pub received: u64,
+    pub received_confirm: u64,
+    pub routed: u64,
+    pub unroutable_dropped: u64,
+    pub unroutable_returned: u64,
+    pub confirmed: u64,
+    pub delivered_consume_manual_ack: u64,
+    pub delivered_consume_auto_ack: u64,
+    pub delivered_get_manual_ack: u64,
+    pub delivered_get_auto_ack: u64,
+    pub get_empty: u64,
+    pub redelivered: u64,
+    pub acknowledged: u64,
+    pub size_buckets: [u64; SIZE_BUCKETS.len() + 1],
+    pub size_sum: u64,
+}
+
+macro_rules! each_counter {
+    ($m:ident) => {
+        $m!(
+            received,
+            received_confirm,
+            routed,
+            unroutable_dropped,
+            unroutable_returned,
+            confirmed,
+            delivered_consume_manual_ack,
+            delivered_consume_auto_ack,
+            delivered_get_manual_ack,
+            delivered_get_auto_ack,
+            get_empty,
+            redelivered,
+            acknowledged,
+            size_sum
+        )
+    };
+}
+
+impl MessageCounters {
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// One published message of `size` body bytes.
+    #[inline]
+    pub fn published(&self, size: u64) {
+        self.received.fetch_add(1, Relaxed);
+        self.size_sum.fetch_add(size, Relaxed);
+        let i = SIZE_BUCKETS
+            .iter()
+            .position(|&b| size as f64 <= b)
+            .unwrap_or(SIZE_BUCKETS.len());
+        self.size_buckets[i].fetch_add(1, Relaxed);
+    }
+
+    /// Adds this connection's counts to `t`.
+    pub fn add_to(&self, t: &mut MessageTotals) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( t.$f += self.$f.load(Relaxed); )* };
+        }
+        each_counter!(sum);
+        for (a, b) in t.size_buckets.iter_mut().zip(&self.size_buckets) {
+            *a += b.load(Relaxed);
+        }
+    }
+
+    /// Adds a snapshot into these counters (a closed connection's counts into the totals).
+    fn absorb(&self, t: &MessageTotals) {
+        macro_rules! add {
+            ($($f:ident),*) => { $( self.$f.fetch_add(t.$f, Relaxed); )* };
+        }
+        each_counter!(add);
+        for (a, b) in self.size_buckets.iter().zip(&t.size_buckets) {
+            a.fetch_add(*b, Relaxed);
+        }
+    }
+}
+
+/// One connection's counters and gauges, written by its task only.
+#[derive(Default)]
+pub struct ConnStats {
+    pub messages: MessageCounters,
+    /// Channels open on the connection now.
+    pub channels: AtomicU64,
+    /// The connection has published (RabbitMQ's `publishers` counts publishing channels; we count
+    /// connections).
+    pub publishing: AtomicU64,
+}
+
+/// Process-wide counters of rare events (RabbitMQ's connection churn metrics).
+pub static CHANNELS_OPENED: AtomicU64 = AtomicU64::new(0);
+pub static CONNECTIONS_OPENED: AtomicU64 = AtomicU64::new(0);
+pub static QUEUES_DECLARED: AtomicU64 = AtomicU64::new(0);
+pub static QUEUES_CREATED: AtomicU64 = AtomicU64::new(0);
+pub static QUEUES_DELETED: AtomicU64 = AtomicU64::new(0);
+/// Connections paused now by a queue over its flow bound, and blocked now by an alarm.
+pub static THROTTLED_NOW: AtomicU64 = AtomicU64::new(0);
+pub static BLOCKED_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// The open connections' counters, and the sums of the closed ones.
+#[derive(Default)]
+pub struct StatsRegistry {
+    open: Mutex<HashMap<u64, Arc<ConnStats>>>,
+    closed: MessageCounters,
+}
+
+/// What a scrape reads of the connections.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnTotals {
+    pub messages: MessageTotals,
+    pub connections: u64,
+    pub channels: u64,
+    pub publishers: u64,
+}
+
+impl StatsRegistry {
+    /// A connection reached connection.open.
+    pub fn register(&self, id: u64, stats: Arc<ConnStats>) {
+        CONNECTIONS_OPENED.fetch_add(1, Relaxed);
+        self.open.lock().insert(id, stats);
+    }
+
+    /// The connection is gone: its counts move to the closed sums.
+    pub fn unregister(&self, id: u64) {
+        let Some(stats) = self.open.lock().remove(&id) else {
+            return;
+        };
+        let mut t = MessageTotals::default();
+        stats.messages.add_to(&mut t);
+        self.closed.absorb(&t);
+    }
+
+    /// Sums over every connection, open or closed.
+    pub fn totals(&self) -> ConnTotals {
+        let mut t = ConnTotals::default();
+        self.closed.add_to(&mut t.messages);
+        let open = self.open.lock();
+        t.connections = open.len() as u64;
+        for c in open.values() {
+            c.messages.add_to(&mut t.messages);
+            t.channels += c.channels.load(Relaxed);
+            t.publishers += c.publishing.load(Relaxed);
+        }
+        t
+    }
+}
+
+/// A queue's counters (RabbitMQ's per-queue metrics of `/metrics/per-object`).
+#[derive(Default, Debug)]
+pub struct QueueStats {
+    /// Messages that entered the queue.
+    pub published: AtomicU64,
+    /// Messages handed to consumers or basic.get.
+    pub delivered: AtomicU64,
+    /// Messages acknowledged by clients.
+    pub acked: AtomicU64,
+    /// Messages dead-lettered to the queue's dead-letter exchange.
+    pub dead_lettered: AtomicU64,
+}
+
+impl QueueStats {
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_connections_keep_counting_in_the_totals() {
+        let reg = StatsRegistry::default();
+        let a = Arc::new(ConnStats::default());
+        reg.register(1, a.clone());
+        a.messages.published(50);
+        a.messages.published(5_000);
+        a.messages.published(500_000_000);
+        MessageCounters::add(&a.messages.acknowledged, 2);
+        a.channels.store(3, Relaxed);
+        let t = reg.totals();
+        assert_eq!((t.connections, t.channels), (1, 3));
+        assert_eq!(t.messages.received, 3);
+        assert_eq!(t.messages.size_buckets[0], 1);
+        assert_eq!(t.messages.size_buckets[2], 1);
+        assert_eq!(t.messages.size_buckets[SIZE_BUCKETS.len()], 1);
+        assert_eq!(t.messages.size_sum, 500_005_050);
+        reg.unregister(1);
+        let t = reg.totals();
+        assert_eq!((t.connections, t.channels), (0, 0));
+        assert_eq!(t.messages.received, 3);
+        assert_eq!(t.messages.acknowledged, 2);
+        assert_eq!(t.messages.size_buckets[0], 1);
+    }
+}
