@@ -164,6 +164,16 @@ fn header_routes(properties: &mut RawProperties, strict: bool) -> Result<Option<
     Ok(Some(Box::new(HeaderRoutes { keys, cc, stored })))
 }
 
+/// The properties an `x-consistent-hash` exchange with `hash-property` hashes on (read lazily from the
+/// raw bytes, no allocation).
+pub fn route_props(props: &RawProperties) -> router::MsgProps<'_> {
+    router::MsgProps {
+        message_id: props.message_id(),
+        correlation_id: props.correlation_id(),
+        timestamp: props.timestamp(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,10 @@ pub struct VHost {
     pub reply_to: ReplyTargets,
     /// Operator policies (`vhost_policy.rs`).
     pub(crate) policies: RwLock<Vec<Arc<crate::policy::Policy>>>,
+    /// Deduplication windows of exchanges and queues (`dedup.rs`).
+    pub dedup: crate::dedup::Registry,
+    /// Messages held by `x-delayed-message` exchanges (`delayed.rs`).
+    pub delayed: crate::delayed::Delayed,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -47,12 +51,14 @@ fn store_err(e: storage::StoreError) -> AmqpError {
 impl VHost {
     pub fn new(name: &str, store: Store) -> Arc<VHost> {
         Arc::new(VHost {
+            delayed: crate::delayed::Delayed::open(&store, name),
             name: name.into(),
             router: RwLock::new(Router::new(name)),
             queues: RwLock::new(HashMap::new()),
             store,
             reply_to: ReplyTargets::default(),
             policies: RwLock::new(Vec::new()),
+            dedup: Default::default(),
         })
     }
 
@@ -84,6 +90,7 @@ impl VHost {
             return Ok((q.clone(), false, 0));
         }
         let name = spec.name.clone();
+        let dedup = crate::dedup::config(&spec.arguments, false).ok().flatten();
         let mut ticket = 0;
         let q = if spec.durable {
             let id = self.store.next_queue_id().map_err(store_err)?;
@@ -106,6 +113,10 @@ impl VHost {
         };
         queues.insert(name.clone(), q.clone());
         drop(queues);
+        if let Some(c) = dedup {
+            let store = q.spec.durable.then_some(&self.store);
+            self.dedup.add(true, &self.name, &name, c, store, false, now_ms());
+        }
         crate::stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.router.write().declare_queue(name);
         self.apply_policy(&q);
@@ -146,6 +157,7 @@ impl VHost {
         if removed.is_none() {
             return 0;
         }
+        self.dedup.remove(true, queue.name());
         crate::stats::QUEUES_DELETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (bindings, auto_deleted) = {
             let mut router = self.router.write();
@@ -368,6 +380,9 @@ impl VHost {
             self.apply_exchange_policy(&name);
         }
         let mut ticket = 0;
+        if declared == Declared::Created {
+            self.add_exchange_dedup(&name, false);
+        }
         if let (Declared::Created, Some(r)) = (&declared, record) {
             match self.store.put_exchange(&r) {
                 Ok(t) => ticket = t,
@@ -400,6 +415,10 @@ impl VHost {
         };
         let mut ticket = 0;
         if let Some(router::DeletedExchange { def, auto_deleted }) = deleted {
+            self.dedup.remove(false, name);
+            if def.kind == router::ExchangeKind::ConsistentHash && def.durable {
+                crate::ring_order::forget(&self.store, &self.name, name);
+            }
             if def.durable {
                 if let Err(e) = self.store.delete_exchange(&self.name, name) {
                     let mut router = self.router.write();
@@ -437,9 +456,14 @@ impl VHost {
             .binding_is_durable(&binding)
             .then(|| self.binding_record(&binding));
         let undo = record.is_some().then(|| binding.clone());
+        let source = binding.source.clone();
         let created = self.router.write().bind(binding)?;
         if let (true, Some(r)) = (created, record) {
-            return match self.store.put_binding(&r) {
+            return match self
+                .store
+                .put_binding(&r)
+                .and_then(|t| Ok(t.max(self.save_ring_order(&source)?)))
+            {
                 Ok(t) => Ok(t),
                 Err(e) => {
                     if let Some(b) = undo {
@@ -469,7 +493,11 @@ impl VHost {
         };
         let mut ticket = 0;
         if removed && durable {
-            match self.store.delete_binding(&self.binding_record(binding)) {
+            match self
+                .store
+                .delete_binding(&self.binding_record(binding))
+                .and_then(|t| Ok(t.max(self.save_ring_order(&binding.source)?)))
+            {
                 Ok(t) => ticket = t,
                 Err(e) if auto_deleted.is_empty() => {
                     let _ = self.router.write().bind(binding.clone());
@@ -483,6 +511,30 @@ impl VHost {
             ticket = self.store.current_ticket();
         }
         Ok(ticket)
+    }
+
+    /// Stores the ring order of a durable consistent-hash exchange after a binding change (`ring_order.rs`).
+    fn save_ring_order(&self, exchange: &str) -> Result<u64, storage::StoreError> {
+        crate::ring_order::save(&self.store, &self.router.read(), &self.name, exchange)
+    }
+
+    /// Gives a new (or recovered) exchange its deduplication window if it has one.
+    fn add_exchange_dedup(&self, name: &str, recovering: bool) {
+        let (config, durable) = {
+            let router = self.router.read();
+            let Some(def) = router.exchange(name) else { return };
+            let args = crate::args::from_router_args(&def.arguments);
+            let plugin_type = def.kind == router::ExchangeKind::Deduplication;
+            (
+                crate::dedup::config(&args, plugin_type).ok().flatten(),
+                def.durable,
+            )
+        };
+        if let Some(c) = config {
+            let store = durable.then_some(&self.store);
+            self.dedup
+                .add(false, &self.name, &name.into(), c, store, recovering, now_ms());
+        }
     }
 
     /// A binding is durable when both its ends are (as RabbitMQ).
@@ -504,6 +556,7 @@ impl VHost {
             return;
         }
         for n in names {
+            self.dedup.remove(false, n);
             log_store_err("delete exchange", self.store.delete_exchange(&self.name, n));
         }
         match self.store.bindings() {
@@ -577,6 +630,11 @@ impl VHost {
                 arguments: crate::args::to_router_args(&decode_table(&x.arguments)),
             });
         }
+        drop(router);
+        for x in exchanges.iter().filter(|x| *x.vhost == *self.name) {
+            self.add_exchange_dedup(&x.name, true);
+        }
+        let mut router = self.router.write();
         let mut map = self.queues.write();
         for r in queues.iter().filter(|q| *q.vhost == *self.name) {
             if r.exclusive {
@@ -613,6 +671,10 @@ impl VHost {
                 auto_delete: r.auto_delete,
                 arguments: decode_table(&r.arguments),
             };
+            if let Ok(Some(c)) = crate::dedup::config(&spec.arguments, false) {
+                self.dedup
+                    .add(true, &self.name, &name, c, Some(&self.store), true, now_ms());
+            }
             let mut qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
             qs.load_delivered_mark()?;
             let q = Queue::with_store(spec, qs, recovered, now_ms());
@@ -635,6 +697,7 @@ impl VHost {
                 tracing::warn!(error = %e, source = b.source, "skipping stored binding");
             }
         }
+        crate::ring_order::restore(&self.store, &mut router, &self.name);
         Ok(())
     }
 }

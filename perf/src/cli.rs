@@ -234,6 +234,16 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
 
+    /// Give every message a unique `x-deduplication-header` (producer id and sequence), as a
+    /// publisher using duplicate detection would (the cost of carrying the header).
+    #[arg(long)]
+    pub dedup_header: bool,
+
+    /// Declare the queues with `x-message-deduplication: true` (Mailroom / the
+    /// rabbitmq-message-deduplication plugin); implies --dedup-header.
+    #[arg(long)]
+    pub dedup_queue: bool,
+
     /// Test only: a producer skips every Nth sequence number (counts it as published).
     #[arg(long, hide = true)]
     pub inject_loss_every: Option<u64>,
@@ -306,6 +316,10 @@ pub struct Settings {
     pub purge: bool,
     /// Runtime worker threads.
     pub threads: usize,
+    /// Messages carry a unique `x-deduplication-header`.
+    pub dedup_header: bool,
+    /// Queues are declared with `x-message-deduplication: true`.
+    pub dedup_queue: bool,
     /// Test-only loss injection.
     pub inject_loss_every: u64,
     /// Test-only duplicate injection.
@@ -533,6 +547,8 @@ impl Args {
             cleanup,
             purge: !self.no_purge,
             threads,
+            dedup_header: self.dedup_header || self.dedup_queue,
+            dedup_queue: self.dedup_queue,
             inject_loss_every: self.inject_loss_every.unwrap_or(0),
             inject_duplicate_every: self.inject_duplicate_every.unwrap_or(0),
         })

@@ -26,6 +26,8 @@ use crate::phase::{ProducerPhase, PublishClock};
 use crate::tracker::{mono_ns, now_ns, stamp};
 
 /// Flush the output buffer once it holds this much.
+/// The placeholder `--dedup-header` overwrites ("<producer 5 digits>-<sequence 20 digits>").
+const DEDUP_PLACEHOLDER: &str = "00000-00000000000000000000";
 const FLUSH_AT: usize = 64 * 1024;
 /// Messages encoded between checks of the clock / stop flag in unlimited mode.
 const BURST: u64 = 64;
@@ -356,9 +358,29 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
         mandatory: s.mandatory,
         immediate: false,
     });
-    let props = RawProperties::from_properties(&BasicProperties {
+    let mut props = RawProperties::from_properties(&BasicProperties {
         delivery_mode: Some(if s.persistent { 2 } else { 1 }),
         ..BasicProperties::default()
+    });
+    // --dedup-header: the properties are encoded once with a fixed-width placeholder value, which each
+    // message overwrites with its own "<producer>-<sequence>" (one small copy per message).
+    let dedup_template = s.dedup_header.then(|| {
+        let mut headers = protocol::FieldTable::new();
+        headers.insert(
+            "x-deduplication-header",
+            protocol::FieldValue::LongStr(DEDUP_PLACEHOLDER.into()),
+        );
+        let raw = RawProperties::from_properties(&BasicProperties {
+            delivery_mode: Some(if s.persistent { 2 } else { 1 }),
+            headers: Some(headers),
+            ..BasicProperties::default()
+        });
+        let bytes = raw.as_bytes().to_vec();
+        let at = bytes
+            .windows(DEDUP_PLACEHOLDER.len())
+            .position(|w| w == DEDUP_PLACEHOLDER.as_bytes())
+            .unwrap_or(0);
+        (bytes, at)
     });
     let mut body = vec![0u8; s.size];
     let id = ctx.id as u16;
@@ -432,6 +454,12 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                     1
                 };
                 stamp(&mut body, id, this, ts);
+                if let Some((tpl, at)) = &dedup_template {
+                    let mut b = tpl.clone();
+                    let v = format!("{id:05}-{this:020}");
+                    b[*at..*at + v.len()].copy_from_slice(v.as_bytes());
+                    props = RawProperties::from_bytes(protocol::bytes::Bytes::from(b));
+                }
                 for _ in 0..copies {
                     write_method(&mut out.wr.buf, CH, &publish);
                     write_content(&mut out.wr.buf, CH, CLASS_BASIC, &props, &body, frame_max);

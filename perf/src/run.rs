@@ -43,9 +43,14 @@ pub async fn declare(conn: &mut Conn, s: &Settings) -> anyhow::Result<()> {
     }
     for q in 0..s.queues {
         let name = ShortStr::try_from_str(&s.queue_name(q))?;
+        let mut arguments = protocol::FieldTable::new();
+        if s.dedup_queue {
+            arguments.insert("x-message-deduplication", protocol::FieldValue::Bool(true));
+        }
         conn.rpc(Method::QueueDeclare(QueueDeclare {
             queue: name.clone(),
             durable: s.durable,
+            arguments,
             ..Default::default()
         }))
         .await

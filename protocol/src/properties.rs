@@ -449,6 +449,41 @@ impl RawProperties {
         false
     }
 
+    /// The raw value of top-level header `key`: its type code and its bytes (a long string's
+    /// bytes without the length; an integer's big-endian bytes). Walks the raw bytes without
+    /// allocating; None when absent, when there are no headers or they are malformed.
+    pub fn raw_header(&self, key: &str) -> Option<(u8, &[u8])> {
+        if !self.has_headers() {
+            return None;
+        }
+        let Some(Slot::Present(s, e)) = self.locate(idx::HEADERS) else {
+            return None;
+        };
+        let table = self.0.get(s..e)?;
+        let mut cur = SliceCursor::new(table);
+        cur.u32()?;
+        while cur.pos < table.len() {
+            let n = cur.u8()?;
+            let k = cur.take(n as usize)?;
+            let code = cur.u8()?;
+            let len = match code {
+                b't' | b'b' | b'B' => 1,
+                b's' | b'u' => 2,
+                b'I' | b'i' | b'f' => 4,
+                b'l' | b'L' | b'd' | b'T' => 8,
+                b'D' => 5,
+                b'V' => 0,
+                b'S' | b'x' | b'A' | b'F' => cur.u32()? as usize,
+                _ => return None,
+            };
+            let v = cur.take(len)?;
+            if k == key.as_bytes() {
+                return Some((code, v));
+            }
+        }
+        None
+    }
+
     /// A copy with the reply-to property set to `reply_to` (other properties kept byte for
     /// byte). Used by direct reply-to to give a request its reply address.
     pub fn with_reply_to(&self, reply_to: &ShortStr) -> Result<RawProperties, ProtocolError> {
@@ -623,6 +658,23 @@ mod tests {
         let bytes = raw.to_bytes();
         let cut = RawProperties::from_bytes(bytes.slice(..bytes.len() - 3));
         assert!(!cut.headers_contain_any(&["CC"]));
+        // raw_header finds each value after walking over every type before it.
+        assert_eq!(raw.raw_header("b"), Some((b's', &(-2i16).to_be_bytes()[..])));
+        assert_eq!(raw.raw_header("g"), Some((b'x', &b"xyz"[..])));
+        assert_eq!(raw.raw_header("j"), Some((b'T', &7u64.to_be_bytes()[..])));
+        assert_eq!(raw.raw_header("f"), Some((b'V', &b""[..])));
+        assert_eq!(raw.raw_header("BCC"), None);
+        assert_eq!(cut.raw_header("CC"), None);
+        let mut h2 = FieldTable::new();
+        h2.insert("x-deduplication-header", FieldValue::from("order-1"));
+        let raw2 = RawProperties::from_properties(&BasicProperties {
+            headers: Some(h2),
+            ..Default::default()
+        });
+        assert_eq!(
+            raw2.raw_header("x-deduplication-header"),
+            Some((b'S', &b"order-1"[..]))
+        );
     }
 
     #[test]

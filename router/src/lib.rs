@@ -5,11 +5,13 @@
 //! lock. RabbitMQ is the reference for every behaviour and error text.
 
 mod args;
+pub mod consistent_hash;
 mod headers;
 mod index;
 mod router;
 
 pub use args::{ArgValue, Args, FloatType, IntType};
+pub use consistent_hash::{HashOn, HashProperty, MsgProps};
 pub use headers::XMatch;
 pub use router::{DeletedExchange, RouteScratch, Router};
 
@@ -27,6 +29,13 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// `x-consistent-hash` (`consistent_hash.rs`).
+    ConsistentHash,
+    /// `x-message-deduplication`: routes as fanout; the broker drops duplicates before routing.
+    Deduplication,
+    /// `x-delayed-message`: routes as its `x-delayed-type` once a message is due; the broker holds
+    /// messages with a positive `x-delay` header until then.
+    Delayed,
 }
 
 impl ExchangeKind {
@@ -38,6 +47,9 @@ impl ExchangeKind {
             "fanout" => Ok(ExchangeKind::Fanout),
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
+            "x-consistent-hash" => Ok(ExchangeKind::ConsistentHash),
+            "x-message-deduplication" => Ok(ExchangeKind::Deduplication),
+            "x-delayed-message" => Ok(ExchangeKind::Delayed),
             _ => Err(RouterError::new(
                 ErrorKind::CommandInvalid,
                 format!("unknown exchange type '{s}'"),
@@ -51,6 +63,9 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
+            ExchangeKind::Deduplication => "x-message-deduplication",
+            ExchangeKind::Delayed => "x-delayed-message",
         }
     }
 }

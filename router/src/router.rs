@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use ahash::{AHashMap, AHashSet};
 
 use crate::args::{ArgValue, Args};
+use crate::consistent_hash::{self, HashOn, HashRing, MsgProps};
 use crate::headers::{self, XMatch};
 use crate::index::{DestId, DestSet, TopicTrie, TrieScratch};
 use crate::{
@@ -39,16 +40,56 @@ enum Index {
     Fanout(DestSet),
     Topic(TopicTrie),
     Headers(Vec<HBinding>),
+    ConsistentHash(HashOn, HashRing),
+}
+
+/// The `x-delayed-type` of an `x-delayed-message` exchange: how it routes once a message is due. As the
+/// plugin (rabbit_exchange_type_delayed_message.erl `validate/1`), it must name an exchange type.
+pub fn delayed_type(args: &Args) -> Result<ExchangeKind, RouterError> {
+    let invalid = || {
+        RouterError::new(
+            ErrorKind::PreconditionFailed,
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )
+    };
+    let t = args
+        .get("x-delayed-type")
+        .and_then(ArgValue::as_str)
+        .ok_or_else(invalid)?;
+    match ExchangeKind::parse(t) {
+        Ok(k) if k != ExchangeKind::Delayed => Ok(k),
+        _ => Err(invalid()),
+    }
 }
 
 impl Index {
     fn new(kind: ExchangeKind) -> Index {
         match kind {
             ExchangeKind::Direct => Index::Direct(AHashMap::new()),
-            ExchangeKind::Fanout => Index::Fanout(DestSet::default()),
+            ExchangeKind::Fanout | ExchangeKind::Deduplication => Index::Fanout(DestSet::default()),
             ExchangeKind::Topic => Index::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Index::Headers(Vec::new()),
+            ExchangeKind::ConsistentHash | ExchangeKind::Delayed => {
+                Index::ConsistentHash(HashOn::RoutingKey, HashRing::default())
+            }
         }
+    }
+
+    /// The index of an exchange as declared; checks the arguments its type needs (with the texts of the
+    /// plugins that define those types).
+    fn for_def(def: &ExchangeDef) -> Result<Index, RouterError> {
+        Ok(match def.kind {
+            ExchangeKind::ConsistentHash => {
+                Index::ConsistentHash(consistent_hash::hash_on(&def.arguments)?, HashRing::default())
+            }
+            ExchangeKind::Delayed => match delayed_type(&def.arguments)? {
+                ExchangeKind::ConsistentHash => {
+                    Index::ConsistentHash(consistent_hash::hash_on(&def.arguments)?, HashRing::default())
+                }
+                inner => Index::new(inner),
+            },
+            kind => Index::new(kind),
+        })
     }
 }
 
@@ -148,6 +189,8 @@ pub struct Router {
     q_free: Vec<u32>,
     q_ids: AHashMap<Name, u32>,
     default_id: u32,
+    /// Consistent-hash exchanges that hash on a property (routing decodes properties only if any).
+    hash_property_exchanges: usize,
 }
 
 const PREDECLARED: [(&str, ExchangeKind); 5] = [
@@ -204,6 +247,7 @@ impl Router {
             q_free: Vec::new(),
             q_ids: AHashMap::new(),
             default_id: 0,
+            hash_property_exchanges: 0,
         };
         r.default_id = r.insert_exchange(ExEntry::new(
             ExchangeDef::new("", ExchangeKind::Direct),
@@ -242,6 +286,9 @@ impl Router {
     // ----- slabs -------------------------------------------------------
 
     fn insert_exchange(&mut self, e: ExEntry) -> u32 {
+        if matches!(e.index, Index::ConsistentHash(HashOn::Property(_), _)) {
+            self.hash_property_exchanges += 1;
+        }
         let name = e.def.name.clone();
         let id = match self.ex_free.pop() {
             Some(id) => {
@@ -305,7 +352,7 @@ impl Router {
                 format!("exchange name '{}' contains reserved prefix 'amq.*'", def.name),
             ));
         }
-        let index = Index::new(def.kind);
+        let index = Index::for_def(&def)?;
         self.insert_exchange(ExEntry::new(def, index));
         Ok(Declared::Created)
     }
@@ -388,7 +435,8 @@ impl Router {
             let mut ignored = Vec::new();
             self.remove_exchange(id, &mut ignored);
         }
-        let index = Index::new(def.kind);
+        // A stored definition that no longer validates routes as its type's plain index.
+        let index = Index::for_def(&def).unwrap_or_else(|_| Index::new(def.kind));
         self.insert_exchange(ExEntry::new(def, index));
     }
 
@@ -447,6 +495,9 @@ impl Router {
     fn remove_exchange(&mut self, id: u32, deleted: &mut Vec<Name>) -> ExchangeDef {
         let entry = self.exchanges[id as usize].take().expect("live exchange");
         self.ex_ids.remove(&*entry.def.name);
+        if matches!(entry.index, Index::ConsistentHash(HashOn::Property(_), _)) {
+            self.hash_property_exchanges -= 1;
+        }
         for (bk, _) in entry.bindings {
             if bk.dest == DestId::Exchange(id) {
                 continue;
@@ -572,6 +623,14 @@ impl Router {
         if kind == ExchangeKind::Headers {
             headers::validate_binding(&binding.arguments)?;
         }
+        let weight = match &self.ex(src).index {
+            Index::ConsistentHash(..) => consistent_hash::parse_weight(&binding.routing_key)?,
+            Index::Headers(_) if kind != ExchangeKind::Headers => {
+                headers::validate_binding(&binding.arguments)?;
+                0
+            }
+            _ => 0,
+        };
         let args = binding.arguments.sorted();
         let bk = BKey {
             dest,
@@ -604,6 +663,10 @@ impl Router {
                     mode: XMatch::of(&bk.args),
                 });
                 (v.len() - 1) as u32
+            }
+            Index::ConsistentHash(_, ring) => {
+                ring.add(dest, weight);
+                0
             }
         };
         let ik = (src, bk.key.clone(), bk.args.clone());
@@ -668,6 +731,14 @@ impl Router {
                     if let Some(p) = e.bindings.get_mut(&mk) {
                         *p = pos as u32;
                     }
+                }
+            }
+            // The destination leaves the ring with its last binding. (The plugin takes it off with any of
+            // its bindings, leaving a still-bound queue without traffic; a RabbitMQ user would not expect
+            // that, so Mailroom keeps it while a binding remains.)
+            Index::ConsistentHash(_, ring) => {
+                if !e.bindings.keys().any(|k| k.dest == bk.dest) {
+                    ring.remove(bk.dest);
                 }
             }
         }
@@ -755,17 +826,72 @@ impl Router {
         headers: Option<&Args>,
         out: &mut Vec<Name>,
     ) -> Result<Routed, RouterError> {
+        self.route_msg(
+            exchange,
+            routing_key,
+            extra_keys,
+            headers,
+            &MsgProps::default(),
+            out,
+        )
+    }
+
+    /// [`Router::route_multi`] with the message properties that `x-consistent-hash` exchanges with a
+    /// `hash-property` hash on.
+    pub fn route_msg<K: AsRef<str>>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        extra_keys: &[K],
+        headers: Option<&Args>,
+        props: &MsgProps,
+        out: &mut Vec<Name>,
+    ) -> Result<Routed, RouterError> {
         SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => self.route_keys(exchange, routing_key, extra_keys, headers, out, &mut s),
+            Ok(mut s) => self.route_keys(exchange, routing_key, extra_keys, headers, props, out, &mut s),
             Err(_) => self.route_keys(
                 exchange,
                 routing_key,
                 extra_keys,
                 headers,
+                props,
                 out,
                 &mut RouteScratch::default(),
             ),
         })
+    }
+
+    /// Whether routing may read message properties (the vhost has a consistent-hash exchange with
+    /// `hash-property`): callers decode them only then.
+    pub fn needs_properties(&self) -> bool {
+        self.hash_property_exchanges > 0
+    }
+
+    /// The destinations of a consistent-hash exchange's ring, in ring order (to store beside the
+    /// bindings: restoring the order keeps every key on its queue across a restart).
+    pub fn ring_order(&self, exchange: &str) -> Option<Vec<Destination>> {
+        let &id = self.ex_ids.get(exchange)?;
+        match &self.ex(id).index {
+            Index::ConsistentHash(_, ring) => Some(ring.members().map(|d| self.dest_name(d)).collect()),
+            _ => None,
+        }
+    }
+
+    /// Puts a consistent-hash exchange's ring back in a stored order (see [`Router::ring_order`]).
+    pub fn restore_ring_order(&mut self, exchange: &str, order: &[Destination]) {
+        let Some(&id) = self.ex_ids.get(exchange) else {
+            return;
+        };
+        let ids: Vec<DestId> = order
+            .iter()
+            .filter_map(|d| match d {
+                Destination::Queue(q) => self.q_ids.get(&**q).map(|&i| DestId::Queue(i)),
+                Destination::Exchange(x) => self.ex_ids.get(&**x).map(|&i| DestId::Exchange(i)),
+            })
+            .collect();
+        if let Index::ConsistentHash(_, ring) = &mut self.ex_mut(id).index {
+            ring.reorder(&ids);
+        }
     }
 
     /// [`Router::route`] with caller-provided scratch space.
@@ -777,15 +903,17 @@ impl Router {
         out: &mut Vec<Name>,
         s: &mut RouteScratch,
     ) -> Result<Routed, RouterError> {
-        self.route_keys::<&str>(exchange, routing_key, &[], headers, out, s)
+        self.route_keys::<&str>(exchange, routing_key, &[], headers, &MsgProps::default(), out, s)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn route_keys<K: AsRef<str>>(
         &self,
         exchange: &str,
         routing_key: &str,
         extra_keys: &[K],
         headers: Option<&Args>,
+        props: &MsgProps,
         out: &mut Vec<Name>,
         s: &mut RouteScratch,
     ) -> Result<Routed, RouterError> {
@@ -878,6 +1006,14 @@ impl Router {
                             if headers::headers_match(&hb.args.0, hb.mode, data, &s.hdr_order) {
                                 emit(hb.dest);
                             }
+                        }
+                    }
+                    Index::ConsistentHash(on, ring) => {
+                        // One destination per message, from the first routing key only (CC keys do
+                        // not count: the plugin hashes the head of the message's routing keys).
+                        let h = consistent_hash::key_hash(on, routing_key, data, props);
+                        if let Some(d) = ring.pick(h) {
+                            emit(d);
                         }
                     }
                 }

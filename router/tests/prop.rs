@@ -395,7 +395,10 @@ impl Model {
             ExchangeKind::Fanout => true,
             ExchangeKind::Direct => key == rk,
             ExchangeKind::Topic => topic_ref(&split(key), &split(rk)),
-            ExchangeKind::Headers => unreachable!(),
+            ExchangeKind::Headers
+            | ExchangeKind::ConsistentHash
+            | ExchangeKind::Deduplication
+            | ExchangeKind::Delayed => unreachable!("not generated"),
         }
     }
 

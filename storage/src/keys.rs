@@ -24,6 +24,12 @@ pub(crate) const MSG_STATE: u8 = 0x11;
 /// `Store::set_delivered_mark`).
 pub(crate) const DELIVERED_MARK: u8 = 0x12;
 
+/// `[0x20][kind u8][vhost][name][item]`: state of an exchange or queue (`entity_state.rs`).
+pub(crate) const ENTITY_STATE: u8 = 0x20;
+
+/// `[0x21][bucket id u32 BE]` -> postcard `QueueRecord` of a delayed-message bucket (`delayed.rs`).
+pub(crate) const DELAYED_BUCKET: u8 = 0x21;
+
 /// Present (value `[1]`) while the store is closed cleanly with its queue counts written.
 pub(crate) const CLEAN_KEY: &[u8] = b"\x00clean_shutdown";
 

@@ -16,6 +16,8 @@
 
 mod be;
 mod codec;
+mod delayed;
+mod entity_state;
 mod fault;
 mod flusher;
 mod keys;
@@ -29,6 +31,8 @@ mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use delayed::{DelayedLog, DelayedStats, DueMessage};
+pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};
 pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS};

@@ -171,7 +171,9 @@ impl Store {
             }
         }
 
-        let records: Vec<QueueRecord> = sled.read(|db| Ok(list_records(db, QUEUE, "queue")))??;
+        let mut records: Vec<QueueRecord> = sled.read(|db| Ok(list_records(db, QUEUE, "queue")))??;
+        // Delayed-message buckets are message directories too (delayed.rs).
+        records.extend(sled.read(|db| Ok(crate::delayed::bucket_records(db)))??);
         let known: HashMap<u32, QueueRecord> = records.into_iter().map(|q| (q.id, q)).collect();
         let (log, recovery) = MsgLog::open(&messages, opts.segment_bytes, &known, &lost, faults.clone())?;
 
@@ -218,10 +220,12 @@ impl Store {
 
         let mut ids: HashSet<u32> = known.keys().copied().collect();
         for r in &recovery.restored {
-            store.put_raw(
-                Key::new(QUEUE).str(&r.vhost).str(&r.name).into_vec(),
-                codec::encode(r)?,
-            )?;
+            let key = if crate::delayed::is_bucket(r) {
+                crate::delayed::bucket_record_key(r.id)
+            } else {
+                Key::new(QUEUE).str(&r.vhost).str(&r.name).into_vec()
+            };
+            store.put_raw(key, codec::encode(r)?)?;
             ids.insert(r.id);
             tracing::warn!(
                 queue = r.name,

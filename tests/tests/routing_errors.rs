@@ -311,7 +311,7 @@ fn default_exchange_declare_delete_bind_are_403() {
 #[test]
 fn unknown_exchange_type_closes_the_connection_503() {
     let server = Server::start();
-    for (name, kind) in [("x", "foo"), ("x", ""), ("x", "x-consistent-hash"), ("", "foo")] {
+    for (name, kind) in [("x", "foo"), ("x", ""), ("x", "x-recent-history"), ("", "foo")] {
         let mut c = client(&server);
         c.send_method(1, xdecl(name, kind, Flags::default()));
         let (code, text, cls, mth) = c.expect_connection_close();

@@ -9,6 +9,7 @@ use protocol::{reply, BasicPublish, ContentHeader, Method, ShortStr};
 
 use super::{Channel, Ctx};
 use crate::clock::now_ms;
+use crate::dedup::Seen;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::{DeadLetters, Queue, Rejected};
@@ -59,31 +60,72 @@ impl Channel {
         dests: &mut Vec<router::Name>,
         ctx: &mut Ctx,
     ) -> AmqpResult<()> {
+        // Deduplication before routing (an `x-message-deduplication` exchange, or one declared with the
+        // argument): a duplicate is dropped and confirmed with an ack (docs/event-streams.md).
+        let mut dedup_ticket = 0;
+        let vhost = &ctx.session.vhost;
+        match vhost
+            .dedup
+            .check(false, p.exchange.as_str(), &msg.properties, now_ms())
+        {
+            Some(Seen::Duplicate(t)) if self.tx.is_none() => {
+                if p.mandatory {
+                    // The plugin's exchange routes a duplicate nowhere: a mandatory one comes back.
+                    self.return_unroutable(&p, &msg, ctx);
+                }
+                self.confirms.record(t, true);
+                return Ok(());
+            }
+            Some(Seen::Duplicate(_)) => return Ok(()),
+            Some(Seen::New(t)) => dedup_ticket = t,
+            None => {}
+        }
+        // An `x-delayed-message` exchange holds a message with a positive `x-delay` until it is due; its
+        // confirm waits for the store (delayed.rs). Mandatory does not apply to a held message (as the plugin).
+        if let Some(delay) = crate::delayed::delay_of(&msg.properties) {
+            if vhost.holds(p.exchange.as_str()) {
+                let t = vhost.hold_delayed(&msg, delay)?;
+                self.confirms.record(t.max(dedup_ticket), true);
+                return Ok(());
+            }
+        }
         let headers = crate::args::message_headers(&msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
-        ctx.session.vhost.router.read().route_multi(
-            p.exchange.as_str(),
-            p.routing_key.as_str(),
-            msg.extra_routing_keys(),
-            headers.as_ref(),
-            dests,
-        )?;
+        {
+            let router = ctx.session.vhost.router.read();
+            // Properties are read only when a consistent-hash exchange hashes on one.
+            let props = if router.needs_properties() {
+                crate::message::route_props(&msg.properties)
+            } else {
+                router::MsgProps::default()
+            };
+            router.route_msg(
+                p.exchange.as_str(),
+                p.routing_key.as_str(),
+                msg.extra_routing_keys(),
+                headers.as_ref(),
+                &props,
+                dests,
+            )?;
+        }
         if let Some(tx) = self.tx.as_mut() {
             // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
             tx.publishes.push((p, msg, dests.clone()));
             return Ok(());
         }
-        self.enqueue(&p, msg, dests, ctx);
+        self.enqueue(&p, msg, dests, dedup_ticket, ctx);
         Ok(())
     }
 
     /// Enqueues one routed message on every queue it reached, returns it if mandatory and unroutable, and
-    /// records its confirm. Returns the store ticket its writes need (0: none).
+    /// records its confirm (no earlier than `ticket`, a deduplication entry's). Returns the store ticket its
+    /// writes need (0: none).
     pub(super) fn enqueue(
         &mut self,
         p: &BasicPublish,
         msg: Arc<Message>,
         dests: &[router::Name],
+        mut ticket: u64,
         ctx: &mut Ctx,
     ) -> u64 {
         let Session {
@@ -97,11 +139,23 @@ impl Channel {
         let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
-        let mut ticket = 0u64;
         let mut dead = DeadLetters::new();
+        let dedup_queues = !vhost.dedup.is_empty();
         // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
         let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         vhost.with_queues(dests, |q| {
+            if dedup_queues {
+                // A deduplicating queue drops a duplicate (routed, so no return) and acks its confirm.
+                match vhost.dedup.check(true, q.name(), &msg.properties, now) {
+                    Some(Seen::Duplicate(t)) => {
+                        enqueued += 1;
+                        ticket = ticket.max(t);
+                        return;
+                    }
+                    Some(Seen::New(t)) => ticket = ticket.max(t),
+                    None => {}
+                }
+            }
             match q.publish(msg.clone(), now, &mut dead) {
                 Ok(t) => {
                     enqueued += 1;
@@ -138,16 +192,21 @@ impl Channel {
             MessageCounters::add(&counters.unroutable_dropped, 1);
         }
         if enqueued == 0 && p.mandatory {
-            let m = Method::BasicReturn(protocol::BasicReturn {
-                reply_code: reply::NO_ROUTE,
-                reply_text: ShortStr::from_static("NO_ROUTE"),
-                exchange: p.exchange.clone(),
-                routing_key: p.routing_key.clone(),
-            });
-            ctx.out.method(self.id, &m);
-            ctx.out.content(self.id, &msg.properties, &msg.body);
+            self.return_unroutable(p, &msg, ctx);
         }
         self.confirms.record(ticket, !failed);
         ticket
+    }
+
+    /// basic.return 312 NO_ROUTE of a mandatory message.
+    pub(super) fn return_unroutable(&mut self, p: &BasicPublish, msg: &Message, ctx: &mut Ctx) {
+        let m = Method::BasicReturn(protocol::BasicReturn {
+            reply_code: reply::NO_ROUTE,
+            reply_text: ShortStr::from_static("NO_ROUTE"),
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+        });
+        ctx.out.method(self.id, &m);
+        ctx.out.content(self.id, &msg.properties, &msg.body);
     }
 }

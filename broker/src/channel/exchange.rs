@@ -65,6 +65,7 @@ impl Channel {
                     )));
                 }
             }
+            crate::dedup::config(&d.arguments, kind == router::ExchangeKind::Deduplication)?;
             let def = router::ExchangeDef {
                 name: d.exchange.as_str().into(),
                 kind,

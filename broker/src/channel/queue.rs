@@ -107,6 +107,7 @@ impl Channel {
                     self.permit(session, Perm::Write, Res::Exchange, &dlx)?;
                 }
             }
+            crate::dedup::config(&d.arguments, false)?;
             let spec = QueueSpec {
                 name: name.clone(),
                 durable: d.durable,

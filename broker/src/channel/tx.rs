@@ -39,7 +39,7 @@ impl Channel {
         let TxState { publishes, settles } = std::mem::take(tx);
         let mut ticket = 0;
         for (p, msg, dests) in publishes {
-            ticket = ticket.max(self.enqueue(&p, msg, &dests, ctx));
+            ticket = ticket.max(self.enqueue(&p, msg, &dests, 0, ctx));
         }
         if !settles.is_empty() {
             for s in settles {
