@@ -6,13 +6,16 @@ PYTHON ?= python3
 VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
+# The real rabbitmqadmin v2 (crates.io), for tests/tests/http_rabbitmqadmin.rs; built once per machine.
+RABBITMQADMIN := .tools/rabbitmqadmin/bin/rabbitmqadmin
+RABBITMQADMIN_VERSION ?= 2.35.0
 
-.PHONY: run test test-power-loss test-write-faults lint bench bench-compare bench-stream crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
+.PHONY: rabbitmqadmin run test test-power-loss test-write-faults lint bench bench-compare bench-stream crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
 
-test: $(VENV_OK) $(NODE_OK)
+test: $(VENV_OK) $(NODE_OK) $(RABBITMQADMIN)
 	$(CARGO) build --bin mailroom
 	$(CARGO) test --workspace
 
@@ -90,6 +93,12 @@ $(NODE_OK): tests/node/package.json
 	cp tests/node/package.json .tools/node/package.json
 	cd .tools/node && npm install --no-audit --no-fund --silent
 	touch $@
+
+# rabbitmqadmin v2 from crates.io into .tools/rabbitmqadmin (ignored), when missing.
+$(RABBITMQADMIN):
+	$(CARGO) install --locked --quiet --root .tools/rabbitmqadmin rabbitmqadmin --version $(RABBITMQADMIN_VERSION)
+
+rabbitmqadmin: $(RABBITMQADMIN)
 
 clean-venv:
 	rm -rf $(VENV)

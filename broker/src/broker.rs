@@ -11,25 +11,25 @@ use anyhow::Context;
 use storage::{Store, StoreOptions};
 
 use crate::config::Config;
+use crate::conns::Conns;
 use crate::flow::Flow;
+use crate::users::{UserInfo, Users};
 use crate::vhost::VHost;
 
 /// How often the queue timer runs (ms): the resolution of TTLs and retry delays.
 pub const TIMER_MS: u64 = 10;
 
-/// A user allowed to connect.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    pub password: String,
-    /// RabbitMQ's `loopback_users`: such a user may only connect from a loopback address.
-    pub loopback_only: bool,
-}
-
 pub struct Broker {
     pub config: Config,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: RwLock<HashMap<String, User>>,
+    /// Users, password hashes, tags and permissions (`users.rs`).
+    pub users: Arc<Users>,
+    /// The open connections, for the management API.
+    pub conns: Conns,
+    /// Vhost descriptions, tags and default queue types (management API metadata), by vhost.
+    vhost_meta: RwLock<HashMap<String, storage::VhostMetaRecord>>,
+    /// The addresses the AMQP and HTTP listeners were bound to (set once by `Server::bind`).
+    pub bound: std::sync::OnceLock<(Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>)>,
     next_conn_id: AtomicU64,
     /// Connections past connection.open (for --max-connections).
     open_connections: AtomicU64,
@@ -64,10 +64,15 @@ impl Broker {
         storage::spill::clear_spill_root(&config.data_dir)
             .with_context(|| "cannot empty the spill directory of transient messages")?;
         crate::queue::transient::set_spill_root(config.data_dir.join(storage::spill::SPILL_DIR));
+        let users = Users::load(store.clone(), config.loopback_users.clone())
+            .context("cannot load users from the store")?;
         let broker = Broker {
             config,
             vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
+            users: Arc::new(users),
+            conns: Conns::default(),
+            bound: std::sync::OnceLock::new(),
+            vhost_meta: RwLock::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             open_connections: AtomicU64::new(0),
             store,
@@ -75,14 +80,6 @@ impl Broker {
             stats: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
-        broker.users.write().insert(
-            "guest".into(),
-            User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            },
-        );
         broker
             .recover()
             .context("cannot recover definitions from the store")?;
@@ -102,9 +99,21 @@ impl Broker {
             self.store.bindings()?,
         );
         let clean = self.store.take_clean_shutdown()?;
+        let policies = self.store.policies()?;
+        for m in self.store.vhost_metas()? {
+            self.vhost_meta.write().insert(m.name.clone(), m);
+        }
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
             vhost.recover(&exchanges, &queues, &bindings, clean)?;
+            for p in policies.iter().filter(|p| p.vhost == name) {
+                match policy_from_record(p) {
+                    Ok(p) => vhost.put_policy(p),
+                    Err(e) => {
+                        tracing::warn!(vhost = name, policy = p.name, error = %e, "skipping stored policy")
+                    }
+                }
+            }
 
             self.vhosts.write().insert(name, vhost);
         }
@@ -127,31 +136,127 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
-    pub fn add_user(&self, user: User) {
-        self.users.write().insert(user.name.clone(), user);
+    /// Creates a vhost (durable on return); false if it existed. Its exchanges are the standard ones.
+    pub fn add_vhost(&self, name: &str) -> Result<bool, storage::StoreError> {
+        if self.vhosts.read().contains_key(name) {
+            return Ok(false);
+        }
+        self.store
+            .put_vhost(&storage::VhostRecord { name: name.into() })?;
+        let vhost = VHost::new(name, self.store.clone());
+        self.vhosts.write().entry(name.to_string()).or_insert(vhost);
+        Ok(true)
     }
 
-    pub fn login(&self, name: &str, password: &str, peer: IpAddr) -> Result<User, LoginError> {
-        let users = self.users.read();
-        let user = users.get(name).ok_or(LoginError::BadCredentials)?;
-        if user.password != password {
-            return Err(LoginError::BadCredentials);
+    /// Deletes a vhost: its connections are closed, its queues (with their messages), exchanges, bindings
+    /// and permissions removed. False if there was no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> Result<bool, storage::StoreError> {
+        let Some(vhost) = self.vhosts.write().remove(name) else {
+            return Ok(false);
+        };
+        self.conns
+            .close_vhost(name, &format!("vhost '{name}' is deleted"));
+        for q in vhost.queues() {
+            vhost.delete_queue(&q);
         }
-        if user.loopback_only && !peer.is_loopback() {
+        let exchanges: Vec<String> = vhost
+            .router
+            .read()
+            .exchanges()
+            .filter(|x| !x.name.is_empty() && !x.name.starts_with("amq."))
+            .map(|x| x.name.to_string())
+            .collect();
+        for x in exchanges {
+            if let Err(e) = vhost.delete_exchange(&x, false) {
+                tracing::warn!(exchange = x, error = %e, "deleting a vhost's exchange");
+            }
+        }
+        for p in vhost.policies() {
+            if let Err(e) = self.store.delete_policy(name, &p.name) {
+                tracing::error!(vhost = name, error = %e, "removing a deleted vhost's policy");
+            }
+        }
+        if let Err(e) = self.users.clear_vhost(name) {
+            tracing::error!(vhost = name, error = %e, "removing a deleted vhost's permissions");
+        }
+        if self.vhost_meta.write().remove(name).is_some() {
+            self.store.delete_vhost_meta(name)?;
+        }
+        self.store.delete_vhost(name)?;
+        Ok(true)
+    }
+
+    /// A vhost's description, tags and default queue type (empty when never set).
+    pub fn vhost_meta(&self, name: &str) -> storage::VhostMetaRecord {
+        self.vhost_meta
+            .read()
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| storage::VhostMetaRecord {
+                name: name.into(),
+                default_queue_type: "classic".into(),
+                ..Default::default()
+            })
+    }
+
+    /// Sets a vhost's metadata (durable on return).
+    pub fn set_vhost_meta(&self, m: storage::VhostMetaRecord) -> Result<(), storage::StoreError> {
+        if self.vhost_meta(&m.name) == m {
+            return Ok(());
+        }
+        self.store.put_vhost_meta(&m)?;
+        self.vhost_meta.write().insert(m.name.clone(), m);
+        Ok(())
+    }
+
+    /// Sets a policy (durable on return) and applies it to the vhost's live queues.
+    pub fn put_policy(&self, p: crate::policy::Policy) -> Result<(), storage::StoreError> {
+        let Some(vhost) = self.vhost(&p.vhost) else {
+            return Ok(());
+        };
+        self.store.put_policy(&storage::PolicyRecord {
+            vhost: p.vhost.clone(),
+            name: p.name.clone(),
+            pattern: p.pattern.clone(),
+            apply_to: p.apply_to.clone(),
+            priority: p.priority,
+            definition: serde_json::Value::Object(p.definition.clone()).to_string(),
+        })?;
+        vhost.put_policy(p);
+        Ok(())
+    }
+
+    /// Deletes a policy (durable on return); false if there was none.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> Result<bool, storage::StoreError> {
+        let Some(vh) = self.vhost(vhost) else {
+            return Ok(false);
+        };
+        if !vh.policies().iter().any(|p| p.name == name) {
+            return Ok(false);
+        }
+        self.store.delete_policy(vhost, name)?;
+        Ok(vh.delete_policy(name))
+    }
+
+    pub fn login(&self, name: &str, password: &str, peer: IpAddr) -> Result<UserInfo, LoginError> {
+        let user = self
+            .users
+            .authenticate(name, password)
+            .ok_or(LoginError::BadCredentials)?;
+        if self.users.loopback_only(name) && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly);
         }
-        Ok(user.clone())
+        Ok(user)
     }
 
     /// SASL EXTERNAL (a verified client certificate's CN): the user must exist; no password is checked, as
     /// rabbit_auth_backend_internal's passwordless login. `loopback_users` still applies.
-    pub fn login_external(&self, name: &str, peer: IpAddr) -> Result<User, LoginError> {
-        let users = self.users.read();
-        let user = users.get(name).ok_or(LoginError::BadCredentials)?;
-        if user.loopback_only && !peer.is_loopback() {
+    pub fn login_external(&self, name: &str, peer: IpAddr) -> Result<UserInfo, LoginError> {
+        let user = self.users.user(name).ok_or(LoginError::BadCredentials)?;
+        if self.users.loopback_only(name) && !peer.is_loopback() {
             return Err(LoginError::LoopbackOnly);
         }
-        Ok(user.clone())
+        Ok(user)
     }
 
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<storage::Durability> {
@@ -222,6 +327,15 @@ impl Broker {
     }
 }
 
+fn policy_from_record(r: &storage::PolicyRecord) -> Result<crate::policy::Policy, String> {
+    let definition = match serde_json::from_str::<serde_json::Value>(&r.definition) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err("definition is not a JSON object".into()),
+    };
+    crate::policy::Policy::new(&r.vhost, &r.name, &r.pattern, &r.apply_to, r.priority, definition)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,11 +363,10 @@ mod tests {
             broker.login("nobody", "guest", lo).unwrap_err(),
             LoginError::BadCredentials
         );
-        broker.add_user(User {
-            name: "app".into(),
-            password: "pw".into(),
-            loopback_only: false,
-        });
+        broker
+            .users
+            .put_user("app", crate::users::hash_password("pw"), vec![])
+            .unwrap();
         assert!(broker.login("app", "pw", remote).is_ok());
     }
 }

@@ -12,6 +12,8 @@ use crate::flow::{parse_size, DiskLimit, QueueBound, Watermark};
 /// The default listeners: both loopback addresses, because Node.js (17+) and others resolve `localhost` to
 /// `::1` first. `[::1]` is skipped with a warning on a host without IPv6.
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5672", "[::1]:5672"];
+/// The management API's default listeners (RabbitMQ's port 15672), both loopbacks as for AMQP.
+pub const DEFAULT_HTTP_LISTEN: [&str; 2] = ["127.0.0.1:15672", "[::1]:15672"];
 /// AMQPS listeners when a certificate is given without `--tls-listen` (RabbitMQ's port 5671, loopback like
 /// the plain default).
 pub const DEFAULT_TLS_LISTEN: [&str; 2] = ["127.0.0.1:5671", "[::1]:5671"];
@@ -66,6 +68,19 @@ pub struct Cli {
     /// to DIR/lost+found (see docs/failure-handling.md). Without it such a data directory is refused.
     #[arg(long, env = "MAILROOM_FORCE_RECOVERY", global = true)]
     pub force_recovery: bool,
+    /// Address of the management HTTP API (RabbitMQ's management plugin API); repeat the flag (or give a
+    /// comma-separated list in the environment) for several. Default: 127.0.0.1:15672 and [::1]:15672.
+    #[arg(
+        long,
+        env = "MAILROOM_HTTP_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub http_listen: Vec<String>,
+    /// A RabbitMQ-format definitions file (users, vhosts, permissions, exchanges, queues, bindings) to
+    /// import at boot; importing it again changes nothing.
+    #[arg(long, env = "MAILROOM_DEFINITIONS", value_name = "FILE")]
+    pub definitions: Option<PathBuf>,
     /// Address to accept AMQPS (AMQP over TLS) connections on; repeatable. Default: none, or 127.0.0.1:5671
     /// and [::1]:5671 when --tls-cert is given.
     #[arg(long, env = "MAILROOM_TLS_LISTEN", value_name = "ADDR", value_delimiter = ',')]
@@ -167,6 +182,12 @@ pub struct FileConfig {
     pub connection_publish_budget: Option<u32>,
     /// Per-connection publish budget: body bytes handled per wake-up.
     pub connection_publish_budget_bytes: Option<NumOrStr>,
+    /// Management API listeners: one address or a list.
+    pub http_listen: Option<Listen>,
+    /// RabbitMQ's `loopback_users`: users that may only connect from a loopback address (default guest).
+    pub loopback_users: Option<Vec<String>>,
+    /// Definitions file imported at boot.
+    pub definitions: Option<PathBuf>,
     pub tls_listen: Option<Listen>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -228,6 +249,15 @@ pub struct Config {
     pub publish_budget: u32,
     /// Body bytes a connection handles per wake-up before it delivers and writes.
     pub publish_budget_bytes: u64,
+    /// Management API listeners.
+    pub http_listen: Vec<SocketAddr>,
+    /// True when `http_listen` is the built-in default: an address that cannot be bound (no IPv6, or the
+    /// port taken) is skipped with a warning.
+    pub http_listen_is_default: bool,
+    /// Users that may only connect from loopback addresses.
+    pub loopback_users: Vec<String>,
+    /// Definitions file imported at boot.
+    pub definitions: Option<PathBuf>,
     /// AMQPS listeners (empty without TLS).
     pub tls_listen: Vec<SocketAddr>,
     pub tls_listen_is_default: bool,
@@ -269,6 +299,13 @@ impl Default for Config {
             queue_bound: QueueBound::DEFAULT,
             publish_budget: 256,
             publish_budget_bytes: 1 << 20,
+            http_listen: DEFAULT_HTTP_LISTEN
+                .iter()
+                .map(|a| a.parse().expect("default http listen address"))
+                .collect(),
+            http_listen_is_default: true,
+            loopback_users: vec!["guest".into()],
+            definitions: None,
             tls_listen: Vec::new(),
             tls_listen_is_default: false,
             tls: None,
@@ -313,6 +350,17 @@ impl Config {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let http_given = if !cli.http_listen.is_empty() {
+            cli.http_listen
+        } else {
+            file.http_listen.map(Listen::into_vec).unwrap_or_default()
+        };
+        let http_listen_is_default = http_given.is_empty();
+        let http_listen = if http_listen_is_default {
+            d.http_listen
+        } else {
+            parse_addrs(&http_given)?
         };
         let tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
@@ -408,6 +456,10 @@ impl Config {
             None => d.consumer_timeout,
         };
         Ok(Config {
+            http_listen,
+            http_listen_is_default,
+            loopback_users: file.loopback_users.unwrap_or(d.loopback_users),
+            definitions: cli.definitions.or(file.definitions),
             memory_high_watermark,
             disk_free_limit,
             max_message_size,
@@ -578,5 +630,35 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         let file: FileConfig = toml::from_str("listen = \"127.0.0.1:4\"").unwrap();
         assert_eq!(Config::merge(Cli::default(), file).unwrap().listen.len(), 1);
+    }
+
+    #[test]
+    fn http_listen_repeats_and_defaults() {
+        let c = Config::merge(Cli::default(), FileConfig::default()).unwrap();
+        let defaults: Vec<String> = c.http_listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(defaults, DEFAULT_HTTP_LISTEN);
+        assert!(c.http_listen_is_default);
+        assert_eq!(c.loopback_users, vec!["guest".to_string()]);
+        let cli = Cli::try_parse_from([
+            "mailroom",
+            "--http-listen",
+            "127.0.0.1:1",
+            "--http-listen",
+            "[::1]:2",
+        ])
+        .unwrap();
+        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(c.http_listen.len(), 2);
+        assert!(!c.http_listen_is_default);
+        let file: FileConfig = toml::from_str(
+            "http_listen = [\"127.0.0.1:3\"]\nloopback_users = []\ndefinitions = \"/tmp/d.json\"",
+        )
+        .unwrap();
+        let c = Config::merge(Cli::default(), file).unwrap();
+        assert_eq!(c.http_listen, vec!["127.0.0.1:3".parse().unwrap()]);
+        assert!(c.loopback_users.is_empty());
+        assert_eq!(c.definitions, Some(PathBuf::from("/tmp/d.json")));
+        let cli = Cli::try_parse_from(["mailroom", "--http-listen", "nowhere"]).unwrap();
+        assert!(Config::merge(cli, FileConfig::default()).is_err());
     }
 }

@@ -42,6 +42,10 @@ pub const FILE_ONLY: &[(&str, &str)] = &[
         "connection_publish_budget_bytes",
         "Body bytes a connection handles per wake-up (default 1MiB).",
     ),
+    (
+        "loopback_users",
+        "Users that may only connect (AMQP and HTTP) from a loopback address, RabbitMQ's loopback_users          (default [\"guest\"]; [] allows guest from anywhere).",
+    ),
 ];
 
 /// The TOML keys `FileConfig` accepts, in declaration order.

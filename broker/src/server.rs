@@ -16,6 +16,8 @@ use crate::tls::TlsConfig;
 pub struct Server {
     pub broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    /// The management API's listeners (`http/`).
+    http_listeners: Vec<TcpListener>,
     /// AMQPS listeners and their (reloadable) TLS configuration.
     tls_listeners: Vec<TcpListener>,
     pub tls: Option<Arc<TlsConfig>>,
@@ -57,6 +59,10 @@ impl Server {
             None => None,
         };
         let broker = Broker::open(config)?;
+        if let Some(path) = broker.config.definitions.clone() {
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || crate::http::import_file(&b, &path)).await??;
+        }
         let c = &broker.config;
         let listeners = bind_all(&c.listen, c.listen_is_default, false, "AMQP").await?;
         if listeners.is_empty() {
@@ -70,6 +76,7 @@ impl Server {
             "Prometheus",
         )
         .await?;
+        let http_listeners = crate::http::bind(&c.http_listen, c.http_listen_is_default).await?;
         if let Some(tls) = &tls {
             let weak = Arc::downgrade(tls);
             crate::watchdog::on_reload(move || {
@@ -80,13 +87,19 @@ impl Server {
                 }
             });
         }
-        Ok(Server {
+        let server = Server {
             broker,
             listeners,
+            http_listeners,
             tls_listeners,
             tls,
             prometheus_listeners,
-        })
+        };
+        let _ = server
+            .broker
+            .bound
+            .set((server.local_addrs(), server.http_addrs()));
+        Ok(server)
     }
 
     /// The first listener's address (the tests' port-0 listener).
@@ -97,6 +110,14 @@ impl Server {
     /// Every address the broker accepts connections on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound socket has an address"))
+            .collect()
+    }
+
+    /// The management API's addresses.
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http_listeners
             .iter()
             .map(|l| l.local_addr().expect("bound socket has an address"))
             .collect()
@@ -115,6 +136,10 @@ impl Server {
         let tracker = TaskTracker::new();
         self.broker.spawn_timer();
         self.broker.spawn_monitor();
+        for addr in self.http_addrs() {
+            info!(%addr, "accepting HTTP connections");
+        }
+        let http = crate::http::spawn(self.broker.clone(), self.http_listeners, shutdown.clone());
         let mut acceptors = Vec::new();
         for listener in self.prometheus_listeners {
             let addr = listener.local_addr().expect("bound socket has an address");
@@ -152,6 +177,9 @@ impl Server {
         }
         for a in acceptors {
             let _ = a.await;
+        }
+        for h in http {
+            let _ = h.await;
         }
         tracker.close();
         info!(connections = tracker.len(), "shutting down: closing connections");

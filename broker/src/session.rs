@@ -67,6 +67,8 @@ pub struct Session {
     pub(crate) flow_queues: Vec<Arc<Queue>>,
     /// `flow_queues` grew since the connection last registered with them.
     pub(crate) flow_dirty: bool,
+    /// Who the connection acts as, for permission checks (`users.rs`); allows everything by default.
+    pub(crate) access: crate::users::Access,
     /// This connection's message counters (the metrics; `stats.rs`).
     pub(crate) stats: Arc<crate::stats::ConnStats>,
     /// `--consumer-timeout` in ms (None: off); a queue's `x-consumer-timeout` overrides it.
@@ -100,6 +102,7 @@ impl Session {
             published: false,
             flow_queues: Vec::new(),
             flow_dirty: false,
+            access: Default::default(),
             stats: Arc::default(),
             consumer_timeout: None,
             flow: None,

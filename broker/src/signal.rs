@@ -32,10 +32,14 @@ pub fn next_consumer_id() -> ConsumerId {
 }
 
 /// Something a connection must act on that did not come from its socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ConnEvent {
     /// The consumer's queue was deleted: tell the client with basic.cancel.
     ConsumerCancelled(ConsumerId, ShortStr),
+    /// An operator closes the connection (the management API): connection.close 320 with this text.
+    ForceClose(String),
+    /// The management API asks what the connection's channels and consumers are.
+    Snapshot(tokio::sync::oneshot::Sender<crate::conns::ConnSnapshot>),
 }
 
 #[derive(Default)]
@@ -62,6 +66,12 @@ impl ConnSignal {
 
     pub fn consumer_cancelled(&self, id: ConsumerId, tag: ShortStr) {
         self.events.lock().push(ConnEvent::ConsumerCancelled(id, tag));
+        self.notify.notify_one();
+    }
+
+    /// Something for the connection from outside (an operator's close, a snapshot request).
+    pub fn push_event(&self, ev: ConnEvent) {
+        self.events.lock().push(ev);
         self.notify.notify_one();
     }
 

@@ -26,6 +26,8 @@ pub struct VHost {
     store: Store,
     /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
     pub reply_to: ReplyTargets,
+    /// Operator policies (`vhost_policy.rs`).
+    pub(crate) policies: RwLock<Vec<Arc<crate::policy::Policy>>>,
     /// Deduplication windows of exchanges and queues (`dedup.rs`).
     pub dedup: crate::dedup::Registry,
     /// Messages held by `x-delayed-message` exchanges (`delayed.rs`).
@@ -55,6 +57,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             store,
             reply_to: ReplyTargets::default(),
+            policies: RwLock::new(Vec::new()),
             dedup: Default::default(),
         })
     }
@@ -116,6 +119,7 @@ impl VHost {
         }
         crate::stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.router.write().declare_queue(name);
+        self.apply_policy(&q);
         Ok((q, true, ticket))
     }
 
@@ -218,10 +222,11 @@ impl VHost {
             return;
         }
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
-        match from.args.dead_letter_exchange.as_deref() {
+        let (dlx, dlrk) = from.dead_letter_target();
+        match dlx.as_deref() {
             Some(dlx) => {
                 crate::stats::QueueStats::add(&from.stats.dead_lettered, dead.len() as u64);
-                self.republish_dead(from, dlx, dead, now, &mut further)
+                self.republish_dead(from, dlx, dlrk.as_deref(), dead, now, &mut further)
             }
             None => {
                 tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
@@ -238,6 +243,7 @@ impl VHost {
         &self,
         from: &Queue,
         dlx: &str,
+        dlrk: Option<&str>,
         dead: &DeadLetters,
         now: u64,
         further: &mut Vec<(Arc<Queue>, DeadLetters)>,
@@ -252,7 +258,7 @@ impl VHost {
             // As RabbitMQ (rabbit_dead_letter.erl `publish/5`): with the queue's dead-letter routing key the
             // dead letter routes with that key alone; without it, with every key it was published with (its
             // key, CC and BCC). Its headers keep CC (as RabbitMQ since 3.13) and never show BCC.
-            let (routing_key, new) = match &from.args.dead_letter_routing_key {
+            let (routing_key, new) = match dlrk {
                 Some(rk) => {
                     let rk = ShortStr::try_from_str(rk).unwrap_or_default();
                     let mut new = Message::new(exchange, rk.clone(), props, msg.body.clone());
@@ -370,6 +376,9 @@ impl VHost {
         let name = def.name.clone();
         let record = durable.then(|| self.exchange_record(&def));
         let declared = self.router.write().declare_exchange(def)?;
+        if declared == Declared::Created {
+            self.apply_exchange_policy(&name);
+        }
         let mut ticket = 0;
         if declared == Declared::Created {
             self.add_exchange_dedup(&name, false);

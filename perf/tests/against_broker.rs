@@ -38,7 +38,15 @@ fn broker_bin() -> std::path::PathBuf {
 fn start_broker() -> Broker {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(broker_bin())
-        .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "info",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env_remove("MAILROOM_LISTEN")
         .env_remove("MAILROOM_DATA_DIR")

@@ -405,6 +405,19 @@ impl Router {
             .ok_or_else(|| self.not_found("exchange", name))
     }
 
+    /// A policy's `alternate-exchange` for exchange `name` (None: no policy gives one). As RabbitMQ
+    /// (`rabbit_exchange:alternate_exchange`... the argument wins): it applies only when the exchange has no
+    /// `alternate-exchange` argument of its own. The declared definition is unchanged. False if there is
+    /// no such exchange.
+    pub fn set_policy_alternate(&mut self, name: &str, ae: Option<&str>) -> bool {
+        let Some(&id) = self.ex_ids.get(name) else {
+            return false;
+        };
+        let e = self.ex_mut(id);
+        e.alternate = e.def.alternate_exchange().map(Name::from).or(ae.map(Name::from));
+        true
+    }
+
     /// Recreates an exchange at recovery time, without the reserved-name
     /// checks. An existing exchange of the same name is replaced (its
     /// bindings are kept if the type is unchanged).

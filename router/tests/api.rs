@@ -928,3 +928,27 @@ fn route_multi_routes_every_key_once() {
     assert_eq!(multi("", "q1", &["q2", "nope", "q1"]).0, ["q1", "q2"]);
     assert_eq!(multi("", "nope", &[] as &[&str]), (vec![], false));
 }
+
+#[test]
+fn policy_alternate_exchange_applies_unless_the_argument_gives_one() {
+    let mut r = r();
+    r.declare_exchange(def("main", ExchangeKind::Direct)).unwrap();
+    r.declare_exchange(def("ae", ExchangeKind::Fanout)).unwrap();
+    r.bind(Binding::queue("ae", "q3", "")).unwrap();
+    assert!(route(&r, "main", "nothing").is_empty());
+    assert!(r.set_policy_alternate("main", Some("ae")));
+    assert_eq!(route(&r, "main", "nothing"), vec!["q3"]);
+    // The declared definition is unchanged (a redeclare without the argument stays equivalent).
+    assert!(r.exchange("main").unwrap().arguments.is_empty());
+    r.declare_exchange(def("main", ExchangeKind::Direct)).unwrap();
+    assert!(r.set_policy_alternate("main", None));
+    assert!(route(&r, "main", "nothing").is_empty());
+    // An exchange's own argument wins over the policy.
+    let mut own = def("own", ExchangeKind::Direct);
+    own.arguments = Args::new().with("alternate-exchange", ArgValue::Str("amq.fanout".into()));
+    r.declare_exchange(own).unwrap();
+    r.bind(Binding::queue("amq.fanout", "q1", "")).unwrap();
+    r.set_policy_alternate("own", Some("ae"));
+    assert_eq!(route(&r, "own", "x"), vec!["q1"]);
+    assert!(!r.set_policy_alternate("missing", Some("ae")));
+}

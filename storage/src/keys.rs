@@ -9,6 +9,13 @@ pub(crate) const USER: u8 = 0x02;
 pub(crate) const EXCHANGE: u8 = 0x03;
 pub(crate) const QUEUE: u8 = 0x04;
 pub(crate) const BINDING: u8 = 0x05;
+/// `[0x06] str(vhost) str(user)` -> postcard `PermissionRecord` (added without a schema bump: older
+/// builds never read this tag).
+pub(crate) const PERMISSION: u8 = 0x06;
+/// `[0x07] str(vhost) str(name)` -> postcard `PolicyRecord` (likewise).
+pub(crate) const POLICY: u8 = 0x07;
+/// `[0x08] str(vhost)` -> postcard `VhostMetaRecord` (description, tags, default queue type).
+pub(crate) const VHOST_META: u8 = 0x08;
 // 0x10 held messages up to schema version 1; they now live in the segment log (`seglog`).
 /// `[0x11][queue id u32 BE][seq u64 BE]` -> postcard `MessageState`.
 pub(crate) const MSG_STATE: u8 = 0x11;

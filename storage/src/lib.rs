@@ -39,8 +39,8 @@ pub use flusher::{Durability, TicketState};
 pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS};
 pub use open::{Attached, LostQueue, LOST_FOUND};
 pub use records::{
-    BindingRecord, ExchangeRecord, MessageState, QueueRecord, StoreOptions, StoreStats, StoredMessage,
-    UserRecord, VhostRecord,
+    BindingRecord, ExchangeRecord, MessageState, PermissionRecord, PolicyRecord, QueueRecord, StoreOptions,
+    StoreStats, StoredMessage, UserRecord, VhostMetaRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
 pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};

@@ -45,6 +45,36 @@ pub struct UserRecord {
     pub tags: Vec<String>,
 }
 
+/// A user's configure/write/read regular expressions in one vhost (RabbitMQ's permissions).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PermissionRecord {
+    pub vhost: String,
+    pub user: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A vhost's description, tags and default queue type (the management API's vhost metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VhostMetaRecord {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub default_queue_type: String,
+}
+
+/// An operator policy (RabbitMQ's model); `definition` is its JSON text, opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    pub apply_to: String,
+    pub priority: i64,
+    pub definition: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ExchangeRecord {
     pub vhost: String,

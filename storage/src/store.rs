@@ -12,7 +12,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::flusher::{Durability, Shared, TicketState};
-use crate::keys::{self, Key, BINDING, EXCHANGE, MSG_STATE, QUEUE, USER, VHOST};
+use crate::keys::{
+    self, Key, BINDING, EXCHANGE, MSG_STATE, PERMISSION, POLICY, QUEUE, USER, VHOST, VHOST_META,
+};
 use crate::{be, codec, io_err, records::*, Result, StoreError};
 
 /// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
@@ -147,6 +149,56 @@ impl Store {
 
     pub fn users(&self) -> Result<Vec<UserRecord>> {
         self.list(USER, "user")
+    }
+
+    /// Insert or replace a user's permissions in a vhost. Durable on return.
+    pub fn put_permission(&self, p: &PermissionRecord) -> Result<()> {
+        let k = Key::new(PERMISSION).str(&p.vhost).str(&p.user).into_vec();
+        let t = self.put_raw(k, codec::encode(p)?)?;
+        self.flush_ticket(t)
+    }
+
+    /// Durable on return.
+    pub fn delete_permission(&self, vhost: &str, user: &str) -> Result<()> {
+        let t = self.remove_raw(Key::new(PERMISSION).str(vhost).str(user).into_vec())?;
+        self.flush_ticket(t)
+    }
+
+    pub fn permissions(&self) -> Result<Vec<PermissionRecord>> {
+        self.list(PERMISSION, "permission")
+    }
+
+    /// Insert or replace a vhost's metadata. Durable on return.
+    pub fn put_vhost_meta(&self, m: &VhostMetaRecord) -> Result<()> {
+        let t = self.put_raw(Key::new(VHOST_META).str(&m.name).into_vec(), codec::encode(m)?)?;
+        self.flush_ticket(t)
+    }
+
+    /// Durable on return.
+    pub fn delete_vhost_meta(&self, name: &str) -> Result<()> {
+        let t = self.remove_raw(Key::new(VHOST_META).str(name).into_vec())?;
+        self.flush_ticket(t)
+    }
+
+    pub fn vhost_metas(&self) -> Result<Vec<VhostMetaRecord>> {
+        self.list(VHOST_META, "vhost metadata")
+    }
+
+    /// Insert or replace a policy. Durable on return.
+    pub fn put_policy(&self, p: &PolicyRecord) -> Result<()> {
+        let k = Key::new(POLICY).str(&p.vhost).str(&p.name).into_vec();
+        let t = self.put_raw(k, codec::encode(p)?)?;
+        self.flush_ticket(t)
+    }
+
+    /// Durable on return.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> Result<()> {
+        let t = self.remove_raw(Key::new(POLICY).str(vhost).str(name).into_vec())?;
+        self.flush_ticket(t)
+    }
+
+    pub fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        self.list(POLICY, "policy")
     }
 
     // --- exchanges, queues, bindings ----------------------------------------------------------

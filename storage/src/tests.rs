@@ -1263,3 +1263,51 @@ fn sealed_segments_are_opened_from_their_footers() {
     let (_, rec) = open_log(d.path(), 2048, 1);
     assert_eq!(rec.scanned_segments, 0, "the segment got a new footer");
 }
+
+#[test]
+fn permissions_and_policies_roundtrip_and_reopen() {
+    let d = tmp();
+    let p = PermissionRecord {
+        vhost: "/".into(),
+        user: "app".into(),
+        configure: "^app\\.".into(),
+        write: ".*".into(),
+        read: "".into(),
+    };
+    let pol = PolicyRecord {
+        vhost: "/".into(),
+        name: "dlx".into(),
+        pattern: "^jobs$".into(),
+        apply_to: "queues".into(),
+        priority: 3,
+        definition: "{\"max-length\":5}".into(),
+    };
+    {
+        let s = open(d.path());
+        s.put_permission(&p).unwrap();
+        s.put_permission(&PermissionRecord {
+            user: "other".into(),
+            ..p.clone()
+        })
+        .unwrap();
+        s.delete_permission("/", "other").unwrap();
+        s.put_policy(&pol).unwrap();
+        s.put_policy(&PolicyRecord {
+            name: "gone".into(),
+            ..pol.clone()
+        })
+        .unwrap();
+        s.delete_policy("/", "gone").unwrap();
+        s.put_vhost_meta(&VhostMetaRecord {
+            name: "/".into(),
+            description: "d".into(),
+            tags: vec!["t".into()],
+            default_queue_type: "classic".into(),
+        })
+        .unwrap();
+    }
+    let s = open(d.path());
+    assert_eq!(s.permissions().unwrap(), vec![p]);
+    assert_eq!(s.policies().unwrap(), vec![pol]);
+    assert_eq!(s.vhost_metas().unwrap()[0].tags, vec!["t".to_string()]);
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod faultfs;
 pub mod fuzz_server;
+pub mod http;
 pub mod lazyfs;
 pub mod raw;
 
@@ -55,10 +56,33 @@ pub fn mailroom_bin() -> PathBuf {
     target_dir().join(profile).join("mailroom")
 }
 
+/// The `mailroomctl` binary, built once per test process (same profile as the tests).
+pub fn mailroomctl_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "-p", "mailroom-ctl", "--bin", "mailroomctl"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for mailroomctl");
+        assert!(status.success(), "building mailroomctl failed");
+    });
+    target_dir().join(profile).join("mailroomctl")
+}
+
 /// A running broker process.
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The management API's address (the harness listens on 127.0.0.1:0 for it too).
+    pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log: mpsc::Receiver<String>,
@@ -101,6 +125,7 @@ impl Server {
         let mut child = Command::new(mailroom_bin())
             .args(["--listen", "127.0.0.1:0", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(prometheus)
             .args(extra)
             .envs(env.iter().copied())
@@ -141,9 +166,19 @@ impl Server {
                             .unwrap_or("")
                             .parse()?;
                         seen.push(line);
+                        // The broker logs its HTTP listeners before its AMQP ones.
+                        let http_addr = seen.iter().find_map(|l| {
+                            let i = l.find("accepting HTTP connections addr=")?;
+                            l[i + "accepting HTTP connections addr=".len()..]
+                                .split_whitespace()
+                                .next()?
+                                .parse()
+                                .ok()
+                        });
                         return Ok(Server {
                             child: Some(child),
                             addr,
+                            http_addr,
                             data_dir: data_dir.to_path_buf(),
                             _tmp: None,
                             log: rx,
@@ -159,6 +194,11 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The management API's base URL, `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr.expect("the broker listens for HTTP"))
     }
 
     /// The address a listener logged at startup (`<what> addr=...`), e.g. "serving Prometheus metrics" or

@@ -6,7 +6,15 @@ use mailroom_tests::{mailroom_bin, Server};
 
 fn run_mailroom(data_dir: &std::path::Path) -> std::process::Output {
     Command::new(mailroom_bin())
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .output()
         .expect("run mailroom")
@@ -72,7 +80,13 @@ fn config_file_env_and_flags_layer() {
     // Flags win over the file: the listen flag is used, the data dir comes from the file.
     let mut child = Reap(
         Command::new(mailroom_bin())
-            .args(["--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(&cfg)
             .env_remove("MAILROOM_DATA_DIR")
             .env("MAILROOM_LOG", "info")
@@ -92,7 +106,13 @@ fn config_file_env_and_flags_layer() {
     let env_dir = tmp.path().join("from-env");
     let mut second = Reap(
         Command::new(mailroom_bin())
-            .args(["--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(&cfg)
             .env("MAILROOM_DATA_DIR", &env_dir)
             .stdout(std::process::Stdio::null())

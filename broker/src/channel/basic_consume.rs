@@ -1,6 +1,7 @@
 //! Consumers: basic.qos, basic.consume, basic.cancel, and a consumer cancelled by the server (its queue was
 //! deleted), which the client hears about as basic.cancel when it asked to.
 
+use crate::users::{Perm, Res};
 use protocol::{Method, ShortStr};
 
 use super::{Channel, Ctx};
@@ -33,6 +34,8 @@ impl Channel {
         if c.queue.as_str() == crate::reply_to::PSEUDO_QUEUE {
             return self.reply_consume(c, ctx);
         }
+        let name = self.queue_name(&c.queue)?;
+        self.permit(ctx.session, Perm::Read, Res::Queue, &name)?;
         let q = self.usable_queue(&c.queue, ctx.session)?;
         let tag = if c.consumer_tag.is_empty() {
             ShortStr::from(crate::names::consumer_tag())

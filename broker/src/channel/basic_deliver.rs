@@ -1,6 +1,7 @@
 //! Deliveries: what a consumer may take now (its credit under its own and the channel's prefetch), pulled
 //! from its queue in one batch and written as basic.deliver + content; and basic.get.
 
+use crate::users::{Perm, Res};
 use std::borrow::Cow;
 
 use protocol::{BasicDeliver, Method, RawProperties};
@@ -102,6 +103,8 @@ impl Channel {
     }
 
     pub(super) fn basic_get(&mut self, g: protocol::BasicGet, ctx: &mut Ctx) -> AmqpResult<()> {
+        let name = self.queue_name(&g.queue)?;
+        self.permit(ctx.session, Perm::Read, Res::Queue, &name)?;
         let q = self.usable_queue(&g.queue, ctx.session)?;
         self.refuse_on_stream(&q, "basic.get", &ctx.session.vhost.name)?;
         let now = now_ms();

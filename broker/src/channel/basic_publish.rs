@@ -15,6 +15,7 @@ use crate::message::Message;
 use crate::queue::{DeadLetters, Queue, Rejected};
 use crate::session::Session;
 use crate::stats::MessageCounters;
+use crate::users::{Perm, Res};
 
 impl Channel {
     pub(super) fn basic_publish(
@@ -28,6 +29,7 @@ impl Channel {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
         ctx.session.check_message_size(body.len() as u64)?;
+        self.permit(ctx.session, Perm::Write, Res::Exchange, p.exchange.as_str())?;
         if let Some(uid) = header.properties.user_id() {
             if uid != ctx.session.user.as_str() {
                 return Err(AmqpError::precondition_failed(format!(

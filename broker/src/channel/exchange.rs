@@ -5,6 +5,7 @@ use protocol::Method;
 use super::held::Undo;
 use super::{Channel, Ctx};
 use crate::error::{AmqpError, AmqpResult};
+use crate::users::{Perm, Res};
 
 fn exchange_binding(
     source: &str,
@@ -22,6 +23,30 @@ fn exchange_binding(
 
 impl Channel {
     pub(super) fn exchange_declare(&mut self, d: protocol::ExchangeDeclare, ctx: &mut Ctx) -> AmqpResult<()> {
+        if d.passive {
+            let n = d.exchange.as_str();
+            if self.permit(ctx.session, Perm::Read, Res::Exchange, n).is_err()
+                && self.permit(ctx.session, Perm::Write, Res::Exchange, n).is_err()
+            {
+                self.permit(ctx.session, Perm::Configure, Res::Exchange, n)?;
+            }
+        } else if !d.exchange.is_empty() {
+            self.permit(ctx.session, Perm::Configure, Res::Exchange, d.exchange.as_str())?;
+            if let Some(protocol::FieldValue::LongStr(ae)) = d.arguments.get("alternate-exchange") {
+                if ctx
+                    .session
+                    .vhost
+                    .router
+                    .read()
+                    .exchange(d.exchange.as_str())
+                    .is_none()
+                {
+                    let ae = String::from_utf8_lossy(ae.as_bytes()).into_owned();
+                    self.permit(ctx.session, Perm::Read, Res::Exchange, d.exchange.as_str())?;
+                    self.permit(ctx.session, Perm::Write, Res::Exchange, &ae)?;
+                }
+            }
+        }
         let vhost = &ctx.session.vhost;
         if d.passive {
             vhost
@@ -70,6 +95,9 @@ impl Channel {
     }
 
     pub(super) fn exchange_delete(&mut self, d: protocol::ExchangeDelete, ctx: &mut Ctx) -> AmqpResult<()> {
+        if !d.exchange.is_empty() && !d.exchange.as_str().starts_with("amq.") {
+            self.permit(ctx.session, Perm::Configure, Res::Exchange, d.exchange.as_str())?;
+        }
         let ticket = ctx
             .session
             .vhost
@@ -87,6 +115,8 @@ impl Channel {
     }
 
     pub(super) fn exchange_bind(&mut self, b: protocol::ExchangeBind, ctx: &mut Ctx) -> AmqpResult<()> {
+        self.permit(ctx.session, Perm::Write, Res::Exchange, b.destination.as_str())?;
+        self.permit_bind_source(b.source.as_str(), ctx.session)?;
         let binding = exchange_binding(
             b.source.as_str(),
             b.destination.as_str(),
@@ -107,6 +137,8 @@ impl Channel {
     }
 
     pub(super) fn exchange_unbind(&mut self, b: protocol::ExchangeUnbind, ctx: &mut Ctx) -> AmqpResult<()> {
+        self.permit(ctx.session, Perm::Write, Res::Exchange, b.destination.as_str())?;
+        self.permit_bind_source(b.source.as_str(), ctx.session)?;
         let binding = exchange_binding(
             b.source.as_str(),
             b.destination.as_str(),

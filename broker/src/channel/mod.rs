@@ -25,6 +25,7 @@ mod confirm;
 mod direct_reply_to;
 mod exchange;
 mod held;
+mod info;
 mod queue;
 #[cfg(test)]
 mod requeue_model;
@@ -47,6 +48,7 @@ use crate::vhost::VHost;
 use confirm::Confirms;
 use held::Hold;
 pub use held::BACKLOG_MAX;
+pub use info::consumer_snapshots;
 use tx::TxState;
 
 /// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.
@@ -102,6 +104,8 @@ pub struct Channel {
     reply: Option<direct_reply_to::ReplyConsumer>,
     /// A reply waiting for its changes to be durable, and the frames waiting behind it (`held.rs`).
     hold: Hold,
+    /// Permission checks that passed (RabbitMQ's per-channel permission cache, `users.rs`).
+    perms: crate::users::PermCache,
 }
 
 impl Channel {
@@ -125,7 +129,21 @@ impl Channel {
             settle_scratch: Vec::new(),
             reply: None,
             hold: Hold::default(),
+            perms: Default::default(),
         }
+    }
+
+    /// `rabbit_channel:check_*_permitted`: the session's user may do `perm` on `res` `name` (cached).
+    pub(super) fn permit(
+        &mut self,
+        session: &Session,
+        perm: crate::users::Perm,
+        res: crate::users::Res,
+        name: &str,
+    ) -> AmqpResult<()> {
+        session
+            .access
+            .check(&mut self.perms, &session.vhost.name, perm, res, name)
     }
 
     pub fn id(&self) -> u16 {

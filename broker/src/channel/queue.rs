@@ -11,6 +11,7 @@ use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::{Queue, QueueKind, QueueSpec};
 use crate::session::Session;
+use crate::users::{Perm, Res};
 
 fn locked(name: &str, vhost: &str) -> AmqpError {
     AmqpError::resource_locked(format!(
@@ -33,6 +34,17 @@ impl Channel {
         let q = session.vhost.queue_or_404(&name)?;
         check_exclusive(&q, session)?;
         Ok(q)
+    }
+
+    /// Read on a binding's source exchange; the default exchange is refused first (as RabbitMQ's
+    /// binding_action_with_checks, which checks write on the destination before both).
+    pub(super) fn permit_bind_source(&mut self, exchange: &str, session: &Session) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.permit(session, Perm::Read, Res::Exchange, exchange)
     }
 
     /// RabbitMQ's shortcut: an empty queue name and an empty routing key bind with the last declared
@@ -61,6 +73,16 @@ impl Channel {
             d.queue.as_str().into()
         };
         let mut ticket = 0;
+        if d.passive {
+            // rabbit_channel's check_any_resource_access_permitted: read, write or configure.
+            if self.permit(session, Perm::Read, Res::Queue, &name).is_err()
+                && self.permit(session, Perm::Write, Res::Queue, &name).is_err()
+            {
+                self.permit(session, Perm::Configure, Res::Queue, &name)?;
+            }
+        } else {
+            self.permit(session, Perm::Configure, Res::Queue, &name)?;
+        }
         let q = if d.passive {
             let q = vhost.queue_or_404(&name)?;
             check_exclusive(&q, session)?;
@@ -86,6 +108,14 @@ impl Channel {
                     &name,
                     &vhost.name,
                 )?;
+            }
+            // A new queue with a dead-letter exchange: read on the queue, write on the DLX.
+            if vhost.queue(&name).is_none() {
+                if let Some(protocol::FieldValue::LongStr(dlx)) = d.arguments.get("x-dead-letter-exchange") {
+                    let dlx = String::from_utf8_lossy(dlx.as_bytes()).into_owned();
+                    self.permit(session, Perm::Read, Res::Queue, &name)?;
+                    self.permit(session, Perm::Write, Res::Exchange, &dlx)?;
+                }
             }
             crate::dedup::config(&d.arguments, false)?;
             let spec = QueueSpec {
@@ -128,6 +158,9 @@ impl Channel {
     }
 
     pub(super) fn queue_bind(&mut self, b: protocol::QueueBind, ctx: &mut Ctx) -> AmqpResult<()> {
+        let name = self.queue_name(&b.queue)?;
+        self.permit(ctx.session, Perm::Write, Res::Queue, &name)?;
+        self.permit_bind_source(b.exchange.as_str(), ctx.session)?;
         check_bind_source(b.exchange.as_str(), ctx.session)?;
         let q = self.usable_queue(&b.queue, ctx.session)?;
         let routing_key = self.binding_key(&b.queue, &b.routing_key)?;
@@ -157,6 +190,8 @@ impl Channel {
             ));
         }
         let name = self.queue_name(&b.queue)?;
+        self.permit(ctx.session, Perm::Write, Res::Queue, &name)?;
+        self.permit_bind_source(b.exchange.as_str(), ctx.session)?;
         if let Some(q) = ctx.session.vhost.queue(&name) {
             check_exclusive(&q, ctx.session)?;
         }
@@ -180,6 +215,8 @@ impl Channel {
     }
 
     pub(super) fn queue_purge(&mut self, p: protocol::QueuePurge, ctx: &mut Ctx) -> AmqpResult<()> {
+        let name = self.queue_name(&p.queue)?;
+        self.permit(ctx.session, Perm::Read, Res::Queue, &name)?;
         let q = self.usable_queue(&p.queue, ctx.session)?;
         self.refuse_on_stream(&q, "queue.purge", &ctx.session.vhost.name)?;
         let n = q.purge();
@@ -194,6 +231,7 @@ impl Channel {
 
     pub(super) fn queue_delete(&mut self, d: protocol::QueueDelete, ctx: &mut Ctx) -> AmqpResult<()> {
         let name = self.queue_name(&d.queue)?;
+        self.permit(ctx.session, Perm::Configure, Res::Queue, &name)?;
         let session = &mut *ctx.session;
         let mut n = 0;
         let mut ticket = 0;

@@ -19,6 +19,9 @@ use crate::vhost::VHost;
 pub(super) struct Login {
     pub user: String,
     pub caps: ClientCaps,
+    /// For the management API's connection list.
+    pub client_properties: FieldTable,
+    pub mechanism: String,
     /// What the TLS handshake told (AMQPS only): a client certificate makes `EXTERNAL` available.
     pub tls: Option<PeerTls>,
 }
@@ -86,7 +89,9 @@ pub(super) fn on_start_ok<W>(
         login.caps.consumer_cancel_notify = on("consumer_cancel_notify");
         login.caps.connection_blocked = on("connection.blocked");
     }
+    login.client_properties = ok.client_properties.clone();
     let mechanism = ok.mechanism.as_str();
+    login.mechanism = mechanism.to_string();
     let refused = || {
         AmqpError::access_refused(format!(
             "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
@@ -196,16 +201,25 @@ pub(super) fn on_open<W>(
     open: protocol::ConnectionOpen,
 ) -> AmqpResult<Arc<VHost>> {
     let name = open.virtual_host.as_str();
-    let Some(vhost) = broker.vhost(name) else {
-        return Err(AmqpError::not_allowed(format!("vhost {name} not found")));
-    };
-    // RabbitMQ's rabbit_reader:is_over_node_connection_limit (`connection_max`).
+    // RabbitMQ's rabbit_reader:is_over_node_connection_limit (`connection_max`) comes first, then
+    // rabbit_access_control:check_vhost_access (the vhost exists and the user has permissions in it).
     broker.try_open_connection().map_err(|limit| {
         info!(peer = %t.peer, limit, "connection refused: node connection limit reached");
         AmqpError::not_allowed(format!(
             "connection refused: node connection limit ({limit}) is reached"
         ))
     })?;
+    let vhost = broker
+        .vhost(name)
+        .filter(|_| broker.users.vhost_access(&login.user, name));
+    let Some(vhost) = vhost else {
+        broker.connection_closed();
+        info!(peer = %t.peer, user = login.user, vhost = name, "connection refused: no access to the vhost");
+        return Err(AmqpError::not_allowed(format!(
+            "access to vhost '{name}' refused for user '{}'",
+            login.user
+        )));
+    };
     t.send_method(0, &Method::ConnectionOpenOk(protocol::ConnectionOpenOk));
     t.phase = Phase::Open;
     debug!(peer = %t.peer, user = login.user, vhost = name, "connection open");

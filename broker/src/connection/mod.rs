@@ -59,6 +59,8 @@ const ACK_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 struct Conn<W: AsyncWrite + Unpin> {
     broker: Arc<Broker>,
     id: u64,
+    /// The address the client connected to (for the management API's connection name).
+    local: SocketAddr,
     transport: Transport<W>,
     /// What the handshake learned (until connection.open makes the session).
     login: Login,
@@ -89,8 +91,9 @@ struct Conn<W: AsyncWrite + Unpin> {
 /// Serves one accepted socket until it closes.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
     let (rd, wr) = socket.into_split();
-    serve_stream(broker, rd, wr, peer, None, shutdown).await;
+    serve_stream(broker, rd, wr, peer, local, None, shutdown).await;
 }
 
 /// Serves one socket accepted on an AMQPS listener: the TLS handshake (within the handshake timeout; a
@@ -103,6 +106,7 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
     let stream = match tokio::time::timeout(broker.config.handshake_timeout, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -117,7 +121,7 @@ pub async fn serve_tls(
     let tls = PeerTls::from_connection(stream.get_ref().1);
     debug!(%peer, client_cert = tls.has_cert, cn = ?tls.cert_cn, "TLS handshake done");
     let (rd, wr) = tokio::io::split(stream);
-    serve_stream(broker, rd, wr, peer, Some(tls), shutdown).await;
+    serve_stream(broker, rd, wr, peer, local, Some(tls), shutdown).await;
 }
 
 async fn serve_stream<R, W>(
@@ -125,6 +129,7 @@ async fn serve_stream<R, W>(
     mut rd: R,
     wr: W,
     peer: SocketAddr,
+    local: SocketAddr,
     tls: Option<PeerTls>,
     shutdown: CancellationToken,
 ) where
@@ -147,6 +152,7 @@ async fn serve_stream<R, W>(
     let mut conn = Conn {
         broker,
         id,
+        local,
         transport: Transport::new(peer, wr),
         login: Login {
             tls,
@@ -597,19 +603,34 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => {
                 handshake::on_open(t, &self.broker, &self.login, open).map(|vhost| {
                     let login = std::mem::take(&mut self.login);
-                    self.session = Some(Session::new(
+                    self.broker.conns.register(crate::conns::ConnInfo {
+                        id: self.id,
+                        name: format!("{} -> {}", t.peer, self.local),
+                        peer: t.peer,
+                        local: self.local,
+                        user: login.user.clone(),
+                        vhost: vhost.name.to_string(),
+                        connected_at_ms: crate::clock::now_ms(),
+                        client_properties: login.client_properties,
+                        frame_max: t.out.frame_max(),
+                        channel_max: t.channel_max,
+                        heartbeat: t.heartbeat,
+                        auth_mechanism: login.mechanism,
+                        signal: self.signal.clone(),
+                    });
+                    let mut session = Session::new(
                         self.id,
                         vhost,
                         login.user,
                         login.caps,
                         self.signal.clone(),
                         self.broker.config.max_message_size,
-                    ));
-                    if let Some(s) = self.session.as_mut() {
-                        s.consumer_timeout =
-                            self.broker.config.consumer_timeout.map(|d| d.as_millis() as u64);
-                        s.flow = Some(self.broker.flow.clone());
-                    }
+                    );
+                    session.access = crate::users::Access::new(self.broker.users.clone(), &session.user);
+                    session.consumer_timeout =
+                        self.broker.config.consumer_timeout.map(|d| d.as_millis() as u64);
+                    session.flow = Some(self.broker.flow.clone());
+                    self.session = Some(session);
                     self.counted = true;
                     if let Some(s) = self.session.as_ref() {
                         self.broker.stats.register(self.id, s.stats.clone());
@@ -741,11 +762,21 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         if self.signal.take_flow() {
             self.refresh_flow();
         }
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
+        let mut close = None;
         for ev in self.signal.take_events() {
+            let Some(s) = self.session.as_mut() else {
+                return;
+            };
             match ev {
+                ConnEvent::ForceClose(reason) => close = Some(reason),
+                ConnEvent::Snapshot(tx) => {
+                    let mut channels: Vec<_> = self.channels.values().map(|c| c.snapshot(s)).collect();
+                    channels.sort_by_key(|c| c.number);
+                    let _ = tx.send(crate::conns::ConnSnapshot {
+                        channels,
+                        consumers: crate::channel::consumer_snapshots(s),
+                    });
+                }
                 ConnEvent::ConsumerCancelled(id, tag) => {
                     let Some(c) = s.forget_consumer(id) else { continue };
                     if let Some(channel) = self.channels.get_mut(&c.channel) {
@@ -757,6 +788,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                     }
                 }
             }
+        }
+        if let Some(reason) = close {
+            info!(peer = %self.transport.peer, reason, "connection closed by an operator");
+            self.start_close(AmqpError::new(reply::CONNECTION_FORCED, reason));
         }
     }
 
@@ -828,6 +863,7 @@ impl<W: AsyncWrite + Unpin> Drop for Conn<W> {
         }
         if std::mem::take(&mut self.counted) {
             self.broker.connection_closed();
+            self.broker.conns.unregister(self.id);
             self.broker.stats.unregister(self.id);
         }
     }

@@ -29,6 +29,12 @@ impl Expiry {
         }
     }
 
+    /// A policy changed the queue's TTL or `expires` (messages already in the queue keep their expiry).
+    pub fn set_ttls(&mut self, message_ttl: Option<u64>, expires: Option<u64>) {
+        self.message_ttl = message_ttl;
+        self.expires = expires;
+    }
+
     /// When a message published now expires. A message that would expire at once (TTL 0) but that a
     /// waiting consumer can take now gets a short grace instead (`consumer_waiting` is asked only then).
     pub fn at_publish(

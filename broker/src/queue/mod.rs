@@ -96,6 +96,11 @@ struct Inner {
     delivered_mark: Option<u64>,
     /// Connections throttled by this queue's flow bound, woken when it is under its low-water mark.
     flow_waiters: Vec<Arc<ConnSignal>>,
+    /// Length limits in force: the arguments', or a policy's (`apply_args`).
+    limits: Limits,
+    /// The arguments in force (declared, merged with the queue's policy): delivery limit, retry, dead-letter
+    /// target. `Queue::args` keeps what was declared.
+    eff: QueueArgs,
 }
 
 /// Why a publish did not enter the queue.
@@ -120,7 +125,8 @@ pub struct Queue {
     pub spec: QueueSpec,
     pub args: QueueArgs,
     pub kind: QueueKind,
-    limits: Limits,
+    /// A policy gave the queue a TTL, `expires` or retry (the timer must visit it).
+    policy_timed: AtomicBool,
     /// Flow control: the bound on ready messages in memory while the queue has consumers.
     bound: QueueBound,
     /// Over the bound and not yet back under the low-water mark: publishers to it are throttled. Read
@@ -172,6 +178,8 @@ impl Queue {
             deleted: false,
             delivered_mark: store.as_ref().and_then(|s| s.delivered_mark()),
             flow_waiters: Vec::new(),
+            limits: Limits::new(&args),
+            eff: args.clone(),
         };
         if let Some(r) = recovered {
             inner.next_seq = r.last_seq + 1;
@@ -194,7 +202,7 @@ impl Queue {
         Queue {
             kind,
             stream,
-            limits: Limits::new(&args),
+            policy_timed: AtomicBool::new(false),
             bound: crate::flow::queue_bound(),
             flow_over: AtomicBool::new(false),
             spec,
@@ -242,8 +250,8 @@ impl Queue {
             dead.push(entry, DeathReason::Expired);
             return Ok(0);
         }
-        if self.limits.is_bounded() {
-            match self
+        if q.limits.is_bounded() {
+            match q
                 .limits
                 .on_publish(q.ready_count() as u64, q.ready.bytes(), entry.msg.size())
             {
@@ -291,9 +299,9 @@ impl Queue {
             }
             None => q.ready.push_back(entry),
         }
-        if self.limits.is_bounded() {
+        if q.limits.is_bounded() {
             // drop-head: the oldest messages make room.
-            while self.limits.is_over(q.ready_count() as u64, q.ready.bytes()) {
+            while q.limits.is_over(q.ready_count() as u64, q.ready.bytes()) {
                 match self.next_ready(q, now) {
                     Some(e) => dead.push(e, DeathReason::Maxlen),
                     None => break,
@@ -568,16 +576,12 @@ impl Queue {
             }
             e.redelivered = true;
             e.delivery_count = e.delivery_count.saturating_add(1);
-            if self
-                .args
-                .delivery_limit
-                .is_some_and(|limit| e.delivery_count > limit)
-            {
+            if q.eff.delivery_limit.is_some_and(|limit| e.delivery_count > limit) {
                 dead.push(e, DeathReason::DeliveryLimit);
                 continue;
             }
-            e.not_before = self
-                .args
+            e.not_before = q
+                .eff
                 .retry
                 .map(|r| now.saturating_add(r.delay_ms(e.delivery_count)));
             if let (Some(store), true) = (&self.store, e.msg.persistent) {
@@ -718,11 +722,41 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.needs_tick();
         }
-        if self.args.timed() {
+        if self.args.timed() || self.policy_timed.load(Ordering::Relaxed) {
             return true;
         }
         let q = self.inner.lock();
         q.expiry.has_expiring() || !q.delayed.is_empty()
+    }
+
+    /// The dead-letter exchange and routing key in force (declared, or from a policy).
+    pub fn dead_letter_target(&self) -> (Option<Arc<str>>, Option<Arc<str>>) {
+        let q = self.inner.lock();
+        (
+            q.eff.dead_letter_exchange.clone(),
+            q.eff.dead_letter_routing_key.clone(),
+        )
+    }
+
+    /// A policy changed what is in force: `eff` is the declared arguments merged with the policy
+    /// (`policy.rs`). Length limits, TTL, `expires`, delivery limit, retry and dead-lettering change at once;
+    /// a queue over its new length limit drops (drop-head) its oldest messages into `dead`, as RabbitMQ does
+    /// when a max-length policy lands. Priorities and single active consumer stay as declared.
+    pub fn apply_args(&self, eff: QueueArgs, now: u64, dead: &mut DeadLetters) {
+        let mut guard = self.inner.lock();
+        let q = &mut *guard;
+        self.policy_timed.store(eff.timed(), Ordering::Relaxed);
+        q.limits = Limits::new(&eff);
+        q.expiry.set_ttls(eff.message_ttl, eff.expires);
+        q.eff = eff;
+        if q.limits.is_bounded() && !q.deleted && q.eff.overflow == crate::queue_args::Overflow::DropHead {
+            while q.limits.is_over(q.ready_count() as u64, q.ready.bytes()) {
+                match self.next_ready(q, now) {
+                    Some(e) => dead.push(e, DeathReason::Maxlen),
+                    None => break,
+                }
+            }
+        }
     }
 
     /// Drops every ready message; returns how many.

@@ -1,0 +1,111 @@
+//! HTTP Basic auth against the broker's users, and the tag/vhost checks of RabbitMQ's
+//! `rabbit_web_dispatch_access_control` (all 401 with RabbitMQ's reasons).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use base64::Engine;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::users::UserInfo;
+
+/// The authenticated user of a request (any management tag).
+pub struct AuthUser(pub UserInfo);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::not_authenticated)?;
+        let encoded = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))
+            .ok_or_else(ApiError::not_authenticated)?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(ApiError::not_authenticated)?;
+        let (name, password) = decoded.split_once(':').ok_or_else(ApiError::not_authenticated)?;
+        let user = broker
+            .users
+            .authenticate(name, password)
+            .ok_or_else(ApiError::not_authenticated)?;
+        if broker.users.loopback_only(name) {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if !peer.is_some_and(|ip| ip.is_loopback()) {
+                return Err(ApiError::not_authorised("User can only log in via localhost"));
+            }
+        }
+        if !user.is_management() {
+            return Err(ApiError::not_authorised("Not management user"));
+        }
+        Ok(AuthUser(user))
+    }
+}
+
+impl AuthUser {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not administrator user"))
+        }
+    }
+
+    pub fn require_monitor(&self) -> Result<(), ApiError> {
+        if self.0.is_monitor() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not monitor user"))
+        }
+    }
+
+    /// Whether the user sees everything (administrator or monitoring) or only the vhosts they may use.
+    pub fn sees_all(&self) -> bool {
+        self.0.is_monitor()
+    }
+
+    /// May the user see/use `vhost` (administrators and monitors see all; others need permissions there).
+    pub fn can_access(&self, broker: &AppState, vhost: &str) -> bool {
+        self.0.is_monitor() || broker.users.vhost_access(&self.0.name, vhost)
+    }
+
+    pub fn require_vhost(&self, broker: &AppState, vhost: &str) -> Result<(), ApiError> {
+        if self.0.is_admin() || broker.users.vhost_access(&self.0.name, vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised(
+                "User not authorised to access virtual host",
+            ))
+        }
+    }
+
+    /// A resource operation as the user (configure/write/read regexes), 401 "Access refused." if denied.
+    pub fn require_perm(
+        &self,
+        broker: &AppState,
+        vhost: &str,
+        perm: crate::users::Perm,
+        res: crate::users::Res,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        broker
+            .users
+            .check(&self.0.name, vhost, perm, res, name)
+            .map_err(|_| ApiError::not_authorised("Access refused."))
+    }
+}
