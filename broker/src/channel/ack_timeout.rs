@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::{Channel, Ctx};
 use crate::error::AmqpError;
-use crate::queue::Queue;
+use crate::queue::{ConsumerId, Queue};
 
 impl Channel {
     /// Notes that a delivery from `queue` is now unacknowledged on this channel (once per delivered batch).
@@ -34,7 +34,7 @@ impl Channel {
             return false;
         }
         let default = ctx.session.consumer_timeout;
-        let mut timed_out: Option<(u64, Arc<Queue>, u64)> = None;
+        let mut timed_out: Option<(u64, Option<ConsumerId>, Arc<Queue>, u64)> = None;
         for u in &self.unacked {
             let age = now.saturating_sub(u.delivered_at);
             if age < self.ack_timeout_floor {
@@ -42,19 +42,15 @@ impl Channel {
             }
             if let Some(t) = u.queue.args.ack_timeout(default) {
                 if age >= t {
-                    timed_out = Some((u.tag, u.queue.clone(), t));
+                    timed_out = Some((u.tag, u.consumer, u.queue.clone(), t));
                     break;
                 }
             }
         }
-        let Some((tag, queue, timeout)) = timed_out else {
+        let Some((tag, consumer, queue, timeout)) = timed_out else {
             return false;
         };
-        let consumer = self
-            .unacked
-            .iter()
-            .find(|u| u.tag == tag)
-            .and_then(|u| u.consumer)
+        let consumer = consumer
             .and_then(|id| ctx.session.consumers.get(&id))
             .map(|c| c.tag.to_string())
             .unwrap_or_default();

@@ -94,6 +94,14 @@ impl AuthUser {
         }
     }
 
+    /// A vhost that must exist (404 otherwise) and that the user may access (401 otherwise).
+    pub fn require_known_vhost(&self, broker: &AppState, vhost: &str) -> Result<(), ApiError> {
+        if broker.vhost(vhost).is_none() {
+            return Err(ApiError::not_found());
+        }
+        self.require_vhost(broker, vhost)
+    }
+
     /// A resource operation as the user (configure/write/read regexes), 401 "Access refused." if denied.
     pub fn require_perm(
         &self,

@@ -116,10 +116,7 @@ pub async fn vhost_connections(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     list_conns(&broker, &user, Some(&vhost), &q).await
 }
 
@@ -185,10 +182,7 @@ pub async fn vhost_channels(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     let conns = visible(&broker, &user, Some(&vhost));
     paging::respond(channel_items(&conns).await, &q, &["name"])
 }
@@ -263,10 +257,7 @@ pub async fn consumers_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     let conns = visible(&broker, &user, Some(&vhost));
     paging::respond(consumer_items(&conns).await, &q, &["consumer_tag"])
 }

@@ -56,10 +56,7 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     paging::respond(collect(&broker, &user, Some(&vhost)), &q, &["name"])
 }
 

@@ -52,10 +52,7 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     paging::respond(collect(&broker, &user, Some(&vhost)), &q, &["name"])
 }
 
@@ -129,10 +126,7 @@ pub async fn delete(
     if !user.0.is_policymaker() {
         return Err(ApiError::not_authorised("Not policymaker user"));
     }
-    if broker.vhost(&vhost).is_none() {
-        return Err(ApiError::not_found());
-    }
-    user.require_vhost(&broker, &vhost)?;
+    user.require_known_vhost(&broker, &vhost)?;
     let b = broker.clone();
     if !blocking(move || b.delete_policy(&vhost, &name)).await?? {
         return Err(ApiError::not_found());
