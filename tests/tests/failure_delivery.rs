@@ -289,6 +289,13 @@ async fn nack_twice_then_restart(graceful: bool) {
         assert_eq!(delivery_count(&d), Some(2));
         // The third delivery stays unacked while the broker goes away (stop or kill).
         let _ = d;
+        // A nack is not a confirmed operation: the count it raised is written to the store at once
+        // and becomes durable with the next flush round. Tickets settle in order, so a confirm for a
+        // persistent message published after the redelivery was seen proves that round has happened
+        // (RabbitMQ's quorum queues likewise count a return only once it is in the Raft log).
+        // Without this wait a kill -9 can land before the round and the test would measure luck.
+        declare_durable(&ch, "sync", &[]).await;
+        publish(&ch, "sync", "marker", persistent()).await;
         if graceful {
             assert!(server.stop().success());
         }
