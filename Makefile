@@ -17,7 +17,7 @@ run:
 
 test: $(VENV_OK) $(NODE_OK) $(RABBITMQADMIN)
 	$(CARGO) build --bin mailroom
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -388,12 +388,16 @@ pub fn assert_recent(t: u64) {
     );
 }
 
-/// Asserts `actual` is within ±40 % + 100 ms of `expected`.
+/// Asserts a redelivery delay of `expected` ms was applied. The lower bound is the behaviour under
+/// test (the broker never hands a returned message back before its delay: `actual` is measured from
+/// before the return was sent, so it can only be longer). The upper bound only catches a delay that
+/// was far too long or not computed from the settings at all; it is wide because a loaded 2-core CI
+/// machine can be seconds late, and tests do not assert timings.
 pub fn assert_about(what: &str, actual: Duration, expected_ms: u64) {
     let e = expected_ms as f64;
     let a = actual.as_secs_f64() * 1000.0;
-    let lo = e * 0.6 - 100.0;
-    let hi = e * 1.4 + 100.0;
+    let lo = e * 0.9;
+    let hi = e * 3.0 + 3000.0;
     assert!(
         a >= lo && a <= hi,
         "{what}: took {a:.0} ms, expected about {expected_ms} ms (allowed {lo:.0}..{hi:.0})"
