@@ -296,6 +296,7 @@ impl Broker {
     /// Starts the memory and disk alarm monitor (a thread; it stops with the broker).
     pub fn spawn_monitor(&self) {
         let c = &self.config;
+        crate::flow::set_paging_ratio(c.memory_paging_ratio);
         self.flow
             .spawn_monitor(c.memory_high_watermark, c.disk_free_limit, c.data_dir.clone());
     }

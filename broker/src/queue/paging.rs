@@ -12,6 +12,10 @@ use crate::store::{QueueStore, StoredEntry};
 /// Ready messages a durable queue keeps in memory; beyond this, persistent messages stay on disk only and
 /// are read back in batches as the head advances (long queues live on disk, not in RAM).
 pub const MEM_MAX: usize = 4096;
+/// Ready messages a queue keeps in memory while memory is near the watermark (`flow::memory_pressure`):
+/// new messages past these go to disk (persistent ones stay in the store only, transient ones to the
+/// spill), so the backlog stops costing memory per message well before publishers are blocked.
+pub const PRESSURE_KEEP: usize = 256;
 /// Messages read from disk per refill.
 pub(super) const REFILL: usize = 1024;
 
