@@ -38,6 +38,8 @@ pub struct Broker {
     pub flow: Arc<Flow>,
     /// The connections' message counters (the metrics).
     pub stats: crate::stats::StatsRegistry,
+    /// Operator tasks (message moves, `redrive_task.rs`).
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Why a login failed.
@@ -78,6 +80,7 @@ impl Broker {
             store,
             flow: Arc::new(Flow::default()),
             stats: Default::default(),
+            tasks: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker
