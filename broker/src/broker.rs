@@ -40,6 +40,8 @@ pub struct Broker {
     pub stats: crate::stats::StatsRegistry,
     /// Operator tasks (message moves, `redrive_task.rs`).
     pub tasks: crate::tasks::Tasks,
+    /// The management API's rate samples (`http/rates.rs`).
+    pub rates: crate::stats::Rates,
 }
 
 /// Why a login failed.
@@ -81,6 +83,7 @@ impl Broker {
             flow: Arc::new(Flow::default()),
             stats: Default::default(),
             tasks: Default::default(),
+            rates: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker

@@ -19,6 +19,7 @@ mod overview;
 mod paging;
 mod policies;
 mod queues;
+mod rates;
 mod tasks;
 mod users;
 mod vhosts;
@@ -201,6 +202,7 @@ pub fn spawn(
     listeners: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    rates::spawn_sampler(broker.clone(), shutdown.clone());
     let app = router(broker);
     listeners
         .into_iter()
