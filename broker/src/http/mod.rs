@@ -17,6 +17,7 @@ pub mod json;
 mod messages;
 mod overview;
 mod paging;
+mod phash2;
 mod policies;
 mod queues;
 mod rates;
