@@ -231,6 +231,7 @@ async fn browse_a_stream_from_an_offset() {
         .map(|m| m["position"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, [5, 6, 7]);
+    assert_eq!(page["messages"][0]["offset"], 5);
     assert_eq!(page["next"], "8");
     let tail = browse(&api, "events", "from=18&count=10").await;
     assert_eq!(payloads(&tail), ["m18", "m19"]);

@@ -141,7 +141,14 @@ async fn browse(
             .unwrap_or_else(|| Ok(Vec::new()))
             .map_err(|e| ApiError::internal(format!("stream read failed: {e}")))?;
         let next = read.last().map_or(start, |e| e.seq + 1);
-        let messages: Vec<Value> = read.iter().map(|e| show(e, json!(e.seq))).collect();
+        let messages: Vec<Value> = read
+            .iter()
+            .map(|e| {
+                let mut m = show(e, json!(e.seq));
+                m["offset"] = json!(e.seq);
+                m
+            })
+            .collect();
         return Ok(axum::Json(json!({
             "queue": name,
             "vhost": vhost,
