@@ -38,6 +38,10 @@ pub struct Broker {
     pub flow: Arc<Flow>,
     /// The connections' message counters (the metrics).
     pub stats: crate::stats::StatsRegistry,
+    /// Operator tasks (message moves, `redrive_task.rs`).
+    pub tasks: crate::tasks::Tasks,
+    /// The management API's rate samples (`http/rates.rs`).
+    pub rates: crate::stats::Rates,
 }
 
 /// Why a login failed.
@@ -78,6 +82,8 @@ impl Broker {
             store,
             flow: Arc::new(Flow::default()),
             stats: Default::default(),
+            tasks: Default::default(),
+            rates: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker

@@ -18,6 +18,7 @@
 //! released. A queue never reaches up to its vhost, so no queue lock is ever held while another queue is
 //! locked, and the queue module depends on nothing above it.
 
+mod browse;
 mod consumers;
 mod entry;
 mod expiry;
@@ -43,6 +44,7 @@ pub use crate::signal::{next_consumer_id, ConsumerId};
 use crate::stats::QueueStats;
 use crate::store::QueueStore;
 
+pub use browse::{BrowseFrom, Browsed};
 use consumers::Consumers;
 pub use entry::{Dead, DeadLetters, DeathReason, Entry};
 use expiry::Expiry;
