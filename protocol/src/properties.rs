@@ -88,6 +88,28 @@ const fn flag(i: usize) -> u16 {
     1 << (15 - i)
 }
 
+/// Steps over one encoded property of `kind`; `None` if the buffer ends inside it.
+#[inline]
+fn skip(cur: &mut SliceCursor<'_>, kind: Kind) -> Option<()> {
+    match kind {
+        Kind::Short => {
+            let n = cur.u8()? as usize;
+            cur.take(n)?;
+        }
+        Kind::Table => {
+            let n = cur.u32()? as usize;
+            cur.take(n)?;
+        }
+        Kind::Octet => {
+            cur.take(1)?;
+        }
+        Kind::Timestamp => {
+            cur.take(8)?;
+        }
+    }
+    Some(())
+}
+
 impl BasicProperties {
     /// The property flags word for the present properties.
     pub fn flags(&self) -> u16 {
@@ -300,35 +322,19 @@ impl RawProperties {
         while more {
             more = cur.u16()? & 1 != 0;
         }
-        for (j, kind) in KINDS.iter().enumerate().take(i + 1) {
-            if flags & flag(j) == 0 {
-                if j == i {
-                    return Some(Slot::Absent(cur.pos));
-                }
-                continue;
-            }
-            let start = cur.pos;
-            match kind {
-                Kind::Short => {
-                    let n = cur.u8()? as usize;
-                    cur.take(n)?;
-                }
-                Kind::Table => {
-                    let n = cur.u32()? as usize;
-                    cur.take(n)?;
-                }
-                Kind::Octet => {
-                    cur.take(1)?;
-                }
-                Kind::Timestamp => {
-                    cur.take(8)?;
-                }
-            }
-            if j == i {
-                return Some(Slot::Present(start, cur.pos));
-            }
+        // Walk only the properties present before `i` (set bits, highest first), then `i` itself.
+        let mut before = flags & !(u16::MAX >> i);
+        while before != 0 {
+            let j = before.leading_zeros() as usize;
+            before &= !flag(j);
+            skip(&mut cur, KINDS[j])?;
         }
-        None
+        if flags & flag(i) == 0 {
+            return Some(Slot::Absent(cur.pos));
+        }
+        let start = cur.pos;
+        skip(&mut cur, KINDS[i])?;
+        Some(Slot::Present(start, cur.pos))
     }
 
     fn field(&self, i: usize) -> Option<&[u8]> {
@@ -610,6 +616,46 @@ mod tests {
         assert_eq!(raw.message_id(), None);
         assert_eq!(raw.headers().unwrap(), p.headers);
         assert_eq!(raw.decode().unwrap(), p);
+    }
+
+    /// Every subset of the 14 properties: each accessor finds its field wherever the present ones before
+    /// it put it (the accessors walk only the present properties before the one asked for).
+    #[test]
+    fn accessors_match_decode_for_every_subset_of_properties() {
+        let mut h = FieldTable::new();
+        h.insert("k", FieldValue::from("v"));
+        for mask in 0u32..(1 << 14) {
+            let on = |i: u32| mask & (1 << i) != 0;
+            let p = BasicProperties {
+                content_type: on(0).then(|| "text/plain".into()),
+                content_encoding: on(1).then(|| "gzip".into()),
+                headers: on(2).then(|| h.clone()),
+                delivery_mode: on(3).then_some(2),
+                priority: on(4).then_some(7),
+                correlation_id: on(5).then(|| "corr".into()),
+                reply_to: on(6).then(|| "reply".into()),
+                expiration: on(7).then(|| "60000".into()),
+                message_id: on(8).then(|| "mid".into()),
+                timestamp: on(9).then_some(1_700_000_000),
+                kind: on(10).then(|| "type".into()),
+                user_id: on(11).then(|| "guest".into()),
+                app_id: on(12).then(|| "app".into()),
+                cluster_id: on(13).then(|| "c".into()),
+            };
+            let raw = RawProperties::from_properties(&p);
+            let d = raw.decode().unwrap();
+            assert_eq!(d, p, "mask {mask:#x}");
+            assert_eq!(raw.content_type(), d.content_type.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.delivery_mode(), d.delivery_mode, "mask {mask:#x}");
+            assert_eq!(raw.priority(), d.priority, "mask {mask:#x}");
+            assert_eq!(raw.correlation_id(), d.correlation_id.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.reply_to(), d.reply_to.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.expiration(), d.expiration.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.message_id(), d.message_id.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.timestamp(), d.timestamp, "mask {mask:#x}");
+            assert_eq!(raw.user_id(), d.user_id.as_deref(), "mask {mask:#x}");
+            assert_eq!(raw.headers().unwrap(), d.headers, "mask {mask:#x}");
+        }
     }
 
     #[test]
