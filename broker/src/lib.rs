@@ -33,6 +33,7 @@ pub mod stats;
 pub mod store;
 pub mod stream_store;
 pub mod tls;
+pub mod trace;
 pub mod users;
 pub mod vhost;
 pub mod vhost_policy;

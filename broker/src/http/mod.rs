@@ -18,6 +18,7 @@ mod overview;
 mod paging;
 mod policies;
 mod queues;
+mod trace;
 mod users;
 mod vhosts;
 
@@ -44,6 +45,7 @@ pub const MAX_BODY: usize = 20 << 20;
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/api/overview", get(overview::overview))
+        .route("/api/trace", get(trace::trace))
         .route("/api/whoami", get(overview::whoami))
         .route("/api/extensions", get(overview::extensions))
         .route("/api/nodes", get(overview::nodes))
