@@ -169,7 +169,7 @@ impl Recorder {
             Err(TrySendError::Full(ev)) | Err(TrySendError::Disconnected(ev)) => {
                 let n = self.dropped.fetch_add(1, Relaxed);
                 // The first drop and then one in 10,000 is logged, with the message's ids.
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     tracing::warn!(
                         message_id = ev.message_id.as_deref(),
                         correlation_id = ev.correlation_id.as_deref(),
