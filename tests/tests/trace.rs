@@ -520,3 +520,58 @@ async fn overload_drops_are_counted_and_publishers_never_wait() {
     let r = api.ok("/api/trace?correlation_id=flood&limit=100000").await;
     assert_eq!(r["events"].as_array().unwrap().len() as u64, accepted);
 }
+
+fn ctl(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(mailroom_tests::mailroomctl_bin())
+        .args(["--url", &server.http_url()])
+        .args(args)
+        .env_remove("MAILROOM_HTTP_URL")
+        .env_remove("MAILROOM_USER")
+        .env_remove("MAILROOM_PASSWORD")
+        .env_remove("MAILROOM_VHOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run mailroomctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mailroomctl {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `mailroomctl vhosts tracing VHOST on|off` switches tracing through the API; `mailroomctl trace ID`
+/// prints the timeline (a table, or the API's events with `--format json`).
+#[tokio::test]
+async fn mailroomctl_switches_tracing_and_prints_the_timeline() {
+    let server = Server::start();
+    let api = api(&server);
+    ctl(&server, &["vhosts", "tracing", "/", "on"]);
+    assert_eq!(api.ok("/api/vhosts/%2F").await["tracing"], true);
+    assert!(ctl(&server, &["vhosts", "list"]).contains("true"));
+    let conn = connect(&server).await;
+    let ch = confirm_channel(&conn).await;
+    queue(&ch, "q").await;
+    publish(&ch, "", "q", "x", ids("ctl-1", "ctl-m1")).await;
+    wait_events(&api, "correlation_id", "ctl-1", |ev| ev.len() >= 2).await;
+    let table = ctl(&server, &["trace", "ctl-1"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("time") && lines[0].contains("event"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("published") && lines[2].contains("routed"),
+        "{table}"
+    );
+    let v: Value = serde_json::from_str(&ctl(
+        &server,
+        &["--format", "json", "trace", "ctl-m1", "--message-id"],
+    ))
+    .expect("JSON output");
+    assert_eq!(v.as_array().expect("events").len(), 2, "{v}");
+    ctl(&server, &["vhosts", "tracing", "/", "off"]);
+    assert_eq!(api.ok("/api/vhosts/%2F").await["tracing"], false);
+}
