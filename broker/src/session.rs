@@ -77,6 +77,8 @@ pub struct Session {
     pub(crate) flow: Option<Arc<crate::flow::Flow>>,
     /// The connection's name (as the management API shows it), for trace events.
     pub(crate) conn_name: Arc<str>,
+    /// `user`, shared by trace events.
+    pub(crate) trace_user: Arc<str>,
 }
 
 impl Session {
@@ -109,6 +111,7 @@ impl Session {
             consumer_timeout: None,
             flow: None,
             conn_name: "".into(),
+            trace_user: "".into(),
         }
     }
 

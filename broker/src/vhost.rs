@@ -227,7 +227,7 @@ impl VHost {
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         let (dlx, dlrk) = from.dead_letter_target();
         if self.trace.on() {
-            self.trace_dead(from, dead, dlx.as_deref(), now);
+            self.trace_dead(from, dead, dlx.as_ref(), now);
         }
         match dlx.as_deref() {
             Some(dlx) => {

@@ -933,6 +933,14 @@ impl Router {
         )
     }
 
+    /// Whether `exchange` exists and has bindings from it (the broker skips building a firehose copy that
+    /// would go nowhere).
+    pub fn has_bindings_from(&self, exchange: &str) -> bool {
+        self.ex_ids
+            .get(exchange)
+            .is_some_and(|&id| !self.ex(id).bindings.is_empty())
+    }
+
     /// Routes a message the broker itself publishes to an internal exchange (RabbitMQ's firehose copies to
     /// `amq.rabbitmq.trace`), which clients may not publish to.
     pub fn route_internal(

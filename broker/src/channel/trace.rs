@@ -3,6 +3,8 @@
 //! firehose's `publish.<exchange>` copy, the `delivered` event and the `deliver.<queue>` copy, and the
 //! `acked`/`nacked`/`rejected` events. Everything else about tracing is in `crate::trace`.
 
+use std::sync::Arc;
+
 use protocol::{BasicPublish, ShortStr};
 
 use super::Channel;
@@ -11,7 +13,10 @@ use crate::message::Message;
 use crate::queue::{Entry, Queue};
 use crate::session::Session;
 use crate::trace::firehose::Actor;
-use crate::trace::{Event, Kind};
+use crate::trace::{Event, Ids, Kind};
+
+/// The consumer tag events of basic.get deliveries show.
+const BASIC_GET: ShortStr = ShortStr::from_static("basic.get");
 
 impl Channel {
     fn actor<'a>(&self, session: &'a Session) -> Actor<'a> {
@@ -22,13 +27,12 @@ impl Channel {
         }
     }
 
-    fn event(&self, kind: Kind, session: &Session, msg: &Message, time: u64) -> Option<Event> {
-        Event::about(kind, &session.vhost.name, &msg.properties, time).map(|mut e| {
-            e.connection = Some(session.conn_name.clone());
-            e.user = Some(session.user.clone());
-            e.channel = Some(self.id);
-            e
-        })
+    fn event(&self, kind: Kind, session: &Session, ids: &Arc<Ids>, time: u64) -> Event {
+        let mut e = Event::new(kind, &session.vhost.name, ids, time);
+        e.connection = Some(session.conn_name.clone());
+        e.user = Some(session.trace_user.clone());
+        e.channel = Some(self.id);
+        e
     }
 
     /// A message routed to `dests`, about to be enqueued: `published`, then `routed`, are recorded before
@@ -41,18 +45,16 @@ impl Channel {
         session: &Session,
     ) {
         let vhost = &session.vhost;
-        let now = now_ms();
-        let published = self.event(Kind::Published, session, msg, now).map(|mut e| {
-            e.exchange = Some(p.exchange.as_str().to_string());
-            e.routing_key = Some(p.routing_key.as_str().to_string());
-            e
-        });
-        if let Some(published) = published {
-            let mut routed = published.clone();
+        if !vhost.trace.room(2) {
+        } else if let Some(ids) = Ids::of(&msg.properties) {
+            let mut e = self.event(Kind::Published, session, &ids, now_ms());
+            e.exchange = Some(p.exchange.clone());
+            e.routing_key = Some(p.routing_key.clone());
+            let mut routed = e.clone();
             routed.event = Kind::Routed;
-            routed.queues = Some(dests.iter().map(|q| q.to_string()).collect());
-            vhost.trace.record(Some(published));
-            vhost.trace.record(Some(routed));
+            routed.queues = Some(dests.to_vec());
+            vhost.trace.record(e);
+            vhost.trace.record(routed);
         }
         vhost.firehose_publish(msg, dests, &self.actor(session));
     }
@@ -66,18 +68,17 @@ impl Channel {
         entry: &Entry,
     ) {
         let vhost = &session.vhost;
-        let ev = self
-            .event(Kind::Delivered, session, &entry.msg, now_ms())
-            .map(|mut e| {
-                e.exchange = Some(entry.msg.exchange.as_str().to_string());
-                e.routing_key = Some(entry.msg.routing_key.as_str().to_string());
-                e.queue = Some(queue.name().to_string());
-                e.consumer_tag = Some(tag.map_or("basic.get", |t| t.as_str()).to_string());
-                e.redelivered = Some(entry.redelivered);
-                e.delivery_count = Some(entry.delivery_count);
-                e
-            });
-        vhost.trace.record(ev);
+        if !vhost.trace.room(1) {
+        } else if let Some(ids) = Ids::of(&entry.msg.properties) {
+            let mut e = self.event(Kind::Delivered, session, &ids, now_ms());
+            e.exchange = Some(entry.msg.exchange.clone());
+            e.routing_key = Some(entry.msg.routing_key.clone());
+            e.queue = Some(queue.name().clone());
+            e.consumer_tag = Some(tag.cloned().unwrap_or(BASIC_GET));
+            e.redelivered = Some(entry.redelivered);
+            e.delivery_count = Some(entry.delivery_count);
+            vhost.trace.record(e);
+        }
         vhost.firehose_deliver(&entry.msg, queue.name(), entry.redelivered, &self.actor(session));
     }
 
@@ -100,20 +101,24 @@ impl Channel {
             }
         };
         for u in self.unacked.iter().filter(hit) {
-            let ev = self.event(kind, session, &u.entry.msg, now).map(|mut e| {
-                e.queue = Some(u.queue.name().to_string());
-                e.consumer_tag = Some(match u.consumer.and_then(|c| session.consumers.get(&c)) {
-                    Some(c) => c.tag.as_str().to_string(),
-                    None => "basic.get".to_string(),
-                });
-                e.delivery_count = Some(u.entry.delivery_count);
-                e.redelivered = Some(u.entry.redelivered);
-                if requeue {
-                    e.reason = Some("requeue".into());
-                }
-                e
+            if !session.vhost.trace.room(1) {
+                continue;
+            }
+            let Some(ids) = Ids::of(&u.entry.msg.properties) else {
+                continue;
+            };
+            let mut e = self.event(kind, session, &ids, now);
+            e.queue = Some(u.queue.name().clone());
+            e.consumer_tag = Some(match u.consumer.and_then(|c| session.consumers.get(&c)) {
+                Some(c) => c.tag.clone(),
+                None => BASIC_GET,
             });
-            session.vhost.trace.record(ev);
+            e.delivery_count = Some(u.entry.delivery_count);
+            e.redelivered = Some(u.entry.redelivered);
+            if requeue {
+                e.reason = Some("requeue");
+            }
+            session.vhost.trace.record(e);
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use protocol::{BasicProperties, FieldTable, FieldValue, LongStr, RawProperties, ShortStr};
 use router::TRACE_EXCHANGE;
 
-use super::{Event, Kind};
+use super::{Event, Ids, Kind};
 use crate::message::Message;
 use crate::queue::{DeadLetters, DeathReason, Queue};
 use crate::vhost::VHost;
@@ -110,17 +110,19 @@ impl VHost {
         who: &Actor,
         extra: [(&'static str, FieldValue); 1],
     ) {
-        let key = format!("{prefix}{suffix}");
         let mut dests = Vec::new();
-        if self
-            .router
-            .read()
-            .route_internal(TRACE_EXCHANGE, &key, &mut dests)
-            .is_err()
-            || dests.is_empty()
         {
-            return;
+            let router = self.router.read();
+            // The common case: nothing bound to the trace exchange, nothing to build.
+            if !router.has_bindings_from(TRACE_EXCHANGE) {
+                return;
+            }
+            let key = format!("{prefix}{suffix}");
+            if router.route_internal(TRACE_EXCHANGE, &key, &mut dests).is_err() || dests.is_empty() {
+                return;
+            }
         }
+        let key = format!("{prefix}{suffix}");
         let Ok(rk) = ShortStr::try_from_str(&key) else {
             return;
         };
@@ -162,38 +164,36 @@ impl VHost {
     /// Trace events of messages that leave `from` dead (called by `dead_letter` when tracing is on):
     /// `expired` for an expiry, then `dead-lettered` with the reason and the dead-letter exchange (no
     /// `target`: dropped, the queue has none).
-    pub(crate) fn trace_dead(&self, from: &Queue, dead: &DeadLetters, dlx: Option<&str>, now: u64) {
+    pub(crate) fn trace_dead(&self, from: &Queue, dead: &DeadLetters, dlx: Option<&Arc<str>>, now: u64) {
         for d in dead.iter() {
-            let props = &d.entry.msg.properties;
+            let Some(ids) = Ids::of(&d.entry.msg.properties) else {
+                continue;
+            };
             if d.reason == DeathReason::Expired {
-                let ev = Event::about(Kind::Expired, &self.name, props, now).map(|mut e| {
-                    e.queue = Some(from.name().to_string());
-                    e.reason = Some("expired".into());
-                    e.target = dlx.map(str::to_string);
-                    e
-                });
-                self.trace.record(ev);
+                let mut e = Event::new(Kind::Expired, &self.name, &ids, now);
+                e.queue = Some(from.name().clone());
+                e.reason = Some("expired");
+                e.target = dlx.cloned();
+                self.trace.record(e);
             }
             if d.reason != DeathReason::Expired || dlx.is_some() {
-                let ev = Event::about(Kind::DeadLettered, &self.name, props, now).map(|mut e| {
-                    e.queue = Some(from.name().to_string());
-                    e.reason = Some(d.reason.as_str().into());
-                    e.target = dlx.map(str::to_string);
-                    e.delivery_count = Some(d.entry.delivery_count);
-                    e
-                });
-                self.trace.record(ev);
+                let mut e = Event::new(Kind::DeadLettered, &self.name, &ids, now);
+                e.queue = Some(from.name().clone());
+                e.reason = Some(d.reason.as_str());
+                e.target = dlx.cloned();
+                e.delivery_count = Some(d.entry.delivery_count);
+                self.trace.record(e);
             }
         }
     }
 
     /// The trace event of a message moved from `from` to `to` by a redrive.
-    pub(crate) fn trace_redriven(&self, from: &str, to: &str, msg: &Message, now: u64) {
-        let ev = Event::about(Kind::Redriven, &self.name, &msg.properties, now).map(|mut e| {
-            e.queue = Some(from.to_string());
-            e.target = Some(to.to_string());
-            e
-        });
-        self.trace.record(ev);
+    pub(crate) fn trace_redriven(&self, from: &str, to: &Arc<str>, msg: &Message, now: u64) {
+        if let Some(ids) = Ids::of(&msg.properties) {
+            let mut e = Event::new(Kind::Redriven, &self.name, &ids, now);
+            e.queue = Some(from.into());
+            e.target = Some(to.clone());
+            self.trace.record(e);
+        }
     }
 }

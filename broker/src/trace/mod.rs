@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 
-use protocol::RawProperties;
+use protocol::{RawProperties, ShortStr};
 use serde::{Deserialize, Serialize};
 
 /// The `[trace]` table of the TOML file: the recorder's bounds.
@@ -28,6 +28,9 @@ pub struct TraceSettings {
     pub max_events: u64,
     /// Events older than this (seconds) are removed.
     pub max_age_secs: u64,
+    /// The share of a core the recorder thread may use under overload, in percent: after writing a batch
+    /// it sleeps long enough to stay under it (what it cannot take is dropped and counted).
+    pub recorder_busy_percent: u32,
 }
 
 impl Default for TraceSettings {
@@ -36,12 +39,13 @@ impl Default for TraceSettings {
             buffer_events: 65_536,
             max_events: 1_000_000,
             max_age_secs: 24 * 3600,
+            recorder_busy_percent: 25,
         }
     }
 }
 
 /// What happened to a message. The names are the API's `event` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Published,
@@ -55,62 +59,62 @@ pub enum Kind {
     Redriven,
 }
 
-/// One event, serialised as the trace API returns it (absent fields omitted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A message's ids, copied once per hook (small; shared by the events of one hook).
+#[derive(Debug)]
+pub struct Ids {
+    pub message_id: Option<Box<str>>,
+    pub correlation_id: Option<Box<str>>,
+}
+
+impl Ids {
+    /// None when the message has neither id: it could never be looked up, so it is not recorded.
+    pub fn of(props: &RawProperties) -> Option<Arc<Ids>> {
+        let message_id = props.message_id().map(Box::from);
+        let correlation_id = props.correlation_id().map(Box::from);
+        if message_id.is_none() && correlation_id.is_none() {
+            return None;
+        }
+        Some(Arc::new(Ids {
+            message_id,
+            correlation_id,
+        }))
+    }
+}
+
+/// One event as the hooks make it: reference-counted parts, no string formatting on the broker's threads;
+/// the recorder turns it into the API's JSON (`recorder.rs`).
+#[derive(Debug, Clone)]
 pub struct Event {
     /// ms since the epoch.
     pub time: u64,
     pub event: Kind,
     pub vhost: Arc<str>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub exchange: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub routing_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub queue: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub queues: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub correlation_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ids: Arc<Ids>,
+    pub exchange: Option<ShortStr>,
+    pub routing_key: Option<ShortStr>,
+    pub queue: Option<Arc<str>>,
+    pub queues: Option<Vec<Arc<str>>>,
     pub connection: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user: Option<Arc<str>>,
     pub channel: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub consumer_tag: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumer_tag: Option<ShortStr>,
     pub redelivered: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub delivery_count: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub target: Option<String>,
+    pub reason: Option<&'static str>,
+    pub target: Option<Arc<str>>,
 }
 
 impl Event {
-    /// An event about a message with these properties, or None when it has neither a message id nor a
-    /// correlation id (it could never be looked up, so it is not recorded).
-    pub fn about(kind: Kind, vhost: &Arc<str>, props: &RawProperties, time: u64) -> Option<Event> {
-        let message_id = props.message_id().map(str::to_string);
-        let correlation_id = props.correlation_id().map(str::to_string);
-        if message_id.is_none() && correlation_id.is_none() {
-            return None;
-        }
-        Some(Event {
+    pub fn new(kind: Kind, vhost: &Arc<str>, ids: &Arc<Ids>, time: u64) -> Event {
+        Event {
             time,
             event: kind,
             vhost: vhost.clone(),
+            ids: ids.clone(),
             exchange: None,
             routing_key: None,
             queue: None,
             queues: None,
-            message_id,
-            correlation_id,
             connection: None,
             user: None,
             channel: None,
@@ -119,7 +123,7 @@ impl Event {
             delivery_count: None,
             reason: None,
             target: None,
-        })
+        }
     }
 }
 
@@ -134,6 +138,10 @@ pub struct Recorder {
     pub accepted: AtomicU64,
     /// Events written to the store.
     pub written: Arc<AtomicU64>,
+    last_warn_ms: AtomicU64,
+    /// Events in the buffer (sent, not yet taken by the recorder): lets a hook see a full buffer before it
+    /// builds anything.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -144,6 +152,8 @@ impl Recorder {
             dropped: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             written: Arc::new(AtomicU64::new(0)),
+            last_warn_ms: AtomicU64::new(0),
+            in_flight: Arc::default(),
         })
     }
 
@@ -154,28 +164,54 @@ impl Recorder {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(self.settings.buffer_events.max(1));
         if self.tx.set(tx).is_ok() {
-            recorder::spawn(store.clone(), rx, self.settings, self.written.clone())?;
+            recorder::spawn(
+                store.clone(),
+                rx,
+                self.settings,
+                self.written.clone(),
+                self.in_flight.clone(),
+            )?;
         }
         Ok(())
+    }
+
+    /// Whether the buffer has room for `n` more events; if not, they are counted as dropped (a hook asks
+    /// before it builds its events, so overload costs a load and an add, no allocation).
+    pub fn room(&self, n: u64) -> bool {
+        if self.in_flight.load(Relaxed) < self.settings.buffer_events {
+            return true;
+        }
+        self.dropped.fetch_add(n, Relaxed);
+        false
     }
 
     /// Never blocks: a full buffer drops the event and counts it.
     pub fn record(&self, ev: Event) {
         let Some(tx) = self.tx.get() else { return };
+        // Counted before the send, so the recorder's decrement never comes first.
+        self.in_flight.fetch_add(1, Relaxed);
         match tx.try_send(ev) {
             Ok(()) => {
                 self.accepted.fetch_add(1, Relaxed);
             }
             Err(TrySendError::Full(ev)) | Err(TrySendError::Disconnected(ev)) => {
-                let n = self.dropped.fetch_add(1, Relaxed);
-                // The first drop and then one in 10,000 is logged, with the message's ids.
-                if n.is_multiple_of(10_000) {
+                self.in_flight.fetch_sub(1, Relaxed);
+                let n = self.dropped.fetch_add(1, Relaxed) + 1;
+                // At most one line every 10 s, with the ids of the message whose event was dropped.
+                let now = crate::clock::now_ms();
+                let last = self.last_warn_ms.load(Relaxed);
+                if now >= last + 10_000
+                    && self
+                        .last_warn_ms
+                        .compare_exchange(last, now, Relaxed, Relaxed)
+                        .is_ok()
+                {
                     tracing::warn!(
-                        message_id = ev.message_id.as_deref(),
-                        correlation_id = ev.correlation_id.as_deref(),
+                        message_id = ev.ids.message_id.as_deref(),
+                        correlation_id = ev.ids.correlation_id.as_deref(),
                         vhost = %ev.vhost,
-                        dropped = n + 1,
-                        "trace buffer full: trace event dropped"
+                        dropped = n,
+                        "trace buffer full: trace events dropped"
                     );
                 }
             }
@@ -205,10 +241,16 @@ impl VhostTrace {
         let _ = self.recorder.set(recorder);
     }
 
-    pub fn record(&self, ev: Option<Event>) {
-        if let (Some(ev), Some(r)) = (ev, self.recorder.get()) {
+    pub fn record(&self, ev: Event) {
+        if let Some(r) = self.recorder.get() {
             r.record(ev);
         }
+    }
+
+    /// Room for `n` events (else they are counted as dropped): asked before building them.
+    #[inline]
+    pub fn room(&self, n: u64) -> bool {
+        self.recorder.get().is_some_and(|r| r.room(n))
     }
 }
 
