@@ -7,7 +7,6 @@
 //! `Channel::release`), which the connection's `Drop` runs, so an early return, an error path or a panic in
 //! the connection's task still releases it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use protocol::ShortStr;
@@ -48,7 +47,8 @@ pub struct Session {
     pub(crate) caps: ClientCaps,
     /// Handed to the queues this connection consumes from, to wake it.
     pub(crate) signal: Arc<ConnSignal>,
-    pub(crate) consumers: HashMap<ConsumerId, ConsumerState>,
+    /// Looked up on every delivery and ack: aHash, not SipHash.
+    pub(crate) consumers: ahash::AHashMap<ConsumerId, ConsumerState>,
     /// Consumers that may have messages and credit: pull for them before the next write.
     pub(crate) pull_list: Vec<ConsumerId>,
     exclusive_queues: Vec<Arc<Queue>>,
@@ -96,7 +96,7 @@ impl Session {
             user,
             caps,
             signal,
-            consumers: HashMap::new(),
+            consumers: ahash::AHashMap::new(),
             pull_list: Vec::new(),
             exclusive_queues: Vec::new(),
             route_scratch: Vec::new(),

@@ -1,7 +1,6 @@
 //! A virtual host: its router (exchanges and bindings) and its queues, the write-through of durable
 //! definitions to the store, and the routing of dead letters (which queues hand back to their callers).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -22,7 +21,8 @@ pub struct VHost {
     /// Exchanges and bindings. Publishers route under the read lock; edits take the write lock briefly, so a
     /// publish sees either the old or the new binding set, never a torn one.
     pub router: RwLock<Router>,
-    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    /// Looked up by name on every publish: aHash (as the router's maps), not SipHash.
+    queues: RwLock<ahash::AHashMap<Arc<str>, Arc<Queue>>>,
     store: Store,
     /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
     pub reply_to: ReplyTargets,
@@ -56,7 +56,7 @@ impl VHost {
             delayed: crate::delayed::Delayed::open(&store, name),
             name: name.into(),
             router: RwLock::new(Router::new(name)),
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(ahash::AHashMap::new()),
             store,
             reply_to: ReplyTargets::default(),
             policies: RwLock::new(Vec::new()),

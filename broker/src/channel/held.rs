@@ -89,14 +89,20 @@ impl Hold {
             && matches!(frame, Frame::Method(_, m) if matches!(m.class_id(), 40 | 50))
     }
 
-    /// Keeps frames written while a reply was held behind the last reply held before them.
-    pub(super) fn keep_after(&mut self, index: usize, frames: bytes::BytesMut) {
+    /// Keeps frames written while a reply was held behind the last reply held before them. If that reply
+    /// is no longer held (the channel settled or dropped its held replies meanwhile), nothing is ahead of
+    /// the frames any more: they are given back to be written now.
+    #[must_use]
+    pub(super) fn keep_after(&mut self, index: usize, frames: bytes::BytesMut) -> Option<bytes::BytesMut> {
         if frames.is_empty() {
-            return;
+            return None;
         }
         match self.held.get_mut(index) {
-            Some(h) => h.after.unsplit(frames),
-            None => unreachable!("frames kept behind a held reply that is gone"),
+            Some(h) => {
+                h.after.unsplit(frames);
+                None
+            }
+            None => Some(frames),
         }
     }
 }

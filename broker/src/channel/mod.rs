@@ -178,7 +178,9 @@ impl Channel {
             let mark = ctx.out.mark();
             let r = self.handle_now(frame, ctx);
             let frames = ctx.out.take_from(mark);
-            self.hold.keep_after(index, frames);
+            if let Some(now) = self.hold.keep_after(index, frames) {
+                ctx.out.put(&now);
+            }
             return r;
         }
         self.handle_now(frame, ctx)
@@ -379,7 +381,7 @@ impl Channel {
 /// A connection's channels go (connection closed, dropped or failed): every channel's unacked deliveries are
 /// requeued before any of its consumers leaves, so no consumer of another connection takes over a single
 /// active consumer's queue while some of the connection's deliveries are still out.
-pub fn release_channels(channels: &mut HashMap<u16, Channel>, session: &mut Session) {
+pub fn release_channels(channels: &mut ahash::AHashMap<u16, Channel>, session: &mut Session) {
     for channel in channels.values_mut() {
         channel.requeue_unacked(session);
     }

@@ -268,7 +268,7 @@ impl Model {
 
 struct Conn {
     session: Session,
-    channels: HashMap<u16, Channel>,
+    channels: ahash::AHashMap<u16, Channel>,
     out: Output,
     signal: Arc<ConnSignal>,
 }
@@ -286,7 +286,7 @@ impl Conn {
                 signal.clone(),
                 crate::config::Config::default().max_message_size,
             ),
-            channels: HashMap::new(),
+            channels: ahash::AHashMap::new(),
             out: Output::new(),
             signal,
         }

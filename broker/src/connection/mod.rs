@@ -17,7 +17,9 @@
 mod handshake;
 mod transport;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,7 +70,8 @@ struct Conn<W: AsyncWrite + Unpin> {
     signal: Arc<ConnSignal>,
     /// From connection.open on.
     session: Option<Session>,
-    channels: HashMap<u16, Channel>,
+    /// Looked up on every frame: aHash, not SipHash.
+    channels: AHashMap<u16, Channel>,
     /// Counted against --max-connections (from connection.open on).
     counted: bool,
     /// Flow control: frames read while paused, handled in order once it resumes.
@@ -160,7 +163,7 @@ async fn serve_stream<R, W>(
         },
         signal: Arc::new(ConnSignal::new()),
         session: None,
-        channels: HashMap::new(),
+        channels: AHashMap::new(),
         counted: false,
         stash: VecDeque::new(),
         stash_bytes: 0,

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Instructions per message (issue 13): callgrind over the in-process alloc_per_message bench, case 1 (S1's
+# shape) by default, at two message counts; the difference of the totals over the difference of the counts
+# is the marginal cost of one message. Independent of machine load (docs/performance.md, "Hot path").
+# Usage: scripts/instr-per-message.sh [label] [case]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+label=${1:-now}
+case_n=${2:-1}
+out=${RESULTS_DIR:-target/callgrind}
+mkdir -p "$out"
+cargo bench -q -p mailroom-broker --bench alloc_per_message --no-run 2>/dev/null
+B=$(ls -t target/release/deps/alloc_per_message-* | grep -v '\.d$' | head -1)
+for n in 20000 60000; do
+    ALLOC_BENCH_CASES=$case_n ALLOC_BENCH_N=$n \
+        valgrind --tool=callgrind --callgrind-out-file="$out/cg-$label-$n.out" "$B" >/dev/null 2>&1
+done
+a=$(grep -m1 -E "^(summary|totals):" "$out/cg-$label-20000.out" | awk '{print $2}')
+b=$(grep -m1 -E "^(summary|totals):" "$out/cg-$label-60000.out" | awk '{print $2}')
+echo "$label: $(( (b - a) / 40000 )) instructions per message (case $case_n); profile: callgrind_annotate $out/cg-$label-60000.out"
