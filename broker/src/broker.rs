@@ -38,6 +38,8 @@ pub struct Broker {
     pub flow: Arc<Flow>,
     /// The connections' message counters (the metrics).
     pub stats: crate::stats::StatsRegistry,
+    /// Message tracing's recorder (`trace/`), shared by the vhosts.
+    pub tracer: Arc<crate::trace::Recorder>,
     /// Operator tasks (message moves, `redrive_task.rs`).
     pub tasks: crate::tasks::Tasks,
     /// The management API's rate samples (`http/rates.rs`).
@@ -70,6 +72,7 @@ impl Broker {
         crate::queue::transient::set_spill_root(config.data_dir.join(storage::spill::SPILL_DIR));
         let users = Users::load(store.clone(), config.loopback_users.clone())
             .context("cannot load users from the store")?;
+        let tracer = crate::trace::Recorder::new(config.trace);
         let broker = Broker {
             config,
             vhosts: RwLock::new(HashMap::new()),
@@ -82,6 +85,7 @@ impl Broker {
             store,
             flow: Arc::new(Flow::default()),
             stats: Default::default(),
+            tracer,
             tasks: Default::default(),
             rates: Default::default(),
         };
@@ -109,8 +113,10 @@ impl Broker {
         for m in self.store.vhost_metas()? {
             self.vhost_meta.write().insert(m.name.clone(), m);
         }
+        let traced = self.store.traced_vhosts()?;
         for name in names {
             let vhost = VHost::new(&name, self.store.clone());
+            self.attach_tracing(&vhost, traced.contains(&name));
             vhost.recover(&exchanges, &queues, &bindings, clean)?;
             for p in policies.iter().filter(|p| p.vhost == name) {
                 match policy_from_record(p) {
@@ -150,6 +156,7 @@ impl Broker {
         self.store
             .put_vhost(&storage::VhostRecord { name: name.into() })?;
         let vhost = VHost::new(name, self.store.clone());
+        self.attach_tracing(&vhost, false);
         self.vhosts.write().entry(name.to_string()).or_insert(vhost);
         Ok(true)
     }
@@ -187,6 +194,9 @@ impl Broker {
         }
         if self.vhost_meta.write().remove(name).is_some() {
             self.store.delete_vhost_meta(name)?;
+        }
+        if vhost.trace.on() {
+            self.store.set_vhost_tracing(name, false)?;
         }
         self.store.delete_vhost(name)?;
         Ok(true)

@@ -195,6 +195,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub prometheus_listen: Option<Listen>,
+    /// Message tracing's bounds (`[trace]`: buffer_events, max_events, max_age_secs).
+    pub trace: Option<crate::trace::TraceSettings>,
 }
 
 /// `listen` in the TOML file: one address or a list.
@@ -272,6 +274,8 @@ pub struct Config {
     pub prometheus_listen: Vec<SocketAddr>,
     /// True when `prometheus_listen` is the default: a taken port is a warning, not a failure.
     pub prometheus_listen_is_default: bool,
+    /// Message tracing's bounds (`[trace]` in the file).
+    pub trace: crate::trace::TraceSettings,
 }
 
 /// RabbitMQ 4.0+'s default `max_message_size`.
@@ -318,6 +322,7 @@ impl Default for Config {
             prometheus_listen: parse_addrs(&DEFAULT_PROMETHEUS_LISTEN.map(String::from))
                 .expect("default prometheus address"),
             prometheus_listen_is_default: true,
+            trace: Default::default(),
         }
     }
 }
@@ -504,6 +509,7 @@ impl Config {
             tls,
             prometheus_listen,
             prometheus_listen_is_default,
+            trace: file.trace.unwrap_or_default(),
         })
     }
 }

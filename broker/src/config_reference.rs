@@ -48,6 +48,13 @@ pub const FILE_ONLY: &[(&str, &str)] = &[
         "Body bytes a connection handles per wake-up (default 1MiB).",
     ),
     (
+        "trace",
+        "Message tracing's bounds, a table: `buffer_events` (events buffered for the recorder; beyond, dropped \
+         and counted; default 65536), `max_events` (kept in the store; default 1000000), `max_age_secs` \
+         (default 86400), `recorder_busy_percent` (the recorder's share of a core under overload; default 25). \
+         See docs/event-streams.md.",
+    ),
+    (
         "loopback_users",
         "Users that may only connect (AMQP and HTTP) from a loopback address, RabbitMQ's loopback_users          (default [\"guest\"]; [] allows guest from anywhere).",
     ),

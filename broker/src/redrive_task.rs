@@ -344,6 +344,9 @@ fn run_batches(broker: &Broker, slot: &TaskSlot, copied: &mut HashSet<u64>) -> R
             match q.publish(copy, now, &mut dead) {
                 Ok(t) => {
                     ticket = ticket.max(t);
+                    if vh.trace.on() {
+                        vh.trace_redriven(&start.source, q.name(), &e.msg, now);
+                    }
                     published.push(e);
                 }
                 Err(_) => {

@@ -75,6 +75,10 @@ pub struct Session {
     pub(crate) consumer_timeout: Option<u64>,
     /// The broker's flow-control state, for the counters this connection bumps.
     pub(crate) flow: Option<Arc<crate::flow::Flow>>,
+    /// The connection's name (as the management API shows it), for trace events.
+    pub(crate) conn_name: Arc<str>,
+    /// `user`, shared by trace events.
+    pub(crate) trace_user: Arc<str>,
 }
 
 impl Session {
@@ -106,6 +110,8 @@ impl Session {
             stats: Arc::default(),
             consumer_timeout: None,
             flow: None,
+            conn_name: "".into(),
+            trace_user: "".into(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct VHost {
     pub dedup: crate::dedup::Registry,
     /// Messages held by `x-delayed-message` exchanges (`delayed.rs`).
     pub delayed: crate::delayed::Delayed,
+    /// Message tracing's switch and recorder (`trace/`).
+    pub trace: crate::trace::VhostTrace,
 }
 
 /// Logs a failed store write that has no client to report to (cleanup after a delete): the definition stays
@@ -59,6 +61,7 @@ impl VHost {
             reply_to: ReplyTargets::default(),
             policies: RwLock::new(Vec::new()),
             dedup: Default::default(),
+            trace: Default::default(),
         })
     }
 
@@ -223,6 +226,9 @@ impl VHost {
         }
         let mut further: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         let (dlx, dlrk) = from.dead_letter_target();
+        if self.trace.on() {
+            self.trace_dead(from, dead, dlx.as_ref(), now);
+        }
         match dlx.as_deref() {
             Some(dlx) => {
                 crate::stats::QueueStats::add(&from.stats.dead_lettered, dead.len() as u64);
@@ -230,6 +236,12 @@ impl VHost {
             }
             None => {
                 tracing::debug!(queue = %from.name(), n = dead.len(), "dropping dead messages (no dead-letter exchange)");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    for d in dead.iter() {
+                        let (message_id, correlation_id) = crate::trace::ids(&d.entry.msg.properties);
+                        tracing::debug!(queue = %from.name(), reason = d.reason.as_str(), message_id, correlation_id, "dead message dropped");
+                    }
+                }
             }
         }
         from.forget(dead.iter().map(|d| &d.entry));
@@ -277,8 +289,9 @@ impl VHost {
                 None,
                 &mut dests,
             );
+            let (message_id, correlation_id) = crate::trace::ids(&msg.properties);
             if let Err(e) = routed {
-                tracing::warn!(queue = %from.name(), dlx, error = %e, "dead-letter exchange unusable: message dropped");
+                tracing::warn!(queue = %from.name(), dlx, message_id, correlation_id, error = %e, "dead-letter exchange unusable: message dropped");
                 continue;
             }
             let history = if d.reason == DeathReason::Rejected {
@@ -294,7 +307,7 @@ impl VHost {
             for q in &targets {
                 if d.reason != DeathReason::Rejected && is_cycle(q.name(), &history) {
                     tracing::warn!(
-                        queue = %from.name(), target = %q.name(), reason,
+                        queue = %from.name(), target = %q.name(), reason, message_id, correlation_id,
                         "dead-letter cycle without rejection: message dropped for this destination"
                     );
                     continue;
@@ -308,7 +321,9 @@ impl VHost {
                 }
             }
             if delivered == 0 {
-                tracing::warn!(queue = %from.name(), dlx, reason, "dead-lettered message reached no queue: dropped");
+                tracing::warn!(queue = %from.name(), dlx, reason, message_id, correlation_id, "dead-lettered message reached no queue: dropped");
+            } else {
+                tracing::debug!(queue = %from.name(), dlx, reason, message_id, correlation_id, "message dead-lettered");
             }
         }
     }
@@ -344,6 +359,9 @@ impl VHost {
             match target.and_then(|t| self.queue(&t)) {
                 Some(q) if !Arc::ptr_eq(&q, &source) => {
                     let published = q.publish(e.msg.clone(), now, &mut dead).is_ok();
+                    if published && self.trace.on() {
+                        self.trace_redriven(dlq, q.name(), &e.msg, now);
+                    }
                     self.dead_letter(&q, &mut dead, now);
                     if published {
                         moved.push(e);

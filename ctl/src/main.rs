@@ -100,6 +100,14 @@ enum Cmd {
     Definitions(Definitions),
     /// Lists the open connections.
     Connections,
+    /// The recorded timeline of the messages with this correlation id (or message id with --message-id);
+    /// tracing must be on for their vhost (`vhosts tracing VHOST on`).
+    Trace {
+        id: String,
+        /// ID is a message id, not a correlation id.
+        #[arg(long)]
+        message_id: bool,
+    },
     /// Message-move tasks (`dlq redrive --async`).
     #[command(subcommand)]
     Tasks(Tasks),
@@ -241,8 +249,18 @@ enum Users {
 #[derive(Subcommand, Debug)]
 enum Vhosts {
     List,
-    Add { name: String },
-    Delete { name: String },
+    Add {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Switches message tracing (and RabbitMQ's firehose) for a vhost.
+    Tracing {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -732,7 +750,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let l = ctl.get("/api/vhosts").await?;
             ctl.list(
                 &l,
-                &["name", "messages", "messages_ready", "messages_unacknowledged"],
+                &[
+                    "name",
+                    "messages",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                    "tracing",
+                ],
+            );
+        }
+        Cmd::Vhosts(Vhosts::Tracing { name, state }) => {
+            let on = state == "on";
+            ctl.call(
+                M::PUT,
+                &format!("/api/vhosts/{}", seg(&name)),
+                Some(json!({"tracing": on})),
+            )
+            .await?;
+            ctl.done(&format!("tracing {state} for vhost '{name}'"));
+        }
+        Cmd::Trace { id, message_id } => {
+            let param = if message_id {
+                "message_id"
+            } else {
+                "correlation_id"
+            };
+            let v = ctl.get(&format!("/api/trace?{param}={}", seg(&id))).await?;
+            ctl.list(
+                &v["events"],
+                &[
+                    "time",
+                    "event",
+                    "vhost",
+                    "exchange",
+                    "routing_key",
+                    "queue",
+                    "queues",
+                    "message_id",
+                    "consumer_tag",
+                    "connection",
+                    "reason",
+                    "target",
+                ],
             );
         }
         Cmd::Vhosts(Vhosts::Add { name }) => {

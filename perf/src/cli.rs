@@ -255,6 +255,12 @@ pub struct Args {
     #[arg(long)]
     pub dedup_queue: bool,
 
+    /// Give every message a unique message_id and the same value as correlation_id (producer id and
+    /// sequence), as a traced application would (the cost of Mailroom's tracing, which records messages
+    /// that have one).
+    #[arg(long)]
+    pub message_ids: bool,
+
     /// Test only: a producer skips every Nth sequence number (counts it as published).
     #[arg(long, hide = true)]
     pub inject_loss_every: Option<u64>,
@@ -338,6 +344,8 @@ pub struct Settings {
     pub threads: usize,
     /// Messages carry a unique `x-deduplication-header`.
     pub dedup_header: bool,
+    /// Messages carry a unique message_id and correlation_id.
+    pub message_ids: bool,
     /// Queues are declared with `x-message-deduplication: true`.
     pub dedup_queue: bool,
     /// Test-only loss injection.
@@ -586,6 +594,7 @@ impl Args {
             purge: !self.no_purge && !stream,
             threads,
             dedup_header: self.dedup_header || self.dedup_queue,
+            message_ids: self.message_ids,
             dedup_queue: self.dedup_queue,
             inject_loss_every: self.inject_loss_every.unwrap_or(0),
             inject_duplicate_every: self.inject_duplicate_every.unwrap_or(0),

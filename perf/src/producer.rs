@@ -364,22 +364,31 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
     });
     // --dedup-header: the properties are encoded once with a fixed-width placeholder value, which each
     // message overwrites with its own "<producer>-<sequence>" (one small copy per message).
-    let dedup_template = s.dedup_header.then(|| {
-        let mut headers = protocol::FieldTable::new();
-        headers.insert(
-            "x-deduplication-header",
-            protocol::FieldValue::LongStr(DEDUP_PLACEHOLDER.into()),
-        );
+    // --message-ids: message_id and correlation_id the same way (Mailroom's tracing looks messages up by
+    // them). Every occurrence of the placeholder is overwritten.
+    let dedup_template = (s.dedup_header || s.message_ids).then(|| {
+        let headers = s.dedup_header.then(|| {
+            let mut headers = protocol::FieldTable::new();
+            headers.insert(
+                "x-deduplication-header",
+                protocol::FieldValue::LongStr(DEDUP_PLACEHOLDER.into()),
+            );
+            headers
+        });
+        let id = s
+            .message_ids
+            .then(|| protocol::ShortStr::from_static(DEDUP_PLACEHOLDER));
         let raw = RawProperties::from_properties(&BasicProperties {
             delivery_mode: Some(if s.persistent { 2 } else { 1 }),
-            headers: Some(headers),
+            headers,
+            message_id: id.clone(),
+            correlation_id: id,
             ..BasicProperties::default()
         });
         let bytes = raw.as_bytes().to_vec();
-        let at = bytes
-            .windows(DEDUP_PLACEHOLDER.len())
-            .position(|w| w == DEDUP_PLACEHOLDER.as_bytes())
-            .unwrap_or(0);
+        let at: Vec<usize> = (0..bytes.len().saturating_sub(DEDUP_PLACEHOLDER.len() - 1))
+            .filter(|&i| bytes[i..].starts_with(DEDUP_PLACEHOLDER.as_bytes()))
+            .collect();
         (bytes, at)
     });
     let mut body = vec![0u8; s.size];
@@ -454,10 +463,12 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                     1
                 };
                 stamp(&mut body, id, this, ts);
-                if let Some((tpl, at)) = &dedup_template {
+                if let Some((tpl, ats)) = &dedup_template {
                     let mut b = tpl.clone();
                     let v = format!("{id:05}-{this:020}");
-                    b[*at..*at + v.len()].copy_from_slice(v.as_bytes());
+                    for &at in ats {
+                        b[at..at + v.len()].copy_from_slice(v.as_bytes());
+                    }
                     props = RawProperties::from_bytes(protocol::bytes::Bytes::from(b));
                 }
                 for _ in 0..copies {

@@ -13,7 +13,7 @@ mod router;
 pub use args::{ArgValue, Args, FloatType, IntType};
 pub use consistent_hash::{HashOn, HashProperty, MsgProps};
 pub use headers::XMatch;
-pub use router::{DeletedExchange, RouteScratch, Router};
+pub use router::{DeletedExchange, RouteScratch, Router, TRACE_EXCHANGE};
 
 use std::fmt;
 use std::str::FromStr;

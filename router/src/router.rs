@@ -193,6 +193,9 @@ pub struct Router {
     hash_property_exchanges: usize,
 }
 
+/// RabbitMQ's firehose exchange (`rabbit_trace.erl`'s `?XNAME`).
+pub const TRACE_EXCHANGE: &str = "amq.rabbitmq.trace";
+
 const PREDECLARED: [(&str, ExchangeKind); 5] = [
     ("amq.direct", ExchangeKind::Direct),
     ("amq.fanout", ExchangeKind::Fanout),
@@ -256,6 +259,11 @@ impl Router {
         for (name, kind) in PREDECLARED {
             r.insert_exchange(ExEntry::new(ExchangeDef::new(name, kind), Index::new(kind)));
         }
+        // RabbitMQ's firehose exchange exists in every vhost: a durable internal topic exchange
+        // (rabbit_vhost.erl declares it with the other `amq.*` exchanges).
+        let mut trace = ExchangeDef::new(TRACE_EXCHANGE, ExchangeKind::Topic);
+        trace.internal = true;
+        r.insert_exchange(ExEntry::new(trace, Index::new(ExchangeKind::Topic)));
         r
     }
 
@@ -848,8 +856,18 @@ impl Router {
         out: &mut Vec<Name>,
     ) -> Result<Routed, RouterError> {
         SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => self.route_keys(exchange, routing_key, extra_keys, headers, props, out, &mut s),
+            Ok(mut s) => self.route_keys(
+                false,
+                exchange,
+                routing_key,
+                extra_keys,
+                headers,
+                props,
+                out,
+                &mut s,
+            ),
             Err(_) => self.route_keys(
+                false,
                 exchange,
                 routing_key,
                 extra_keys,
@@ -903,12 +921,55 @@ impl Router {
         out: &mut Vec<Name>,
         s: &mut RouteScratch,
     ) -> Result<Routed, RouterError> {
-        self.route_keys::<&str>(exchange, routing_key, &[], headers, &MsgProps::default(), out, s)
+        self.route_keys::<&str>(
+            false,
+            exchange,
+            routing_key,
+            &[],
+            headers,
+            &MsgProps::default(),
+            out,
+            s,
+        )
+    }
+
+    /// Whether `exchange` exists and has bindings from it (the broker skips building a firehose copy that
+    /// would go nowhere).
+    pub fn has_bindings_from(&self, exchange: &str) -> bool {
+        self.ex_ids
+            .get(exchange)
+            .is_some_and(|&id| !self.ex(id).bindings.is_empty())
+    }
+
+    /// Routes a message the broker itself publishes to an internal exchange (RabbitMQ's firehose copies to
+    /// `amq.rabbitmq.trace`), which clients may not publish to.
+    pub fn route_internal(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        out: &mut Vec<Name>,
+    ) -> Result<Routed, RouterError> {
+        let none: &[&str] = &[];
+        let p = MsgProps::default();
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.route_keys(true, exchange, routing_key, none, None, &p, out, &mut s),
+            Err(_) => self.route_keys(
+                true,
+                exchange,
+                routing_key,
+                none,
+                None,
+                &p,
+                out,
+                &mut RouteScratch::default(),
+            ),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
     fn route_keys<K: AsRef<str>>(
         &self,
+        allow_internal: bool,
         exchange: &str,
         routing_key: &str,
         extra_keys: &[K],
@@ -922,7 +983,7 @@ impl Router {
             return Err(self.not_found("exchange", exchange));
         };
         let x = self.ex(start);
-        if x.def.internal {
+        if x.def.internal && !allow_internal {
             return Err(RouterError::new(
                 ErrorKind::AccessRefused,
                 format!("cannot publish to internal {}", self.rs("exchange", exchange)),

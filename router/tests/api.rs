@@ -54,11 +54,23 @@ fn predeclared_exchanges() {
             "amq.fanout",
             "amq.headers",
             "amq.match",
+            "amq.rabbitmq.trace",
             "amq.topic"
         ]
     );
+    // RabbitMQ's firehose exchange: internal, so clients cannot publish to it; the broker routes through it.
+    assert!(r.exchange("amq.rabbitmq.trace").unwrap().internal);
+    let mut out = Vec::new();
+    assert!(r
+        .route("amq.rabbitmq.trace", "publish.x", None, &mut out)
+        .is_err());
+    assert!(r
+        .route_internal("amq.rabbitmq.trace", "publish.x", &mut out)
+        .is_ok());
     assert_eq!(r.exchange("amq.match").unwrap().kind, ExchangeKind::Headers);
-    assert!(r.exchanges().all(|d| d.durable && !d.auto_delete && !d.internal));
+    assert!(r
+        .exchanges()
+        .all(|d| d.durable && !d.auto_delete && d.internal == (&*d.name == "amq.rabbitmq.trace")));
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod sleddb;
 pub mod spill;
 mod store;
 mod stream;
+mod trace;
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,7 @@ pub use records::{
 };
 pub use store::{dir_allocated_bytes, Store};
 pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};
+pub use trace::{TraceIndex, TraceRecord};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
 /// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.

@@ -10,6 +10,7 @@ use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::DeadLetters;
 use crate::session::Session;
+use crate::trace::Kind;
 use crate::vhost::VHost;
 
 /// An ack or a reject, as a transaction holds it until commit.
@@ -21,6 +22,9 @@ pub(super) enum Settle {
 
 impl Channel {
     pub(super) fn basic_ack(&mut self, a: protocol::BasicAck, ctx: &mut Ctx) -> AmqpResult<()> {
+        if ctx.session.vhost.trace.on() {
+            self.trace_settle(Kind::Acked, a.delivery_tag, a.multiple, false, ctx.session);
+        }
         self.settle(
             Settle::Ack {
                 tag: a.delivery_tag,
@@ -31,6 +35,9 @@ impl Channel {
     }
 
     pub(super) fn basic_reject(&mut self, r: protocol::BasicReject, ctx: &mut Ctx) -> AmqpResult<()> {
+        if ctx.session.vhost.trace.on() {
+            self.trace_settle(Kind::Rejected, r.delivery_tag, false, r.requeue, ctx.session);
+        }
         self.settle(
             Settle::Reject {
                 tag: r.delivery_tag,
@@ -42,6 +49,9 @@ impl Channel {
     }
 
     pub(super) fn basic_nack(&mut self, n: protocol::BasicNack, ctx: &mut Ctx) -> AmqpResult<()> {
+        if ctx.session.vhost.trace.on() {
+            self.trace_settle(Kind::Nacked, n.delivery_tag, n.multiple, n.requeue, ctx.session);
+        }
         self.settle(
             Settle::Reject {
                 tag: n.delivery_tag,

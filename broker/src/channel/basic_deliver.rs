@@ -66,7 +66,11 @@ impl Channel {
             },
             n as u64,
         );
+        let traced = session.vhost.trace.on();
         for entry in batch.drain(..) {
+            if traced {
+                self.trace_deliver(session, &queue, Some(&tag), &entry);
+            }
             if entry.redelivered {
                 MessageCounters::add(&counters.redelivered, 1);
             }
@@ -128,6 +132,9 @@ impl Channel {
         );
         if entry.redelivered {
             MessageCounters::add(&counters.redelivered, 1);
+        }
+        if ctx.session.vhost.trace.on() {
+            self.trace_deliver(ctx.session, &q, None, &entry);
         }
         let tag = self.next_tag;
         self.next_tag += 1;

@@ -128,6 +128,9 @@ impl Channel {
         mut ticket: u64,
         ctx: &mut Ctx,
     ) -> u64 {
+        if ctx.session.vhost.trace.on() {
+            self.trace_publish(p, &msg, dests, ctx.session);
+        }
         let Session {
             vhost,
             flow_queues,

@@ -30,6 +30,7 @@ mod queue;
 #[cfg(test)]
 mod requeue_model;
 mod stream;
+mod trace;
 mod tx;
 
 use std::collections::{HashMap, VecDeque};

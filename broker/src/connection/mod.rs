@@ -606,9 +606,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => {
                 handshake::on_open(t, &self.broker, &self.login, open).map(|vhost| {
                     let login = std::mem::take(&mut self.login);
+                    let name = format!("{} -> {}", t.peer, self.local);
                     self.broker.conns.register(crate::conns::ConnInfo {
                         id: self.id,
-                        name: format!("{} -> {}", t.peer, self.local),
+                        name: name.clone(),
                         peer: t.peer,
                         local: self.local,
                         user: login.user.clone(),
@@ -633,6 +634,8 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                     session.consumer_timeout =
                         self.broker.config.consumer_timeout.map(|d| d.as_millis() as u64);
                     session.flow = Some(self.broker.flow.clone());
+                    session.conn_name = name.into();
+                    session.trace_user = session.user.as_str().into();
                     self.session = Some(session);
                     self.counted = true;
                     if let Some(s) = self.session.as_ref() {

@@ -22,6 +22,7 @@ mod policies;
 mod queues;
 mod rates;
 mod tasks;
+mod trace;
 mod users;
 mod vhosts;
 
@@ -48,6 +49,7 @@ pub const MAX_BODY: usize = 20 << 20;
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/api/overview", get(overview::overview))
+        .route("/api/trace", get(trace::trace))
         .route("/api/whoami", get(overview::whoami))
         .route("/api/extensions", get(overview::extensions))
         .route("/api/nodes", get(overview::nodes))

@@ -120,7 +120,12 @@ pub async fn overview(
         "contexts": contexts,
         "mailroom": {
             "refused_connections": counters.refused_connections.load(Ordering::Relaxed),
-            "alarm_blocks": counters.alarm_blocks.load(Ordering::Relaxed)
+            "alarm_blocks": counters.alarm_blocks.load(Ordering::Relaxed),
+            "trace": {
+                "events_accepted": broker.tracer.accepted.load(Ordering::Relaxed),
+                "events_written": broker.tracer.written.load(Ordering::Relaxed),
+                "events_dropped": broker.tracer.dropped.load(Ordering::Relaxed)
+            }
         }
     });
     Ok(paging::respond_one(body, &q))

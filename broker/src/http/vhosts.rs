@@ -26,7 +26,7 @@ pub fn vhost_json(broker: &AppState, vh: &VHost) -> Value {
         "tags": meta.tags,
         "default_queue_type": meta.default_queue_type,
         "metadata": {"description": meta.description, "tags": meta.tags, "default_queue_type": meta.default_queue_type},
-        "tracing": false,
+        "tracing": vh.trace.on(),
         "protected_from_deletion": false,
         "cluster_state": {super::overview::node_name(): "running"},
         "messages": ready + unacked,
@@ -61,7 +61,8 @@ pub async fn show(
 }
 
 /// PUT creates the vhost (201) or leaves an existing one as it is (204). The body is optional
-/// (`description`, `tags`, `default_queue_type`, `tracing` are accepted; Mailroom keeps none of them).
+/// (`description`, `tags`, `default_queue_type`, kept as metadata; `tracing` switches message tracing, as
+/// RabbitMQ's `rabbit_vhost:update_tracing`).
 pub async fn put(
     State(broker): State<AppState>,
     user: AuthUser,
@@ -77,9 +78,11 @@ pub async fn put(
     if !v.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    if v.get("tracing").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::bad_request("tracing is not supported by Mailroom yet"));
-    }
+    let tracing = match v.get("tracing") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::bad_request("tracing must be true or false")),
+    };
     let existing = broker.vhost_meta(&vhost);
     let text = |k: &str, d: &str| -> Result<String, ApiError> {
         match v.get(k).or_else(|| v.get("metadata").and_then(|m| m.get(k))) {
@@ -121,6 +124,9 @@ pub async fn put(
     let created = blocking(move || -> Result<bool, storage::StoreError> {
         let created = b.add_vhost(&name)?;
         b.set_vhost_meta(meta)?;
+        if let Some(on) = tracing {
+            b.set_tracing(&name, on)?;
+        }
         Ok(created)
     })
     .await??;
