@@ -32,6 +32,7 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
+pub use codec::MessageParts;
 pub use delayed::{DelayedLog, DelayedStats, DueMessage};
 pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
@@ -43,7 +44,7 @@ pub use records::{
     StoreStats, StoredMessage, UserRecord, VhostMetaRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
-pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};
+pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamRecord, StreamStart, StreamStats};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
 /// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.
