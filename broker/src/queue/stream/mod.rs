@@ -214,28 +214,28 @@ impl StreamQueue {
     /// own: nothing changes for the consumers (a browse). Entries' seqs are their offsets.
     pub fn browse(&self, offset: u64, max: usize) -> Result<Vec<Entry>, storage::StoreError> {
         let mut reader = self.store.reader(StreamStart::Offset(offset))?;
-        let mut items = Vec::new();
+        let mut out = Vec::new();
         let mut accept = |_: Option<&[u8]>| true;
-        while items.len() < max {
-            let before = items.len();
+        while out.len() < max {
+            let before = out.len();
+            let mut emit = |rec: storage::StreamRecord<'_>| {
+                out.push(Entry {
+                    seq: rec.offset,
+                    msg: Arc::new(stream_message(rec)),
+                    redelivered: false,
+                    delivery_count: 0,
+                    expires_at: None,
+                    not_before: None,
+                })
+            };
             let r = self
                 .store
-                .read(&mut reader, max - before, SCAN_MAX, &mut accept, &mut items)?;
-            if items.len() == before && !r.more {
+                .read(&mut reader, max - before, SCAN_MAX, &mut accept, &mut emit)?;
+            if out.len() == before && !r.more {
                 break;
             }
         }
-        Ok(items
-            .into_iter()
-            .map(|item| Entry {
-                seq: item.offset,
-                msg: Arc::new(stream_message(item)),
-                redelivered: false,
-                delivery_count: 0,
-                expires_at: None,
-                not_before: None,
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Acks: with offset tracking, the consumer's highest acked offset is stored (durable after the next
