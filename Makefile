@@ -61,7 +61,8 @@ fuzz-server:
 # Durability under power loss and failed writes (issue 17; docs/testing-durability.md). Builds LazyFS from
 # ../shared/tools/lazyfs into .tools/lazyfs (its build.sh installs g++, libfuse3-dev, libspdlog-dev,
 # libtoml11-dev and fuse3 when run as root), then runs tests/tests/power_loss.rs (20 power cuts at random
-# moments, crash points, torn writes) and the write-failure tests. Needs /dev/fuse; `.ci/run` runs it after
+# moments, crash points, torn writes), tests/tests/power_loss_stream.rs (20 cuts of a stream with confirms and
+# offset tracking) and the write-failure tests. Needs /dev/fuse; `.ci/run` runs it after
 # `make test` when /dev/fuse exists. Knobs: POWER_LOSS_CUTS, and the MAILROOM_POWER_LOSS_* variables.
 LAZYFS_BUILD ?= $(firstword $(wildcard ../shared/tools/lazyfs/build.sh ../../shared/tools/lazyfs/build.sh))
 POWER_LOSS_CUTS ?= 20
@@ -74,6 +75,8 @@ test-power-loss:
 	status=0; \
 	MAILROOM_LAZYFS=$(CURDIR)/.tools/lazyfs/lazyfs MAILROOM_POWER_LOSS_CUTS=$(POWER_LOSS_CUTS) \
 		$(CARGO) test -p mailroom-tests --test power_loss -- --test-threads=1 --nocapture || status=1; \
+	MAILROOM_LAZYFS=$(CURDIR)/.tools/lazyfs/lazyfs MAILROOM_POWER_LOSS_CUTS=$(POWER_LOSS_CUTS) \
+		$(CARGO) test -p mailroom-tests --test power_loss_stream -- --test-threads=1 --nocapture || status=1; \
 	$(MAKE) --no-print-directory test-write-faults || status=1; \
 	exit $$status
 

@@ -137,11 +137,46 @@ pub enum Seen {
     Duplicate(u64),
 }
 
-struct Entry {
+/// A value as the window keeps it: inline when short (every usual id: a UUID string with its type code is
+/// 37 bytes), so that recording a value allocates nothing.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, data: [u8; KEY_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const KEY_INLINE: usize = 38;
+
+impl Key {
+    fn new(k: &[u8]) -> Key {
+        if k.len() <= KEY_INLINE {
+            let mut data = [0u8; KEY_INLINE];
+            data[..k.len()].copy_from_slice(k);
+            Key::Inline {
+                len: k.len() as u8,
+                data,
+            }
+        } else {
+            Key::Heap(k.into())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, data } => &data[..*len as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+/// One recorded value, in recording order.
+struct Slot {
+    key: Key,
+    hash: u64,
     expires_at: u64,
     ticket: u64,
-    /// Position stamp in `order` (an older stamp in `order` is stale).
-    stamp: u64,
+    /// False once the value was recorded again later (its newer slot is the live one) or expired.
+    live: bool,
 }
 
 /// Where a durable window is kept.
@@ -153,12 +188,17 @@ struct Persist {
 }
 
 /// One entity's window: at most `size` entries, oldest evicted first; entries expire after their TTL.
+///
+/// The values live once, in `slots` (recording order, oldest first); `index` maps a value's hash to its
+/// slot's stamp (`base` is the stamp of `slots[0]`). A check hashes the value once (ahash) and allocates
+/// nothing for values up to `KEY_INLINE` bytes.
 pub struct Window {
     config: Config,
-    /// Keys are the type code followed by the value bytes, shared with `order` (one allocation per value).
-    map: HashMap<Arc<[u8]>, Entry>,
-    order: VecDeque<(Arc<[u8]>, u64)>,
-    next_stamp: u64,
+    index: hashbrown::HashTable<u64>,
+    slots: VecDeque<Slot>,
+    base: u64,
+    live: usize,
+    hasher: ahash::RandomState,
     persist: Option<Persist>,
     dropped: AtomicU64,
 }
@@ -167,9 +207,11 @@ impl Window {
     fn new(config: Config, persist: Option<Persist>) -> Window {
         Window {
             config,
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            next_stamp: 0,
+            index: hashbrown::HashTable::new(),
+            slots: VecDeque::new(),
+            base: 0,
+            live: 0,
+            hasher: ahash::RandomState::new(),
             persist,
             dropped: AtomicU64::new(0),
         }
@@ -177,49 +219,28 @@ impl Window {
 
     /// Checks `key` at `now`; records it if new (evicting the oldest entry when full).
     pub fn check(&mut self, key: &[u8], ttl_override: Option<u64>, now: u64) -> Seen {
-        if let Some(e) = self.map.get(key) {
-            if e.expires_at > now {
+        let hash = self.hasher.hash_one(key);
+        let (slots, base) = (&mut self.slots, self.base);
+        if let Ok(found) = self
+            .index
+            .find_entry(hash, |&s| slots[(s - base) as usize].key.bytes() == key)
+        {
+            let slot = &mut slots[(*found.get() - base) as usize];
+            if slot.expires_at > now {
                 self.dropped.fetch_add(1, Relaxed);
-                return Seen::Duplicate(e.ticket);
+                return Seen::Duplicate(slot.ticket);
             }
+            // expired: recorded again below, as a new entry
+            slot.live = false;
+            found.remove();
+            self.live -= 1;
         }
         let ttl = ttl_override.or(self.config.ttl_ms);
         let expires_at = ttl.map_or(u64::MAX, |t| now.saturating_add(t));
-        let stamp = self.next_stamp;
-        self.next_stamp += 1;
-        let k: Arc<[u8]> = Arc::from(key);
-        self.order.push_back((k.clone(), stamp));
-        self.map.insert(
-            k,
-            Entry {
-                expires_at,
-                ticket: 0,
-                stamp,
-            },
-        );
-        let mut evicted: Vec<Arc<[u8]>> = Vec::new();
-        while self.map.len() as u64 > self.config.size {
-            let Some((k, s)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&k).is_some_and(|e| e.stamp == s) {
-                self.map.remove(&k);
-                if self.persist.is_some() {
-                    evicted.push(k);
-                }
-            }
-        }
-        // Stale positions (keys re-recorded later) are dropped as they reach the front.
-        while self
-            .order
-            .front()
-            .is_some_and(|(k, s)| self.map.get(k).is_none_or(|e| e.stamp != *s))
-        {
-            self.order.pop_front();
-        }
+        let evicted = self.record(key, hash, expires_at);
         let mut ticket = 0;
         if let Some(p) = &self.persist {
-            let mut ops: Vec<StateOp> = evicted.iter().map(|k| StateOp::Remove(k)).collect();
+            let mut ops: Vec<StateOp> = evicted.iter().map(|k| StateOp::Remove(k.bytes())).collect();
             ops.push(StateOp::Put(key, expires_at.to_be_bytes().to_vec()));
             match p.store.apply_entity_state(p.kind, &p.vhost, &p.name, &ops) {
                 Ok(t) => ticket = t,
@@ -229,11 +250,53 @@ impl Window {
             }
         }
         if ticket > 0 {
-            if let Some(e) = self.map.get_mut(key) {
-                e.ticket = ticket;
+            if let Some(s) = self.slots.back_mut() {
+                s.ticket = ticket;
             }
         }
         Seen::New(ticket)
+    }
+
+    /// Records a value known not to be live, evicts the oldest while over size; returns the evicted values
+    /// when the window is durable (to remove them from the store), else nothing (no allocation).
+    fn record(&mut self, key: &[u8], hash: u64, expires_at: u64) -> Vec<Key> {
+        let stamp = self.base + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            key: Key::new(key),
+            hash,
+            expires_at,
+            ticket: 0,
+            live: true,
+        });
+        let (slots, base) = (&self.slots, self.base);
+        self.index
+            .insert_unique(hash, stamp, |&s| slots[(s - base) as usize].hash);
+        self.live += 1;
+        let mut evicted = Vec::new();
+        while self.live as u64 > self.config.size {
+            let Some(old) = self.pop_front() else { break };
+            if old.live {
+                let stamp = self.base - 1;
+                if let Ok(e) = self.index.find_entry(old.hash, |&s| s == stamp) {
+                    e.remove();
+                }
+                self.live -= 1;
+                if self.persist.is_some() {
+                    evicted.push(old.key);
+                }
+            }
+        }
+        // Values recorded again later, or expired, are dropped as they reach the front.
+        while self.slots.front().is_some_and(|s| !s.live) {
+            self.pop_front();
+        }
+        evicted
+    }
+
+    fn pop_front(&mut self) -> Option<Slot> {
+        let s = self.slots.pop_front()?;
+        self.base += 1;
+        Some(s)
     }
 
     /// Loads a durable window at recovery (expired entries are dropped from the store).
@@ -246,7 +309,12 @@ impl Window {
                 return;
             }
         };
+        self.load_items(items, now);
+    }
+
+    fn load_items(&mut self, items: Vec<(Vec<u8>, Vec<u8>)>, now: u64) {
         let mut expired: Vec<Vec<u8>> = Vec::new();
+        let mut evicted: Vec<Key> = Vec::new();
         for (k, v) in items {
             let expires_at = v.get(..8).map_or(u64::MAX, |b| {
                 u64::from_be_bytes(b.try_into().unwrap_or([0xff; 8]))
@@ -255,19 +323,11 @@ impl Window {
                 expired.push(k);
                 continue;
             }
-            let stamp = self.next_stamp;
-            self.next_stamp += 1;
-            let k: Arc<[u8]> = Arc::from(k);
-            self.order.push_back((k.clone(), stamp));
-            self.map.insert(
-                k,
-                Entry {
-                    expires_at,
-                    ticket: 0,
-                    stamp,
-                },
-            );
+            let hash = self.hasher.hash_one(&k[..]);
+            evicted.extend(self.record(&k, hash, expires_at));
         }
+        expired.extend(evicted.iter().map(|k| k.bytes().to_vec()));
+        let Some(p) = &self.persist else { return };
         if !expired.is_empty() {
             let ops: Vec<StateOp> = expired.iter().map(|k| StateOp::Remove(k)).collect();
             if let Err(e) = p.store.apply_entity_state(p.kind, &p.vhost, &p.name, &ops) {
@@ -277,11 +337,11 @@ impl Window {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live == 0
     }
 
     pub fn dropped(&self) -> u64 {
@@ -468,7 +528,8 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for size in [1u64, 3, 10] {
+        // one-byte values (inline) and 60-byte ones (on the heap)
+        for (size, key_len) in [(1u64, 1usize), (3, 1), (10, 1), (3, 60), (10, 60)] {
             let mut w = Window::new(cfg(size, Some(50)), None);
             let mut model: Vec<(u8, u64)> = Vec::new();
             let mut now = 0;
@@ -476,7 +537,7 @@ mod tests {
                 now += next() % 7;
                 let k = (next() % 12) as u8;
                 let dup = model.iter().any(|(mk, exp)| *mk == k && *exp > now);
-                let got = w.check(&[k], None, now);
+                let got = w.check(&vec![k; key_len], None, now);
                 assert_eq!(
                     matches!(got, Seen::Duplicate(_)),
                     dup,
@@ -489,6 +550,7 @@ mod tests {
                         model.remove(0);
                     }
                 }
+                assert_eq!(w.len(), model.len(), "size {size}: live entries");
             }
         }
     }

@@ -33,6 +33,7 @@ mod trace;
 
 use std::path::{Path, PathBuf};
 
+pub use codec::MessageParts;
 pub use delayed::{DelayedLog, DelayedStats, DueMessage};
 pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
@@ -44,7 +45,7 @@ pub use records::{
     StoreStats, StoredMessage, UserRecord, VhostMetaRecord, VhostRecord,
 };
 pub use store::{dir_allocated_bytes, Store};
-pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};
+pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamRecord, StreamStart, StreamStats};
 pub use trace::{TraceIndex, TraceRecord};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.

@@ -89,7 +89,7 @@ impl Channel {
                 return Ok(());
             }
         }
-        let headers = crate::args::message_headers(&msg.properties);
+        let headers = crate::args::routing_headers(p.exchange.as_str(), &msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
         {
             let router = ctx.session.vhost.router.read();

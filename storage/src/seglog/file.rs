@@ -45,9 +45,15 @@ pub(crate) struct LogFile {
     pub(crate) synced: u64,
     /// Bytes in the file (>= `synced`).
     pub(crate) written: u64,
-    /// The file's bytes from offset `synced` on: the first `written - synced` are in the file and
-    /// wait for a sync, the rest are not written yet.
+    /// The file's bytes from offset `synced` on, after the first `head` (which a sync covered): the first
+    /// `written - synced` are in the file and wait for a sync, the rest are not written yet. Appends go
+    /// to the end; only the end is ever truncated.
     pub(crate) pending: Vec<u8>,
+    /// Bytes at the front of `pending` that a sync covered, dropped lazily: moving the bytes appended
+    /// during a sync to the front after every round cost a copy of every byte (a quarter of a stream
+    /// append's instructions); they are moved once at least `PENDING_MAX` and as many as they are
+    /// were dropped, at most one byte moved per byte dropped.
+    pub(crate) head: usize,
     /// Written since the last `take_sync`.
     pub(crate) unsynced: bool,
     /// A sync failed: the file's bytes past `synced` cannot be trusted until `repair`.
@@ -67,6 +73,7 @@ impl LogFile {
             synced: len,
             written: len,
             pending: Vec::new(),
+            head: 0,
             unsynced: false,
             broken: false,
             release: false,
@@ -108,7 +115,7 @@ impl LogFile {
 
     /// The file's length once everything buffered is written.
     pub(crate) fn len(&self) -> u64 {
-        self.synced + self.pending.len() as u64
+        self.synced + (self.pending.len() - self.head) as u64
     }
 
     /// Appends to the buffer.
@@ -131,7 +138,7 @@ impl LogFile {
             .check(self.kind, FaultOp::Write)
             .map_err(io_err(&self.path))?;
         let f = self.handle()?;
-        let from = (self.written - self.synced) as usize;
+        let from = self.head + (self.written - self.synced) as usize;
         f.write_all_at(&self.pending[from..], self.written)
             .map_err(io_err(&self.path))?;
         self.written = self.len();
@@ -163,8 +170,16 @@ impl LogFile {
         if self.broken || upto <= self.synced || upto > self.written {
             return;
         }
-        self.pending.drain(..(upto - self.synced) as usize);
+        self.head += (upto - self.synced) as usize;
         self.synced = upto;
+        let live = self.pending.len() - self.head;
+        if live == 0 {
+            self.pending.clear();
+            self.head = 0;
+        } else if self.head >= PENDING_MAX && self.head >= live {
+            self.pending.drain(..self.head);
+            self.head = 0;
+        }
         self.settle_buffer();
     }
 
@@ -211,7 +226,8 @@ impl LogFile {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         f.write_all_at(&prefix, 0).map_err(io_err(&tmp))?;
-        f.write_all_at(&self.pending, self.synced).map_err(io_err(&tmp))?;
+        f.write_all_at(&self.pending[self.head..], self.synced)
+            .map_err(io_err(&tmp))?;
         faults.check(self.kind, FaultOp::Sync).map_err(io_err(&tmp))?;
         f.sync_data().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
@@ -222,6 +238,7 @@ impl LogFile {
         self.synced = self.len();
         self.written = self.synced;
         self.pending.clear();
+        self.head = 0;
         self.broken = false;
         self.unsynced = false;
         self.settle_buffer();
@@ -273,11 +290,38 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].upto, 6);
         f.synced_to(items[0].upto);
-        assert_eq!(f.pending, b"world");
+        assert_eq!(&f.pending[f.head..], b"world");
         f.write_out(&faults).unwrap();
         assert_eq!(fs::read(&f.path).unwrap(), b"hello world");
         f.synced_to(11);
         assert!(f.pending.is_empty());
+    }
+
+    /// Synced bytes are dropped lazily; what is kept, written and repaired is always the unsynced tail.
+    #[test]
+    fn synced_bytes_leave_the_buffer_lazily() {
+        let d = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        let mut f = LogFile::create(d.path().join("a.seg"), FileKind::Segment, &faults).unwrap();
+        let mut want = Vec::new();
+        for i in 0..40u8 {
+            let chunk = vec![i; 100_000];
+            want.extend_from_slice(&chunk);
+            f.push(&chunk);
+            f.write_out(&faults).unwrap();
+            // a sync covering all but the last 30,000 bytes
+            let upto = f.written - 30_000;
+            f.synced_to(upto);
+            assert_eq!(f.len(), want.len() as u64);
+            assert_eq!(&f.pending[f.head..], &want[upto as usize..], "round {i}");
+            assert!(f.head < 2 * PENDING_MAX, "dropped bytes are let go");
+        }
+        f.push(b"tail");
+        want.extend_from_slice(b"tail");
+        f.broken = true;
+        f.repair(&faults).unwrap();
+        assert_eq!(fs::read(&f.path).unwrap(), want);
+        assert!(f.is_clean());
     }
 
     #[test]

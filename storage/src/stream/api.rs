@@ -2,7 +2,8 @@
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use super::{ReadOutcome, StreamItem, StreamReader, StreamStart, StreamStats};
+use super::{ReadOutcome, StreamItem, StreamReader, StreamRecord, StreamStart, StreamStats};
+use crate::codec::MessageParts;
 use crate::keys::{self, STREAM_OFFSET};
 use crate::{be, Result, Store, StoredMessage};
 
@@ -16,6 +17,18 @@ impl Store {
         ts_ms: u64,
         filter: Option<&[u8]>,
         msg: &StoredMessage,
+        max_segment_bytes: u64,
+    ) -> Result<(u64, u64)> {
+        self.stream_append_parts(id, ts_ms, filter, &MessageParts::of(msg), max_segment_bytes)
+    }
+
+    /// `stream_append` with the message's parts borrowed (no `StoredMessage` to build).
+    pub fn stream_append_parts(
+        &self,
+        id: u32,
+        ts_ms: u64,
+        filter: Option<&[u8]>,
+        msg: &MessageParts<'_>,
         max_segment_bytes: u64,
     ) -> Result<(u64, u64)> {
         let (offset, n) = self
@@ -42,6 +55,19 @@ impl Store {
         out: &mut Vec<StreamItem>,
     ) -> Result<ReadOutcome> {
         self.sh().streams.read(r, max, scan_max, accept, out)
+    }
+
+    /// `stream_read`, handing each message to `emit` borrowed from the reader's buffer (no copy, no
+    /// allocation per message in the store).
+    pub fn stream_read_with(
+        &self,
+        r: &mut StreamReader,
+        max: usize,
+        scan_max: usize,
+        accept: &mut dyn FnMut(Option<&[u8]>) -> bool,
+        emit: &mut dyn FnMut(StreamRecord<'_>),
+    ) -> Result<ReadOutcome> {
+        self.sh().streams.read_with(r, max, scan_max, accept, emit)
     }
 
     pub fn stream_stats(&self, id: u32) -> StreamStats {

@@ -10,7 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{be, codec, Result, StoreError, StoredMessage};
+use crate::codec::MessageParts;
+#[cfg(test)]
+use crate::StoredMessage;
+use crate::{be, codec, Result, StoreError};
 
 /// `[len][crc]`.
 pub(crate) const FRAME: usize = 8;
@@ -38,7 +41,7 @@ pub(crate) fn encode_record_into(
     offset: u64,
     ts: u64,
     filter: Option<&[u8]>,
-    msg: &StoredMessage,
+    msg: &MessageParts<'_>,
 ) -> Result<usize> {
     let start = out.len();
     let filter = filter.unwrap_or_default();
@@ -48,7 +51,7 @@ pub(crate) fn encode_record_into(
     out.extend_from_slice(&ts.to_be_bytes());
     out.push(filter.len() as u8);
     out.extend_from_slice(filter);
-    let len = codec::encode_message_into(out, msg).and_then(|_| {
+    let len = codec::encode_parts_into(out, msg).and_then(|_| {
         u32::try_from(out.len() - start - FRAME)
             .map_err(|_| StoreError::Corrupt("stream record longer than 4 GiB".into()))
     });
@@ -125,6 +128,7 @@ pub(crate) fn find_record(buf: &[u8], from: usize, after: Option<u64>) -> Option
         .find(|&p| matches!(parse_record(&buf[p..]), Ok(Some(h)) if after.is_none_or(|a| h.offset > a)))
 }
 
+#[cfg(test)]
 pub(crate) fn decode_value(value: &[u8]) -> Result<StoredMessage> {
     codec::decode_message(bytes::Bytes::copy_from_slice(value))
 }
@@ -192,7 +196,7 @@ mod tests {
     #[test]
     fn record_round_trip_and_damage() {
         let mut b = Vec::new();
-        let n = encode_record_into(&mut b, 7, 99, Some(b"eu"), &msg("hello")).unwrap();
+        let n = encode_record_into(&mut b, 7, 99, Some(b"eu"), &MessageParts::of(&msg("hello"))).unwrap();
         assert_eq!(n, b.len());
         let h = parse_record(&b).unwrap().unwrap();
         assert_eq!((h.offset, h.ts, h.total), (7, 99, n));
@@ -203,7 +207,7 @@ mod tests {
         bad[n - 1] ^= 1;
         assert_eq!(parse_record(&bad), Ok(None));
         let m = b.len();
-        encode_record_into(&mut b, 8, 100, None, &msg("x")).unwrap();
+        encode_record_into(&mut b, 8, 100, None, &MessageParts::of(&msg("x"))).unwrap();
         assert_eq!(find_record(&bad, 1, None), None);
         assert_eq!(find_record(&b, 1, Some(7)), Some(m));
     }

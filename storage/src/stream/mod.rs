@@ -27,11 +27,12 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::codec::MessageParts;
 use crate::fault::{Faults, FileKind};
 use crate::seglog::{LogFile, SyncBatch, SyncItem, PENDING_MAX};
-use crate::{io_err, Result, StoredMessage};
+use crate::{io_err, Result};
 use format::*;
-pub use reader::{ReadOutcome, StreamItem, StreamReader, StreamStart};
+pub use reader::{ReadOutcome, StreamItem, StreamReader, StreamRecord, StreamStart};
 
 /// The index is a hint (recovery rebuilds what it misses from the records): it is synced when this much
 /// segment data was written since its last sync, and when its segment is sealed, not in every round. A
@@ -163,7 +164,7 @@ impl StreamLog {
         id: u32,
         ts: u64,
         filter: Option<&[u8]>,
-        msg: &StoredMessage,
+        msg: &MessageParts<'_>,
         max_segment: u64,
     ) -> Result<(u64, usize)> {
         loop {
@@ -181,7 +182,7 @@ impl StreamLog {
         s: &mut Stream,
         ts: u64,
         filter: Option<&[u8]>,
-        msg: &StoredMessage,
+        msg: &MessageParts<'_>,
         max_segment: u64,
     ) -> Result<(u64, usize)> {
         let offset = s.next_offset;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::format::*;
 use super::{Stream, StreamLog};
+use crate::codec::{decode_parts, MessageParts};
 use crate::{io_err, Result, StoredMessage};
 
 /// Reads fetch this much of a segment at a time (more if one record is larger).
@@ -35,6 +36,14 @@ pub struct StreamItem {
     pub offset: u64,
     pub timestamp_ms: u64,
     pub message: StoredMessage,
+}
+
+/// One message as a reader finds it, borrowed from the reader's buffer (`StreamLog::read_with`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamRecord<'a> {
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub message: MessageParts<'a>,
 }
 
 /// What one `read` did.
@@ -161,7 +170,8 @@ impl StreamLog {
     }
 
     /// Reads up to `max` messages that `accept` (given each record's filter value) takes, from the
-    /// reader's position on. Stops early, with `more`, after scanning `scan_max` bytes.
+    /// reader's position on, as owned `StreamItem`s (one copy of each). Stops early, with `more`, after
+    /// scanning `scan_max` bytes.
     pub(crate) fn read(
         &self,
         r: &mut StreamReader,
@@ -169,6 +179,40 @@ impl StreamLog {
         scan_max: usize,
         accept: &mut dyn FnMut(Option<&[u8]>) -> bool,
         out: &mut Vec<StreamItem>,
+    ) -> Result<ReadOutcome> {
+        self.read_with(r, max, scan_max, accept, &mut |rec| {
+            let m = rec.message;
+            let mut value = Vec::with_capacity(m.properties.len() + m.body.len());
+            value.extend_from_slice(m.properties);
+            value.extend_from_slice(m.body);
+            let value = bytes::Bytes::from(value);
+            out.push(StreamItem {
+                offset: rec.offset,
+                timestamp_ms: rec.timestamp_ms,
+                message: StoredMessage {
+                    exchange: m.exchange.to_owned(),
+                    routing_key: m.routing_key.to_owned(),
+                    properties: value.slice(..m.properties.len()),
+                    body: value.slice(m.properties.len()..),
+                    delivery_count: m.delivery_count,
+                    published_at_ms: m.published_at_ms,
+                    expires_at_ms: m.expires_at_ms,
+                    not_before_ms: m.not_before_ms,
+                },
+            });
+        })
+    }
+
+    /// Reads up to `max` messages that `accept` (given each record's filter value) takes, from the
+    /// reader's position on, handing each to `emit` borrowed from the reader's buffer (nothing is
+    /// allocated per message here). Stops early, with `more`, after scanning `scan_max` bytes.
+    pub(crate) fn read_with(
+        &self,
+        r: &mut StreamReader,
+        max: usize,
+        scan_max: usize,
+        accept: &mut dyn FnMut(Option<&[u8]>) -> bool,
+        emit: &mut dyn FnMut(StreamRecord<'_>),
     ) -> Result<ReadOutcome> {
         let mut res = ReadOutcome::default();
         let mut scanned = 0usize;
@@ -205,9 +249,9 @@ impl StreamLog {
                         if !accept(h.filter(rec)) {
                             continue;
                         }
-                        match decode_value(h.value(rec)) {
+                        match decode_parts(h.value(rec)) {
                             Ok(message) => {
-                                out.push(StreamItem {
+                                emit(StreamRecord {
                                     offset: h.offset,
                                     timestamp_ms: h.ts,
                                     message,

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::format::{idx_path, seg_path, stream_dir_name};
 use super::*;
-use crate::{FaultOp, FileKind, Store, StoreOptions, TicketState};
+use crate::{FaultOp, FileKind, Store, StoreOptions, StoredMessage, TicketState};
 
 fn open(d: &Path) -> Store {
     Store::open(d, StoreOptions::default()).unwrap()

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use protocol::{FieldTable, FieldValue, ShortStr};
-use storage::{StreamItem, StreamReader, StreamStart};
+use protocol::{FieldTable, ShortStr};
+use storage::{StreamReader, StreamStart};
 
 use super::{Entry, Rejected};
 use crate::message::Message;
@@ -41,7 +41,6 @@ struct ReaderState {
     /// Server-side offset tracking: acked offsets are stored under this tag.
     tracking: Option<ShortStr>,
     acked: Option<u64>,
-    items: Vec<StreamItem>,
 }
 
 struct Reg {
@@ -92,7 +91,7 @@ impl StreamQueue {
         let filter = filter_value(msg);
         let (offset, ticket) = self
             .store
-            .append(msg, now, filter.as_deref(), self.args.max_segment_bytes)
+            .append(msg, now, filter, self.args.max_segment_bytes)
             .map_err(|e| {
                 tracing::error!(error = %e, "stream append failed");
                 Rejected::Store
@@ -135,7 +134,6 @@ impl StreamQueue {
             filter: spec.filter,
             tracking: spec.tracking,
             acked: None,
-            items: Vec::new(),
         };
         let mut q = self.inner.lock();
         q.consumers.insert(
@@ -172,9 +170,19 @@ impl StreamQueue {
         let st = &mut *st;
         let filter = &st.filter;
         let mut accept = |v: Option<&[u8]>| filter.as_ref().is_none_or(|f| f.accepts(v));
+        let mut emit = |rec: storage::StreamRecord<'_>| {
+            out.push(Entry {
+                seq: rec.offset,
+                msg: Arc::new(stream_message(rec)),
+                redelivered: false,
+                delivery_count: 0,
+                expires_at: None,
+                not_before: None,
+            })
+        };
         let res = self
             .store
-            .read(&mut st.reader, max, SCAN_MAX, &mut accept, &mut st.items);
+            .read(&mut st.reader, max, SCAN_MAX, &mut accept, &mut emit);
         let (n, more, failed) = match res {
             Ok(r) => (r.taken, r.more, false),
             Err(e) => {
@@ -182,16 +190,6 @@ impl StreamQueue {
                 (0, false, true)
             }
         };
-        for item in st.items.drain(..) {
-            out.push(Entry {
-                seq: item.offset,
-                msg: Arc::new(stream_message(item)),
-                redelivered: false,
-                delivery_count: 0,
-                expires_at: None,
-                not_before: None,
-            });
-        }
         let pos = st.reader.next_offset();
         if n < max {
             let mut q = self.inner.lock();
@@ -216,28 +214,28 @@ impl StreamQueue {
     /// own: nothing changes for the consumers (a browse). Entries' seqs are their offsets.
     pub fn browse(&self, offset: u64, max: usize) -> Result<Vec<Entry>, storage::StoreError> {
         let mut reader = self.store.reader(StreamStart::Offset(offset))?;
-        let mut items = Vec::new();
+        let mut out = Vec::new();
         let mut accept = |_: Option<&[u8]>| true;
-        while items.len() < max {
-            let before = items.len();
+        while out.len() < max {
+            let before = out.len();
+            let mut emit = |rec: storage::StreamRecord<'_>| {
+                out.push(Entry {
+                    seq: rec.offset,
+                    msg: Arc::new(stream_message(rec)),
+                    redelivered: false,
+                    delivery_count: 0,
+                    expires_at: None,
+                    not_before: None,
+                })
+            };
             let r = self
                 .store
-                .read(&mut reader, max - before, SCAN_MAX, &mut accept, &mut items)?;
-            if items.len() == before && !r.more {
+                .read(&mut reader, max - before, SCAN_MAX, &mut accept, &mut emit)?;
+            if out.len() == before && !r.more {
                 break;
             }
         }
-        Ok(items
-            .into_iter()
-            .map(|item| Entry {
-                seq: item.offset,
-                msg: Arc::new(stream_message(item)),
-                redelivered: false,
-                delivery_count: 0,
-                expires_at: None,
-                not_before: None,
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Acks: with offset tracking, the consumer's highest acked offset is stored (durable after the next
@@ -311,14 +309,11 @@ impl StreamQueue {
     }
 }
 
-/// The publisher's `x-stream-filter-value` header (a string), read only if the message has headers.
-fn filter_value(msg: &Message) -> Option<Vec<u8>> {
-    if !msg.properties.has_headers() {
-        return None;
-    }
-    let headers = msg.properties.headers().ok().flatten()?;
-    match headers.get("x-stream-filter-value")? {
-        FieldValue::LongStr(s) => Some(s.as_bytes().to_vec()),
+/// The publisher's `x-stream-filter-value` header (a long string), read from the raw headers (nothing
+/// decoded, nothing allocated).
+fn filter_value(msg: &Message) -> Option<&[u8]> {
+    match msg.properties.raw_header("x-stream-filter-value")? {
+        (b'S', v) => Some(v),
         _ => None,
     }
 }
