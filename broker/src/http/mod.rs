@@ -9,6 +9,7 @@
 mod auth;
 mod bindings;
 mod connections;
+mod console;
 mod definitions;
 mod error;
 mod exchanges;
@@ -18,6 +19,7 @@ mod overview;
 mod paging;
 mod policies;
 mod queues;
+mod route;
 mod users;
 mod vhosts;
 
@@ -74,6 +76,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             get(exchanges::show).put(exchanges::put).delete(exchanges::delete),
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(messages::publish))
+        .route("/api/exchanges/{vhost}/{name}/route", post(route::route))
         .route(
             "/api/exchanges/{vhost}/{name}/bindings/source",
             get(bindings::exchange_source),
@@ -164,6 +167,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/user-limits", get(overview::empty_list))
         .route("/api/topic-permissions", get(overview::empty_list))
         .route("/api/rebalance/queues", put(overview::not_applicable))
+        .merge(console::routes())
         // RabbitMQ's management.http.max_body_size (20 MiB): large definitions files and publishes fit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .method_not_allowed_fallback(error::method_not_allowed)
