@@ -154,6 +154,8 @@ function drawChart(canvas, series) {
     ctx.beginPath();
     s.points.forEach((p, j) => (j ? ctx.lineTo(x(p[0]), y(p[1])) : ctx.moveTo(x(p[0]), y(p[1]))));
     ctx.stroke();
+    ctx.fillStyle = COLORS[i % COLORS.length];
+    for (const p of s.points) ctx.fillRect(x(p[0]) - 2, y(p[1]) - 2, 4, 4);
   });
 }
 
