@@ -13,6 +13,7 @@ mod console;
 mod definitions;
 mod error;
 mod exchanges;
+pub mod https;
 pub mod json;
 mod messages;
 mod overview;
