@@ -534,20 +534,23 @@ function messagesTable(msgs, testid) {
 // The queue browser: pages through messages without consuming them (GET .../browse?from=&count=).
 function browser(vhost, name, testid) {
   const out = h('div', { 'data-testid': testid + '-out' });
+  // `from`: 0 (the head) or the `next` cursor of the previous page; `back` holds the pages before.
   let from = 0;
+  const back = [];
   const pageSize = 20;
   const load = async () => {
     try {
-      const r = await api('GET', '/api/queues/' + vq(vhost, name) + '/browse?from=' + from + '&count=' + pageSize);
-      const msgs = Array.isArray(r) ? r : (r.messages || r.items || []);
-      const next = !Array.isArray(r) && r.next !== undefined && r.next !== null ? r.next : from + msgs.length;
+      const r = await api('GET', '/api/queues/' + vq(vhost, name) + '/browse?from=' + enc(from) + '&count=' + pageSize);
+      const msgs = Array.isArray(r) ? r : (r.messages || []);
+      const next = Array.isArray(r) ? null : r.next;
+      const total = !Array.isArray(r) && typeof r.message_count === 'number' ? ' of ' + r.message_count + ' ready' : '';
       out.replaceChildren(
-        h('p', { class: 'muted' }, msgs.length ? 'Messages from position ' + from + ' (left in place):' : 'No messages from position ' + from + '.'),
+        h('p', { class: 'muted' }, msgs.length ? msgs.length + ' message(s)' + total + ', left in place:' : 'No messages here.'),
         messagesTable(msgs, testid + '-messages'),
         h('p', {},
-          h('button', { disabled: from === 0, onclick: () => { from = Math.max(0, from - pageSize); load(); } }, 'Previous'), ' ',
-          h('button', { disabled: msgs.length < pageSize, onclick: () => { from = next; load(); } }, 'Next'), ' ',
-          h('button', { 'data-testid': testid + '-refresh', onclick: load }, 'Refresh')));
+          h('button', { disabled: back.length === 0, onclick: () => { from = back.pop(); load(); } }, 'Previous'), ' ',
+          h('button', { disabled: next === null || next === undefined, onclick: () => { back.push(from); from = next; load(); } }, 'Next'), ' ',
+          h('button', { 'data-testid': testid + '-refresh', onclick: () => { from = 0; back.length = 0; load(); } }, 'Refresh')));
     } catch (e) {
       out.replaceChildren(missing(e) ? notAvailable('Browsing without consuming', testid + '-na') : h('p', { class: 'error' }, e.message));
     }
@@ -610,7 +613,7 @@ async function dlqPage(vhost, name) {
     const to = document.getElementById('rd-to').value, count = document.getElementById('rd-count').value, rate = document.getElementById('rd-rate').value;
     if (to) body.to = to;
     if (count) body.count = Number(count);
-    if (rate) body.rate_limit = Number(rate);
+    if (rate) body.rate = Number(rate);
     status.textContent = 'Starting...';
     status.dataset.state = 'starting';
     let r;
@@ -658,9 +661,10 @@ function followTask(task, progress, status, cancel, done) {
   const show = t => {
     const total = typeof t.total === 'number' ? t.total : 0;
     progress.max = Math.max(1, total);
-    progress.value = Math.min(progress.max, t.moved || 0);
+    progress.value = t.state === 'done' ? progress.max : Math.min(progress.max, (t.moved || 0) + (t.kept || 0));
     status.dataset.state = t.state;
-    status.textContent = t.state + ': ' + (t.moved || 0) + ' of ' + (total || '?') + ' moved' + (t.rate_limit ? ' (at most ' + t.rate_limit + '/s)' : '') + (t.error ? ' - ' + t.error : '') + '.';
+    status.textContent = t.state + ': ' + (t.moved || 0) + ' of ' + (total || 0) + ' moved' + (t.kept ? ', ' + t.kept + ' kept (no destination)' : '') +
+      (t.rate_limit ? ' (at most ' + t.rate_limit + '/s)' : '') + (t.error ? ' - ' + t.error : '') + '.';
   };
   show(task);
   const tick = async () => {

@@ -38,6 +38,10 @@ pub struct Broker {
     pub flow: Arc<Flow>,
     /// The connections' message counters (the metrics).
     pub stats: crate::stats::StatsRegistry,
+    /// Operator tasks (message moves, `redrive_task.rs`).
+    pub tasks: crate::tasks::Tasks,
+    /// The management API's rate samples (`http/rates.rs`).
+    pub rates: crate::stats::Rates,
 }
 
 /// Why a login failed.
@@ -78,6 +82,8 @@ impl Broker {
             store,
             flow: Arc::new(Flow::default()),
             stats: Default::default(),
+            tasks: Default::default(),
+            rates: Default::default(),
         };
         crate::flow::set_queue_bound(broker.config.queue_bound);
         broker
@@ -296,6 +302,7 @@ impl Broker {
     /// Starts the memory and disk alarm monitor (a thread; it stops with the broker).
     pub fn spawn_monitor(&self) {
         let c = &self.config;
+        crate::flow::set_paging_ratio(c.memory_paging_ratio);
         self.flow
             .spawn_monitor(c.memory_high_watermark, c.disk_free_limit, c.data_dir.clone());
     }

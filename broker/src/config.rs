@@ -179,6 +179,8 @@ pub struct FileConfig {
     pub store_cache_mib: Option<u64>,
     pub shutdown_timeout: Option<u64>,
     pub memory_high_watermark: Option<NumOrStr>,
+    /// Fraction of the memory watermark above which queues page new messages to disk.
+    pub memory_paging_ratio: Option<f64>,
     pub disk_free_limit: Option<NumOrStr>,
     pub max_message_size: Option<NumOrStr>,
     pub max_connections: Option<u32>,
@@ -247,6 +249,9 @@ pub struct Config {
     /// `--force-recovery`: open a data directory whose definitions store is empty or unreadable.
     pub force_recovery: bool,
     pub memory_high_watermark: Watermark,
+    /// Fraction of the watermark above which queues page new messages to disk (RabbitMQ 3.x's
+    /// `vm_memory_high_watermark_paging_ratio`, default 0.5).
+    pub memory_paging_ratio: f64,
     pub disk_free_limit: DiskLimit,
     /// Largest message body accepted, bytes.
     pub max_message_size: u64,
@@ -305,6 +310,7 @@ impl Default for Config {
             shutdown_timeout: std::time::Duration::from_secs(30),
             force_recovery: false,
             memory_high_watermark: Watermark::DEFAULT,
+            memory_paging_ratio: crate::flow::DEFAULT_PAGING_RATIO,
             disk_free_limit: DiskLimit::DEFAULT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_connections: None,
@@ -484,6 +490,13 @@ impl Config {
             loopback_users: file.loopback_users.unwrap_or(d.loopback_users),
             definitions: cli.definitions.or(file.definitions),
             memory_high_watermark,
+            memory_paging_ratio: match file.memory_paging_ratio {
+                Some(r) if !(0.0..=1.0).contains(&r) => {
+                    anyhow::bail!("memory_paging_ratio {r} is not between 0 and 1")
+                }
+                Some(r) => r,
+                None => d.memory_paging_ratio,
+            },
             disk_free_limit,
             max_message_size,
             max_connections: cli.max_connections.or(file.max_connections),

@@ -26,6 +26,11 @@ pub const FILE_ONLY: &[(&str, &str)] = &[
         "sled's page cache for definitions, MiB (default 64).",
     ),
     (
+        "memory_paging_ratio",
+        "Fraction of the memory high watermark above which queues page new messages to disk instead of \
+         keeping them in memory (default 0.5, RabbitMQ 3.x's vm_memory_high_watermark_paging_ratio).",
+    ),
+    (
         "queue_flow_max_messages",
         "Per-queue flow bound: ready messages in memory while the queue has consumers, before publishers \
          to it are throttled (see docs/flow-control.md).",

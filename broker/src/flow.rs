@@ -58,6 +58,32 @@ pub fn queue_bound() -> QueueBound {
     }
 }
 
+/// RabbitMQ 3.x's `vm_memory_high_watermark_paging_ratio`: above this fraction of the memory watermark,
+/// queues page their new messages to disk instead of keeping them in memory (`queue/mod.rs`).
+pub const DEFAULT_PAGING_RATIO: f64 = 0.5;
+
+/// Unset (`u64::MAX`, a NaN): the default.
+static PAGING_RATIO_BITS: AtomicU64 = AtomicU64::new(u64::MAX);
+static MEMORY_PRESSURE: AtomicBool = AtomicBool::new(false);
+
+/// Sets the paging ratio (the broker does this once at start).
+pub fn set_paging_ratio(r: f64) {
+    PAGING_RATIO_BITS.store(r.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+fn paging_ratio() -> f64 {
+    match PAGING_RATIO_BITS.load(Ordering::Relaxed) {
+        u64::MAX => DEFAULT_PAGING_RATIO,
+        b => f64::from_bits(b),
+    }
+}
+
+/// Memory is near the watermark (over the paging ratio of it): queues page new messages to disk at once.
+/// One relaxed load per publish.
+pub fn memory_pressure() -> bool {
+    MEMORY_PRESSURE.load(Ordering::Relaxed)
+}
+
 /// The memory high watermark: a fraction of the machine's (or cgroup's) memory, or an absolute size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Watermark {
@@ -311,6 +337,17 @@ impl Flow {
     /// One memory sample: raises or clears the memory alarm.
     pub fn check_memory(&self, rss: u64, limit: u64) {
         self.counters.rss_bytes.store(rss, Ordering::Relaxed);
+        let pressure = rss as f64 > limit as f64 * paging_ratio();
+        if MEMORY_PRESSURE.swap(pressure, Ordering::Relaxed) != pressure {
+            tracing::info!(
+                rss,
+                limit,
+                "memory {} the paging threshold ({:.2} of the watermark): queues {} new messages to disk",
+                if pressure { "above" } else { "back below" },
+                paging_ratio(),
+                if pressure { "page" } else { "no longer page" }
+            );
+        }
         let was = self.alarms().memory;
         let now = rss > limit;
         if now == was {

@@ -65,6 +65,12 @@ impl Server {
             let b = broker.clone();
             tokio::task::spawn_blocking(move || crate::http::import_file(&b, &path)).await??;
         }
+        // Message-move tasks that were running resume (their batch in doubt settled) before anyone connects.
+        let b = broker.clone();
+        let resumed = tokio::task::spawn_blocking(move || crate::redrive_task::resume_all(&b)).await??;
+        if resumed > 0 {
+            info!(resumed, "message-move tasks resumed");
+        }
         let c = &broker.config;
         let listeners = bind_all(&c.listen, c.listen_is_default, false, "AMQP").await?;
         if listeners.is_empty() {

@@ -204,6 +204,67 @@ impl StatsRegistry {
     }
 }
 
+impl StatsRegistry {
+    /// An open connection's counters.
+    pub fn conn(&self, id: u64) -> Option<Arc<ConnStats>> {
+        self.open.lock().get(&id).cloned()
+    }
+
+    /// The ids of the open connections.
+    pub fn open_ids(&self) -> Vec<u64> {
+        self.open.lock().keys().copied().collect()
+    }
+}
+
+/// How often the management API samples the counters for its rates (RabbitMQ's
+/// `collect_statistics_interval`, 5000 ms).
+pub const RATE_INTERVAL_MS: u64 = 5000;
+
+/// Counters of one object at one time (which counter is which is the sampler's business).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub at_ms: u64,
+    pub v: [u64; 12],
+}
+
+impl Sample {
+    /// Per-second rate of counter `i` from `earlier` to `self` (0 without time between them, or if the
+    /// counter went down: a queue deleted and declared again).
+    pub fn rate_since(&self, earlier: &Sample, i: usize) -> f64 {
+        let dt = self.at_ms.saturating_sub(earlier.at_ms);
+        if dt == 0 {
+            return 0.0;
+        }
+        self.v[i].saturating_sub(earlier.v[i]) as f64 * 1000.0 / dt as f64
+    }
+}
+
+/// The last two samples of every object the management API shows rates for: a rate is the change over
+/// the last sample interval, as RabbitMQ's management agent computes `*_details.rate`. Written by one
+/// sampler every [`RATE_INTERVAL_MS`], read by the API; nothing on the message path touches it.
+#[derive(Default)]
+pub struct Rates {
+    by_key: Mutex<HashMap<String, (Sample, Sample)>>,
+}
+
+impl Rates {
+    /// A new round of samples: each key's latest becomes its previous; keys not sampled are dropped.
+    pub fn record(&self, samples: HashMap<String, Sample>) {
+        let mut map = self.by_key.lock();
+        let mut next = HashMap::with_capacity(samples.len());
+        for (k, s) in samples {
+            let prev = map.remove(&k).map_or(s, |(_, last)| last);
+            next.insert(k, (prev, s));
+        }
+        *map = next;
+    }
+
+    /// (previous, latest) samples of `key`.
+    pub fn get(&self, key: &str) -> Option<(Sample, Sample)> {
+        self.by_key.lock().get(key).copied()
+    }
+}
+
 /// A queue's counters (RabbitMQ's per-queue metrics of `/metrics/per-object`).
 #[derive(Default, Debug)]
 pub struct QueueStats {
@@ -231,6 +292,34 @@ impl QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_the_change_over_the_last_sample_interval() {
+        let rates = Rates::default();
+        let at = |ms, n| {
+            let mut s = Sample {
+                at_ms: ms,
+                ..Sample::default()
+            };
+            s.v[0] = n;
+            s
+        };
+        rates.record(HashMap::from([("q".to_string(), at(0, 10))]));
+        let (p, l) = rates.get("q").unwrap();
+        assert_eq!(l.rate_since(&p, 0), 0.0);
+        rates.record(HashMap::from([("q".to_string(), at(5000, 60))]));
+        let (p, l) = rates.get("q").unwrap();
+        assert_eq!(l.rate_since(&p, 0), 10.0);
+        rates.record(HashMap::from([("q".to_string(), at(10000, 5))]));
+        let (p, l) = rates.get("q").unwrap();
+        assert_eq!(
+            l.rate_since(&p, 0),
+            0.0,
+            "a counter that went down (queue redeclared)"
+        );
+        rates.record(HashMap::new());
+        assert!(rates.get("q").is_none());
+    }
 
     #[test]
     fn closed_connections_keep_counting_in_the_totals() {

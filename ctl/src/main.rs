@@ -100,6 +100,31 @@ enum Cmd {
     Definitions(Definitions),
     /// Lists the open connections.
     Connections,
+    /// Message-move tasks (`dlq redrive --async`).
+    #[command(subcommand)]
+    Tasks(Tasks),
+}
+
+/// The columns of a task table.
+const TASK_COLUMNS: &[&str] = &[
+    "id",
+    "vhost",
+    "source",
+    "destination",
+    "state",
+    "moved",
+    "total",
+    "rate_limit",
+];
+
+#[derive(Subcommand, Debug)]
+enum Tasks {
+    /// Every task with its progress.
+    List,
+    /// One task.
+    Show { id: u64 },
+    /// Cancels a running task (what it moved stays moved).
+    Cancel { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,6 +209,15 @@ enum Dlq {
         to: Option<String>,
         #[arg(long)]
         count: Option<u64>,
+        /// Only the messages with these message-ids (repeatable).
+        #[arg(long = "message-id", value_name = "ID")]
+        message_ids: Vec<String>,
+        /// At most this many messages per second.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Start the move as a task and print it without waiting (`mailroomctl tasks show ID`).
+        #[arg(long = "async")]
+        no_wait: bool,
     },
 }
 
@@ -626,8 +660,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
-        Cmd::Dlq(Dlq::Redrive { queue, to, count }) => {
-            let body = json!({"to": to, "count": count});
+        Cmd::Dlq(Dlq::Redrive {
+            queue,
+            to,
+            count,
+            message_ids,
+            rate,
+            no_wait,
+        }) => {
+            let ids = (!message_ids.is_empty()).then_some(message_ids);
+            let body = json!({"to": to, "count": count, "message_ids": ids, "rate": rate, "wait": !no_wait});
             let r = ctl
                 .call(
                     M::POST,
@@ -637,7 +679,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             match ctl.format {
                 Format::Json => ctl.object(&r),
+                Format::Table if no_wait => println!("task {} started", r["id"]),
                 Format::Table => println!("moved: {}, kept: {}", r["moved"], r["kept"]),
+            }
+        }
+        Cmd::Tasks(Tasks::List) => {
+            let l = ctl.get("/api/tasks").await?;
+            ctl.list(&l, TASK_COLUMNS);
+        }
+        Cmd::Tasks(Tasks::Show { id }) => {
+            let r = ctl.get(&format!("/api/tasks/{id}")).await?;
+            match ctl.format {
+                Format::Json => ctl.object(&r),
+                Format::Table => ctl.list(&Value::Array(vec![r]), TASK_COLUMNS),
+            }
+        }
+        Cmd::Tasks(Tasks::Cancel { id }) => {
+            let r = ctl.call(M::DELETE, &format!("/api/tasks/{id}"), None).await?;
+            match ctl.format {
+                Format::Json => ctl.object(&r),
+                Format::Table => println!(
+                    "task {id} {}: moved {} of {}",
+                    r["state"].as_str().unwrap_or("?"),
+                    r["moved"],
+                    r["total"]
+                ),
             }
         }
         Cmd::Users(Users::List) => {

@@ -18,6 +18,9 @@ pub enum StateKind {
     ExchangeDedup = 2,
     /// A deduplicating queue's window, as `ExchangeDedup`.
     QueueDedup = 3,
+    /// Operator tasks of the management API (message moves): vhost and name empty, item key = the task
+    /// id u64 BE, value = the task's record (the broker's encoding).
+    Task = 4,
 }
 
 fn prefix(kind: StateKind, vhost: &str, name: &str) -> Vec<u8> {

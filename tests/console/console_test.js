@@ -192,6 +192,11 @@ async function main() {
     await page.waitForSelector('#redrive-status:has-text("1")');
     await page.waitForSelector('[data-testid="q-total"]:has-text("0")');
     await until('the message back in work', async () => (await queueMessages('work')) === 1);
+    // The page followed a message-move task (POST .../redrive answers with one; GET /api/tasks/{id}).
+    const tasks = await api('GET', '/api/tasks');
+    if (tasks.status !== 200 || !tasks.data.some(t => t.source === 'work.dlq' && t.state === 'done' && t.moved === 1)) {
+      throw new Error('no finished move task for work.dlq: ' + JSON.stringify(tasks));
+    }
     await shot('redrive');
 
     log('overview with charts');

@@ -292,6 +292,7 @@ impl Server {
         let mut next = Server::start_in(&self.data_dir.clone(), &[]);
         self.child = next.child.take();
         self.addr = next.addr;
+        self.http_addr = next.http_addr;
         self.log = std::mem::replace(&mut next.log, mpsc::channel().1);
         self.startup_log = std::mem::take(&mut next.startup_log);
     }

@@ -201,7 +201,8 @@ async fn reject_requeue_false_dead_letters() {
 }
 
 /// `POST /api/queues/{vhost}/{name}/redrive` (a Mailroom addition; the broker's redrive operation): back to
-/// where each message died, the first N, or to a named queue.
+/// where each message died, the first N, or to a named queue; `"wait": true` answers once the move task
+/// is done, with its counts (tests/tests/http_tasks.rs covers the task form).
 #[tokio::test]
 async fn redrive_moves_dead_letters_back() {
     let server = Server::start();
@@ -230,9 +231,17 @@ async fn redrive_moves_dead_letters_back() {
     );
     assert_eq!(api.ok("/api/queues/%2F/work.dlq").await["messages"], 3);
     let r = api
-        .post("/api/queues/%2F/work.dlq/redrive", json!({"count": 2}))
+        .post(
+            "/api/queues/%2F/work.dlq/redrive",
+            json!({"count": 2, "wait": true}),
+        )
         .await;
-    assert_eq!(r.body, json!({"moved": 2, "kept": 0}), "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (&r.body["state"], &r.body["moved"], &r.body["kept"]),
+        (&json!("done"), &json!(2), &json!(0)),
+        "{r:?}"
+    );
     let back = get(&api, "work", 5, "ack_requeue_true").await;
     let payloads: Vec<&str> = back
         .as_array()
@@ -242,9 +251,16 @@ async fn redrive_moves_dead_letters_back() {
         .collect();
     assert_eq!(payloads, vec!["m0", "m1"]);
     let r = api
-        .post("/api/queues/%2F/work.dlq/redrive", json!({"to": "other"}))
+        .post(
+            "/api/queues/%2F/work.dlq/redrive",
+            json!({"to": "other", "wait": true}),
+        )
         .await;
-    assert_eq!(r.body, json!({"moved": 1, "kept": 0}));
+    assert_eq!(
+        (&r.body["moved"], &r.body["kept"]),
+        (&json!(1), &json!(0)),
+        "{r:?}"
+    );
     assert_eq!(
         get(&api, "other", 1, "ack_requeue_true").await[0]["payload"],
         "m2"

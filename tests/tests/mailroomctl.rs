@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use mailroom_tests::{mailroomctl_bin, Server};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn ctl_with(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(mailroomctl_bin())
@@ -139,6 +139,38 @@ fn every_command_group_against_the_broker() {
     assert_eq!(out.trim(), "moved: 1, kept: 0");
     let back = json(&server, &["get", "work"]);
     assert_eq!(back[0]["payload"], "bad");
+    // The move ran as a task: listed, shown, and (being done) not cancellable.
+    let tasks = json(&server, &["tasks", "list"]);
+    let task = &tasks[0];
+    assert_eq!(
+        (&task["state"], &task["moved"]),
+        (&json!("done"), &json!(1)),
+        "{tasks}"
+    );
+    let id = task["id"].to_string();
+    assert_eq!(json(&server, &["tasks", "show", &id])["source"], "orders.dlq");
+    assert_eq!(
+        ctl_with(&server, &["tasks", "cancel", &id], &[]).status.code(),
+        Some(1)
+    );
+    // --async: the task is started and printed at once.
+    json(&server, &["get", "work", "--ackmode", "reject_requeue_false"]);
+    let started = json(
+        &server,
+        &["dlq", "redrive", "orders.dlq", "--async", "--rate", "100"],
+    );
+    let id = started["id"].to_string();
+    assert_eq!(started["rate_limit"], 100);
+    let mut state = Value::Null;
+    for _ in 0..600 {
+        state = json(&server, &["tasks", "show", &id])["state"].clone();
+        if state == "done" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(state, "done");
+    assert_eq!(json(&server, &["get", "work"])[0]["payload"], "bad");
 
     // Users, vhosts, permissions, policies.
     ctl(&server, &["vhosts", "add", "team a"]);

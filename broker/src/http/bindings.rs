@@ -2,7 +2,8 @@
 //! `/api/exchanges/{vhost}/{name}/bindings/source|destination`, `/api/queues/{vhost}/{name}/bindings`.
 //!
 //! A binding is named in URLs by its `properties_key` (RabbitMQ's `rabbit_mgmt_format:pack_binding_props`):
-//! the routing key (`~` when empty, `~` in it escaped as `%7E`), and with arguments `~` and a hash of them.
+//! the routing key quoted (`~` when empty and without arguments), and with arguments `~` and RabbitMQ's
+//! hash of them (`phash2.rs`).
 
 use std::collections::HashMap;
 
@@ -13,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use router::{Binding, Destination};
 use serde_json::{json, Value};
-use sha2::Digest;
 
 use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
@@ -23,23 +23,39 @@ use super::{durable, paging, AppState};
 use crate::users::{Perm, Res};
 use crate::vhost::VHost;
 
+/// RabbitMQ's `rabbit_http_util:quote_plus/1`: letters, digits and `.-~_` stay, a space is `+`, every
+/// other byte is `%XX`.
+fn quote_plus(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'~' | b'_' => out.push(c as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{c:02X}")),
+        }
+    }
+    out
+}
+
+/// `rabbit_mgmt_format:quote_binding/1`: `quote_plus`, then `~` as `%7E`.
+fn quote_binding(s: &str) -> String {
+    quote_plus(s).replace('~', "%7E")
+}
+
+/// A binding's `properties_key` as RabbitMQ's `rabbit_mgmt_format:pack_binding_props/2` makes it: `~` for
+/// an empty routing key without arguments; the quoted routing key; with arguments, the quoted key, `~`
+/// and `args_hash/1` of them: `base64url(<<(erlang:phash2(Args, 1 bsl 32)):32>>)` over the arguments as
+/// RabbitMQ holds them (`phash2.rs`).
 pub fn properties_key(routing_key: &str, args: &router::Args) -> String {
-    let key = if routing_key.is_empty() {
-        "~".to_string()
-    } else {
-        routing_key.replace('~', "%7E")
-    };
     if args.is_empty() {
-        return key;
+        if routing_key.is_empty() {
+            return "~".to_string();
+        }
+        return quote_binding(routing_key);
     }
-    let canonical = serde_json::to_string(&args_to_json(args)).unwrap_or_default();
-    let digest = sha2::Sha256::digest(canonical.as_bytes());
-    let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..4]);
-    if routing_key.is_empty() {
-        format!("~{hash}")
-    } else {
-        format!("{key}~{hash}")
-    }
+    let hash = super::phash2::phash2(&super::phash2::args_term(args));
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.to_be_bytes());
+    format!("{}~{}", quote_binding(routing_key), quote_binding(&enc))
 }
 
 pub fn binding_json(vhost: &str, b: &Binding) -> Value {
@@ -308,8 +324,39 @@ fn find_binding(vh: &VHost, source: &str, dest: &str, queue: bool, props: &str) 
     vhost_bindings(vh).into_iter().find(|b| {
         *b.source == *source
             && is_dest(b, queue, dest)
-            && properties_key(&b.routing_key, &b.arguments) == props
+            && props_match(props, &properties_key(&b.routing_key, &b.arguments))
     })
+}
+
+/// A path's `{props}` names the binding whose `properties_key` is `key`: as sent (`a.%23`, which the path
+/// decoding turned into `a.#`) or percent-encoded once more by the client (`a.%2523`, decoded to `a.%23`).
+fn props_match(props: &str, key: &str) -> bool {
+    props == key || unquote_plus(key) == props || unquote_plus(key) == unquote_plus(props)
+}
+
+/// `quote_plus` undone: `%XX` to its byte, `+` to a space.
+fn unquote_plus(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn show(

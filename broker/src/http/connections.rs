@@ -14,6 +14,7 @@ use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
 use super::json::table_to_json;
 use super::{paging, AppState};
+use crate::broker::Broker;
 use crate::conns::{ChannelSnapshot, ConnInfo, ConnSnapshot};
 
 fn conn_json(c: &ConnInfo, channels: usize) -> Value {
@@ -46,7 +47,12 @@ fn channel_name(c: &ConnInfo, number: u16) -> String {
     format!("{} ({number})", c.name)
 }
 
-fn channel_json(c: &ConnInfo, ch: &ChannelSnapshot) -> Value {
+fn channel_json(broker: &Broker, c: &ConnInfo, ch: &ChannelSnapshot, channels: usize) -> Value {
+    let stats = if channels == 1 {
+        super::rates::conn_stats(broker, c.id)
+    } else {
+        json!({})
+    };
     json!({
         "name": channel_name(c, ch.number),
         "number": ch.number,
@@ -66,7 +72,7 @@ fn channel_json(c: &ConnInfo, ch: &ChannelSnapshot) -> Value {
         "confirm": ch.confirm,
         "transactional": ch.transactional,
         "pending_raft_commands": 0,
-        "message_stats": {},
+        "message_stats": stats,
     })
 }
 
@@ -158,12 +164,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn channel_items(conns: &[Arc<ConnInfo>]) -> Vec<Value> {
+async fn channel_items(broker: &Broker, conns: &[Arc<ConnInfo>]) -> Vec<Value> {
     let snaps = snapshots(conns).await;
     conns
         .iter()
         .zip(&snaps)
-        .flat_map(|(c, s)| s.channels.iter().map(move |ch| channel_json(c, ch)))
+        .flat_map(|(c, s)| {
+            let n = s.channels.len();
+            s.channels.iter().map(move |ch| channel_json(broker, c, ch, n))
+        })
         .collect()
 }
 
@@ -173,7 +182,7 @@ pub async fn channels(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let conns = visible(&broker, &user, None);
-    paging::respond(channel_items(&conns).await, &q, &["name"])
+    paging::respond(channel_items(&broker, &conns).await, &q, &["name"])
 }
 
 pub async fn vhost_channels(
@@ -184,7 +193,7 @@ pub async fn vhost_channels(
 ) -> ApiResult<Response> {
     user.require_known_vhost(&broker, &vhost)?;
     let conns = visible(&broker, &user, Some(&vhost));
-    paging::respond(channel_items(&conns).await, &q, &["name"])
+    paging::respond(channel_items(&broker, &conns).await, &q, &["name"])
 }
 
 pub async fn conn_channels(
@@ -194,7 +203,7 @@ pub async fn conn_channels(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let c = find(&broker, &user, &name)?;
-    paging::respond(channel_items(&[c]).await, &q, &["name"])
+    paging::respond(channel_items(&broker, &[c]).await, &q, &["name"])
 }
 
 pub async fn channel(
@@ -203,7 +212,7 @@ pub async fn channel(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let conns = visible(&broker, &user, None);
-    let item = channel_items(&conns)
+    let item = channel_items(&broker, &conns)
         .await
         .into_iter()
         .find(|c| c.get("name").and_then(Value::as_str) == Some(name.as_str()))

@@ -55,7 +55,7 @@ fn properties_from_json(v: &Value) -> Result<BasicProperties, ApiError> {
     })
 }
 
-fn properties_to_json(p: &RawProperties) -> Value {
+pub(super) fn properties_to_json(p: &RawProperties) -> Value {
     let Ok(p) = p.decode() else { return json!({}) };
     let mut m = Map::new();
     let mut put = |k: &str, v: Option<Value>| {
@@ -257,44 +257,4 @@ pub async fn get(
     }
     vh.dead_letter(&q, &mut dead, now);
     Ok(axum::Json(Value::Array(out)).into_response())
-}
-
-/// `POST /api/queues/{vhost}/{name}/redrive` (a Mailroom addition): moves up to `count` messages (all
-/// without it) of a dead-letter queue back to the queue each one last died in (from its `x-death`), or to
-/// `to`. `{"moved": n, "kept": m}`: kept messages have no destination and stay in order. Read permission on
-/// the dead-letter queue and write on `to`, as a get and a publish would need.
-pub async fn redrive(
-    State(broker): State<AppState>,
-    user: AuthUser,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let v = if body.is_empty() {
-        json!({})
-    } else {
-        parse_body(&body)?
-    };
-    let (vh, _) = super::queues::find(&broker, &user, &vhost, &name)?;
-    user.require_perm(&broker, &vhost, Perm::Read, Res::Queue, &name)?;
-    let to = match v.get("to") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad_request("to must be a queue name")),
-    };
-    if let Some(t) = &to {
-        if vh.queue(t).is_none() {
-            return Err(ApiError::not_found());
-        }
-        user.require_perm(&broker, &vhost, Perm::Write, Res::Queue, t)?;
-    }
-    let count = match v.get("count") {
-        None | Some(Value::Null) => None,
-        Some(c) => Some(
-            c.as_u64()
-                .ok_or_else(|| ApiError::bad_request("count must be a non-negative integer"))?
-                as usize,
-        ),
-    };
-    let r = vh.redrive(&name, to.as_deref(), count, crate::clock::now_ms())?;
-    Ok(axum::Json(json!({"moved": r.moved, "kept": r.kept})).into_response())
 }

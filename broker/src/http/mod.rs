@@ -8,6 +8,7 @@
 
 mod auth;
 mod bindings;
+mod browse;
 mod connections;
 mod console;
 mod definitions;
@@ -18,9 +19,12 @@ pub mod json;
 mod messages;
 mod overview;
 mod paging;
+mod phash2;
 mod policies;
 mod queues;
+mod rates;
 mod route;
+mod tasks;
 mod users;
 mod vhosts;
 
@@ -101,7 +105,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
             axum::routing::delete(queues::purge),
         )
         .route("/api/queues/{vhost}/{name}/get", post(messages::get))
-        .route("/api/queues/{vhost}/{name}/redrive", post(messages::redrive))
+        .route(
+            "/api/queues/{vhost}/{name}/browse",
+            get(browse::get).post(browse::post),
+        )
+        .route("/api/queues/{vhost}/{name}/redrive", post(tasks::create))
+        .route("/api/tasks", get(tasks::list))
+        .route("/api/tasks/{id}", get(tasks::show).delete(tasks::cancel))
         .route("/api/queues/{vhost}/{name}/actions", post(queues::actions))
         .route("/api/bindings", get(bindings::list))
         .route("/api/bindings/{vhost}", get(bindings::list_vhost))
@@ -198,6 +208,7 @@ pub fn spawn(
     listeners: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    rates::spawn_sampler(broker.clone(), shutdown.clone());
     let app = router(broker);
     listeners
         .into_iter()

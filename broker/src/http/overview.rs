@@ -79,7 +79,7 @@ pub async fn overview(
     let counters = &broker.flow.counters;
     let body = json!({
         "management_version": RABBITMQ_VERSION,
-        "rates_mode": "none",
+        "rates_mode": "basic",
         "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
         "exchange_types": exchange_types(),
         "product_version": env!("CARGO_PKG_VERSION"),
@@ -92,7 +92,7 @@ pub async fn overview(
         "disable_stats": false,
         "is_op_policy_updating_enabled": true,
         "enable_queue_totals": true,
-        "message_stats": {},
+        "message_stats": super::rates::overview_stats(&broker),
         "churn_rates": {
             "channel_closed": 0, "channel_closed_details": {"rate": 0.0},
             "channel_created": 0, "channel_created_details": {"rate": 0.0},

@@ -18,7 +18,7 @@ use super::{durable, paging, AppState};
 use crate::queue::{Queue, QueueSpec};
 use crate::users::{Perm, Res};
 
-pub fn queue_json(vh: &crate::vhost::VHost, q: &Queue) -> Value {
+pub fn queue_json(broker: &crate::broker::Broker, vh: &crate::vhost::VHost, q: &Queue) -> Value {
     let vhost: &str = &vh.name;
     let policy = vh.policy_for(q.name());
     let (ready, consumers) = q.counts();
@@ -48,7 +48,7 @@ pub fn queue_json(vh: &crate::vhost::VHost, q: &Queue) -> Value {
         "policy": policy.as_ref().map(|p| p.name.clone()),
         "operator_policy": null,
         "effective_policy_definition": crate::policy::effective_definition(policy.as_deref()),
-        "message_stats": {},
+        "message_stats": super::rates::queue_stats(broker, vhost, q),
         "storage_version": 2,
     })
 }
@@ -59,7 +59,7 @@ fn collect(broker: &AppState, user: &AuthUser, only: Option<&str>) -> Vec<Value>
         if only.is_some_and(|o| o != &*vh.name) || !user.can_access(broker, &vh.name) {
             continue;
         }
-        items.extend(vh.queues().iter().map(|q| queue_json(&vh, q)));
+        items.extend(vh.queues().iter().map(|q| queue_json(broker, &vh, q)));
     }
     items
 }
@@ -102,7 +102,7 @@ pub async fn show(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (vh, queue) = find(&broker, &user, &vhost, &name)?;
-    Ok(paging::respond_one(queue_json(&vh, &queue), &q))
+    Ok(paging::respond_one(queue_json(&broker, &vh, &queue), &q))
 }
 
 pub async fn put(

@@ -18,6 +18,7 @@
 //! released. A queue never reaches up to its vhost, so no queue lock is ever held while another queue is
 //! locked, and the queue module depends on nothing above it.
 
+mod browse;
 mod consumers;
 mod entry;
 mod expiry;
@@ -43,12 +44,13 @@ pub use crate::signal::{next_consumer_id, ConsumerId};
 use crate::stats::QueueStats;
 use crate::store::QueueStore;
 
+pub use browse::{BrowseFrom, Browsed};
 use consumers::Consumers;
 pub use entry::{Dead, DeadLetters, DeathReason, Entry};
 use expiry::Expiry;
 use limits::{AtLimit, Limits};
 use paging::Paged;
-pub use paging::MEM_MAX;
+pub use paging::{MEM_MAX, PRESSURE_KEEP};
 use ready::Ready;
 use retry::Delayed;
 use stream::StreamQueue;
@@ -283,7 +285,7 @@ impl Queue {
         let prioritised = self.args.max_priority.is_some();
         match &mut q.paged {
             Some(p) => p.admit(entry, persist, &self.spec.name),
-            None if persist && !prioritised && q.ready.len() >= MEM_MAX => {
+            None if persist && !prioritised && q.ready.len() >= Self::persistent_page_at() => {
                 q.paged = Some(Paged::starting_with(seq));
             }
             // Transient messages page too (to the queue's spill, never recovered): a long queue of them
@@ -322,14 +324,30 @@ impl Queue {
         Ok(ticket)
     }
 
-    /// Ready messages in memory past which transient messages page to disk: `MEM_MAX`, or the flow bound
-    /// when the queue has consumers (its publishers are throttled there; paging what the consumers are
-    /// about to take would only cost a write and a read each).
+    /// Ready messages in memory past which persistent messages stay on disk only: `MEM_MAX`, or
+    /// `PRESSURE_KEEP` while memory is near the watermark (`flow::memory_pressure`).
+    fn persistent_page_at() -> usize {
+        if crate::flow::memory_pressure() {
+            PRESSURE_KEEP
+        } else {
+            MEM_MAX
+        }
+    }
+
+    /// Ready messages in memory past which transient messages page to disk: `PRESSURE_KEEP` while memory
+    /// is near the watermark; else `MEM_MAX` without consumers, and with consumers twice the flow bound.
+    /// With consumers the flow bound throttles publishers first; the queue goes a little past it before
+    /// they stop (one message per publishing connection), and paging there would send every later message
+    /// through the spill until the publisher pauses long enough for the consumers to read the spill empty
+    /// (a write and a read per message: S2 lost a quarter of its rate to it before this margin).
     fn transient_page_at(&self, consumers: &Consumers) -> usize {
-        if consumers.is_empty() {
+        if crate::flow::memory_pressure() {
+            PRESSURE_KEEP
+        } else if consumers.is_empty() {
             MEM_MAX
         } else {
-            MEM_MAX.max(self.bound.max_messages.min(usize::MAX as u64) as usize)
+            let bound = self.bound.max_messages.min(usize::MAX as u64 / 2) as usize;
+            MEM_MAX.max(bound * 2)
         }
     }
 

@@ -3,6 +3,7 @@
 //! batches as the head advances; transient messages (of any queue) go to the queue's spill
 //! (`transient.rs`) and are merged back by seq.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::entry::Entry;
@@ -12,6 +13,10 @@ use crate::store::{QueueStore, StoredEntry};
 /// Ready messages a durable queue keeps in memory; beyond this, persistent messages stay on disk only and
 /// are read back in batches as the head advances (long queues live on disk, not in RAM).
 pub const MEM_MAX: usize = 4096;
+/// Ready messages a queue keeps in memory while memory is near the watermark (`flow::memory_pressure`):
+/// new messages past these go to disk (persistent ones stay in the store only, transient ones to the
+/// spill), so the backlog stops costing memory per message well before publishers are blocked.
+pub const PRESSURE_KEEP: usize = 256;
 /// Messages read from disk per refill.
 pub(super) const REFILL: usize = 1024;
 
@@ -107,6 +112,62 @@ impl Paged {
     }
 }
 
+impl Paged {
+    /// Up to `max` messages with seq >= `from_seq`, after skipping `skip` of them, in seq order, left in
+    /// place (a browse): disk and transient messages read `BROWSE_BATCH` at a time and merged by seq, so
+    /// memory is a batch of each whatever the queue's length or the skip.
+    pub fn browse(
+        &mut self,
+        store: Option<&QueueStore>,
+        from_seq: u64,
+        mut skip: u64,
+        max: usize,
+        queue: &str,
+    ) -> Result<Vec<Entry>, storage::StoreError> {
+        const BROWSE_BATCH: usize = 256;
+        let mut disk_next = from_seq.max(self.next_disk_seq);
+        let mut t_next = from_seq;
+        let mut disk: VecDeque<Entry> = VecDeque::new();
+        let mut trans: VecDeque<Entry> = VecDeque::new();
+        let mut disk_done = self.on_disk == 0 || store.is_none();
+        let mut trans_done = self.transient.is_empty();
+        let mut out = Vec::new();
+        while out.len() < max {
+            if disk.is_empty() && !disk_done {
+                if let Some(store) = store {
+                    let v = store.read(disk_next, BROWSE_BATCH)?;
+                    disk_done = v.len() < BROWSE_BATCH;
+                    if let Some(last) = v.last() {
+                        disk_next = last.seq + 1;
+                    }
+                    disk.extend(v.into_iter().map(entry_from_store));
+                }
+            }
+            if trans.is_empty() && !trans_done {
+                let v = self.transient.browse(t_next, BROWSE_BATCH, queue);
+                trans_done = v.len() < BROWSE_BATCH;
+                if let Some(last) = v.last() {
+                    t_next = last.seq + 1;
+                }
+                trans.extend(v);
+            }
+            let next = match (disk.front(), trans.front()) {
+                (Some(d), Some(t)) if d.seq < t.seq => disk.pop_front(),
+                (Some(_), Some(_)) | (None, Some(_)) => trans.pop_front(),
+                (Some(_), None) => disk.pop_front(),
+                (None, None) => break,
+            };
+            let Some(e) = next else { break };
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What one merge took.
 struct Merged {
     entries: Vec<Entry>,
@@ -156,7 +217,7 @@ fn merge(loaded: Vec<StoredEntry>, transient: &mut Transient, disk_done: bool, q
 }
 
 /// A message read back from the store, as a queue entry.
-fn entry_from_store(s: StoredEntry) -> Entry {
+pub(super) fn entry_from_store(s: StoredEntry) -> Entry {
     Entry {
         seq: s.seq,
         msg: Arc::new(s.msg),

@@ -82,6 +82,11 @@ impl Ready {
         }
     }
 
+    /// The levels, lowest priority first (a browse reads them from the last).
+    pub fn levels(&self) -> &[VecDeque<Entry>] {
+        &self.levels
+    }
+
     /// Takes every ready message out.
     pub fn drain(&mut self) -> Vec<Entry> {
         self.len = 0;

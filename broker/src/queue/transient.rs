@@ -110,6 +110,39 @@ impl Transient {
         self.head.pop_front().or_else(|| self.mem.pop_front())
     }
 
+    /// Up to `max` messages with seq >= `from_seq`, oldest first, left in place (a browse): the ones
+    /// read back, then the spill's (read from its files, not taken), then the newest.
+    pub fn browse(&mut self, from_seq: u64, max: usize, queue: &str) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self
+            .head
+            .iter()
+            .filter(|e| e.seq >= from_seq)
+            .take(max)
+            .cloned()
+            .collect();
+        if out.len() < max {
+            if let Some(spill) = self.spill.as_mut() {
+                match spill.browse(from_seq, max - out.len()) {
+                    Ok(v) => out.extend(v.into_iter().map(|s| Entry {
+                        seq: s.seq,
+                        redelivered: s.redelivered,
+                        delivery_count: s.msg.delivery_count,
+                        expires_at: s.msg.expires_at_ms,
+                        not_before: s.msg.not_before_ms,
+                        msg: Arc::new(message_from_record(s.msg)),
+                    })),
+                    Err(err) => {
+                        tracing::error!(queue, error = %err, "cannot browse paged transient messages");
+                        return out;
+                    }
+                }
+            }
+        }
+        let left = max - out.len().min(max);
+        out.extend(self.mem.iter().filter(|e| e.seq >= from_seq).take(left).cloned());
+        out
+    }
+
     fn read_back(&mut self, queue: &str) {
         let Some(spill) = self.spill.as_mut() else {
             return;

@@ -206,6 +206,40 @@ impl StreamQueue {
         n
     }
 
+    /// (first offset held, offset of the next message); the first is the next when nothing is held.
+    pub fn bounds(&self) -> (u64, u64) {
+        let st = self.store.stats();
+        (st.first.unwrap_or(st.next), st.next)
+    }
+
+    /// Up to `max` messages from `offset` on (the first held if it is gone), read through a reader of its
+    /// own: nothing changes for the consumers (a browse). Entries' seqs are their offsets.
+    pub fn browse(&self, offset: u64, max: usize) -> Result<Vec<Entry>, storage::StoreError> {
+        let mut reader = self.store.reader(StreamStart::Offset(offset))?;
+        let mut items = Vec::new();
+        let mut accept = |_: Option<&[u8]>| true;
+        while items.len() < max {
+            let before = items.len();
+            let r = self
+                .store
+                .read(&mut reader, max - before, SCAN_MAX, &mut accept, &mut items)?;
+            if items.len() == before && !r.more {
+                break;
+            }
+        }
+        Ok(items
+            .into_iter()
+            .map(|item| Entry {
+                seq: item.offset,
+                msg: Arc::new(stream_message(item)),
+                redelivered: false,
+                delivery_count: 0,
+                expires_at: None,
+                not_before: None,
+            })
+            .collect())
+    }
+
     /// Acks: with offset tracking, the consumer's highest acked offset is stored (durable after the next
     /// flush round). Nothing is removed.
     pub fn acked(&self, items: impl Iterator<Item = (u64, Option<ConsumerId>)>) {
