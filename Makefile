@@ -6,16 +6,20 @@ PYTHON ?= python3
 VENV := .venv
 VENV_OK := $(VENV)/.installed
 NODE_OK := .tools/node/.installed
+# Headless Chromium (Debian's package) and playwright-core for the web console test
+# (tests/tests/console_browser.rs). Never `playwright install`: it downloads a browser build of its own.
+CHROMIUM_OK := .tools/chromium.installed
+PLAYWRIGHT_OK := .tools/playwright/.installed
 # The real rabbitmqadmin v2 (crates.io), for tests/tests/http_rabbitmqadmin.rs; built once per machine.
 RABBITMQADMIN := .tools/rabbitmqadmin/bin/rabbitmqadmin
 RABBITMQADMIN_VERSION ?= 2.35.0
 
-.PHONY: rabbitmqadmin run test test-power-loss test-write-faults lint bench bench-compare bench-stream crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
+.PHONY: console-deps rabbitmqadmin run test test-power-loss test-write-faults lint bench bench-compare bench-stream crash-test perf clean-venv fuzz fuzz-corpus fuzz-server
 
 run:
 	$(CARGO) run --release --bin mailroom -- --data-dir ./data
 
-test: $(VENV_OK) $(NODE_OK) $(RABBITMQADMIN)
+test: $(VENV_OK) $(NODE_OK) $(RABBITMQADMIN) $(CHROMIUM_OK) $(PLAYWRIGHT_OK)
 	$(CARGO) build --bin mailroom
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -96,6 +100,22 @@ $(NODE_OK): tests/node/package.json
 	cp tests/node/package.json .tools/node/package.json
 	cd .tools/node && npm install --no-audit --no-fund --silent
 	touch $@
+
+# Debian's chromium when /usr/bin/chromium is missing (apt-get as root, as on CI), once per machine.
+$(CHROMIUM_OK):
+	mkdir -p .tools
+	test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; }
+	/usr/bin/chromium --version
+	touch $@
+
+# playwright-core (the driver only: no browser download) from the npm registry into .tools/playwright.
+$(PLAYWRIGHT_OK): tests/console/package.json
+	mkdir -p .tools/playwright
+	cp tests/console/package.json .tools/playwright/package.json
+	cd .tools/playwright && npm install --no-audit --no-fund --silent
+	touch $@
+
+console-deps: $(CHROMIUM_OK) $(PLAYWRIGHT_OK)
 
 # rabbitmqadmin v2 from crates.io into .tools/rabbitmqadmin (ignored), when missing.
 $(RABBITMQADMIN):

@@ -85,6 +85,15 @@ pub struct Cli {
     /// and [::1]:5671 when --tls-cert is given.
     #[arg(long, env = "MAILROOM_TLS_LISTEN", value_name = "ADDR", value_delimiter = ',')]
     pub tls_listen: Vec<String>,
+    /// Address to serve the management API over HTTPS on (the certificate of --tls-cert); repeatable.
+    /// Default: none (RabbitMQ's management TLS port is 15671).
+    #[arg(
+        long,
+        env = "MAILROOM_HTTPS_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub https_listen: Vec<String>,
     /// PEM file with the server's certificate chain (leaf first); turns AMQPS on. Reloaded on SIGHUP.
     #[arg(long, env = "MAILROOM_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -191,6 +200,8 @@ pub struct FileConfig {
     /// Definitions file imported at boot.
     pub definitions: Option<PathBuf>,
     pub tls_listen: Option<Listen>,
+    /// Management API over HTTPS: one address or a list.
+    pub https_listen: Option<Listen>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -268,6 +279,8 @@ pub struct Config {
     /// AMQPS listeners (empty without TLS).
     pub tls_listen: Vec<SocketAddr>,
     pub tls_listen_is_default: bool,
+    /// Management API listeners over HTTPS (empty: none; needs `tls`).
+    pub https_listen: Vec<SocketAddr>,
     /// Certificate, key and client CA files (None: no TLS).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Prometheus listeners (empty: none).
@@ -318,6 +331,7 @@ impl Default for Config {
             definitions: None,
             tls_listen: Vec::new(),
             tls_listen_is_default: false,
+            https_listen: Vec::new(),
             tls: None,
             prometheus_listen: parse_addrs(&DEFAULT_PROMETHEUS_LISTEN.map(String::from))
                 .expect("default prometheus address"),
@@ -396,6 +410,15 @@ impl Config {
             (Some(_), true) => parse_addrs(&DEFAULT_TLS_LISTEN.map(String::from))?,
             (Some(_), false) => parse_addrs(&tls_given)?,
         };
+        let https_given = if !cli.https_listen.is_empty() {
+            cli.https_listen
+        } else {
+            file.https_listen.map(Listen::into_vec).unwrap_or_default()
+        };
+        if tls.is_none() && !https_given.is_empty() {
+            anyhow::bail!("--https-listen needs --tls-cert and --tls-key");
+        }
+        let https_listen = parse_addrs(&https_given)?;
         let prom_given = if !cli.prometheus_listen.is_empty() {
             cli.prometheus_listen
         } else {
@@ -506,6 +529,7 @@ impl Config {
             force_recovery: cli.force_recovery,
             tls_listen,
             tls_listen_is_default,
+            https_listen,
             tls,
             prometheus_listen,
             prometheus_listen_is_default,

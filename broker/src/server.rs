@@ -23,6 +23,8 @@ pub struct Server {
     pub tls: Option<Arc<TlsConfig>>,
     /// The Prometheus endpoint's listeners.
     prometheus_listeners: Vec<TcpListener>,
+    /// The management API's HTTPS listeners (`http/https.rs`).
+    https_listeners: Vec<TcpListener>,
 }
 
 /// Binds `addrs`; of defaults, an address the host lacks (`[::1]` without IPv6) is skipped with a warning,
@@ -83,6 +85,7 @@ impl Server {
         )
         .await?;
         let http_listeners = crate::http::bind(&c.http_listen, c.http_listen_is_default).await?;
+        let https_listeners = crate::http::bind(&c.https_listen, false).await?;
         if let Some(tls) = &tls {
             let weak = Arc::downgrade(tls);
             crate::watchdog::on_reload(move || {
@@ -100,6 +103,7 @@ impl Server {
             tls_listeners,
             tls,
             prometheus_listeners,
+            https_listeners,
         };
         let _ = server
             .broker
@@ -145,7 +149,19 @@ impl Server {
         for addr in self.http_addrs() {
             info!(%addr, "accepting HTTP connections");
         }
-        let http = crate::http::spawn(self.broker.clone(), self.http_listeners, shutdown.clone());
+        let mut http = crate::http::spawn(self.broker.clone(), self.http_listeners, shutdown.clone());
+        if let Some(tls) = &self.tls {
+            for l in &self.https_listeners {
+                let addr = l.local_addr().expect("bound socket has an address");
+                info!(%addr, "accepting HTTPS connections");
+            }
+            http.extend(crate::http::https::spawn(
+                self.broker.clone(),
+                tls.clone(),
+                self.https_listeners,
+                shutdown.clone(),
+            ));
+        }
         let mut acceptors = Vec::new();
         for listener in self.prometheus_listeners {
             let addr = listener.local_addr().expect("bound socket has an address");

@@ -187,6 +187,10 @@ async fn auth_failures_and_bad_requests() {
     assert_eq!(body["error"], "not_authorized");
     let r = api.as_user("guest", "wrong").get("/api/overview").await;
     assert_eq!(r.status, 401);
+    // Wrong credentials: no challenge (RabbitMQ sends its realm only when there are no credentials,
+    // rabbit_web_dispatch_access_control:is_authorized1), so browsers show no login dialog.
+    assert!(r.headers.get("www-authenticate").is_none());
+    assert_eq!(r.body["error"], "not_authorized");
     // A user without a management tag: 401 "Not management user".
     api.put("/api/users/app", json!({"password": "pw", "tags": ""}))
         .await;

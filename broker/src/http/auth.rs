@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
 use super::error::ApiError;
@@ -15,39 +16,38 @@ use crate::users::UserInfo;
 pub struct AuthUser(pub UserInfo);
 
 impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, broker: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
+        // No (readable) Basic credentials: a 401 with the challenge; wrong ones: a plain 401.
+        let credentials = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::not_authenticated)?;
-        let encoded = header
-            .strip_prefix("Basic ")
-            .or_else(|| header.strip_prefix("basic "))
-            .ok_or_else(ApiError::not_authenticated)?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(ApiError::not_authenticated)?;
-        let (name, password) = decoded.split_once(':').ok_or_else(ApiError::not_authenticated)?;
+            .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
+            .and_then(|e| base64::engine::general_purpose::STANDARD.decode(e.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some(decoded) = credentials else {
+            return Err(ApiError::not_authenticated().challenge());
+        };
+        let Some((name, password)) = decoded.split_once(':') else {
+            return Err(ApiError::not_authenticated().challenge());
+        };
         let user = broker
             .users
             .authenticate(name, password)
-            .ok_or_else(ApiError::not_authenticated)?;
+            .ok_or_else(|| ApiError::not_authenticated().into_response())?;
         if broker.users.loopback_only(name) {
             let peer = parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip());
             if !peer.is_some_and(|ip| ip.is_loopback()) {
-                return Err(ApiError::not_authorised("User can only log in via localhost"));
+                return Err(ApiError::not_authorised("User can only log in via localhost").into_response());
             }
         }
         if !user.is_management() {
-            return Err(ApiError::not_authorised("Not management user"));
+            return Err(ApiError::not_authorised("Not management user").into_response());
         }
         Ok(AuthUser(user))
     }

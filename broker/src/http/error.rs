@@ -108,13 +108,21 @@ impl From<crate::users::UsersError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "reason": self.reason});
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.error == "not_authorized" {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
-        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl ApiError {
+    /// The response with a Basic challenge (`WWW-Authenticate`), which RabbitMQ sends only to a request
+    /// without credentials (`rabbit_web_dispatch_access_control:is_authorized1`, `no_credentials`): wrong
+    /// credentials get a plain 401, so a browser page that sends its own `Authorization` never gets the
+    /// browser's login dialog.
+    pub fn challenge(self) -> Response {
+        let mut resp = self.into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+        );
         resp
     }
 }

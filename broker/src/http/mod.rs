@@ -10,9 +10,11 @@ mod auth;
 mod bindings;
 mod browse;
 mod connections;
+mod console;
 mod definitions;
 mod error;
 mod exchanges;
+pub mod https;
 pub mod json;
 mod messages;
 mod overview;
@@ -21,6 +23,7 @@ mod phash2;
 mod policies;
 mod queues;
 mod rates;
+mod route;
 mod tasks;
 mod trace;
 mod users;
@@ -80,6 +83,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             get(exchanges::show).put(exchanges::put).delete(exchanges::delete),
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(messages::publish))
+        .route("/api/exchanges/{vhost}/{name}/route", post(route::route))
         .route(
             "/api/exchanges/{vhost}/{name}/bindings/source",
             get(bindings::exchange_source),
@@ -176,6 +180,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/user-limits", get(overview::empty_list))
         .route("/api/topic-permissions", get(overview::empty_list))
         .route("/api/rebalance/queues", put(overview::not_applicable))
+        .merge(console::routes())
         // RabbitMQ's management.http.max_body_size (20 MiB): large definitions files and publishes fit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .method_not_allowed_fallback(error::method_not_allowed)
