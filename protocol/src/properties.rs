@@ -648,7 +648,11 @@ mod tests {
             assert_eq!(raw.content_type(), d.content_type.as_deref(), "mask {mask:#x}");
             assert_eq!(raw.delivery_mode(), d.delivery_mode, "mask {mask:#x}");
             assert_eq!(raw.priority(), d.priority, "mask {mask:#x}");
-            assert_eq!(raw.correlation_id(), d.correlation_id.as_deref(), "mask {mask:#x}");
+            assert_eq!(
+                raw.correlation_id(),
+                d.correlation_id.as_deref(),
+                "mask {mask:#x}"
+            );
             assert_eq!(raw.reply_to(), d.reply_to.as_deref(), "mask {mask:#x}");
             assert_eq!(raw.expiration(), d.expiration.as_deref(), "mask {mask:#x}");
             assert_eq!(raw.message_id(), d.message_id.as_deref(), "mask {mask:#x}");
