@@ -86,6 +86,14 @@ async fn released_in_due_order_whatever_the_publish_order() {
     delayed_exchange(&ch, "later", "direct").await;
     durable_queue(&ch, "dq").await;
     bind(&ch, "dq", "later", "k").await;
+    // Routed at once: no header, x-delay 0, negative, or not an integer. Published before the delayed ones,
+    // so they are first whatever the machine's speed (a delayed message published earlier could fall due
+    // while a slow machine is still publishing these).
+    publish(&ch, "later", "k", "now-plain", BasicProperties::default()).await;
+    publish(&ch, "later", "k", "now-zero", delay(0)).await;
+    publish(&ch, "later", "k", "now-negative", delay(-500)).await;
+    let str_delay = BasicProperties::default().with_headers(table(&[("x-delay", s("1000"))]));
+    publish(&ch, "later", "k", "now-string", str_delay).await;
     // 40 messages, delays 200..2150 ms in a scrambled order (a fixed permutation).
     let delays: Vec<i64> = (0..40).map(|i| 200 + ((i * 17) % 40) * 50).collect();
     let started = std::time::Instant::now();
@@ -93,13 +101,7 @@ async fn released_in_due_order_whatever_the_publish_order() {
         // `publish` waits for each confirm: a delayed message is confirmed once stored, not when due.
         publish(&ch, "later", "k", &format!("d{d:05}"), delay(*d)).await;
     }
-    // Routed at once: no header, x-delay 0, negative, or not an integer.
     let spread = started.elapsed();
-    publish(&ch, "later", "k", "now-plain", BasicProperties::default()).await;
-    publish(&ch, "later", "k", "now-zero", delay(0)).await;
-    publish(&ch, "later", "k", "now-negative", delay(-500)).await;
-    let str_delay = BasicProperties::default().with_headers(table(&[("x-delay", s("1000"))]));
-    publish(&ch, "later", "k", "now-string", str_delay).await;
     let got = consume(&ch, "dq", 44, Duration::from_secs(10)).await;
     assert_eq!(&got[..4], ["now-plain", "now-zero", "now-negative", "now-string"]);
     let mut want: Vec<String> = delays.iter().map(|d| format!("d{d:05}")).collect();
