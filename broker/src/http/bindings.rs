@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
 use super::json::{args_to_json, json_to_table};
-use super::users::parse_body;
+use super::users::parse_body_or_empty;
 use super::{durable, paging, AppState};
 use crate::users::{Perm, Res};
 use crate::vhost::VHost;
@@ -237,11 +237,7 @@ async fn create(
     queue: bool,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let v = if body.is_empty() {
-        json!({})
-    } else {
-        parse_body(&body)?
-    };
+    let v = parse_body_or_empty(&body)?;
     let vh = vhost_checked(&broker, &user, &vhost)?;
     if !exists(&vh, false, &source) || !exists(&vh, queue, &dest) {
         return Err(ApiError::not_found());

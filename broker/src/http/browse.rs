@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
 use super::messages::properties_to_json;
-use super::users::parse_body;
+use super::users::parse_body_or_empty;
 use super::AppState;
 use crate::queue::{BrowseFrom, Entry};
 use crate::users::{Perm, Res};
@@ -43,14 +43,7 @@ pub async fn post(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let v = if body.is_empty() {
-        json!({})
-    } else {
-        parse_body(&body)?
-    };
-    if !v.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    }
+    let v = parse_body_or_empty(&body)?;
     browse(broker, user, vhost, name, v).await
 }
 

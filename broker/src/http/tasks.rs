@@ -9,11 +9,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
-use super::users::parse_body;
+use super::users::parse_body_or_empty;
 use super::AppState;
 use crate::redrive_task::MoveRequest;
 use crate::tasks::{TaskRecord, TaskSlot, TaskState};
@@ -50,14 +50,7 @@ pub async fn create(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let v = if body.is_empty() {
-        json!({})
-    } else {
-        parse_body(&body)?
-    };
-    if !v.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    }
+    let v = parse_body_or_empty(&body)?;
     let (vh, source) = super::queues::find(&broker, &user, &vhost, &name)?;
     user.require_perm(&broker, &vhost, Perm::Read, Res::Queue, &name)?;
     let to = match v.get("to") {

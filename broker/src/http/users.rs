@@ -91,6 +91,15 @@ pub fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// [`parse_body`], with an empty body read as `{}` (for endpoints whose body is optional).
+pub fn parse_body_or_empty(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        Ok(Value::Object(Default::default()))
+    } else {
+        parse_body(body)
+    }
+}
+
 /// The hash a user body asks for: `password` (hashed here), `password_hash` (+ `hashing_algorithm`),
 /// or neither (a user without a password, who cannot log in with one).
 pub fn hash_from_body(v: &Value) -> Result<Option<Vec<u8>>, ApiError> {

@@ -13,6 +13,7 @@ mod file;
 mod format;
 mod index;
 mod recovery;
+pub(crate) use recovery::move_aside;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;

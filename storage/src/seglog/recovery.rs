@@ -91,8 +91,8 @@ pub(crate) fn has_message_data(root: &Path) -> Result<usize> {
 }
 
 /// Moves a directory that cannot be accounted for into `lost` (created if missing) as
-/// `queue-<id>-<unix time>[-n]`, durably. Returns its new path.
-fn move_aside(dir: &Path, id: u32, lost: &Path, faults: &Faults) -> Result<PathBuf> {
+/// `<kind>-<id>-<unix time>[-n]` (`kind`: "queue" or "stream"), durably. Returns its new path.
+pub(crate) fn move_aside(dir: &Path, kind: &str, id: u32, lost: &Path, faults: &Faults) -> Result<PathBuf> {
     if !lost.exists() {
         fs::create_dir_all(lost).map_err(io_err(lost))?;
         if let Some(parent) = lost.parent() {
@@ -102,10 +102,10 @@ fn move_aside(dir: &Path, id: u32, lost: &Path, faults: &Faults) -> Result<PathB
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut dest = lost.join(format!("queue-{id:08x}-{secs}"));
+    let mut dest = lost.join(format!("{kind}-{id:08x}-{secs}"));
     let mut n = 1;
     while dest.exists() {
-        dest = lost.join(format!("queue-{id:08x}-{secs}-{n}"));
+        dest = lost.join(format!("{kind}-{id:08x}-{secs}-{n}"));
         n += 1;
     }
     fs::rename(dir, &dest).map_err(io_err(dir))?;
@@ -194,7 +194,7 @@ impl MsgLog {
                         d
                     }
                     _ => {
-                        let dest = move_aside(&path, id, lost, &log.faults)?;
+                        let dest = move_aside(&path, "queue", id, lost, &log.faults)?;
                         rec.moved_aside.push((id, dest));
                         continue;
                     }

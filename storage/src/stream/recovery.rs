@@ -61,7 +61,7 @@ impl StreamLog {
             };
             let path = entry.path();
             if !known.contains_key(&id) {
-                let to = move_aside(&path, id, lost, &log.faults)?;
+                let to = crate::seglog::move_aside(&path, "stream", id, lost, &log.faults)?;
                 tracing::error!(stream = id, moved_to = %to.display(),
                     "a stream directory without a queue record was moved to lost+found");
                 rec.moved_to_lost += 1;
@@ -281,28 +281,4 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
         f.read_exact_at(&mut buf[old..], read_from)
             .map_err(io_err(path))?;
     }
-}
-
-fn move_aside(dir: &Path, id: u32, lost: &Path, faults: &Faults) -> Result<PathBuf> {
-    if !lost.exists() {
-        fs::create_dir_all(lost).map_err(io_err(lost))?;
-        if let Some(parent) = lost.parent() {
-            sync_dir(parent, faults)?;
-        }
-    }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut dest = lost.join(format!("stream-{id:08x}-{secs}"));
-    let mut n = 1;
-    while dest.exists() {
-        dest = lost.join(format!("stream-{id:08x}-{secs}-{n}"));
-        n += 1;
-    }
-    fs::rename(dir, &dest).map_err(io_err(dir))?;
-    sync_dir(lost, faults)?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent, faults)?;
-    }
-    Ok(dest)
 }
