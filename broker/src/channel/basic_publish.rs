@@ -89,7 +89,9 @@ impl Channel {
                 return Ok(());
             }
         }
-        let headers = crate::args::routing_headers(p.exchange.as_str(), &msg.properties);
+        // The headers are decoded only if the route reaches an exchange that reads them (a headers exchange
+        // with bindings, a consistent-hash exchange with `hash-header`): a deduplication id costs no decode.
+        let headers = || crate::args::message_headers(&msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
         {
             let router = ctx.session.vhost.router.read();
@@ -99,11 +101,11 @@ impl Channel {
             } else {
                 router::MsgProps::default()
             };
-            router.route_msg(
+            router.route_msg_lazy(
                 p.exchange.as_str(),
                 p.routing_key.as_str(),
                 msg.extra_routing_keys(),
-                headers.as_ref(),
+                &headers,
                 &props,
                 dests,
             )?;
