@@ -403,13 +403,22 @@ type Windows = RwLock<AHashMap<Arc<str>, Arc<Mutex<Window>>>>;
 pub struct Registry {
     exchanges: Windows,
     queues: Windows,
-    /// Whether any window exists (publishes skip the lookups otherwise).
-    count: AtomicU64,
+    /// How many exchange and queue windows exist (publishes skip the lookups when none).
+    exchange_count: AtomicU64,
+    queue_count: AtomicU64,
     /// Duplicates dropped in this vhost since the start, windows since deleted included.
     dropped_total: AtomicU64,
 }
 
 impl Registry {
+    fn count(&self, is_queue: bool) -> &AtomicU64 {
+        if is_queue {
+            &self.queue_count
+        } else {
+            &self.exchange_count
+        }
+    }
+
     fn map(&self, is_queue: bool) -> &Windows {
         if is_queue {
             &self.queues
@@ -455,7 +464,7 @@ impl Registry {
             .insert(name.clone(), Arc::new(Mutex::new(w)))
             .is_none()
         {
-            self.count.fetch_add(1, Relaxed);
+            self.count(is_queue).fetch_add(1, Relaxed);
         }
     }
 
@@ -464,7 +473,7 @@ impl Registry {
         let Some(w) = self.map(is_queue).write().remove(name) else {
             return;
         };
-        self.count.fetch_sub(1, Relaxed);
+        self.count(is_queue).fetch_sub(1, Relaxed);
         let w = w.lock();
         if let Some(p) = &w.persist {
             if let Err(e) = p.store.delete_entity_state(p.kind, &p.vhost, &p.name) {
@@ -475,13 +484,19 @@ impl Registry {
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.count.load(Relaxed) == 0
+        !self.has_any(false) && !self.has_any(true)
+    }
+
+    /// Whether any queue (`is_queue`) or exchange window exists.
+    #[inline]
+    pub fn has_any(&self, is_queue: bool) -> bool {
+        self.count(is_queue).load(Relaxed) != 0
     }
 
     /// Checks a message against the window of exchange or queue `name`; None if it has none or the
     /// message carries no deduplication header.
     pub fn check(&self, is_queue: bool, name: &str, props: &RawProperties, now: u64) -> Option<Seen> {
-        if self.is_empty() || !props.has_headers() {
+        if !self.has_any(is_queue) || !props.has_headers() {
             return None;
         }
         // The window first (most entities have none), then the key; the map's read lock is held only
@@ -511,7 +526,7 @@ impl Registry {
 
     /// Whether queue or exchange `name` has a window.
     pub fn has(&self, is_queue: bool, name: &str) -> bool {
-        !self.is_empty() && self.map(is_queue).read().contains_key(name)
+        self.has_any(is_queue) && self.map(is_queue).read().contains_key(name)
     }
 
     /// Every window's counters.

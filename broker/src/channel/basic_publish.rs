@@ -145,7 +145,7 @@ impl Channel {
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut dead = DeadLetters::new();
-        let dedup_queues = !vhost.dedup.is_empty();
+        let dedup_queues = vhost.dedup.has_any(true);
         // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
         let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         vhost.with_queues(dests, |q| {
