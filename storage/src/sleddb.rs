@@ -97,6 +97,25 @@ fn sled_config(path: &Path, c: &SledConfig) -> sled::Config {
         .segment_size(SLED_SEGMENT_SIZE)
 }
 
+/// Drops a sled handle without letting sled take the thread down. sled 0.34's `Drop for Log` ends
+/// with `config.file.sync_all().unwrap()` whenever sled has not recorded an I/O error of its own:
+/// one failed fsync there (EIO, or ENOSPC on some file systems) panics the dropping thread. That
+/// thread is the flusher during a rebuild, and a dead flusher settles no ticket again (no confirm,
+/// no nack) while the definitions store stays closed. Returns false if the drop panicked: sled's
+/// files were then not synced, and the caller must not count them as durable.
+pub(crate) fn drop_db(db: sled::Db, what: &Path) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::error!(
+                path = %what.display(),
+                "closing the definitions store failed (sled's final fsync failed); its files are not trusted"
+            );
+            false
+        }
+    }
+}
+
 fn open_err(path: &Path) -> impl FnOnce(sled::Error) -> StoreError + '_ {
     move |e| match e {
         sled::Error::Io(source) => StoreError::Io {
@@ -408,8 +427,9 @@ impl SledDb {
     /// new one is complete; on error sled stays broken and the next round tries again.
     pub(crate) fn rebuild(&self) -> Result<()> {
         let mut slot = self.slot.write();
-        let data = match slot.saved.take() {
-            Some(d) => d,
+        // A copy of what a failed attempt saved: `saved` is cleared only once the new sled is in.
+        let data = match &slot.saved {
+            Some(d) => d.clone(),
             None => {
                 let db = slot.db.as_ref().ok_or_else(unavailable)?;
                 db.iter().collect::<sled::Result<Vec<_>>>()?
@@ -427,7 +447,10 @@ impl SledDb {
             }
         };
         if !closed {
-            slot.db = None;
+            // The old db's close may fail (it is broken): what counts is `data`, copied above.
+            if let Some(db) = slot.db.take() {
+                drop_db(db, &self.path);
+            }
             slot.db_file = None;
             wait_sled_lock_free(&self.path, Duration::from_secs(5));
         }
@@ -458,8 +481,15 @@ impl SledDb {
             for (k, v) in data {
                 batch.insert(k, v);
             }
-            db.apply_batch(batch)?;
-            db.flush()?;
+            let filled = db.apply_batch(batch).and_then(|()| db.flush().map(|_| ()));
+            let closed = drop_db(db, &new);
+            filled?;
+            if !closed {
+                return Err(StoreError::Engine(format!(
+                    "closing the new definitions store at {} failed (its final fsync failed)",
+                    new.display()
+                )));
+            }
         }
         wait_sled_lock_free(&new, Duration::from_secs(5));
         let mut seen = BTreeMap::new();
@@ -496,7 +526,9 @@ impl SledDb {
     pub(crate) fn close(&self) {
         self.stop_writeout();
         let mut slot = self.slot.write();
-        slot.db = None;
+        if let Some(db) = slot.db.take() {
+            drop_db(db, &self.path);
+        }
         slot.db_file = None;
         drop(slot);
         wait_sled_lock_free(&self.path, Duration::from_secs(5));
