@@ -60,6 +60,26 @@ pub(crate) struct SledDb {
     broken: AtomicBool,
     writeout: Arc<WriteOut>,
     writeout_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Removals that could not be written because sled was broken or being rebuilt: the rebuild
+    /// leaves these keys out of the fresh copy (see `defer_removal`).
+    deferred: Mutex<Vec<Removal>>,
+}
+
+/// A removal `rebuild` applies to the copy it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Removal {
+    Key(Vec<u8>),
+    /// Every key starting with these bytes.
+    Prefix(Vec<u8>),
+}
+
+impl Removal {
+    fn covers(&self, k: &[u8]) -> bool {
+        match self {
+            Removal::Key(key) => k == key.as_slice(),
+            Removal::Prefix(p) => k.starts_with(p),
+        }
+    }
 }
 
 /// The write-out thread's state. sled keeps writes in its own buffers until `Db::flush`; a process
@@ -278,6 +298,7 @@ impl SledDb {
             broken: AtomicBool::new(false),
             writeout: Arc::new(WriteOut::default()),
             writeout_thread: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
         };
         // Everything sled wrote on open (conf, the db file, blobs/, a snapshot), the sled
         // directory's entries, and `sled` in the data directory.
@@ -387,6 +408,32 @@ impl SledDb {
         }
     }
 
+    /// Records removals whose write failed because sled is broken or closed for a rebuild (`can_defer`).
+    /// No write can succeed until the rebuild (sled refuses every write after an I/O error of its
+    /// own, and there is no sled while it is rebuilt), and the rebuild leaves these keys out of the
+    /// fresh copy: so the removal is done by the rebuild, and durable once a flush round succeeds
+    /// after it, like any write. Without this, a change that was undone in memory (a declare whose
+    /// write could not be made durable) came back from the rebuilt copy.
+    pub(crate) fn defer_removal(&self, r: Vec<Removal>) {
+        self.deferred.lock().extend(r);
+    }
+
+    /// Takes back removals deferred by `defer_removal` (the operation they belonged to failed).
+    pub(crate) fn cancel_removal(&self, r: &[Removal]) {
+        let mut d = self.deferred.lock();
+        for x in r {
+            if let Some(i) = d.iter().rposition(|y| y == x) {
+                d.remove(i);
+            }
+        }
+    }
+
+    /// Whether a failed write can be deferred to the rebuild: sled is marked broken (a rebuild is
+    /// due) or closed by one in progress.
+    pub(crate) fn can_defer(&self, e: &StoreError) -> bool {
+        matches!(e, StoreError::Unavailable(_)) || self.is_broken()
+    }
+
     pub(crate) fn take_dirty(&self) -> bool {
         self.dirty.swap(false, SeqCst)
     }
@@ -435,6 +482,14 @@ impl SledDb {
                 db.iter().collect::<sled::Result<Vec<_>>>()?
             }
         };
+        let deferred = self.deferred.lock().clone();
+        let data = if deferred.is_empty() {
+            data
+        } else {
+            let mut data = data;
+            data.retain(|(k, _)| !deferred.iter().any(|r| r.covers(k)));
+            data
+        };
         let closed = slot.db.is_none();
         let seen = match self.build_new(&data) {
             Ok(seen) => seen,
@@ -461,6 +516,8 @@ impl SledDb {
         slot.db = Some(db);
         slot.db_file = Some(db_file);
         *self.seen.lock() = seen;
+        // Only what this rebuild applied: nothing can be deferred meanwhile (the write lock is held).
+        self.deferred.lock().drain(..deferred.len());
         self.broken.store(false, SeqCst);
         self.dirty.store(false, SeqCst);
         tracing::warn!(keys, "definitions store rebuilt after a write failure");
