@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::fault::{FaultOp, Faults, FileKind};
 use crate::seglog::sync_dir;
+use crate::sled_worker::SledWorker;
 use crate::{io_err, Result, StoreError, SLED_SEGMENT_SIZE};
 
 /// sled's settings (fixed for the life of a store).
@@ -63,7 +64,15 @@ pub(crate) struct SledDb {
     /// Removals that could not be written because sled was broken or being rebuilt: the rebuild
     /// leaves these keys out of the fresh copy (see `defer_removal`).
     deferred: Mutex<Vec<Removal>>,
+    /// Runs the flusher's and the rebuild's sled calls with a deadline (`sled_worker`).
+    worker: SledWorker,
+    /// A rebuild is under way: writes fail at once (`Unavailable`).
+    rebuilding: AtomicBool,
 }
+
+/// How long a sled call may take before it is abandoned (`sled_worker`). Far above any flush seen
+/// (milliseconds), well below the minute a publisher waits for its confirms.
+const SLED_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A removal `rebuild` applies to the copy it makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,6 +308,8 @@ impl SledDb {
             writeout: Arc::new(WriteOut::default()),
             writeout_thread: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
+            worker: SledWorker::new("mailroom-sled-call", SLED_DEADLINE),
+            rebuilding: AtomicBool::new(false),
         };
         // Everything sled wrote on open (conf, the db file, blobs/, a snapshot), the sled
         // directory's entries, and `sled` in the data directory.
@@ -341,6 +352,9 @@ impl SledDb {
             return Err(io_err(&self.path)(e));
         }
         let slot = self.slot.read();
+        if self.rebuilding.load(SeqCst) {
+            return Err(unavailable());
+        }
         let db = slot.db.as_ref().ok_or_else(unavailable)?;
         match f(db) {
             Ok(v) => {
@@ -378,10 +392,18 @@ impl SledDb {
                 }
                 w.pending.store(false, SeqCst);
                 let Some(shared) = shared.upgrade() else { return };
-                let slot = shared.sled.slot.read();
-                if let Some(db) = &slot.db {
-                    if let Err(e) = db.flush() {
-                        tracing::debug!(error = %e, "sled write-out failed (the next flush round reports it)");
+                // A handle of its own, outside the lock: a flush that never returns (see
+                // `sled_worker`) then holds up only this thread, not a rebuild. Panics (sled's
+                // `unwrap`s, also in its `Drop` if this is the last handle) are caught.
+                let db = shared.sled.slot.read().db.clone();
+                if let Some(db) = db {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        let r = db.flush();
+                        drop(db);
+                        r
+                    }));
+                    if !matches!(r, Ok(Ok(_))) {
+                        tracing::debug!("sled write-out failed (the next flush round reports it)");
                         shared.sled.broken.store(true, SeqCst);
                     }
                 }
@@ -404,7 +426,14 @@ impl SledDb {
         self.writeout.state.lock().stop = true;
         self.writeout.cv.notify_all();
         if let Some(h) = self.writeout_thread.lock().take() {
-            let _ = h.join();
+            // not forever: a write-out stuck in sled (`sled_worker`) is left behind
+            let deadline = std::time::Instant::now() + SLED_DEADLINE;
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 
@@ -455,7 +484,10 @@ impl SledDb {
             self.faults
                 .check(FileKind::Sled, FaultOp::Sync)
                 .map_err(io_err(&self.path))?;
-            db.flush()?;
+            let db = db.clone();
+            self.worker.run("flushing the definitions store", move || {
+                Ok(db.flush().map(|_| ())?)
+            })?;
             sync_tree(
                 &self.path,
                 slot.db_file.as_ref(),
@@ -473,25 +505,38 @@ impl SledDb {
     /// the write lock: no sled call runs meanwhile. The old sled stays open (readable) until the
     /// new one is complete; on error sled stays broken and the next round tries again.
     pub(crate) fn rebuild(&self) -> Result<()> {
-        let mut slot = self.slot.write();
-        // A copy of what a failed attempt saved: `saved` is cleared only once the new sled is in.
-        let data = match &slot.saved {
-            Some(d) => d.clone(),
-            None => {
-                let db = slot.db.as_ref().ok_or_else(unavailable)?;
-                db.iter().collect::<sled::Result<Vec<_>>>()?
-            }
+        // Writes fail at once (`Unavailable`) from here until the new sled is in, instead of waiting
+        // for the lock while the copy is built: a rebuild can take up to `SLED_DEADLINE`.
+        self.rebuilding.store(true, SeqCst);
+        let r = self.rebuild_inner();
+        self.rebuilding.store(false, SeqCst);
+        r
+    }
+
+    fn rebuild_inner(&self) -> Result<()> {
+        // The copy is taken under the write lock: every write that got the read lock before is in
+        // it, and every write after sees `rebuilding` (checked under the read lock) and fails.
+        let (data, closed) = {
+            let slot = self.slot.write();
+            // A copy of what a failed attempt saved: `saved` is cleared once the new sled is in.
+            let data = match &slot.saved {
+                Some(d) => d.clone(),
+                None => {
+                    let db = slot.db.as_ref().ok_or_else(unavailable)?;
+                    db.iter().collect::<sled::Result<Vec<_>>>()?
+                }
+            };
+            (data, slot.db.is_none())
         };
         let deferred = self.deferred.lock().clone();
-        let data = if deferred.is_empty() {
-            data
-        } else {
-            let mut data = data;
+        let mut data = data;
+        if !deferred.is_empty() {
             data.retain(|(k, _)| !deferred.iter().any(|r| r.covers(k)));
-            data
-        };
-        let closed = slot.db.is_none();
-        let seen = match self.build_new(&data) {
+        }
+        // Built without the lock: reads go on from the old sled meanwhile.
+        let built = self.build_new(&data);
+        let mut slot = self.slot.write();
+        let seen = match built {
             Ok(seen) => seen,
             Err(e) => {
                 if closed {
@@ -504,7 +549,11 @@ impl SledDb {
         if !closed {
             // The old db's close may fail (it is broken): what counts is `data`, copied above.
             if let Some(db) = slot.db.take() {
-                drop_db(db, &self.path);
+                let path = self.path.clone();
+                let _ = self.worker.run("closing the old definitions store", move || {
+                    drop_db(db, &path);
+                    Ok(())
+                });
             }
             slot.db_file = None;
             wait_sled_lock_free(&self.path, Duration::from_secs(5));
@@ -513,13 +562,39 @@ impl SledDb {
         slot.saved = Some(data);
         let (db, db_file) = self.swap_in()?;
         let keys = slot.saved.take().map_or(0, |d| d.len());
+        // Removals deferred while the copy was built: applied to the new sled (synced by the next
+        // round, which the caller's tickets wait for like any write's).
+        let late: Vec<Removal> = {
+            let mut d = self.deferred.lock();
+            let applied = deferred.len().min(d.len());
+            d.drain(..applied);
+            d.drain(..).collect()
+        };
+        for r in &late {
+            let applied = match r {
+                Removal::Key(k) => db.remove(k.as_slice()).map(|_| ()),
+                Removal::Prefix(p) => db
+                    .scan_prefix(p)
+                    .keys()
+                    .try_for_each(|k| db.remove(k?).map(|_| ())),
+            };
+            if let Err(e) = applied {
+                self.deferred.lock().push(r.clone());
+                self.broken.store(true, SeqCst);
+                tracing::error!(error = %e, "a removal deferred to the rebuild failed; sled is rebuilt again");
+            }
+        }
         slot.db = Some(db);
         slot.db_file = Some(db_file);
         *self.seen.lock() = seen;
-        // Only what this rebuild applied: nothing can be deferred meanwhile (the write lock is held).
-        self.deferred.lock().drain(..deferred.len());
+        if !self.deferred.lock().is_empty() {
+            return Err(StoreError::Engine(
+                "the rebuilt definitions store could not take a deferred removal".into(),
+            ));
+        }
         self.broken.store(false, SeqCst);
-        self.dirty.store(false, SeqCst);
+        // what was deferred late is in the new sled but not synced yet
+        self.dirty.store(!late.is_empty(), SeqCst);
         tracing::warn!(keys, "definitions store rebuilt after a write failure");
         Ok(())
     }
@@ -532,22 +607,24 @@ impl SledDb {
         self.faults
             .check(FileKind::Sled, FaultOp::Write)
             .map_err(io_err(&new))?;
-        {
-            let db = sled_config(&new, &self.config).open().map_err(open_err(&new))?;
+        let (path, config, data) = (new.clone(), self.config.clone(), data.to_vec());
+        self.worker.run("building the new definitions store", move || {
+            let db = sled_config(&path, &config).open().map_err(open_err(&path))?;
             let mut batch = sled::Batch::default();
             for (k, v) in data {
                 batch.insert(k, v);
             }
             let filled = db.apply_batch(batch).and_then(|()| db.flush().map(|_| ()));
-            let closed = drop_db(db, &new);
+            let closed = drop_db(db, &path);
             filled?;
             if !closed {
                 return Err(StoreError::Engine(format!(
                     "closing the new definitions store at {} failed (its final fsync failed)",
-                    new.display()
+                    path.display()
                 )));
             }
-        }
+            Ok(())
+        })?;
         wait_sled_lock_free(&new, Duration::from_secs(5));
         let mut seen = BTreeMap::new();
         sync_tree(&new, None, &mut seen, &self.faults)?;
@@ -572,9 +649,12 @@ impl SledDb {
             tracing::warn!(error = %e, "removing the old definitions store failed");
         }
         sync_dir(&self.data_dir, &self.faults)?;
-        let db = sled_config(&self.path, &self.config)
-            .open()
-            .map_err(open_err(&self.path))?;
+        let (path, config) = (self.path.clone(), self.config.clone());
+        let db = self
+            .worker
+            .run("opening the rebuilt definitions store", move || {
+                sled_config(&path, &config).open().map_err(open_err(&path))
+            })?;
         let db_file = File::open(self.path.join("db")).map_err(io_err(&self.path))?;
         Ok((db, db_file))
     }
@@ -584,7 +664,11 @@ impl SledDb {
         self.stop_writeout();
         let mut slot = self.slot.write();
         if let Some(db) = slot.db.take() {
-            drop_db(db, &self.path);
+            let path = self.path.clone();
+            let _ = self.worker.run("closing the definitions store", move || {
+                drop_db(db, &path);
+                Ok(())
+            });
         }
         slot.db_file = None;
         drop(slot);
