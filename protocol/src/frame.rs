@@ -340,7 +340,11 @@ mod size_tests {
     /// boxed for this (protocol/gen/gen_methods.py, `BOXED`).
     #[test]
     fn a_frame_fits_in_128_bytes() {
-        assert!(std::mem::size_of::<Frame>() <= 128, "{}", std::mem::size_of::<Frame>());
+        assert!(
+            std::mem::size_of::<Frame>() <= 128,
+            "{}",
+            std::mem::size_of::<Frame>()
+        );
         assert!(std::mem::size_of::<crate::Method>() <= 120);
     }
 }

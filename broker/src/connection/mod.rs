@@ -600,7 +600,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 Ok(())
             }
             (Phase::AwaitStartOk, Method::ConnectionStartOk(ok)) => {
-                handshake::on_start_ok(t, &mut self.login, &self.broker, ok)
+                handshake::on_start_ok(t, &mut self.login, &self.broker, *ok)
             }
             (Phase::AwaitTuneOk, Method::ConnectionTuneOk(ok)) => handshake::on_tune_ok(t, &self.broker, ok),
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => {
