@@ -507,9 +507,13 @@ impl SledDb {
     pub(crate) fn rebuild(&self) -> Result<()> {
         // Writes fail at once (`Unavailable`) from here until the new sled is in, instead of waiting
         // for the lock while the copy is built: a rebuild can take up to `SLED_DEADLINE`.
+        // They keep failing until a rebuild succeeds: after a failed one (sled may be stuck, see
+        // `sled_worker`) no call may start a sled write that could wait on it.
         self.rebuilding.store(true, SeqCst);
         let r = self.rebuild_inner();
-        self.rebuilding.store(false, SeqCst);
+        if r.is_ok() {
+            self.rebuilding.store(false, SeqCst);
+        }
         r
     }
 
@@ -610,11 +614,14 @@ impl SledDb {
         let (path, config, data) = (new.clone(), self.config.clone(), data.to_vec());
         self.worker.run("building the new definitions store", move || {
             let db = sled_config(&path, &config).open().map_err(open_err(&path))?;
-            let mut batch = sled::Batch::default();
-            for (k, v) in data {
-                batch.insert(k, v);
-            }
-            let filled = db.apply_batch(batch).and_then(|()| db.flush().map(|_| ()));
+            // Single inserts, not a batch: `apply_batch` takes sled's process-wide concurrency lock
+            // for writing, and a sled call left stuck after an I/O error can keep that lock from
+            // ever being granted (seen: the second rebuild parked there). The new sled is private
+            // until it is renamed into place, so the batch's atomicity is not needed.
+            let filled = data
+                .into_iter()
+                .try_for_each(|(k, v)| db.insert(k, v).map(|_| ()))
+                .and_then(|()| db.flush().map(|_| ()));
             let closed = drop_db(db, &path);
             filled?;
             if !closed {
