@@ -62,7 +62,7 @@ impl Channel {
         // Deduplication before routing (an `x-message-deduplication` exchange, or one declared with the
         // argument): a duplicate is dropped and confirmed with an ack (docs/event-streams.md).
         let mut dedup_ticket = 0;
-        let dedup = if ctx.session.vhost.dedup.is_empty() {
+        let dedup = if !ctx.session.vhost.dedup.has_any(false) {
             None
         } else {
             let now = ctx.session.now_ms();
