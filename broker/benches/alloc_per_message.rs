@@ -121,9 +121,10 @@ async fn open(addr: std::net::SocketAddr) -> Client {
 }
 
 /// Publishes `n` messages of `size` bytes to queue `q` from one connection while another consumes them
-/// (no-ack, or acking each one); returns allocations per message.
-async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, ack: bool) -> f64 {
-    let q = format!("alloc-{}-{}-{}", size, persistent, ack);
+/// (no-ack, or acking each one); returns allocations per message. `ids`: every message has a message id
+/// and a correlation id (case 4, with tracing on: the cost of tracing each message).
+async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, ack: bool, ids: bool) -> f64 {
+    let q = format!("alloc-{}-{}-{}-{}", size, persistent, ack, ids);
     let mut p = open(addr).await;
     p.send(
         1,
@@ -168,8 +169,11 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
     c.method().await;
 
     // One pre-encoded batch of 100 publishes, written again and again: the client allocates nothing per message.
+    let id = ids.then(|| protocol::ShortStr::from_static("00000-00000000000000000001"));
     let props = RawProperties::from_properties(&protocol::BasicProperties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
+        message_id: id.clone(),
+        correlation_id: id,
         ..Default::default()
     });
     let body = vec![7u8; size];
@@ -222,10 +226,11 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
     let _p = publisher.await.unwrap();
     let per = allocs as f64 / n as f64;
     println!(
-        "{:>5} B {:<10} {:<7}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
+        "{:>5} B {:<10} {:<7}{}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
         size,
         if persistent { "persistent" } else { "transient" },
         if ack { "ack" } else { "no-ack" },
+        if ids { " traced" } else { "" },
         n,
         allocs,
         per,
@@ -249,23 +254,29 @@ fn main() {
         };
         let server = broker::Server::bind(config).await.unwrap();
         let addr = server.local_addr();
+        let broker = server.broker.clone();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         let n = std::env::var("ALLOC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000u64);
         println!("heap allocations per message, broker and client in one process (client allocates nothing per message)");
         // ALLOC_BENCH_CASES picks cases by number (default "123"): 1 = 16 B transient autoack, 2 = 1 KiB
-        // transient with acks, 3 = 1 KiB persistent with acks. With one case and two values of
+        // transient with acks, 3 = 1 KiB persistent with acks, 4 = case 2 with a message id and correlation id
+        // on every message and tracing on for the vhost (run alone). With one case and two values of
         // ALLOC_BENCH_N under `valgrind --tool=callgrind`, the difference of the instruction totals over the
         // difference of N is the instructions per message (docs/performance.md, "Hot path").
         let cases = std::env::var("ALLOC_BENCH_CASES").unwrap_or_else(|_| "123".into());
         if cases.contains('1') {
-            run(addr, n, 16, false, false).await;
+            run(addr, n, 16, false, false, false).await;
         }
         if cases.contains('2') {
-            run(addr, n, 1024, false, true).await;
+            run(addr, n, 1024, false, true, false).await;
         }
         if cases.contains('3') {
-            run(addr, n / 4, 1024, true, true).await;
+            run(addr, n / 4, 1024, true, true, false).await;
+        }
+        if cases.contains('4') {
+            broker.set_tracing("/", true).unwrap();
+            run(addr, n, 1024, false, true, true).await;
         }
         shutdown.cancel();
         let _ = handle.await;

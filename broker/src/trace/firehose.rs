@@ -170,14 +170,14 @@ impl VHost {
                 continue;
             };
             if d.reason == DeathReason::Expired {
-                let mut e = Event::new(Kind::Expired, &self.name, &ids, now);
+                let mut e = Event::new(Kind::Expired, &self.name, ids.clone(), now);
                 e.queue = Some(from.name().clone());
                 e.reason = Some("expired");
                 e.target = dlx.cloned();
                 self.trace.record(e);
             }
             if d.reason != DeathReason::Expired || dlx.is_some() {
-                let mut e = Event::new(Kind::DeadLettered, &self.name, &ids, now);
+                let mut e = Event::new(Kind::DeadLettered, &self.name, ids, now);
                 e.queue = Some(from.name().clone());
                 e.reason = Some(d.reason.as_str());
                 e.target = dlx.cloned();
@@ -190,7 +190,7 @@ impl VHost {
     /// The trace event of a message moved from `from` to `to` by a redrive.
     pub(crate) fn trace_redriven(&self, from: &str, to: &Arc<str>, msg: &Message, now: u64) {
         if let Some(ids) = Ids::of(&msg.properties) {
-            let mut e = Event::new(Kind::Redriven, &self.name, &ids, now);
+            let mut e = Event::new(Kind::Redriven, &self.name, ids, now);
             e.queue = Some(from.into());
             e.target = Some(to.clone());
             self.trace.record(e);
