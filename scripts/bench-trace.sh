@@ -11,7 +11,9 @@ DURATION=${DURATION:-10}
 PORT=${PORT:-5691}
 HTTP_PORT=${HTTP_PORT:-15691}
 BIN=$ROOT/target/release
-cargo build -q --release -p mailroom-broker --bin mailroom -p mailroom-perf
+# (two commands: `--bin mailroom` would otherwise keep the perf tool from being built)
+cargo build -q --release -p mailroom-broker --bin mailroom
+cargo build -q --release -p mailroom-perf --bin mailroom-perf
 DATA=$(mktemp -d)
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 "$BIN/mailroom" --listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$HTTP_PORT --prometheus-listen 127.0.0.1:0 \

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::trace::{Event, Ids, Kind, Queues, Recorder, TraceSettings};
+use broker::trace::{Event, Ids, Kind, Queues, Recorder, Source, TraceSettings};
 use protocol::{BasicProperties, RawProperties, ShortStr};
 
 fn main() {
@@ -25,9 +25,11 @@ fn main() {
         max_age_secs: 3600,
         recorder_busy_percent: 100,
     });
-    let vhost: Arc<str> = "/".into();
-    let conn: Arc<str> = "127.0.0.1:50000 -> 127.0.0.1:5672".into();
-    let user: Arc<str> = "guest".into();
+    let source = Arc::new(Source {
+        vhost: "/".into(),
+        connection: Some("127.0.0.1:50000 -> 127.0.0.1:5672".into()),
+        user: Some("guest".into()),
+    });
     let queue: Arc<str> = "perf-q".into();
     let exchange = ShortStr::from_static("");
     let rk = ShortStr::from_static("perf-q");
@@ -47,9 +49,7 @@ fn main() {
     for (i, p) in props.iter().enumerate() {
         let now = started.elapsed().as_millis() as u64 + 1_700_000_000_000;
         let Some(ids) = Ids::of(p) else { unreachable!() };
-        let mut e = Event::new(Kind::Published, &vhost, ids, now);
-        e.connection = Some(conn.clone());
-        e.user = Some(user.clone());
+        let mut e = Event::new(Kind::Published, &source, ids, now);
         e.channel = Some(1);
         e.exchange = Some(exchange.clone());
         e.routing_key = Some(rk.clone());

@@ -26,9 +26,7 @@ impl Channel {
     }
 
     fn event(&self, kind: Kind, session: &Session, ids: Ids, time: u64) -> Event {
-        let mut e = Event::new(kind, &session.vhost.name, ids, time);
-        e.connection = Some(session.conn_name.clone());
-        e.user = Some(session.trace_user.clone());
+        let mut e = Event::new(kind, &session.trace_source, ids, time);
         e.channel = Some(self.id);
         e
     }

@@ -59,6 +59,9 @@ struct BatchIn {
 pub struct Encoder<'a> {
     strings: Vec<&'a str>,
     index: HashMap<&'a str, u32, ahash::RandomState>,
+    /// Sources already interned, by address (the events hold them, so an address is one source for the
+    /// encoder's whole life): their vhost, connection and user numbers.
+    sources: HashMap<usize, (u32, Option<u32>, Option<u32>), ahash::RandomState>,
     events: Vec<Rec>,
     base_time: u64,
     last_time: u64,
@@ -129,18 +132,31 @@ impl<'a> Encoder<'a> {
                 self.correlation_ids.push(c);
             }
         }
+        let src = &*ev.source;
+        let (vhost, connection, user) = match self.sources.get(&(src as *const _ as usize)) {
+            Some(&v) => v,
+            None => {
+                let v = (
+                    self.intern(&src.vhost),
+                    self.opt(src.connection.as_deref()),
+                    self.opt(src.user.as_deref()),
+                );
+                self.sources.insert(src as *const _ as usize, v);
+                v
+            }
+        };
         let mut r = Rec {
             kind: ev.event.code(),
             dt: ev.time.saturating_sub(self.base_time),
-            vhost: self.intern(&ev.vhost),
+            vhost,
             message_id: m,
             correlation_id: c,
             exchange: self.opt(ev.exchange.as_ref().map(|s| s.as_str())),
             routing_key: self.opt(ev.routing_key.as_ref().map(|s| s.as_str())),
             queue: self.opt(ev.queue.as_deref()),
             queues: None,
-            connection: self.opt(ev.connection.as_deref()),
-            user: self.opt(ev.user.as_deref()),
+            connection,
+            user,
             channel: ev.channel,
             consumer_tag: self.opt(ev.consumer_tag.as_ref().map(|s| s.as_str())),
             redelivered: ev.redelivered,
@@ -203,6 +219,7 @@ impl<'a> Encoder<'a> {
     fn clear(&mut self) {
         self.strings.clear();
         self.index.clear();
+        self.sources.clear();
         self.events.clear();
         self.correlation_ids.clear();
         self.message_ids.clear();
@@ -343,7 +360,7 @@ mod tests {
     use protocol::{BasicProperties, RawProperties, ShortStr};
 
     use super::*;
-    use crate::trace::{Ids, Queues};
+    use crate::trace::{Ids, Queues, Source};
 
     fn ids(m: Option<&str>, c: Option<&str>) -> Ids {
         Ids::of(&RawProperties::from_properties(&BasicProperties {
@@ -388,13 +405,15 @@ mod tests {
     /// only the events with the id asked for come back (not those whose other id is equal to it).
     #[test]
     fn a_batch_round_trips_in_order_and_lookups_match_exactly() {
-        let vhost: Arc<str> = "/".into();
-        let conn: Arc<str> = "127.0.0.1:1 -> 127.0.0.1:5672".into();
-        let mut p = Event::new(Kind::Published, &vhost, ids(Some("m1"), Some("c1")), 1_000);
+        let vhost = Source::vhost(&"/".into());
+        let session = Arc::new(Source {
+            vhost: "/".into(),
+            connection: Some("127.0.0.1:1 -> 127.0.0.1:5672".into()),
+            user: Some("guest".into()),
+        });
+        let mut p = Event::new(Kind::Published, &session, ids(Some("m1"), Some("c1")), 1_000);
         p.exchange = Some(ShortStr::from_static("ex"));
         p.routing_key = Some(ShortStr::from_static("rk"));
-        p.connection = Some(conn.clone());
-        p.user = Some("guest".into());
         p.channel = Some(3);
         p.queues = Some(Queues::of(&["q1".into(), "q2".into()]));
         let mut d = Event::new(Kind::Delivered, &vhost, ids(Some("m1"), Some("c1")), 1_005);
@@ -477,7 +496,7 @@ mod tests {
     fn timelines_come_back_from_the_store_across_batches_and_limits_evict_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let store = storage::Store::open(dir.path(), storage::StoreOptions::default()).unwrap();
-        let vhost: Arc<str> = "/".into();
+        let vhost = Source::vhost(&"/".into());
         let mut kept = 0u64;
         // 40 batches of 50 messages: many ids each (filtered batches), every message published-and-routed;
         // "chain" messages carry one correlation id through all of them.

@@ -174,6 +174,27 @@ impl Queues {
     }
 }
 
+/// Who an event is about: the vhost, and the connection and user of a session's events (none for a
+/// vhost's own, such as expiry). One per session, shared by all its events: one reference count per event
+/// instead of three, and the recorder resolves it once per batch (by address).
+#[derive(Debug)]
+pub struct Source {
+    pub vhost: Arc<str>,
+    pub connection: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+}
+
+impl Source {
+    /// A vhost's own events.
+    pub fn vhost(name: &Arc<str>) -> Arc<Source> {
+        Arc::new(Source {
+            vhost: name.clone(),
+            connection: None,
+            user: None,
+        })
+    }
+}
+
 /// One event as the hooks make it: reference-counted parts and the ids' bytes, no string formatting and
 /// (for ids that fit inline and a message routed to at most one queue) no allocation on the broker's
 /// threads; the recorder encodes it (`batch.rs`). A `Published` event with `queues` set is two events,
@@ -183,14 +204,12 @@ pub struct Event {
     /// ms since the epoch.
     pub time: u64,
     pub event: Kind,
-    pub vhost: Arc<str>,
+    pub source: Arc<Source>,
     pub ids: Ids,
     pub exchange: Option<ShortStr>,
     pub routing_key: Option<ShortStr>,
     pub queue: Option<Arc<str>>,
     pub queues: Option<Queues>,
-    pub connection: Option<Arc<str>>,
-    pub user: Option<Arc<str>>,
     pub channel: Option<u16>,
     pub consumer_tag: Option<ShortStr>,
     pub redelivered: Option<bool>,
@@ -200,18 +219,16 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: Kind, vhost: &Arc<str>, ids: Ids, time: u64) -> Event {
+    pub fn new(kind: Kind, source: &Arc<Source>, ids: Ids, time: u64) -> Event {
         Event {
             time,
             event: kind,
-            vhost: vhost.clone(),
+            source: source.clone(),
             ids,
             exchange: None,
             routing_key: None,
             queue: None,
             queues: None,
-            connection: None,
-            user: None,
             channel: None,
             consumer_tag: None,
             redelivered: None,
@@ -314,7 +331,7 @@ impl Recorder {
                     tracing::warn!(
                         message_id = ev.ids.message_id(),
                         correlation_id = ev.ids.correlation_id(),
-                        vhost = %ev.vhost,
+                        vhost = %ev.source.vhost,
                         dropped = n,
                         "trace buffer full: trace events dropped"
                     );
@@ -329,6 +346,8 @@ impl Recorder {
 pub struct VhostTrace {
     on: AtomicBool,
     recorder: OnceLock<Arc<Recorder>>,
+    /// The source of the vhost's own events.
+    source: OnceLock<Arc<Source>>,
 }
 
 impl VhostTrace {
@@ -342,8 +361,14 @@ impl VhostTrace {
         self.on.store(on, Relaxed);
     }
 
-    pub fn attach(&self, recorder: Arc<Recorder>) {
+    pub fn attach(&self, recorder: Arc<Recorder>, vhost: &Arc<str>) {
         let _ = self.recorder.set(recorder);
+        let _ = self.source.set(Source::vhost(vhost));
+    }
+
+    /// The source of the vhost's own events (None before `attach`).
+    pub fn source(&self) -> Option<&Arc<Source>> {
+        self.source.get()
     }
 
     pub fn record(&self, ev: Event) {
