@@ -250,6 +250,13 @@ fn main() {
         let config = broker::Config {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             data_dir: dir.path().to_path_buf(),
+            // Case 4 records every event (a buffer for all, the recorder uncapped): what tracing every
+            // message costs in all, hooks and recorder, without drops that depend on scheduling.
+            trace: broker::trace::TraceSettings {
+                buffer_events: 1 << 20,
+                recorder_busy_percent: 100,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let server = broker::Server::bind(config).await.unwrap();
