@@ -129,6 +129,9 @@ struct Shape {
     header: bool,
     /// The queue is declared with `x-message-deduplication: true` (as `mailroom-perf --dedup-queue`).
     dedup_queue: bool,
+    /// Every message has a message id and a correlation id (case 7, with tracing on: the cost of
+    /// tracing each message).
+    ids: bool,
 }
 
 /// The placeholder each message's `x-deduplication-header` value overwrites with its sequence number.
@@ -147,7 +150,7 @@ async fn run(
     let q = format!(
         "alloc-{}-{}-{}-{}{}{}",
         size, persistent, ack, shape.exchange as u8, shape.header as u8, shape.dedup_queue as u8
-    );
+    ) + if shape.ids { "-ids" } else { "" };
     let mut p = open(addr).await;
     let mut arguments = protocol::FieldTable::new();
     if shape.dedup_queue {
@@ -237,9 +240,12 @@ async fn run(
         );
         h
     });
+    let id = shape.ids.then(|| protocol::ShortStr::from_static("00000-00000000000000000001"));
     let props = RawProperties::from_properties(&protocol::BasicProperties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
         headers,
+        message_id: id.clone(),
+        correlation_id: id,
         ..Default::default()
     });
     let body = vec![7u8; size];
@@ -320,13 +326,14 @@ async fn run(
     let _p = publisher.await.unwrap();
     let per = allocs as f64 / n as f64;
     println!(
-        "{:>5} B {:<10} {:<7}{}{}{}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
+        "{:>5} B {:<10} {:<7}{}{}{}{}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
         size,
         if persistent { "persistent" } else { "transient" },
         if ack { "ack" } else { "no-ack" },
         if shape.exchange { " direct-x" } else { "" },
         if shape.header { " +header" } else { "" },
         if shape.dedup_queue { " +dedup-queue" } else { "" },
+        if shape.ids { " traced" } else { "" },
         n,
         allocs,
         per,
@@ -346,10 +353,18 @@ fn main() {
         let config = broker::Config {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             data_dir: dir.path().to_path_buf(),
+            // Case 7 records every event (a buffer for all, the recorder uncapped): what tracing every
+            // message costs in all, hooks and recorder, without drops that depend on scheduling.
+            trace: broker::trace::TraceSettings {
+                buffer_events: 1 << 20,
+                recorder_busy_percent: 100,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let server = broker::Server::bind(config).await.unwrap();
         let addr = server.local_addr();
+        let broker = server.broker.clone();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         let n = std::env::var("ALLOC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000u64);
@@ -357,7 +372,8 @@ fn main() {
         // ALLOC_BENCH_CASES picks cases by number (default "123"): 1 = 16 B transient autoack, 2 = 1 KiB
         // transient with acks, 3 = 1 KiB persistent with acks; S2's shape (1 KiB transient with acks, through
         // a named direct exchange, as mailroom-perf) 4 = plain, 5 = every message with a unique
-        // x-deduplication-header, 6 = that to a queue with x-message-deduplication: true. With one case and two values of
+        // x-deduplication-header, 6 = that to a queue with x-message-deduplication: true; 7 = case 2 with a
+        // message id and correlation id on every message and tracing on for the vhost (run alone). With one case and two values of
         // ALLOC_BENCH_N under `valgrind --tool=callgrind`, the difference of the instruction totals over the
         // difference of N is the instructions per message (docs/performance.md, "Hot path").
         let cases = std::env::var("ALLOC_BENCH_CASES").unwrap_or_else(|_| "123".into());
@@ -388,6 +404,10 @@ fn main() {
                 ..s2
             };
             run(addr, n, 1024, false, true, dedup).await;
+        }
+        if cases.contains('7') {
+            broker.set_tracing("/", true).unwrap();
+            run(addr, n, 1024, false, true, Shape { ids: true, ..plain }).await;
         }
         shutdown.cancel();
         let _ = handle.await;
