@@ -101,7 +101,7 @@ async fn open(addr: std::net::SocketAddr) -> Client {
     c.method().await;
     c.send(
         0,
-        Method::ConnectionStartOk(protocol::ConnectionStartOk {
+        Method::from(protocol::ConnectionStartOk {
             client_properties: FieldTable::new(),
             mechanism: "PLAIN".into(),
             response: protocol::LongStr::from(b"\0guest\0guest".to_vec()),

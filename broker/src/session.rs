@@ -79,6 +79,8 @@ pub struct Session {
     pub(crate) conn_name: Arc<str>,
     /// `user`, shared by trace events.
     pub(crate) trace_user: Arc<str>,
+    /// The wall clock read once per wake-up of the connection (`now_ms`); 0: not read yet.
+    now_cache: u64,
 }
 
 impl Session {
@@ -112,7 +114,24 @@ impl Session {
             flow: None,
             conn_name: "".into(),
             trace_user: "".into(),
+            now_cache: 0,
         }
+    }
+
+    /// Milliseconds since the epoch, read at most once per wake-up of the connection (issue 13: a
+    /// clock read per message cost two `clock_gettime` calls per publish). Everything a connection
+    /// handles in one wake-up is handled within microseconds, so it shares one reading; TTLs and
+    /// delays are in milliseconds.
+    pub fn now_ms(&mut self) -> u64 {
+        if self.now_cache == 0 {
+            self.now_cache = crate::clock::now_ms();
+        }
+        self.now_cache
+    }
+
+    /// The connection woke up: the next `now_ms` reads the clock again.
+    pub fn clock_tick(&mut self) {
+        self.now_cache = 0;
     }
 
     /// A body over `--max-message-size` is refused with 406 and RabbitMQ's text (rabbit_channel's

@@ -94,7 +94,7 @@ impl Client {
         assert!(matches!(c.method(), Method::ConnectionStart(_)));
         c.send(
             0,
-            Method::ConnectionStartOk(protocol::ConnectionStartOk {
+            Method::from(protocol::ConnectionStartOk {
                 client_properties: protocol::FieldTable::new(),
                 mechanism: "PLAIN".into(),
                 response: protocol::LongStr::from(b"\0guest\0guest".to_vec()),

@@ -218,7 +218,7 @@ pub fn sample_methods() -> Vec<Method> {
     client.insert("product", ls("fuzz"));
     client.insert("capabilities", FieldValue::Table(caps));
     let mut out = vec![
-        Method::ConnectionStartOk(ConnectionStartOk {
+        Method::from(ConnectionStartOk {
             client_properties: client,
             mechanism: "PLAIN".into(),
             response: LongStr::from(b"\0guest\0guest".to_vec()),
@@ -249,7 +249,7 @@ pub fn sample_methods() -> Vec<Method> {
             no_wait: false,
             arguments: args(&[("alternate-exchange", ls("ae"))]),
         }),
-        Method::QueueBind(QueueBind {
+        Method::from(QueueBind {
             queue: "q".into(),
             exchange: "hx".into(),
             routing_key: "".into(),

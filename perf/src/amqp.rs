@@ -286,7 +286,7 @@ impl Conn {
         response.extend_from_slice(uri.password.as_bytes());
         self.wr.method(
             0,
-            &Method::ConnectionStartOk(ConnectionStartOk {
+            &Method::from(ConnectionStartOk {
                 client_properties: props,
                 mechanism: "PLAIN".into(),
                 response: LongStr::from(response),

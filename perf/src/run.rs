@@ -56,7 +56,7 @@ pub async fn declare(conn: &mut Conn, s: &Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("declaring queue {name}"))?;
         if !s.exchange.is_empty() {
-            conn.rpc(Method::QueueBind(QueueBind {
+            conn.rpc(Method::from(QueueBind {
                 queue: name.clone(),
                 exchange: ShortStr::try_from_str(&s.exchange)?,
                 routing_key: ShortStr::try_from_str(&s.binding_key(q))?,

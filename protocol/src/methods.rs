@@ -111,7 +111,7 @@ impl ConnectionStartOk {
 
 impl From<ConnectionStartOk> for Method {
     fn from(m: ConnectionStartOk) -> Method {
-        Method::ConnectionStartOk(m)
+        Method::ConnectionStartOk(Box::new(m))
     }
 }
 
@@ -1070,7 +1070,7 @@ impl ExchangeBind {
 
 impl From<ExchangeBind> for Method {
     fn from(m: ExchangeBind) -> Method {
-        Method::ExchangeBind(m)
+        Method::ExchangeBind(Box::new(m))
     }
 }
 
@@ -1155,7 +1155,7 @@ impl ExchangeUnbind {
 
 impl From<ExchangeUnbind> for Method {
     fn from(m: ExchangeUnbind) -> Method {
-        Method::ExchangeUnbind(m)
+        Method::ExchangeUnbind(Box::new(m))
     }
 }
 
@@ -1355,7 +1355,7 @@ impl QueueBind {
 
 impl From<QueueBind> for Method {
     fn from(m: QueueBind) -> Method {
-        Method::QueueBind(m)
+        Method::QueueBind(Box::new(m))
     }
 }
 
@@ -1591,7 +1591,7 @@ impl QueueUnbind {
 
 impl From<QueueUnbind> for Method {
     fn from(m: QueueUnbind) -> Method {
-        Method::QueueUnbind(m)
+        Method::QueueUnbind(Box::new(m))
     }
 }
 
@@ -2607,7 +2607,7 @@ pub enum Method {
     /// `connection.start`.
     ConnectionStart(ConnectionStart),
     /// `connection.start-ok`.
-    ConnectionStartOk(ConnectionStartOk),
+    ConnectionStartOk(Box<ConnectionStartOk>),
     /// `connection.secure`.
     ConnectionSecure(ConnectionSecure),
     /// `connection.secure-ok`.
@@ -2657,11 +2657,11 @@ pub enum Method {
     /// `exchange.delete-ok`.
     ExchangeDeleteOk(ExchangeDeleteOk),
     /// `exchange.bind`.
-    ExchangeBind(ExchangeBind),
+    ExchangeBind(Box<ExchangeBind>),
     /// `exchange.bind-ok`.
     ExchangeBindOk(ExchangeBindOk),
     /// `exchange.unbind`.
-    ExchangeUnbind(ExchangeUnbind),
+    ExchangeUnbind(Box<ExchangeUnbind>),
     /// `exchange.unbind-ok`.
     ExchangeUnbindOk(ExchangeUnbindOk),
     /// `queue.declare`.
@@ -2669,7 +2669,7 @@ pub enum Method {
     /// `queue.declare-ok`.
     QueueDeclareOk(QueueDeclareOk),
     /// `queue.bind`.
-    QueueBind(QueueBind),
+    QueueBind(Box<QueueBind>),
     /// `queue.bind-ok`.
     QueueBindOk(QueueBindOk),
     /// `queue.purge`.
@@ -2681,7 +2681,7 @@ pub enum Method {
     /// `queue.delete-ok`.
     QueueDeleteOk(QueueDeleteOk),
     /// `queue.unbind`.
-    QueueUnbind(QueueUnbind),
+    QueueUnbind(Box<QueueUnbind>),
     /// `queue.unbind-ok`.
     QueueUnbindOk(QueueUnbindOk),
     /// `basic.qos`.
@@ -3081,7 +3081,7 @@ impl Method {
     ) -> Result<Method, ProtocolError> {
         Ok(match (class_id, method_id) {
             (10, 10) => Method::ConnectionStart(ConnectionStart::decode_args(src)?),
-            (10, 11) => Method::ConnectionStartOk(ConnectionStartOk::decode_args(src)?),
+            (10, 11) => Method::ConnectionStartOk(Box::new(ConnectionStartOk::decode_args(src)?)),
             (10, 20) => Method::ConnectionSecure(ConnectionSecure::decode_args(src)?),
             (10, 21) => Method::ConnectionSecureOk(ConnectionSecureOk::decode_args(src)?),
             (10, 30) => Method::ConnectionTune(ConnectionTune::decode_args(src)?),
@@ -3106,19 +3106,19 @@ impl Method {
             (40, 11) => Method::ExchangeDeclareOk(ExchangeDeclareOk::decode_args(src)?),
             (40, 20) => Method::ExchangeDelete(ExchangeDelete::decode_args(src)?),
             (40, 21) => Method::ExchangeDeleteOk(ExchangeDeleteOk::decode_args(src)?),
-            (40, 30) => Method::ExchangeBind(ExchangeBind::decode_args(src)?),
+            (40, 30) => Method::ExchangeBind(Box::new(ExchangeBind::decode_args(src)?)),
             (40, 31) => Method::ExchangeBindOk(ExchangeBindOk::decode_args(src)?),
-            (40, 40) => Method::ExchangeUnbind(ExchangeUnbind::decode_args(src)?),
+            (40, 40) => Method::ExchangeUnbind(Box::new(ExchangeUnbind::decode_args(src)?)),
             (40, 51) => Method::ExchangeUnbindOk(ExchangeUnbindOk::decode_args(src)?),
             (50, 10) => Method::QueueDeclare(QueueDeclare::decode_args(src)?),
             (50, 11) => Method::QueueDeclareOk(QueueDeclareOk::decode_args(src)?),
-            (50, 20) => Method::QueueBind(QueueBind::decode_args(src)?),
+            (50, 20) => Method::QueueBind(Box::new(QueueBind::decode_args(src)?)),
             (50, 21) => Method::QueueBindOk(QueueBindOk::decode_args(src)?),
             (50, 30) => Method::QueuePurge(QueuePurge::decode_args(src)?),
             (50, 31) => Method::QueuePurgeOk(QueuePurgeOk::decode_args(src)?),
             (50, 40) => Method::QueueDelete(QueueDelete::decode_args(src)?),
             (50, 41) => Method::QueueDeleteOk(QueueDeleteOk::decode_args(src)?),
-            (50, 50) => Method::QueueUnbind(QueueUnbind::decode_args(src)?),
+            (50, 50) => Method::QueueUnbind(Box::new(QueueUnbind::decode_args(src)?)),
             (50, 51) => Method::QueueUnbindOk(QueueUnbindOk::decode_args(src)?),
             (60, 10) => Method::BasicQos(BasicQos::decode_args(src)?),
             (60, 11) => Method::BasicQosOk(BasicQosOk::decode_args(src)?),

@@ -163,7 +163,17 @@ impl Shared {
         let mut round = self.round.lock();
         let t = self.ticket.load(SeqCst);
         let started = Instant::now();
-        match self.sync_round(&mut round) {
+        // A panic in a round (sled's code has `unwrap`s on I/O results) fails the round like an
+        // error: its tickets are nacked, sled is rebuilt, and the flusher lives on. A dead flusher
+        // would settle nothing again.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_round(&mut round)))
+            .unwrap_or_else(|_| {
+                self.sled.mark_broken();
+                Err(StoreError::Engine(
+                    "a storage flush round panicked (see the log above)".into(),
+                ))
+            });
+        match result {
             Ok(()) => {
                 self.flush_latency.observe(started.elapsed());
                 self.flushes.fetch_add(1, SeqCst);

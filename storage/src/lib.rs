@@ -25,6 +25,7 @@ mod latency;
 mod open;
 mod records;
 mod seglog;
+mod sled_worker;
 mod sleddb;
 pub mod spill;
 mod store;

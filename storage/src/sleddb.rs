@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::fault::{FaultOp, Faults, FileKind};
 use crate::seglog::sync_dir;
+use crate::sled_worker::SledWorker;
 use crate::{io_err, Result, StoreError, SLED_SEGMENT_SIZE};
 
 /// sled's settings (fixed for the life of a store).
@@ -60,6 +61,34 @@ pub(crate) struct SledDb {
     broken: AtomicBool,
     writeout: Arc<WriteOut>,
     writeout_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Removals that could not be written because sled was broken or being rebuilt: the rebuild
+    /// leaves these keys out of the fresh copy (see `defer_removal`).
+    deferred: Mutex<Vec<Removal>>,
+    /// Runs the flusher's and the rebuild's sled calls with a deadline (`sled_worker`).
+    worker: SledWorker,
+    /// A rebuild is under way: writes fail at once (`Unavailable`).
+    rebuilding: AtomicBool,
+}
+
+/// How long a sled call may take before it is abandoned (`sled_worker`). Far above any flush seen
+/// (milliseconds), well below the minute a publisher waits for its confirms.
+const SLED_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A removal `rebuild` applies to the copy it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Removal {
+    Key(Vec<u8>),
+    /// Every key starting with these bytes.
+    Prefix(Vec<u8>),
+}
+
+impl Removal {
+    fn covers(&self, k: &[u8]) -> bool {
+        match self {
+            Removal::Key(key) => k == key.as_slice(),
+            Removal::Prefix(p) => k.starts_with(p),
+        }
+    }
 }
 
 /// The write-out thread's state. sled keeps writes in its own buffers until `Db::flush`; a process
@@ -95,6 +124,25 @@ fn sled_config(path: &Path, c: &SledConfig) -> sled::Config {
         .flush_every_ms(c.flush_interval_ms)
         .use_compression(false)
         .segment_size(SLED_SEGMENT_SIZE)
+}
+
+/// Drops a sled handle without letting sled take the thread down. sled 0.34's `Drop for Log` ends
+/// with `config.file.sync_all().unwrap()` whenever sled has not recorded an I/O error of its own:
+/// one failed fsync there (EIO, or ENOSPC on some file systems) panics the dropping thread. That
+/// thread is the flusher during a rebuild, and a dead flusher settles no ticket again (no confirm,
+/// no nack) while the definitions store stays closed. Returns false if the drop panicked: sled's
+/// files were then not synced, and the caller must not count them as durable.
+pub(crate) fn drop_db(db: sled::Db, what: &Path) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::error!(
+                path = %what.display(),
+                "closing the definitions store failed (sled's final fsync failed); its files are not trusted"
+            );
+            false
+        }
+    }
 }
 
 fn open_err(path: &Path) -> impl FnOnce(sled::Error) -> StoreError + '_ {
@@ -259,6 +307,9 @@ impl SledDb {
             broken: AtomicBool::new(false),
             writeout: Arc::new(WriteOut::default()),
             writeout_thread: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
+            worker: SledWorker::new("mailroom-sled-call", SLED_DEADLINE),
+            rebuilding: AtomicBool::new(false),
         };
         // Everything sled wrote on open (conf, the db file, blobs/, a snapshot), the sled
         // directory's entries, and `sled` in the data directory.
@@ -301,6 +352,9 @@ impl SledDb {
             return Err(io_err(&self.path)(e));
         }
         let slot = self.slot.read();
+        if self.rebuilding.load(SeqCst) {
+            return Err(unavailable());
+        }
         let db = slot.db.as_ref().ok_or_else(unavailable)?;
         match f(db) {
             Ok(v) => {
@@ -338,10 +392,18 @@ impl SledDb {
                 }
                 w.pending.store(false, SeqCst);
                 let Some(shared) = shared.upgrade() else { return };
-                let slot = shared.sled.slot.read();
-                if let Some(db) = &slot.db {
-                    if let Err(e) = db.flush() {
-                        tracing::debug!(error = %e, "sled write-out failed (the next flush round reports it)");
+                // A handle of its own, outside the lock: a flush that never returns (see
+                // `sled_worker`) then holds up only this thread, not a rebuild. Panics (sled's
+                // `unwrap`s, also in its `Drop` if this is the last handle) are caught.
+                let db = shared.sled.slot.read().db.clone();
+                if let Some(db) = db {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        let r = db.flush();
+                        drop(db);
+                        r
+                    }));
+                    if !matches!(r, Ok(Ok(_))) {
+                        tracing::debug!("sled write-out failed (the next flush round reports it)");
                         shared.sled.broken.store(true, SeqCst);
                     }
                 }
@@ -364,8 +426,41 @@ impl SledDb {
         self.writeout.state.lock().stop = true;
         self.writeout.cv.notify_all();
         if let Some(h) = self.writeout_thread.lock().take() {
-            let _ = h.join();
+            // not forever: a write-out stuck in sled (`sled_worker`) is left behind
+            let deadline = std::time::Instant::now() + SLED_DEADLINE;
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
+    }
+
+    /// Records removals whose write failed because sled is broken or closed for a rebuild (`can_defer`).
+    /// No write can succeed until the rebuild (sled refuses every write after an I/O error of its
+    /// own, and there is no sled while it is rebuilt), and the rebuild leaves these keys out of the
+    /// fresh copy: so the removal is done by the rebuild, and durable once a flush round succeeds
+    /// after it, like any write. Without this, a change that was undone in memory (a declare whose
+    /// write could not be made durable) came back from the rebuilt copy.
+    pub(crate) fn defer_removal(&self, r: Vec<Removal>) {
+        self.deferred.lock().extend(r);
+    }
+
+    /// Takes back removals deferred by `defer_removal` (the operation they belonged to failed).
+    pub(crate) fn cancel_removal(&self, r: &[Removal]) {
+        let mut d = self.deferred.lock();
+        for x in r {
+            if let Some(i) = d.iter().rposition(|y| y == x) {
+                d.remove(i);
+            }
+        }
+    }
+
+    /// Whether a failed write can be deferred to the rebuild: sled is marked broken (a rebuild is
+    /// due) or closed by one in progress.
+    pub(crate) fn can_defer(&self, e: &StoreError) -> bool {
+        matches!(e, StoreError::Unavailable(_)) || self.is_broken()
     }
 
     pub(crate) fn take_dirty(&self) -> bool {
@@ -389,7 +484,10 @@ impl SledDb {
             self.faults
                 .check(FileKind::Sled, FaultOp::Sync)
                 .map_err(io_err(&self.path))?;
-            db.flush()?;
+            let db = db.clone();
+            self.worker.run("flushing the definitions store", move || {
+                Ok(db.flush().map(|_| ())?)
+            })?;
             sync_tree(
                 &self.path,
                 slot.db_file.as_ref(),
@@ -407,16 +505,42 @@ impl SledDb {
     /// the write lock: no sled call runs meanwhile. The old sled stays open (readable) until the
     /// new one is complete; on error sled stays broken and the next round tries again.
     pub(crate) fn rebuild(&self) -> Result<()> {
-        let mut slot = self.slot.write();
-        let data = match slot.saved.take() {
-            Some(d) => d,
-            None => {
-                let db = slot.db.as_ref().ok_or_else(unavailable)?;
-                db.iter().collect::<sled::Result<Vec<_>>>()?
-            }
+        // Writes fail at once (`Unavailable`) from here until the new sled is in, instead of waiting
+        // for the lock while the copy is built: a rebuild can take up to `SLED_DEADLINE`.
+        // They keep failing until a rebuild succeeds: after a failed one (sled may be stuck, see
+        // `sled_worker`) no call may start a sled write that could wait on it.
+        self.rebuilding.store(true, SeqCst);
+        let r = self.rebuild_inner();
+        if r.is_ok() {
+            self.rebuilding.store(false, SeqCst);
+        }
+        r
+    }
+
+    fn rebuild_inner(&self) -> Result<()> {
+        // The copy is taken under the write lock: every write that got the read lock before is in
+        // it, and every write after sees `rebuilding` (checked under the read lock) and fails.
+        let (data, closed) = {
+            let slot = self.slot.write();
+            // A copy of what a failed attempt saved: `saved` is cleared once the new sled is in.
+            let data = match &slot.saved {
+                Some(d) => d.clone(),
+                None => {
+                    let db = slot.db.as_ref().ok_or_else(unavailable)?;
+                    db.iter().collect::<sled::Result<Vec<_>>>()?
+                }
+            };
+            (data, slot.db.is_none())
         };
-        let closed = slot.db.is_none();
-        let seen = match self.build_new(&data) {
+        let deferred = self.deferred.lock().clone();
+        let mut data = data;
+        if !deferred.is_empty() {
+            data.retain(|(k, _)| !deferred.iter().any(|r| r.covers(k)));
+        }
+        // Built without the lock: reads go on from the old sled meanwhile.
+        let built = self.build_new(&data);
+        let mut slot = self.slot.write();
+        let seen = match built {
             Ok(seen) => seen,
             Err(e) => {
                 if closed {
@@ -427,7 +551,14 @@ impl SledDb {
             }
         };
         if !closed {
-            slot.db = None;
+            // The old db's close may fail (it is broken): what counts is `data`, copied above.
+            if let Some(db) = slot.db.take() {
+                let path = self.path.clone();
+                let _ = self.worker.run("closing the old definitions store", move || {
+                    drop_db(db, &path);
+                    Ok(())
+                });
+            }
             slot.db_file = None;
             wait_sled_lock_free(&self.path, Duration::from_secs(5));
         }
@@ -435,11 +566,39 @@ impl SledDb {
         slot.saved = Some(data);
         let (db, db_file) = self.swap_in()?;
         let keys = slot.saved.take().map_or(0, |d| d.len());
+        // Removals deferred while the copy was built: applied to the new sled (synced by the next
+        // round, which the caller's tickets wait for like any write's).
+        let late: Vec<Removal> = {
+            let mut d = self.deferred.lock();
+            let applied = deferred.len().min(d.len());
+            d.drain(..applied);
+            d.drain(..).collect()
+        };
+        for r in &late {
+            let applied = match r {
+                Removal::Key(k) => db.remove(k.as_slice()).map(|_| ()),
+                Removal::Prefix(p) => db
+                    .scan_prefix(p)
+                    .keys()
+                    .try_for_each(|k| db.remove(k?).map(|_| ())),
+            };
+            if let Err(e) = applied {
+                self.deferred.lock().push(r.clone());
+                self.broken.store(true, SeqCst);
+                tracing::error!(error = %e, "a removal deferred to the rebuild failed; sled is rebuilt again");
+            }
+        }
         slot.db = Some(db);
         slot.db_file = Some(db_file);
         *self.seen.lock() = seen;
+        if !self.deferred.lock().is_empty() {
+            return Err(StoreError::Engine(
+                "the rebuilt definitions store could not take a deferred removal".into(),
+            ));
+        }
         self.broken.store(false, SeqCst);
-        self.dirty.store(false, SeqCst);
+        // what was deferred late is in the new sled but not synced yet
+        self.dirty.store(!late.is_empty(), SeqCst);
         tracing::warn!(keys, "definitions store rebuilt after a write failure");
         Ok(())
     }
@@ -452,15 +611,27 @@ impl SledDb {
         self.faults
             .check(FileKind::Sled, FaultOp::Write)
             .map_err(io_err(&new))?;
-        {
-            let db = sled_config(&new, &self.config).open().map_err(open_err(&new))?;
-            let mut batch = sled::Batch::default();
-            for (k, v) in data {
-                batch.insert(k, v);
+        let (path, config, data) = (new.clone(), self.config.clone(), data.to_vec());
+        self.worker.run("building the new definitions store", move || {
+            let db = sled_config(&path, &config).open().map_err(open_err(&path))?;
+            // Single inserts, not a batch: `apply_batch` takes sled's process-wide concurrency lock
+            // for writing, and a sled call left stuck after an I/O error can keep that lock from
+            // ever being granted (seen: the second rebuild parked there). The new sled is private
+            // until it is renamed into place, so the batch's atomicity is not needed.
+            let filled = data
+                .into_iter()
+                .try_for_each(|(k, v)| db.insert(k, v).map(|_| ()))
+                .and_then(|()| db.flush().map(|_| ()));
+            let closed = drop_db(db, &path);
+            filled?;
+            if !closed {
+                return Err(StoreError::Engine(format!(
+                    "closing the new definitions store at {} failed (its final fsync failed)",
+                    path.display()
+                )));
             }
-            db.apply_batch(batch)?;
-            db.flush()?;
-        }
+            Ok(())
+        })?;
         wait_sled_lock_free(&new, Duration::from_secs(5));
         let mut seen = BTreeMap::new();
         sync_tree(&new, None, &mut seen, &self.faults)?;
@@ -485,9 +656,12 @@ impl SledDb {
             tracing::warn!(error = %e, "removing the old definitions store failed");
         }
         sync_dir(&self.data_dir, &self.faults)?;
-        let db = sled_config(&self.path, &self.config)
-            .open()
-            .map_err(open_err(&self.path))?;
+        let (path, config) = (self.path.clone(), self.config.clone());
+        let db = self
+            .worker
+            .run("opening the rebuilt definitions store", move || {
+                sled_config(&path, &config).open().map_err(open_err(&path))
+            })?;
         let db_file = File::open(self.path.join("db")).map_err(io_err(&self.path))?;
         Ok((db, db_file))
     }
@@ -496,7 +670,13 @@ impl SledDb {
     pub(crate) fn close(&self) {
         self.stop_writeout();
         let mut slot = self.slot.write();
-        slot.db = None;
+        if let Some(db) = slot.db.take() {
+            let path = self.path.clone();
+            let _ = self.worker.run("closing the definitions store", move || {
+                drop_db(db, &path);
+                Ok(())
+            });
+        }
         slot.db_file = None;
         drop(slot);
         wait_sled_lock_free(&self.path, Duration::from_secs(5));

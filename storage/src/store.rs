@@ -15,6 +15,7 @@ use crate::flusher::{Durability, Shared, TicketState};
 use crate::keys::{
     self, Key, BINDING, EXCHANGE, MSG_STATE, PERMISSION, POLICY, QUEUE, USER, VHOST, VHOST_META,
 };
+use crate::sleddb::Removal;
 use crate::{be, codec, io_err, records::*, Result, StoreError};
 
 /// State-key deletes (purge, delete_queue) are applied in sled batches of this many keys.
@@ -79,7 +80,14 @@ impl Store {
 
     fn remove_raw(&self, key: Vec<u8>) -> Result<u64> {
         let n = key.len();
-        self.sh().sled.write(|db| db.remove(key))?;
+        let sled = &self.sh().sled;
+        if let Err(e) = sled.write(|db| db.remove(key.as_slice())) {
+            if !sled.can_defer(&e) {
+                return Err(e);
+            }
+            // done by the rebuild; the ticket is durable only once a round succeeds after it
+            sled.defer_removal(vec![Removal::Key(key)]);
+        }
         Ok(self.sh().bump(n))
     }
 
@@ -267,7 +275,8 @@ impl Store {
         let qkey = Key::new(QUEUE).str(vhost).str(name).into_vec();
         let mkey = keys::queue_prefix(keys::DELIVERED_MARK, id);
         let n = qkey.len();
-        let (old, old_mark) = self.sh().sled.write(|db| {
+        let sled = &self.sh().sled;
+        let written = sled.write(|db| {
             let old = db.get(&qkey)?;
             let mark = db.get(mkey)?;
             let mut batch = sled::Batch::default();
@@ -275,7 +284,21 @@ impl Store {
             batch.remove(&mkey);
             db.apply_batch(batch)?;
             Ok((old, mark))
-        })?;
+        });
+        let deferred = vec![
+            Removal::Key(qkey.clone()),
+            Removal::Key(mkey.to_vec()),
+            Removal::Prefix(keys::queue_prefix(MSG_STATE, id).to_vec()),
+        ];
+        let (old, old_mark, sled_ok) = match written {
+            Ok((old, mark)) => (old, mark, true),
+            // sled is broken: the rebuild leaves the queue out (`SledDb::defer_removal`)
+            Err(e) if sled.can_defer(&e) => {
+                sled.defer_removal(deferred.clone());
+                (None, None, false)
+            }
+            Err(e) => return Err(e),
+        };
         self.sh().bump(n);
         let removed = match self.sh().log.remove_queue(id) {
             Ok(r) => r,
@@ -292,11 +315,21 @@ impl Store {
                 if let Err(u) = undo {
                     tracing::error!(error = %u, "putting back a queue record after a failed delete failed");
                 }
+                if !sled_ok {
+                    sled.cancel_removal(&deferred);
+                }
                 self.sh().bump(n);
                 return Err(e);
             }
         };
-        self.remove_prefix(&keys::queue_prefix(MSG_STATE, id))?;
+        if sled_ok {
+            if let Err(e) = self.remove_prefix(&keys::queue_prefix(MSG_STATE, id)) {
+                if !sled.can_defer(&e) {
+                    return Err(e);
+                }
+                sled.defer_removal(deferred[2..].to_vec());
+            }
+        }
         self.sh().messages_deleted.fetch_add(removed, SeqCst);
         Ok(self.sh().bump(0))
     }

@@ -589,3 +589,40 @@ fn torn_tails_are_cut_and_counted() {
     assert_eq!(rec.damaged_regions, 0);
     assert_eq!(log.seqs(1), (0..9).collect::<Vec<_>>());
 }
+
+/// The broker undoes a definition change whose write could not be made durable by deleting it again
+/// (issue 17: "a definition change that cannot be stored fails with a clear AMQP error and changes
+/// nothing"). While sled is broken that delete cannot be written to sled; the rebuild, which copies
+/// sled's in-memory contents, used to bring the undone queue back (found by the 1-in-100 EIO case of
+/// `make test-write-faults`: "1 back after delete"). The rebuild now leaves deferred removals out.
+#[test]
+fn a_delete_while_sled_is_broken_is_done_by_the_rebuild() {
+    let d = tmp();
+    let s = open(d.path());
+    s.put_queue(&qrec(1, "undone")).unwrap();
+    s.put_queue(&qrec(2, "kept")).unwrap();
+    append(&s, 1, 0..3).unwrap();
+    append(&s, 2, 0..3).unwrap();
+    s.flush_blocking().unwrap();
+    s.faults().fail(FileKind::Sled, FaultOp::Write, EIO, None);
+    let x = ExchangeRecord {
+        vhost: "/".into(),
+        name: "x".into(),
+        ..Default::default()
+    };
+    assert!(s.put_exchange(&x).is_err(), "sled is broken");
+    let t = s.delete_queue("/", "undone", 1).unwrap();
+    s.faults().clear();
+    s.wait_durable_blocking(t).unwrap_or_else(|_| {
+        // the round that covered it may have run before the fault was cleared; a later one is the proof
+        let t = s.put_exchange(&x).unwrap();
+        s.wait_durable_blocking(t).unwrap();
+    });
+    assert_eq!(s.queues().unwrap(), vec![qrec(2, "kept")]);
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.queues().unwrap(), vec![qrec(2, "kept")]);
+    assert_eq!(seqs(&s, 2), (0..3).collect::<Vec<_>>());
+    assert!(seqs(&s, 1).is_empty());
+    assert!(s.lost_found().unwrap().is_empty());
+}

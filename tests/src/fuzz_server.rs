@@ -505,7 +505,7 @@ impl Gen<'_> {
                 push_method(frames, ch, m);
             }
             6 | 7 => {
-                let m = Method::QueueBind(QueueBind {
+                let m = Method::from(QueueBind {
                     queue: q,
                     exchange: x,
                     routing_key: short(r.pick(&["", "fz-a", "#", "a.*.c", "fz-b"])),
@@ -515,7 +515,7 @@ impl Gen<'_> {
                 push_method(frames, ch, m);
             }
             8 => {
-                let m = Method::QueueUnbind(QueueUnbind {
+                let m = Method::from(QueueUnbind {
                     queue: q,
                     exchange: x,
                     routing_key: short("fz-a"),
@@ -524,7 +524,7 @@ impl Gen<'_> {
                 push_method(frames, ch, m);
             }
             9 => {
-                let m = Method::ExchangeBind(ExchangeBind {
+                let m = Method::from(ExchangeBind {
                     destination: x,
                     source: short(r.pick(EXCHANGES)),
                     routing_key: short("k"),
@@ -648,7 +648,7 @@ impl Gen<'_> {
                         frame_max: 131_072,
                         heartbeat: 0,
                     }),
-                    1 => Method::ConnectionStartOk(ConnectionStartOk::default()),
+                    1 => Method::from(ConnectionStartOk::default()),
                     2 => Method::ConnectionOpen(ConnectionOpen {
                         virtual_host: short("/"),
                     }),
@@ -878,7 +878,7 @@ fn handshake(r: &mut Rng) -> (Vec<u8>, bool, u32) {
             }
         }
     }
-    write_method(&mut b, 0, &Method::ConnectionStartOk(start_ok));
+    write_method(&mut b, 0, &Method::from(start_ok));
     write_method(&mut b, 0, &Method::ConnectionTuneOk(tune_ok));
     write_method(&mut b, 0, &Method::ConnectionOpen(open));
     let mut bytes = b.to_vec();
@@ -1024,7 +1024,7 @@ impl Wire {
         write_method(
             &mut b,
             0,
-            &Method::ConnectionStartOk(ConnectionStartOk {
+            &Method::from(ConnectionStartOk {
                 client_properties: FieldTable::new(),
                 mechanism: short("PLAIN"),
                 response: LongStr::from(b"\0guest\0guest".to_vec()),

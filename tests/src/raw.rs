@@ -40,7 +40,7 @@ impl RawClient {
         assert!(matches!(start, Method::ConnectionStart(_)), "{start:?}");
         c.send_method(
             0,
-            Method::ConnectionStartOk(protocol::ConnectionStartOk {
+            Method::from(protocol::ConnectionStartOk {
                 client_properties: protocol::FieldTable::new(),
                 mechanism: "PLAIN".into(),
                 response: protocol::LongStr::from(b"\0guest\0guest".to_vec()),
@@ -221,7 +221,7 @@ impl RawClient {
     pub fn send_start_ok(&mut self, mechanism: &str, response: Vec<u8>) {
         self.send_method(
             0,
-            Method::ConnectionStartOk(protocol::ConnectionStartOk {
+            Method::from(protocol::ConnectionStartOk {
                 client_properties: protocol::FieldTable::new(),
                 mechanism: mechanism.into(),
                 response: protocol::LongStr::from(response),

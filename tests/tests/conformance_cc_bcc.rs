@@ -93,7 +93,7 @@ fn queue(c: &mut RawClient, name: &str, args: &[(&str, FieldValue)]) {
 fn bind(c: &mut RawClient, queue: &str, exchange: &str, key: &str) {
     let m = c.call(
         1,
-        Method::QueueBind(protocol::QueueBind {
+        Method::from(protocol::QueueBind {
             queue: queue.into(),
             exchange: exchange.into(),
             routing_key: key.into(),

@@ -45,7 +45,7 @@ fn pipelined_durable_declares_are_answered_in_order() {
             protocol::write_method(
                 &mut b,
                 1,
-                &Method::QueueBind(protocol::QueueBind {
+                &Method::from(protocol::QueueBind {
                     queue: format!("pipe-{i}").as_str().into(),
                     exchange: "amq.direct".into(),
                     routing_key: format!("k{i}").as_str().into(),

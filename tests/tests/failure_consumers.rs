@@ -273,7 +273,7 @@ fn raw_with_capabilities(addr: std::net::SocketAddr, cancel_notify: bool) -> Raw
     );
     c.send_method(
         0,
-        Method::ConnectionStartOk(protocol::ConnectionStartOk {
+        Method::from(protocol::ConnectionStartOk {
             client_properties: props,
             mechanism: "PLAIN".into(),
             response: protocol::LongStr::from(b"\0guest\0guest".to_vec()),

@@ -114,7 +114,7 @@ fn start_ok_with_caps(c: &mut RawClient, mechanism: &str, response: Vec<u8>) {
     props.insert("capabilities", FieldValue::Table(caps));
     c.send_method(
         0,
-        Method::ConnectionStartOk(protocol::ConnectionStartOk {
+        Method::from(protocol::ConnectionStartOk {
             client_properties: props,
             mechanism: mechanism.into(),
             response: response.into(),

@@ -16,7 +16,7 @@ use mailroom_tests::Server;
 use routing_common::*;
 
 fn qbind(queue: &str, exchange: &str, key: &str, arguments: RawTable) -> Method {
-    Method::QueueBind(protocol::QueueBind {
+    Method::from(protocol::QueueBind {
         queue: queue.into(),
         exchange: exchange.into(),
         routing_key: key.into(),
@@ -26,7 +26,7 @@ fn qbind(queue: &str, exchange: &str, key: &str, arguments: RawTable) -> Method 
 }
 
 fn qunbind(queue: &str, exchange: &str, key: &str) -> Method {
-    Method::QueueUnbind(protocol::QueueUnbind {
+    Method::from(protocol::QueueUnbind {
         queue: queue.into(),
         exchange: exchange.into(),
         routing_key: key.into(),

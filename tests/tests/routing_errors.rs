@@ -47,7 +47,7 @@ fn xdelete(name: &str, if_unused: bool) -> Method {
 }
 
 fn qbind(queue: &str, exchange: &str, key: &str) -> Method {
-    Method::QueueBind(protocol::QueueBind {
+    Method::from(protocol::QueueBind {
         queue: queue.into(),
         exchange: exchange.into(),
         routing_key: key.into(),
@@ -57,7 +57,7 @@ fn qbind(queue: &str, exchange: &str, key: &str) -> Method {
 }
 
 fn qunbind(queue: &str, exchange: &str, key: &str) -> Method {
-    Method::QueueUnbind(protocol::QueueUnbind {
+    Method::from(protocol::QueueUnbind {
         queue: queue.into(),
         exchange: exchange.into(),
         routing_key: key.into(),
@@ -66,7 +66,7 @@ fn qunbind(queue: &str, exchange: &str, key: &str) -> Method {
 }
 
 fn xbind_m(destination: &str, source: &str, key: &str) -> Method {
-    Method::ExchangeBind(protocol::ExchangeBind {
+    Method::from(protocol::ExchangeBind {
         destination: destination.into(),
         source: source.into(),
         routing_key: key.into(),
@@ -76,7 +76,7 @@ fn xbind_m(destination: &str, source: &str, key: &str) -> Method {
 }
 
 fn xunbind_m(destination: &str, source: &str, key: &str) -> Method {
-    Method::ExchangeUnbind(protocol::ExchangeUnbind {
+    Method::from(protocol::ExchangeUnbind {
         destination: destination.into(),
         source: source.into(),
         routing_key: key.into(),

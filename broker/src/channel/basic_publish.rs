@@ -8,7 +8,6 @@ use bytes::Bytes;
 use protocol::{reply, BasicPublish, ContentHeader, Method, ShortStr};
 
 use super::{Channel, Ctx};
-use crate::clock::now_ms;
 use crate::dedup::Seen;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
@@ -63,11 +62,17 @@ impl Channel {
         // Deduplication before routing (an `x-message-deduplication` exchange, or one declared with the
         // argument): a duplicate is dropped and confirmed with an ack (docs/event-streams.md).
         let mut dedup_ticket = 0;
+        let dedup = if ctx.session.vhost.dedup.is_empty() {
+            None
+        } else {
+            let now = ctx.session.now_ms();
+            ctx.session
+                .vhost
+                .dedup
+                .check(false, p.exchange.as_str(), &msg.properties, now)
+        };
         let vhost = &ctx.session.vhost;
-        match vhost
-            .dedup
-            .check(false, p.exchange.as_str(), &msg.properties, now_ms())
-        {
+        match dedup {
             Some(Seen::Duplicate(t)) if self.tx.is_none() => {
                 if p.mandatory {
                     // The plugin's exchange routes a duplicate nowhere: a mandatory one comes back.
@@ -131,6 +136,7 @@ impl Channel {
         if ctx.session.vhost.trace.on() {
             self.trace_publish(p, &msg, dests, ctx.session);
         }
+        let now = ctx.session.now_ms();
         let Session {
             vhost,
             flow_queues,
@@ -139,7 +145,6 @@ impl Channel {
             ..
         } = &mut *ctx.session;
         *published = true;
-        let now = now_ms();
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut dead = DeadLetters::new();

@@ -253,6 +253,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             let closing_deadline = t.closing_deadline;
             let reading = backlog_ok && self.may_read();
             let watch_acks = phase == Phase::Open && self.channels.values().any(Channel::watches_ack_timeout);
+            // One clock reading per wake-up for what the frames of this round need (`Session::now_ms`).
+            if let Some(s) = self.session.as_mut() {
+                s.clock_tick();
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if phase != Phase::Closing => {
@@ -390,7 +394,8 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 true
             }
             Some(Ok(frame)) => {
-                self.transport.last_recv = Instant::now();
+                // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
+                self.transport.received = true;
                 match &frame {
                     Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
                     Frame::Body(_, b) => self.round_bytes += b.len() as u64,
@@ -600,7 +605,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 Ok(())
             }
             (Phase::AwaitStartOk, Method::ConnectionStartOk(ok)) => {
-                handshake::on_start_ok(t, &mut self.login, &self.broker, ok)
+                handshake::on_start_ok(t, &mut self.login, &self.broker, *ok)
             }
             (Phase::AwaitTuneOk, Method::ConnectionTuneOk(ok)) => handshake::on_tune_ok(t, &self.broker, ok),
             (Phase::AwaitOpen, Method::ConnectionOpen(open)) => {

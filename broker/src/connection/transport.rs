@@ -39,6 +39,10 @@ pub(super) struct Transport<W> {
     /// Negotiated heartbeat interval, seconds (0 = none).
     pub heartbeat: u16,
     pub last_recv: Instant,
+    /// A frame arrived since the last heartbeat check moved `last_recv` (set per frame instead of a
+    /// clock read per frame; RabbitMQ's heartbeat monitor likewise checks once per interval whether
+    /// anything was received).
+    pub received: bool,
     pub closing_deadline: Option<tokio::time::Instant>,
     /// The client's frame_max limit on new frames from the decoder, applied after tune-ok.
     pub pending_frame_max: Option<u32>,
@@ -54,6 +58,7 @@ impl<W> Transport<W> {
             channel_max: 0,
             heartbeat: 0,
             last_recv: Instant::now(),
+            received: false,
             closing_deadline: None,
             pending_frame_max: None,
         }
@@ -64,7 +69,10 @@ impl<W> Transport<W> {
     }
 
     /// The client missed two heartbeat intervals.
-    pub fn heartbeat_missed(&self, secs: u16) -> bool {
+    pub fn heartbeat_missed(&mut self, secs: u16) -> bool {
+        if std::mem::take(&mut self.received) {
+            self.last_recv = Instant::now();
+        }
         self.last_recv.elapsed() > Duration::from_secs(secs as u64 * 2)
     }
 }

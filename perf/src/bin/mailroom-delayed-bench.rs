@@ -119,7 +119,7 @@ async fn setup(uri: &AmqpUri) -> anyhow::Result<Conn> {
         ..Default::default()
     }))
     .await?;
-    c.rpc(Method::QueueBind(QueueBind {
+    c.rpc(Method::from(QueueBind {
         queue: ShortStr::try_from_str(QUEUE)?,
         exchange: ShortStr::try_from_str(EXCHANGE)?,
         routing_key: "k".into(),
