@@ -192,7 +192,7 @@ async fn run(
         p.method().await;
         p.send(
             1,
-            Method::QueueBind(protocol::QueueBind {
+            Method::from(protocol::QueueBind {
                 queue: q.as_str().into(),
                 exchange: exchange.into(),
                 routing_key: q.as_str().into(),
