@@ -240,7 +240,9 @@ async fn run(
         );
         h
     });
-    let id = shape.ids.then(|| protocol::ShortStr::from_static("00000-00000000000000000001"));
+    let id = shape
+        .ids
+        .then(|| protocol::ShortStr::from_static("00000-00000000000000000001"));
     let props = RawProperties::from_properties(&protocol::BasicProperties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
         headers,
