@@ -11,6 +11,7 @@
 //! memory into fresh files. A later call gets a fresh worker thread.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub(crate) struct SledWorker {
     name: &'static str,
     deadline: Duration,
     worker: Mutex<Option<Worker>>,
+    /// A call was abandoned since the last `clear_stuck`: sled may hold a lock that a new call would
+    /// wait on forever.
+    stuck: AtomicBool,
 }
 
 impl SledWorker {
@@ -38,7 +42,18 @@ impl SledWorker {
             name,
             deadline,
             worker: Mutex::new(None),
+            stuck: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a call was abandoned since `clear_stuck`.
+    pub(crate) fn is_stuck(&self) -> bool {
+        self.stuck.load(SeqCst)
+    }
+
+    /// sled was rebuilt: the abandoned calls hold only the old one.
+    pub(crate) fn clear_stuck(&self) {
+        self.stuck.store(false, SeqCst);
     }
 
     fn spawn(&self) -> Result<Worker> {
@@ -84,6 +99,7 @@ impl SledWorker {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Left behind: the next call starts a new thread.
                 *slot = None;
+                self.stuck.store(true, SeqCst);
                 tracing::error!(
                     what,
                     deadline_s = self.deadline.as_secs_f64(),
@@ -123,6 +139,7 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().contains("did not return"), "{e}");
+        assert!(w.is_stuck());
         // a fresh thread serves the next call while the stuck one still hangs
         assert_eq!(w.run("b", || Ok(2)).unwrap(), 2);
         release.store(true, SeqCst);

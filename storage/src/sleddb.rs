@@ -66,8 +66,10 @@ pub(crate) struct SledDb {
     deferred: Mutex<Vec<Removal>>,
     /// Runs the flusher's and the rebuild's sled calls with a deadline (`sled_worker`).
     worker: SledWorker,
-    /// A rebuild is under way: writes fail at once (`Unavailable`).
+    /// A rebuild is under way: writes wait for it (`wait_rebuild`).
     rebuilding: AtomicBool,
+    rebuild_mx: Mutex<()>,
+    rebuild_cv: Condvar,
 }
 
 /// How long a sled call may take before it is abandoned (`sled_worker`). Far above any flush seen
@@ -310,6 +312,8 @@ impl SledDb {
             deferred: Mutex::new(Vec::new()),
             worker: SledWorker::new("mailroom-sled-call", SLED_DEADLINE),
             rebuilding: AtomicBool::new(false),
+            rebuild_mx: Mutex::new(()),
+            rebuild_cv: Condvar::new(),
         };
         // Everything sled wrote on open (conf, the db file, blobs/, a snapshot), the sled
         // directory's entries, and `sled` in the data directory.
@@ -351,8 +355,9 @@ impl SledDb {
             self.broken.store(true, SeqCst);
             return Err(io_err(&self.path)(e));
         }
+        self.wait_rebuild();
         let slot = self.slot.read();
-        if self.rebuilding.load(SeqCst) {
+        if self.rebuilding.load(SeqCst) || self.worker.is_stuck() {
             return Err(unavailable());
         }
         let db = slot.db.as_ref().ok_or_else(unavailable)?;
@@ -437,6 +442,23 @@ impl SledDb {
         }
     }
 
+    /// A write that arrives during a rebuild waits for it (tens of milliseconds; at most the time the
+    /// rebuild's sled calls are given, `SLED_DEADLINE` each), as it waited for sled's lock before the
+    /// copy was built without it; then it goes to the new sled, or to the old one if the rebuild failed.
+    /// Not while a sled call is stuck (`sled_worker`): then it fails at once.
+    fn wait_rebuild(&self) {
+        if !self.rebuilding.load(SeqCst) || self.worker.is_stuck() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + SLED_DEADLINE * 3;
+        let mut g = self.rebuild_mx.lock();
+        while self.rebuilding.load(SeqCst) && !self.worker.is_stuck() {
+            if self.rebuild_cv.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+    }
+
     /// Records removals whose write failed because sled is broken or closed for a rebuild (`can_defer`).
     /// No write can succeed until the rebuild (sled refuses every write after an I/O error of its
     /// own, and there is no sled while it is rebuilt), and the rebuild leaves these keys out of the
@@ -507,13 +529,17 @@ impl SledDb {
     pub(crate) fn rebuild(&self) -> Result<()> {
         // Writes fail at once (`Unavailable`) from here until the new sled is in, instead of waiting
         // for the lock while the copy is built: a rebuild can take up to `SLED_DEADLINE`.
-        // They keep failing until a rebuild succeeds: after a failed one (sled may be stuck, see
-        // `sled_worker`) no call may start a sled write that could wait on it.
+        // After a sled call was abandoned (`sled_worker`), they keep failing until a rebuild succeeds:
+        // no call may start a sled write that could wait on the stuck one. Otherwise writes go to the
+        // old sled again between attempts, as before (durable once a round succeeds after a rebuild).
         self.rebuilding.store(true, SeqCst);
         let r = self.rebuild_inner();
         if r.is_ok() {
-            self.rebuilding.store(false, SeqCst);
+            self.worker.clear_stuck();
         }
+        self.rebuilding.store(false, SeqCst);
+        let _g = self.rebuild_mx.lock();
+        self.rebuild_cv.notify_all();
         r
     }
 
