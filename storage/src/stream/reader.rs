@@ -62,10 +62,7 @@ pub struct StreamReader {
     file: Option<Arc<File>>,
     /// File position of `buf[0]`.
     buf_at: u64,
-    /// The bytes read: `buf[..end]` (the rest is room kept for the next read, so a refill does not zero
-    /// the block again).
     buf: Vec<u8>,
-    end: usize,
     /// Bytes of `buf` consumed.
     used: usize,
     /// Records below this offset are skipped.
@@ -95,7 +92,6 @@ impl StreamReader {
             file: None,
             buf_at: 0,
             buf: Vec::new(),
-            end: 0,
             used: 0,
             start: 0,
             min_ts: 0,
@@ -106,7 +102,7 @@ impl StreamReader {
     fn place(&mut self, seg: Option<u64>, pos: u64) {
         self.seg = seg;
         self.file = None;
-        self.end = 0;
+        self.buf.clear();
         self.buf_at = pos;
         self.used = 0;
     }
@@ -221,13 +217,13 @@ impl StreamLog {
         let mut res = ReadOutcome::default();
         let mut scanned = 0usize;
         loop {
-            while res.taken < max && scanned < scan_max && r.used < r.end {
-                let rest = &r.buf[r.used..r.end];
+            while res.taken < max && scanned < scan_max && r.used < r.buf.len() {
+                let rest = &r.buf[r.used..];
                 match parse_record(rest) {
                     Err(_) => break,
                     Ok(None) => {
                         let at = r.buf_at + r.used as u64;
-                        let skip_to = find_record(&r.buf[..r.end], r.used + 1, r.last).unwrap_or(r.end);
+                        let skip_to = find_record(&r.buf, r.used + 1, r.last).unwrap_or(r.buf.len());
                         tracing::error!(
                             stream = r.id,
                             segment = ?r.seg,
@@ -309,7 +305,7 @@ impl StreamLog {
                 };
                 let has_next = s.segs.range(key + 1..).next().map(|(k, _)| *k);
                 let seg = s.segs.get_mut(&key).expect("segment");
-                let from = r.buf_at + r.end as u64;
+                let from = r.buf_at + r.buf.len() as u64;
                 if from >= seg.data.written && seg.data.unwritten() > 0 {
                     seg.data.write_out(&self.faults)?;
                 }
@@ -317,11 +313,11 @@ impl StreamLog {
                 if from >= avail {
                     match has_next {
                         Some(k) => {
-                            if r.used < r.end {
+                            if r.used < r.buf.len() {
                                 tracing::error!(
                                     stream = r.id,
                                     segment = key,
-                                    bytes = r.end - r.used,
+                                    bytes = r.buf.len() - r.used,
                                     "a stream segment ends in a partial record; skipped"
                                 );
                             }
@@ -341,18 +337,15 @@ impl StreamLog {
                 break (file, seg.data.path.clone(), from, n);
             }
         };
-        r.buf.copy_within(r.used..r.end, 0);
-        r.end -= r.used;
+        r.buf.drain(..r.used);
         r.buf_at += r.used as u64;
         r.used = 0;
-        let old = r.end;
-        if r.buf.len() < old + n {
-            r.buf.resize(old + n, 0);
-        }
-        if let Err(e) = file.read_exact_at(&mut r.buf[old..old + n], from) {
+        let old = r.buf.len();
+        r.buf.resize(old + n, 0);
+        if let Err(e) = file.read_exact_at(&mut r.buf[old..], from) {
+            r.buf.truncate(old);
             return Err(io_err(&path)(e));
         }
-        r.end = old + n;
         Ok(true)
     }
 }
