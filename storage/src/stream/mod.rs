@@ -11,8 +11,8 @@
 //!
 //! Memory per stream: one small struct per segment, nothing per message or per chunk (the index
 //! lives in its file; the chunk being written is remembered for `last`). Readers (`reader.rs`)
-//! read sequentially from the files in 256 KiB blocks, without holding the stream's lock while
-//! they read.
+//! read sequentially in 256 KiB blocks: synced bytes from the files, without holding the stream's
+//! lock while they read; the unsynced tail from the segment's write buffer.
 
 mod api;
 mod format;
