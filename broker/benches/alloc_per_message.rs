@@ -120,11 +120,45 @@ async fn open(addr: std::net::SocketAddr) -> Client {
     c
 }
 
+/// How a case publishes, beyond size, persistence and acks.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// Through a named direct exchange bound to the queue (as mailroom-perf's S2), not the default one.
+    exchange: bool,
+    /// Every message carries a unique `x-deduplication-header` (as `mailroom-perf --dedup-header`).
+    header: bool,
+    /// The queue is declared with `x-message-deduplication: true` (as `mailroom-perf --dedup-queue`).
+    dedup_queue: bool,
+    /// Every message has a message id and a correlation id (case 7, with tracing on: the cost of
+    /// tracing each message).
+    ids: bool,
+}
+
+/// The placeholder each message's `x-deduplication-header` value overwrites with its sequence number.
+const DEDUP_PLACEHOLDER: &str = "mailroom-00000000000000000000";
+
 /// Publishes `n` messages of `size` bytes to queue `q` from one connection while another consumes them
 /// (no-ack, or acking each one); returns allocations per message.
-async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, ack: bool) -> f64 {
-    let q = format!("alloc-{}-{}-{}", size, persistent, ack);
+async fn run(
+    addr: std::net::SocketAddr,
+    n: u64,
+    size: usize,
+    persistent: bool,
+    ack: bool,
+    shape: Shape,
+) -> f64 {
+    let q = format!(
+        "alloc-{}-{}-{}-{}{}{}",
+        size, persistent, ack, shape.exchange as u8, shape.header as u8, shape.dedup_queue as u8
+    ) + if shape.ids { "-ids" } else { "" };
     let mut p = open(addr).await;
+    let mut arguments = protocol::FieldTable::new();
+    if shape.dedup_queue {
+        arguments.insert("x-message-deduplication", protocol::FieldValue::Bool(true));
+        // A window smaller than the first run's messages, so that the measured (marginal) messages are in
+        // the steady state of a long run: every check misses, records, and evicts the oldest value.
+        arguments.insert("x-cache-size", protocol::FieldValue::I32(10_000));
+    }
     p.send(
         1,
         Method::QueueDeclare(protocol::QueueDeclare {
@@ -134,11 +168,41 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
             exclusive: false,
             auto_delete: false,
             no_wait: false,
-            arguments: protocol::FieldTable::new(),
+            arguments,
         }),
     )
     .await;
     p.method().await;
+    let exchange = if shape.exchange { "alloc.direct" } else { "" };
+    if shape.exchange {
+        p.send(
+            1,
+            Method::ExchangeDeclare(protocol::ExchangeDeclare {
+                exchange: exchange.into(),
+                kind: "direct".into(),
+                passive: false,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                no_wait: false,
+                arguments: protocol::FieldTable::new(),
+            }),
+        )
+        .await;
+        p.method().await;
+        p.send(
+            1,
+            Method::from(protocol::QueueBind {
+                queue: q.as_str().into(),
+                exchange: exchange.into(),
+                routing_key: q.as_str().into(),
+                no_wait: false,
+                arguments: protocol::FieldTable::new(),
+            }),
+        )
+        .await;
+        p.method().await;
+    }
     let mut c = open(addr).await;
     if ack {
         c.send(
@@ -168,15 +232,29 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
     c.method().await;
 
     // One pre-encoded batch of 100 publishes, written again and again: the client allocates nothing per message.
+    let headers = shape.header.then(|| {
+        let mut h = protocol::FieldTable::new();
+        h.insert(
+            "x-deduplication-header",
+            protocol::FieldValue::LongStr(DEDUP_PLACEHOLDER.into()),
+        );
+        h
+    });
+    let id = shape
+        .ids
+        .then(|| protocol::ShortStr::from_static("00000-00000000000000000001"));
     let props = RawProperties::from_properties(&protocol::BasicProperties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
+        headers,
+        message_id: id.clone(),
+        correlation_id: id,
         ..Default::default()
     });
     let body = vec![7u8; size];
     let mut batch = BytesMut::new();
     for _ in 0..100 {
         let m = Method::BasicPublish(protocol::BasicPublish {
-            exchange: "".into(),
+            exchange: exchange.into(),
             routing_key: q.as_str().into(),
             mandatory: false,
             immediate: false,
@@ -184,13 +262,41 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
         protocol::write_method(&mut batch, 1, &m);
         protocol::write_content(&mut batch, 1, 60, &props, &body, 131072);
     }
-    let batch = batch.freeze();
+    // With unique headers, where each message's value sits in the batch: its 20 digits, numbered 0..100
+    // here, then advanced by 100 before each write (a decimal add with carry: a few instructions per
+    // message, so that the client adds little to the measured cost).
+    let at: Vec<usize> = if shape.header {
+        (0..batch.len() - DEDUP_PLACEHOLDER.len())
+            .filter(|&i| batch[i..].starts_with(DEDUP_PLACEHOLDER.as_bytes()))
+            .map(|i| i + DEDUP_PLACEHOLDER.len() - 20)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (seq, &i) in at.iter().enumerate() {
+        let mut v = seq;
+        for d in batch[i..i + 20].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
     let mut ack_buf = BytesMut::with_capacity(64 * 1024);
 
     let before = ALLOCS.load(Ordering::Relaxed);
     let started = Instant::now();
     let publisher = tokio::spawn(async move {
         for _ in 0..n / 100 {
+            for &i in &at {
+                // + 100: from the hundreds digit up, carrying.
+                for d in batch[i..i + 18].iter_mut().rev() {
+                    if *d == b'9' {
+                        *d = b'0';
+                    } else {
+                        *d += 1;
+                        break;
+                    }
+                }
+            }
             p.s.write_all(&batch).await.unwrap();
         }
         p
@@ -222,10 +328,14 @@ async fn run(addr: std::net::SocketAddr, n: u64, size: usize, persistent: bool, 
     let _p = publisher.await.unwrap();
     let per = allocs as f64 / n as f64;
     println!(
-        "{:>5} B {:<10} {:<7}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
+        "{:>5} B {:<10} {:<7}{}{}{}{}: {:>8} messages, {:>10} allocations = {:>5.2} per message ({:.0} msg/s in-process)",
         size,
         if persistent { "persistent" } else { "transient" },
         if ack { "ack" } else { "no-ack" },
+        if shape.exchange { " direct-x" } else { "" },
+        if shape.header { " +header" } else { "" },
+        if shape.dedup_queue { " +dedup-queue" } else { "" },
+        if shape.ids { " traced" } else { "" },
         n,
         allocs,
         per,
@@ -245,27 +355,61 @@ fn main() {
         let config = broker::Config {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             data_dir: dir.path().to_path_buf(),
+            // Case 7 records every event (a buffer for all, the recorder uncapped): what tracing every
+            // message costs in all, hooks and recorder, without drops that depend on scheduling.
+            trace: broker::trace::TraceSettings {
+                buffer_events: 1 << 20,
+                recorder_busy_percent: 100,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let server = broker::Server::bind(config).await.unwrap();
         let addr = server.local_addr();
+        let broker = server.broker.clone();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         let n = std::env::var("ALLOC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000u64);
         println!("heap allocations per message, broker and client in one process (client allocates nothing per message)");
         // ALLOC_BENCH_CASES picks cases by number (default "123"): 1 = 16 B transient autoack, 2 = 1 KiB
-        // transient with acks, 3 = 1 KiB persistent with acks. With one case and two values of
+        // transient with acks, 3 = 1 KiB persistent with acks; S2's shape (1 KiB transient with acks, through
+        // a named direct exchange, as mailroom-perf) 4 = plain, 5 = every message with a unique
+        // x-deduplication-header, 6 = that to a queue with x-message-deduplication: true; 7 = case 2 with a
+        // message id and correlation id on every message and tracing on for the vhost (run alone). With one case and two values of
         // ALLOC_BENCH_N under `valgrind --tool=callgrind`, the difference of the instruction totals over the
         // difference of N is the instructions per message (docs/performance.md, "Hot path").
         let cases = std::env::var("ALLOC_BENCH_CASES").unwrap_or_else(|_| "123".into());
+        let plain = Shape::default();
         if cases.contains('1') {
-            run(addr, n, 16, false, false).await;
+            run(addr, n, 16, false, false, plain).await;
         }
         if cases.contains('2') {
-            run(addr, n, 1024, false, true).await;
+            run(addr, n, 1024, false, true, plain).await;
         }
         if cases.contains('3') {
-            run(addr, n / 4, 1024, true, true).await;
+            run(addr, n / 4, 1024, true, true, plain).await;
+        }
+        let s2 = Shape {
+            exchange: true,
+            ..plain
+        };
+        if cases.contains('4') {
+            run(addr, n, 1024, false, true, s2).await;
+        }
+        if cases.contains('5') {
+            run(addr, n, 1024, false, true, Shape { header: true, ..s2 }).await;
+        }
+        if cases.contains('6') {
+            let dedup = Shape {
+                header: true,
+                dedup_queue: true,
+                ..s2
+            };
+            run(addr, n, 1024, false, true, dedup).await;
+        }
+        if cases.contains('7') {
+            broker.set_tracing("/", true).unwrap();
+            run(addr, n, 1024, false, true, Shape { ids: true, ..plain }).await;
         }
         shutdown.cancel();
         let _ = handle.await;

@@ -76,16 +76,8 @@ pub fn from_router_args(a: &Args) -> FieldTable {
     t
 }
 
-/// The headers routing from `exchange` may match on: none from the default exchange, which routes by
-/// queue name only (so a message with headers, e.g. a deduplication id, published there is not decoded).
-pub fn routing_headers(exchange: &str, props: &RawProperties) -> Option<Args> {
-    if exchange.is_empty() {
-        return None;
-    }
-    message_headers(props)
-}
-
 /// The message's headers for headers-exchange matching; None when it has none (or they do not parse).
+/// Publishing calls it only when the route needs it (`router::Router::route_msg_lazy`).
 pub fn message_headers(props: &RawProperties) -> Option<Args> {
     if !props.has_headers() {
         return None;

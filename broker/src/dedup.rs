@@ -16,7 +16,9 @@
 //! queues are written to the store (`storage::StateKind::{Exchange,Queue}Dedup`, one sled key per entry,
 //! removed when evicted) and loaded at recovery, so they survive a restart and a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use ahash::AHashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -104,11 +106,20 @@ pub fn config(args: &FieldTable, plugin_type: bool) -> AmqpResult<Option<Config>
 /// `"1"` differ (and so do integers of different widths) — and its `x-cache-ttl` override. None when it
 /// has no such header. Read from the raw properties without decoding the table (no allocation).
 pub fn message_key(props: &RawProperties) -> Option<(u8, &[u8], Option<u64>)> {
-    let (code, v) = props.raw_header(HEADER)?;
-    let ttl = props
-        .raw_header(TTL_HEADER)
-        .and_then(|(c, b)| raw_positive_int(c, b));
-    Some((code, v, ttl))
+    // One walk over the table finds both (the first of each, as raw_header would).
+    let mut key = None;
+    let mut ttl = None;
+    for (k, code, v) in props.raw_headers() {
+        if k == HEADER.as_bytes() {
+            if key.is_none() {
+                key = Some((code, v));
+            }
+        } else if k == TTL_HEADER.as_bytes() && ttl.is_none() {
+            ttl = Some(raw_positive_int(code, v));
+        }
+    }
+    let (code, v) = key?;
+    Some((code, v, ttl.flatten()))
 }
 
 /// A positive integer from a raw header value (any integer width, or a decimal string).
@@ -146,6 +157,12 @@ enum Key {
 }
 
 const KEY_INLINE: usize = 38;
+
+/// Dead slots a ring may hold beyond twice its live entries before it is compacted.
+const COMPACT_SLACK: usize = 16;
+
+/// Entries a window makes room for when created (all of them when its size is smaller).
+const PREALLOCATE: usize = 16_384;
 
 impl Key {
     fn new(k: &[u8]) -> Key {
@@ -205,10 +222,14 @@ pub struct Window {
 
 impl Window {
     fn new(config: Config, persist: Option<Persist>) -> Window {
+        // Room for the whole window up front when it is small, else for its first PREALLOCATE entries
+        // (a declared window of the default 100,000 entries does not take ~7 MB before it is used);
+        // once full, checks allocate nothing (the ring and the table keep their size).
+        let cap = config.size.min(PREALLOCATE as u64) as usize;
         Window {
             config,
-            index: hashbrown::HashTable::new(),
-            slots: VecDeque::new(),
+            index: hashbrown::HashTable::with_capacity(cap),
+            slots: VecDeque::with_capacity(cap),
             base: 0,
             live: 0,
             hasher: ahash::RandomState::new(),
@@ -290,7 +311,24 @@ impl Window {
         while self.slots.front().is_some_and(|s| !s.live) {
             self.pop_front();
         }
+        // Dead slots behind a live front (values recorded again after their TTL while an older one stays)
+        // would grow the ring without bound: past twice the live entries, drop them all at once (amortized
+        // O(1) per check; the index is rebuilt from the stored hashes).
+        if self.slots.len() > 2 * self.live + COMPACT_SLACK {
+            self.compact();
+        }
         evicted
+    }
+
+    /// Drops the dead slots and renumbers the live ones from 0.
+    fn compact(&mut self) {
+        self.slots.retain(|s| s.live);
+        self.base = 0;
+        self.index.clear();
+        let (slots, index) = (&self.slots, &mut self.index);
+        for (i, s) in slots.iter().enumerate() {
+            index.insert_unique(s.hash, i as u64, |&st| slots[st as usize].hash);
+        }
     }
 
     fn pop_front(&mut self) -> Option<Slot> {
@@ -358,20 +396,29 @@ pub struct Stats {
     pub dropped: u64,
 }
 
-type Windows = RwLock<HashMap<Arc<str>, Arc<Mutex<Window>>>>;
+type Windows = RwLock<AHashMap<Arc<str>, Arc<Mutex<Window>>>>;
 
 /// A vhost's deduplication windows, by exchange and by queue name.
 #[derive(Default)]
 pub struct Registry {
     exchanges: Windows,
     queues: Windows,
-    /// Whether any window exists (publishes skip the lookups otherwise).
-    count: AtomicU64,
+    /// How many exchange and queue windows exist (publishes skip the lookups when none).
+    exchange_count: AtomicU64,
+    queue_count: AtomicU64,
     /// Duplicates dropped in this vhost since the start, windows since deleted included.
     dropped_total: AtomicU64,
 }
 
 impl Registry {
+    fn count(&self, is_queue: bool) -> &AtomicU64 {
+        if is_queue {
+            &self.queue_count
+        } else {
+            &self.exchange_count
+        }
+    }
+
     fn map(&self, is_queue: bool) -> &Windows {
         if is_queue {
             &self.queues
@@ -417,7 +464,7 @@ impl Registry {
             .insert(name.clone(), Arc::new(Mutex::new(w)))
             .is_none()
         {
-            self.count.fetch_add(1, Relaxed);
+            self.count(is_queue).fetch_add(1, Relaxed);
         }
     }
 
@@ -426,7 +473,7 @@ impl Registry {
         let Some(w) = self.map(is_queue).write().remove(name) else {
             return;
         };
-        self.count.fetch_sub(1, Relaxed);
+        self.count(is_queue).fetch_sub(1, Relaxed);
         let w = w.lock();
         if let Some(p) = &w.persist {
             if let Err(e) = p.store.delete_entity_state(p.kind, &p.vhost, &p.name) {
@@ -437,17 +484,26 @@ impl Registry {
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.count.load(Relaxed) == 0
+        !self.has_any(false) && !self.has_any(true)
+    }
+
+    /// Whether any queue (`is_queue`) or exchange window exists.
+    #[inline]
+    pub fn has_any(&self, is_queue: bool) -> bool {
+        self.count(is_queue).load(Relaxed) != 0
     }
 
     /// Checks a message against the window of exchange or queue `name`; None if it has none or the
     /// message carries no deduplication header.
     pub fn check(&self, is_queue: bool, name: &str, props: &RawProperties, now: u64) -> Option<Seen> {
-        if self.is_empty() {
+        if !self.has_any(is_queue) || !props.has_headers() {
             return None;
         }
+        // The window first (most entities have none), then the key; the map's read lock is held only
+        // for the check (no await), so no reference count is touched.
+        let map = self.map(is_queue).read();
+        let w = map.get(name)?;
         let (code, value, ttl) = message_key(props)?;
-        let w = self.map(is_queue).read().get(name).cloned()?;
         // The key: the type code, then the value (a small stack buffer for the usual short values).
         let mut small = [0u8; 64];
         let seen = if value.len() < small.len() {
@@ -460,6 +516,7 @@ impl Registry {
             key.extend_from_slice(value);
             w.lock().check(&key, ttl, now)
         };
+        drop(map);
         if matches!(seen, Seen::Duplicate(_)) {
             self.dropped_total.fetch_add(1, Relaxed);
             tracing::debug!(entity = name, is_queue, "duplicate message dropped");
@@ -469,7 +526,7 @@ impl Registry {
 
     /// Whether queue or exchange `name` has a window.
     pub fn has(&self, is_queue: bool, name: &str) -> bool {
-        !self.is_empty() && self.map(is_queue).read().contains_key(name)
+        self.has_any(is_queue) && self.map(is_queue).read().contains_key(name)
     }
 
     /// Every window's counters.
@@ -516,6 +573,26 @@ mod tests {
         assert_eq!(w.len(), 2);
         assert_eq!(w.check(b"a", None, 1012), Seen::New(0));
         assert_eq!(w.dropped(), 1);
+    }
+
+    /// A value recorded again and again after its own short TTL, behind an older value that stays: the
+    /// ring is compacted instead of growing, and both values keep their answers.
+    #[test]
+    fn dead_slots_behind_a_live_front_are_compacted() {
+        let mut w = Window::new(cfg(100, None), None);
+        assert_eq!(w.check(b"front", None, 0), Seen::New(0));
+        for i in 0..1000u64 {
+            let now = 1 + 2 * i;
+            assert_eq!(w.check(b"x", Some(1), now), Seen::New(0), "x expired at {now}");
+            assert_eq!(w.check(b"x", None, now), Seen::Duplicate(0));
+            assert!(
+                w.slots.len() <= 2 * w.len() + COMPACT_SLACK,
+                "{} slots",
+                w.slots.len()
+            );
+        }
+        assert_eq!(w.check(b"front", None, 5000), Seen::Duplicate(0));
+        assert_eq!(w.len(), 2);
     }
 
     /// Against a reference model: a list of (key, expiry) in insertion order, capped at size.
@@ -587,6 +664,114 @@ mod tests {
             config(&t(&[("x-message-deduplication", FieldValue::Bool(true))]), false).unwrap(),
             Some(cfg(DEFAULT_CACHE_SIZE, None))
         );
+    }
+}
+
+/// The window against a simple reference model (a list of (value, expiry) in recording order, capped at
+/// the size), with per-message TTL overrides, values inline and on the heap, and for durable windows the
+/// window reloaded from the store agreeing with the model.
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Op {
+        key: u8,
+        long: bool,
+        ttl: Option<u64>,
+        advance: u64,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        (
+            0u8..16,
+            any::<bool>(),
+            proptest::option::weighted(0.2, 1u64..80),
+            0u64..15,
+        )
+            .prop_map(|(key, long, ttl, advance)| Op {
+                key,
+                long,
+                ttl,
+                advance,
+            })
+    }
+
+    fn value(o: &Op) -> Vec<u8> {
+        // A long value is over KEY_INLINE bytes (kept on the heap); it differs from the short one.
+        let len = if o.long { KEY_INLINE + 10 } else { 3 };
+        let mut v = vec![b'S'; len];
+        v[1] = o.key;
+        v
+    }
+
+    /// The model's answer, and its update.
+    fn model_check(m: &mut Vec<(Vec<u8>, u64)>, c: Config, key: &[u8], ttl: Option<u64>, now: u64) -> bool {
+        if m.iter().any(|(k, exp)| k == key && *exp > now) {
+            return true;
+        }
+        m.retain(|(k, _)| k != key);
+        let exp = ttl.or(c.ttl_ms).map_or(u64::MAX, |t| now + t);
+        m.push((key.to_vec(), exp));
+        while m.len() as u64 > c.size {
+            m.remove(0);
+        }
+        false
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn window_matches_the_model(
+            size in 1u64..10,
+            ttl in proptest::option::of(1u64..60),
+            ops in proptest::collection::vec(op(), 1..300),
+            durable in proptest::bool::weighted(0.15),
+        ) {
+            let c = Config { size, ttl_ms: ttl };
+            let dir = tempfile::tempdir().unwrap();
+            let store = durable.then(|| Store::open(dir.path(), Default::default()).unwrap());
+            let persist = |store: &Option<Store>| {
+                store.as_ref().map(|s| Persist {
+                    store: s.clone(),
+                    kind: StateKind::QueueDedup,
+                    vhost: "/".into(),
+                    name: "q".into(),
+                })
+            };
+            let mut w = Window::new(c, persist(&store));
+            let mut m: Vec<(Vec<u8>, u64)> = Vec::new();
+            let mut now = 1;
+            let mut dropped = 0;
+            for o in &ops {
+                now += o.advance;
+                let v = value(o);
+                let want = model_check(&mut m, c, &v, o.ttl, now);
+                let got = w.check(&v, o.ttl, now);
+                prop_assert_eq!(matches!(got, Seen::Duplicate(_)), want, "{:?} at {}", o, now);
+                dropped += want as u64;
+                prop_assert_eq!(w.len(), m.len());
+                prop_assert!(w.slots.len() <= 2 * w.len() + COMPACT_SLACK, "the ring stays bounded");
+            }
+            prop_assert_eq!(w.dropped(), dropped);
+            if let Some(s) = &store {
+                // Reloaded (as at recovery, at the same time): the same values are duplicates.
+                s.wait_durable_blocking(s.current_ticket()).unwrap();
+                let mut again = Window::new(c, persist(&store));
+                again.load(now);
+                for o in &ops {
+                    let v = value(o);
+                    let live = m.iter().any(|(k, exp)| *k == v && *exp > now);
+                    let seen = again.index.find(again.hasher.hash_one(&v[..]), |&st| {
+                        again.slots[(st - again.base) as usize].key.bytes() == &v[..]
+                    });
+                    let seen = seen.is_some_and(|&st| again.slots[(st - again.base) as usize].expires_at > now);
+                    prop_assert_eq!(seen, live, "{:?} after reload", o);
+                }
+            }
+        }
     }
 }
 

@@ -162,7 +162,7 @@ impl VHost {
             m.body.clone(),
         )
         .ok()?;
-        let headers = crate::args::message_headers(&msg.properties);
+        let headers = || crate::args::message_headers(&msg.properties);
         {
             let router = self.router.read();
             let props = if router.needs_properties() {
@@ -170,11 +170,11 @@ impl VHost {
             } else {
                 router::MsgProps::default()
             };
-            if let Err(e) = router.route_msg(
+            if let Err(e) = router.route_msg_lazy(
                 &m.exchange,
                 &m.routing_key,
                 msg.extra_routing_keys(),
-                headers.as_ref(),
+                &headers,
                 &props,
                 dests,
             ) {

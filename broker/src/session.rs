@@ -77,8 +77,8 @@ pub struct Session {
     pub(crate) flow: Option<Arc<crate::flow::Flow>>,
     /// The connection's name (as the management API shows it), for trace events.
     pub(crate) conn_name: Arc<str>,
-    /// `user`, shared by trace events.
-    pub(crate) trace_user: Arc<str>,
+    /// The vhost, connection and user of this session's trace events (`trace::Source`).
+    pub(crate) trace_source: Arc<crate::trace::Source>,
     /// The wall clock read once per wake-up of the connection (`now_ms`); 0: not read yet.
     now_cache: u64,
 }
@@ -94,7 +94,6 @@ impl Session {
     ) -> Session {
         Session {
             id,
-            vhost,
             user,
             caps,
             signal,
@@ -113,7 +112,8 @@ impl Session {
             consumer_timeout: None,
             flow: None,
             conn_name: "".into(),
-            trace_user: "".into(),
+            trace_source: crate::trace::Source::vhost(&vhost.name),
+            vhost,
             now_cache: 0,
         }
     }

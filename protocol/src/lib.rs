@@ -27,7 +27,7 @@ pub use frame::{
     FrameCodec, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
 };
 pub use methods::*;
-pub use properties::{BasicProperties, RawProperties};
+pub use properties::{BasicProperties, RawHeaders, RawProperties};
 pub use table::{FieldTable, FieldValue, MAX_NESTING_DEPTH};
 pub use types::{LongStr, ShortStr};
 

@@ -459,35 +459,32 @@ impl RawProperties {
     /// bytes without the length; an integer's big-endian bytes). Walks the raw bytes without
     /// allocating; None when absent, when there are no headers or they are malformed.
     pub fn raw_header(&self, key: &str) -> Option<(u8, &[u8])> {
+        self.raw_headers()
+            .find(|(k, _, _)| *k == key.as_bytes())
+            .map(|(_, c, v)| (c, v))
+    }
+
+    /// The top-level header entries in table order, raw: `(key, type code, value bytes)` as
+    /// [`RawProperties::raw_header`] gives them. Walks the raw bytes without allocating (one walk
+    /// finds several keys); ends at the table's end or at the first malformed entry.
+    pub fn raw_headers(&self) -> RawHeaders<'_> {
+        let empty = RawHeaders {
+            cur: SliceCursor::new(&[]),
+        };
         if !self.has_headers() {
-            return None;
+            return empty;
         }
         let Some(Slot::Present(s, e)) = self.locate(idx::HEADERS) else {
-            return None;
+            return empty;
         };
-        let table = self.0.get(s..e)?;
+        let Some(table) = self.0.get(s..e) else {
+            return empty;
+        };
         let mut cur = SliceCursor::new(table);
-        cur.u32()?;
-        while cur.pos < table.len() {
-            let n = cur.u8()?;
-            let k = cur.take(n as usize)?;
-            let code = cur.u8()?;
-            let len = match code {
-                b't' | b'b' | b'B' => 1,
-                b's' | b'u' => 2,
-                b'I' | b'i' | b'f' => 4,
-                b'l' | b'L' | b'd' | b'T' => 8,
-                b'D' => 5,
-                b'V' => 0,
-                b'S' | b'x' | b'A' | b'F' => cur.u32()? as usize,
-                _ => return None,
-            };
-            let v = cur.take(len)?;
-            if k == key.as_bytes() {
-                return Some((code, v));
-            }
+        if cur.u32().is_none() {
+            return empty;
         }
-        None
+        RawHeaders { cur }
     }
 
     /// A copy with the reply-to property set to `reply_to` (other properties kept byte for
@@ -567,6 +564,43 @@ impl From<BasicProperties> for RawProperties {
 impl AsRef<[u8]> for RawProperties {
     fn as_ref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The raw entries of a headers table ([`RawProperties::raw_headers`]).
+pub struct RawHeaders<'a> {
+    cur: SliceCursor<'a>,
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a [u8], u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let cur = &mut self.cur;
+        if cur.pos >= cur.buf.len() {
+            return None;
+        }
+        let entry = (|| {
+            let n = cur.u8()?;
+            let k = cur.take(n as usize)?;
+            let code = cur.u8()?;
+            let len = match code {
+                b't' | b'b' | b'B' => 1,
+                b's' | b'u' => 2,
+                b'I' | b'i' | b'f' => 4,
+                b'l' | b'L' | b'd' | b'T' => 8,
+                b'D' => 5,
+                b'V' => 0,
+                b'S' | b'x' | b'A' | b'F' => cur.u32()? as usize,
+                _ => return None,
+            };
+            Some((k, code, cur.take(len)?))
+        })();
+        if entry.is_none() {
+            // Malformed: end here.
+            cur.pos = cur.buf.len();
+        }
+        entry
     }
 }
 
@@ -715,6 +749,12 @@ mod tests {
         assert_eq!(raw.raw_header("f"), Some((b'V', &b""[..])));
         assert_eq!(raw.raw_header("BCC"), None);
         assert_eq!(cut.raw_header("CC"), None);
+        // raw_headers: every top-level entry, in table order.
+        let keys: Vec<&[u8]> = raw.raw_headers().map(|(k, _, _)| k).collect();
+        let want: Vec<&[u8]> = h.iter().map(|(k, _)| k.as_bytes()).collect();
+        assert_eq!(keys, want);
+        assert_eq!(cut.raw_headers().count(), 0);
+        assert_eq!(RawProperties::empty().raw_headers().count(), 0);
         let mut h2 = FieldTable::new();
         h2.insert("x-deduplication-header", FieldValue::from("order-1"));
         let raw2 = RawProperties::from_properties(&BasicProperties {

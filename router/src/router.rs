@@ -861,6 +861,43 @@ impl Router {
                 exchange,
                 routing_key,
                 extra_keys,
+                Headers::Ready(headers),
+                props,
+                out,
+                &mut s,
+            ),
+            Err(_) => self.route_keys(
+                false,
+                exchange,
+                routing_key,
+                extra_keys,
+                Headers::Ready(headers),
+                props,
+                out,
+                &mut RouteScratch::default(),
+            ),
+        })
+    }
+
+    /// [`Router::route_msg`] with headers decoded only if the walk needs them: `headers` is called at most
+    /// once, and only when a headers exchange with bindings or a consistent-hash exchange hashing on a
+    /// header is reached (so a message with headers routed elsewhere is never decoded).
+    pub fn route_msg_lazy<K: AsRef<str>>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        extra_keys: &[K],
+        headers: &dyn Fn() -> Option<Args>,
+        props: &MsgProps,
+        out: &mut Vec<Name>,
+    ) -> Result<Routed, RouterError> {
+        let headers = Headers::Lazy(headers);
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.route_keys(
+                false,
+                exchange,
+                routing_key,
+                extra_keys,
                 headers,
                 props,
                 out,
@@ -926,7 +963,7 @@ impl Router {
             exchange,
             routing_key,
             &[],
-            headers,
+            Headers::Ready(headers),
             &MsgProps::default(),
             out,
             s,
@@ -952,13 +989,22 @@ impl Router {
         let none: &[&str] = &[];
         let p = MsgProps::default();
         SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut s) => self.route_keys(true, exchange, routing_key, none, None, &p, out, &mut s),
+            Ok(mut s) => self.route_keys(
+                true,
+                exchange,
+                routing_key,
+                none,
+                Headers::Ready(None),
+                &p,
+                out,
+                &mut s,
+            ),
             Err(_) => self.route_keys(
                 true,
                 exchange,
                 routing_key,
                 none,
-                None,
+                Headers::Ready(None),
                 &p,
                 out,
                 &mut RouteScratch::default(),
@@ -973,7 +1019,7 @@ impl Router {
         exchange: &str,
         routing_key: &str,
         extra_keys: &[K],
-        headers: Option<&Args>,
+        headers: Headers<'_>,
         props: &MsgProps,
         out: &mut Vec<Name>,
         s: &mut RouteScratch,
@@ -1006,7 +1052,8 @@ impl Router {
                 used_alternate: false,
             });
         }
-        let data: &[(String, ArgValue)] = headers.map(|h| &h.0[..]).unwrap_or(&[]);
+        // Decoded on first need (Headers::Lazy), at most once per publish.
+        let mut decoded: Option<Option<Args>> = None;
         let mut sorted_headers = false;
         let epoch = s.begin(self.exchanges.len(), self.queues.len());
         s.xmark[start as usize] = epoch;
@@ -1058,8 +1105,10 @@ impl Router {
                             t.route(key.as_ref(), &mut s.trie, &mut emit);
                         }
                     }
+                    Index::Headers(v) if v.is_empty() => {}
                     Index::Headers(v) => {
-                        if !v.is_empty() && !sorted_headers {
+                        let data = headers.data(&mut decoded);
+                        if !sorted_headers {
                             headers::sort_data_order(data, &mut s.hdr_order);
                             sorted_headers = true;
                         }
@@ -1072,6 +1121,10 @@ impl Router {
                     Index::ConsistentHash(on, ring) => {
                         // One destination per message, from the first routing key only (CC keys do
                         // not count: the plugin hashes the head of the message's routing keys).
+                        let data = match on {
+                            HashOn::Header(_) => headers.data(&mut decoded),
+                            _ => &[],
+                        };
                         let h = consistent_hash::key_hash(on, routing_key, data, props);
                         if let Some(d) = ring.pick(h) {
                             emit(d);
@@ -1098,5 +1151,30 @@ impl Router {
             matched: !out.is_empty(),
             used_alternate,
         })
+    }
+}
+
+/// A message's headers as routing reads them: decoded by the caller, or decoded on first need.
+#[derive(Clone, Copy)]
+enum Headers<'a> {
+    Ready(Option<&'a Args>),
+    Lazy(&'a dyn Fn() -> Option<Args>),
+}
+
+impl<'a> Headers<'a> {
+    /// The header entries (none when the message has no headers); a lazy source is decoded into `decoded`
+    /// the first time.
+    fn data<'b>(&self, decoded: &'b mut Option<Option<Args>>) -> &'b [(String, ArgValue)]
+    where
+        'a: 'b,
+    {
+        match *self {
+            Headers::Ready(h) => h.map(|h| &h.0[..]).unwrap_or(&[]),
+            Headers::Lazy(f) => decoded
+                .get_or_insert_with(f)
+                .as_ref()
+                .map(|h| &h.0[..])
+                .unwrap_or(&[]),
+        }
     }
 }

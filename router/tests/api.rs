@@ -964,3 +964,51 @@ fn policy_alternate_exchange_applies_unless_the_argument_gives_one() {
     assert_eq!(route(&r, "own", "x"), vec!["q1"]);
     assert!(!r.set_policy_alternate("missing", Some("ae")));
 }
+
+/// `route_msg_lazy` decodes a message's headers only when the walk reaches an exchange that reads them (a
+/// headers exchange with bindings, a consistent-hash exchange with `hash-header`), and then once.
+#[test]
+fn lazy_headers_are_decoded_only_when_needed_and_once() {
+    use std::cell::Cell;
+    let mut r = r();
+    r.declare_exchange(def("d", ExchangeKind::Direct)).unwrap();
+    r.declare_exchange(def("h1", ExchangeKind::Headers)).unwrap();
+    r.declare_exchange(def("h2", ExchangeKind::Headers)).unwrap();
+    r.declare_exchange(def("empty-h", ExchangeKind::Headers)).unwrap();
+    let mut ch = def("ch", ExchangeKind::ConsistentHash);
+    ch.arguments = Args::new().with("hash-header", s("k"));
+    r.declare_exchange(ch).unwrap();
+    r.declare_exchange(def("ch-rk", ExchangeKind::ConsistentHash))
+        .unwrap();
+    r.bind(Binding::queue("d", "q1", "k")).unwrap();
+    r.bind(Binding::exchange("d", "h1", "to-h")).unwrap();
+    r.bind(Binding::exchange("d", "empty-h", "k")).unwrap();
+    r.bind(Binding::exchange("h1", "h2", "").with_args(Args::new().with("a", s("1"))))
+        .unwrap();
+    r.bind(Binding::queue("h2", "q2", "").with_args(Args::new().with("a", s("1"))))
+        .unwrap();
+    r.bind(Binding::queue("ch", "q3", "1")).unwrap();
+    r.bind(Binding::queue("ch-rk", "q3", "1")).unwrap();
+    let calls = Cell::new(0);
+    let decode = || {
+        calls.set(calls.get() + 1);
+        Some(Args::new().with("a", s("1")).with("k", s("v")))
+    };
+    let mut out = Vec::new();
+    let none: &[&str] = &[];
+    let mut run = |x: &str, key: &str| {
+        calls.set(0);
+        r.route_msg_lazy(x, key, none, &decode, &MsgProps::default(), &mut out)
+            .unwrap();
+        let mut v: Vec<String> = out.iter().map(|n| n.to_string()).collect();
+        v.sort();
+        (v, calls.get())
+    };
+    // Direct only (and an empty headers exchange): nothing decoded.
+    assert_eq!(run("d", "k"), (vec!["q1".to_string()], 0));
+    assert_eq!(run("", "q1"), (vec!["q1".to_string()], 0));
+    assert_eq!(run("ch-rk", "any"), (vec!["q3".to_string()], 0));
+    // Through two headers exchanges: decoded once.
+    assert_eq!(run("d", "to-h"), (vec!["q2".to_string()], 1));
+    assert_eq!(run("ch", "any"), (vec!["q3".to_string()], 1));
+}

@@ -245,6 +245,11 @@ proptest! {
             let h = Args(m.clone());
             r.route("amq.headers", "rk", Some(&h), &mut out).unwrap();
             let got = sorted(&out);
+            // Decoding on demand routes the same way.
+            let none: &[&str] = &[];
+            r.route_msg_lazy("amq.headers", "rk", none, &|| Some(h.clone()), &MsgProps::default(), &mut out)
+                .unwrap();
+            prop_assert_eq!(&sorted(&out), &got);
             let want: BTreeSet<String> = bindings
                 .iter()
                 .enumerate()

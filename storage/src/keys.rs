@@ -34,7 +34,8 @@ pub(crate) const ENTITY_STATE: u8 = 0x20;
 /// `[0x21][bucket id u32 BE]` -> postcard `QueueRecord` of a delayed-message bucket (`delayed.rs`).
 pub(crate) const DELAYED_BUCKET: u8 = 0x21;
 
-// 0x30..=0x33: message tracing's events, indexes and vhost flags (`trace.rs`).
+// 0x30..=0x38: message tracing's event batches, indexes, filters and vhost flags (`trace.rs`; 0x30..=0x32
+// the first format, no longer written).
 
 /// Present (value `[1]`) while the store is closed cleanly with its queue counts written.
 pub(crate) const CLEAN_KEY: &[u8] = b"\x00clean_shutdown";

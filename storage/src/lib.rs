@@ -47,7 +47,7 @@ pub use records::{
 };
 pub use store::{dir_allocated_bytes, Store};
 pub use stream::{ReadOutcome, StreamItem, StreamReader, StreamRecord, StreamStart, StreamStats};
-pub use trace::{TraceIndex, TraceRecord};
+pub use trace::{id_hash, TraceBatch, TraceIndex, EXACT_IDS};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
 /// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.

@@ -472,8 +472,8 @@ async fn trace_and_switch_survive_a_restart() {
 async fn overload_drops_are_counted_and_publishers_never_wait() {
     let tmp = tempfile::tempdir().unwrap();
     let conf = tmp.path().join("mailroom.toml");
-    // A one-event buffer: the second event of a publish (routed, right after published) finds it full
-    // unless the recorder took the first in between.
+    // A one-event buffer: a publish's events (published and routed, one send) find it full unless the
+    // recorder took the previous publish's in between.
     std::fs::write(&conf, "[trace]\nbuffer_events = 1\n").unwrap();
     let server = Server::start_in(&tmp.path().join("data"), &["--config", conf.to_str().unwrap()]);
     let api = api(&server);

@@ -62,7 +62,7 @@ impl Channel {
         // Deduplication before routing (an `x-message-deduplication` exchange, or one declared with the
         // argument): a duplicate is dropped and confirmed with an ack (docs/event-streams.md).
         let mut dedup_ticket = 0;
-        let dedup = if ctx.session.vhost.dedup.is_empty() {
+        let dedup = if !ctx.session.vhost.dedup.has_any(false) {
             None
         } else {
             let now = ctx.session.now_ms();
@@ -94,7 +94,9 @@ impl Channel {
                 return Ok(());
             }
         }
-        let headers = crate::args::routing_headers(p.exchange.as_str(), &msg.properties);
+        // The headers are decoded only if the route reaches an exchange that reads them (a headers exchange
+        // with bindings, a consistent-hash exchange with `hash-header`): a deduplication id costs no decode.
+        let headers = || crate::args::message_headers(&msg.properties);
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
         {
             let router = ctx.session.vhost.router.read();
@@ -104,11 +106,11 @@ impl Channel {
             } else {
                 router::MsgProps::default()
             };
-            router.route_msg(
+            router.route_msg_lazy(
                 p.exchange.as_str(),
                 p.routing_key.as_str(),
                 msg.extra_routing_keys(),
-                headers.as_ref(),
+                &headers,
                 &props,
                 dests,
             )?;
@@ -148,7 +150,7 @@ impl Channel {
         let mut enqueued = 0usize;
         let mut failed = false;
         let mut dead = DeadLetters::new();
-        let dedup_queues = !vhost.dedup.is_empty();
+        let dedup_queues = vhost.dedup.has_any(true);
         // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
         let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         vhost.with_queues(dests, |q| {

@@ -3,8 +3,6 @@
 //! firehose's `publish.<exchange>` copy, the `delivered` event and the `deliver.<queue>` copy, and the
 //! `acked`/`nacked`/`rejected` events. Everything else about tracing is in `crate::trace`.
 
-use std::sync::Arc;
-
 use protocol::{BasicPublish, ShortStr};
 
 use super::Channel;
@@ -13,7 +11,7 @@ use crate::message::Message;
 use crate::queue::{Entry, Queue};
 use crate::session::Session;
 use crate::trace::firehose::Actor;
-use crate::trace::{Event, Ids, Kind};
+use crate::trace::{Event, Ids, Kind, Queues};
 
 /// The consumer tag events of basic.get deliveries show.
 const BASIC_GET: ShortStr = ShortStr::from_static("basic.get");
@@ -27,16 +25,14 @@ impl Channel {
         }
     }
 
-    fn event(&self, kind: Kind, session: &Session, ids: &Arc<Ids>, time: u64) -> Event {
-        let mut e = Event::new(kind, &session.vhost.name, ids, time);
-        e.connection = Some(session.conn_name.clone());
-        e.user = Some(session.trace_user.clone());
+    fn event(&self, kind: Kind, session: &Session, ids: Ids, time: u64) -> Event {
+        let mut e = Event::new(kind, &session.trace_source, ids, time);
         e.channel = Some(self.id);
         e
     }
 
-    /// A message routed to `dests`, about to be enqueued: `published`, then `routed`, are recorded before
-    /// any queue can deliver it, so they come first in its timeline.
+    /// A message routed to `dests`, about to be enqueued: `published`, then `routed` (one event pair, one
+    /// send), are recorded before any queue can deliver it, so they come first in its timeline.
     pub(super) fn trace_publish(
         &self,
         p: &BasicPublish,
@@ -47,14 +43,11 @@ impl Channel {
         let vhost = &session.vhost;
         if !vhost.trace.room(2) {
         } else if let Some(ids) = Ids::of(&msg.properties) {
-            let mut e = self.event(Kind::Published, session, &ids, now_ms());
+            let mut e = self.event(Kind::Published, session, ids, now_ms());
             e.exchange = Some(p.exchange.clone());
             e.routing_key = Some(p.routing_key.clone());
-            let mut routed = e.clone();
-            routed.event = Kind::Routed;
-            routed.queues = Some(dests.to_vec());
+            e.queues = Some(Queues::of(dests));
             vhost.trace.record(e);
-            vhost.trace.record(routed);
         }
         vhost.firehose_publish(msg, dests, &self.actor(session));
     }
@@ -70,7 +63,7 @@ impl Channel {
         let vhost = &session.vhost;
         if !vhost.trace.room(1) {
         } else if let Some(ids) = Ids::of(&entry.msg.properties) {
-            let mut e = self.event(Kind::Delivered, session, &ids, now_ms());
+            let mut e = self.event(Kind::Delivered, session, ids, now_ms());
             e.exchange = Some(entry.msg.exchange.clone());
             e.routing_key = Some(entry.msg.routing_key.clone());
             e.queue = Some(queue.name().clone());
@@ -93,21 +86,28 @@ impl Channel {
         session: &Session,
     ) {
         let now = now_ms();
-        let hit = |u: &&super::Unacked| {
-            if multiple {
-                tag == 0 || u.tag <= tag
+        // `unacked` is in tag order (`take_unacked` binary-searches it too).
+        let range = if multiple {
+            let end = if tag == 0 {
+                self.unacked.len()
             } else {
-                u.tag == tag
+                self.unacked.partition_point(|u| u.tag <= tag)
+            };
+            0..end
+        } else {
+            match self.unacked.binary_search_by_key(&tag, |u| u.tag) {
+                Ok(i) => i..i + 1,
+                Err(_) => 0..0,
             }
         };
-        for u in self.unacked.iter().filter(hit) {
+        for u in self.unacked.range(range) {
             if !session.vhost.trace.room(1) {
                 continue;
             }
             let Some(ids) = Ids::of(&u.entry.msg.properties) else {
                 continue;
             };
-            let mut e = self.event(kind, session, &ids, now);
+            let mut e = self.event(kind, session, ids, now);
             e.queue = Some(u.queue.name().clone());
             e.consumer_tag = Some(match u.consumer.and_then(|c| session.consumers.get(&c)) {
                 Some(c) => c.tag.clone(),

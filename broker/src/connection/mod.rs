@@ -640,7 +640,11 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                         self.broker.config.consumer_timeout.map(|d| d.as_millis() as u64);
                     session.flow = Some(self.broker.flow.clone());
                     session.conn_name = name.into();
-                    session.trace_user = session.user.as_str().into();
+                    session.trace_source = Arc::new(crate::trace::Source {
+                        vhost: session.vhost.name.clone(),
+                        connection: Some(session.conn_name.clone()),
+                        user: Some(session.user.as_str().into()),
+                    });
                     self.session = Some(session);
                     self.counted = true;
                     if let Some(s) = self.session.as_ref() {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
-use storage::TraceIndex;
 
 use super::auth::AuthUser;
 use super::error::{ApiError, ApiResult};
 use super::{blocking, AppState};
+use crate::trace::batch::{timeline, Match};
 
 const DEFAULT_LIMIT: usize = 10_000;
 
@@ -21,9 +21,9 @@ pub async fn trace(
     user: AuthUser,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let (index, id) = match (q.get("correlation_id"), q.get("message_id")) {
-        (Some(c), None) => (TraceIndex::CorrelationId, c.clone()),
-        (None, Some(m)) => (TraceIndex::MessageId, m.clone()),
+    let (by_message_id, id) = match (q.get("correlation_id"), q.get("message_id")) {
+        (Some(c), None) => (false, c.clone()),
+        (None, Some(m)) => (true, m.clone()),
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of the query parameters correlation_id and message_id",
@@ -39,14 +39,18 @@ pub async fn trace(
             .ok_or_else(|| ApiError::bad_request("limit must be a positive integer"))?,
     };
     let store = broker.store.clone();
-    let records = blocking(move || store.trace_events(index, &id, limit))
-        .await?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut events = Vec::with_capacity(records.len());
-    for r in records {
-        let Ok(v) = serde_json::from_slice::<Value>(&r.body) else {
-            continue;
+    let records = blocking(move || {
+        let want = if by_message_id {
+            Match::MessageId(&id)
+        } else {
+            Match::CorrelationId(&id)
         };
+        timeline(&store, want, limit)
+    })
+    .await?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut events = Vec::with_capacity(records.len());
+    for v in records {
         let vhost = v.get("vhost").and_then(Value::as_str).unwrap_or_default();
         if user.can_access(&broker, vhost) {
             events.push(v);

@@ -10,7 +10,7 @@ use crate::vhost::VHost;
 impl Broker {
     /// Gives a new or recovered vhost the recorder, with tracing on if it was stored so.
     pub(crate) fn attach_tracing(&self, vhost: &Arc<VHost>, on: bool) {
-        vhost.trace.attach(self.tracer.clone());
+        vhost.trace.attach(self.tracer.clone(), &vhost.name);
         if on {
             if let Err(e) = self.tracer.start(&self.store) {
                 tracing::error!(error = %e, "cannot start the trace recorder");

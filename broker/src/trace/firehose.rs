@@ -165,19 +165,22 @@ impl VHost {
     /// `expired` for an expiry, then `dead-lettered` with the reason and the dead-letter exchange (no
     /// `target`: dropped, the queue has none).
     pub(crate) fn trace_dead(&self, from: &Queue, dead: &DeadLetters, dlx: Option<&Arc<str>>, now: u64) {
+        let Some(src) = self.trace.source() else {
+            return;
+        };
         for d in dead.iter() {
             let Some(ids) = Ids::of(&d.entry.msg.properties) else {
                 continue;
             };
             if d.reason == DeathReason::Expired {
-                let mut e = Event::new(Kind::Expired, &self.name, &ids, now);
+                let mut e = Event::new(Kind::Expired, src, ids.clone(), now);
                 e.queue = Some(from.name().clone());
                 e.reason = Some("expired");
                 e.target = dlx.cloned();
                 self.trace.record(e);
             }
             if d.reason != DeathReason::Expired || dlx.is_some() {
-                let mut e = Event::new(Kind::DeadLettered, &self.name, &ids, now);
+                let mut e = Event::new(Kind::DeadLettered, src, ids, now);
                 e.queue = Some(from.name().clone());
                 e.reason = Some(d.reason.as_str());
                 e.target = dlx.cloned();
@@ -189,8 +192,11 @@ impl VHost {
 
     /// The trace event of a message moved from `from` to `to` by a redrive.
     pub(crate) fn trace_redriven(&self, from: &str, to: &Arc<str>, msg: &Message, now: u64) {
+        let Some(src) = self.trace.source() else {
+            return;
+        };
         if let Some(ids) = Ids::of(&msg.properties) {
-            let mut e = Event::new(Kind::Redriven, &self.name, &ids, now);
+            let mut e = Event::new(Kind::Redriven, src, ids, now);
             e.queue = Some(from.into());
             e.target = Some(to.clone());
             self.trace.record(e);

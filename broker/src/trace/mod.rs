@@ -4,9 +4,13 @@
 //! (Tracing) describes what is recorded.
 //!
 //! Cost when tracing is off for a vhost: one relaxed load of `VhostTrace::on` per publish, per delivered
-//! message and per settle. When on: an event is built (a few small strings) and `try_send` on a bounded
-//! channel; a full channel drops the event and counts it (`dropped`), so publishers never wait.
+//! message and per settle. When on: a check that the buffer has room (a relaxed load), then an event of
+//! reference-counted parts and the ids' bytes (no string is built, no allocation for ids that fit inline)
+//! and a `try_send` on a bounded channel; a full buffer drops the event and counts it (`dropped`), so
+//! publishers never wait. The recorder thread (`recorder.rs`) encodes the events compactly (`batch.rs`)
+//! and writes them a batch per sled value.
 
+pub mod batch;
 pub mod control;
 pub mod firehose;
 pub mod recorder;
@@ -59,43 +63,153 @@ pub enum Kind {
     Redriven,
 }
 
-/// A message's ids, copied once per hook (small; shared by the events of one hook).
-#[derive(Debug)]
+impl Kind {
+    const ALL: [Kind; 9] = [
+        Kind::Published,
+        Kind::Routed,
+        Kind::Delivered,
+        Kind::Acked,
+        Kind::Nacked,
+        Kind::Rejected,
+        Kind::Expired,
+        Kind::DeadLettered,
+        Kind::Redriven,
+    ];
+
+    /// The number the stored batches use.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(c: u8) -> Option<Kind> {
+        Kind::ALL.get(c as usize).copied()
+    }
+}
+
+/// Ids up to this many bytes together (two UUIDs fit) are kept inline in the event: no allocation.
+const IDS_INLINE: usize = 80;
+
+#[derive(Debug, Clone)]
+enum IdBytes {
+    Inline([u8; IDS_INLINE]),
+    Heap(Box<[u8]>),
+}
+
+/// A message's message id and correlation id, copied as bytes into the event (inline when short, as ids
+/// almost always are); turned into text by the recorder thread.
+#[derive(Debug, Clone)]
 pub struct Ids {
-    pub message_id: Option<Box<str>>,
-    pub correlation_id: Option<Box<str>>,
+    /// Lengths of the message id and the correlation id (`None`: absent).
+    message_len: Option<u8>,
+    correlation_len: Option<u8>,
+    bytes: IdBytes,
 }
 
 impl Ids {
     /// None when the message has neither id: it could never be looked up, so it is not recorded.
-    pub fn of(props: &RawProperties) -> Option<Arc<Ids>> {
-        let message_id = props.message_id().map(Box::from);
-        let correlation_id = props.correlation_id().map(Box::from);
-        if message_id.is_none() && correlation_id.is_none() {
+    pub fn of(props: &RawProperties) -> Option<Ids> {
+        let (mo, co) = (props.message_id(), props.correlation_id());
+        if mo.is_none() && co.is_none() {
             return None;
         }
-        Some(Arc::new(Ids {
-            message_id,
-            correlation_id,
-        }))
+        let (m, c) = (mo.unwrap_or_default(), co.unwrap_or_default());
+        let total = m.len() + c.len();
+        let bytes = if total <= IDS_INLINE {
+            let mut b = [0u8; IDS_INLINE];
+            b[..m.len()].copy_from_slice(m.as_bytes());
+            b[m.len()..total].copy_from_slice(c.as_bytes());
+            IdBytes::Inline(b)
+        } else {
+            let mut b = Vec::with_capacity(total);
+            b.extend_from_slice(m.as_bytes());
+            b.extend_from_slice(c.as_bytes());
+            IdBytes::Heap(b.into_boxed_slice())
+        };
+        Some(Ids {
+            message_len: mo.map(|s| s.len() as u8),
+            correlation_len: co.map(|s| s.len() as u8),
+            bytes,
+        })
+    }
+
+    fn all(&self) -> &[u8] {
+        match &self.bytes {
+            IdBytes::Inline(b) => b,
+            IdBytes::Heap(b) => b,
+        }
+    }
+
+    pub fn message_id(&self) -> Option<&str> {
+        let n = self.message_len? as usize;
+        std::str::from_utf8(self.all().get(..n)?).ok()
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        let n = self.correlation_len? as usize;
+        let m = self.message_len.unwrap_or(0) as usize;
+        std::str::from_utf8(self.all().get(m..m + n)?).ok()
     }
 }
 
-/// One event as the hooks make it: reference-counted parts, no string formatting on the broker's threads;
-/// the recorder turns it into the API's JSON (`recorder.rs`).
+/// The queues a message was routed to: one (the common case) without an allocation.
+#[derive(Debug, Clone)]
+pub enum Queues {
+    One(router::Name),
+    Many(Box<[router::Name]>),
+}
+
+impl Queues {
+    pub fn of(dests: &[router::Name]) -> Queues {
+        match dests {
+            [q] => Queues::One(q.clone()),
+            _ => Queues::Many(dests.into()),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[router::Name] {
+        match self {
+            Queues::One(q) => std::slice::from_ref(q),
+            Queues::Many(qs) => qs,
+        }
+    }
+}
+
+/// Who an event is about: the vhost, and the connection and user of a session's events (none for a
+/// vhost's own, such as expiry). One per session, shared by all its events: one reference count per event
+/// instead of three, and the recorder resolves it once per batch (by address).
+#[derive(Debug)]
+pub struct Source {
+    pub vhost: Arc<str>,
+    pub connection: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+}
+
+impl Source {
+    /// A vhost's own events.
+    pub fn vhost(name: &Arc<str>) -> Arc<Source> {
+        Arc::new(Source {
+            vhost: name.clone(),
+            connection: None,
+            user: None,
+        })
+    }
+}
+
+/// One event as the hooks make it: reference-counted parts and the ids' bytes, no string formatting and
+/// (for ids that fit inline and a message routed to at most one queue) no allocation on the broker's
+/// threads; the recorder encodes it (`batch.rs`). A `Published` event with `queues` set is two events,
+/// `published` then `routed` (one send for the pair).
 #[derive(Debug, Clone)]
 pub struct Event {
     /// ms since the epoch.
     pub time: u64,
     pub event: Kind,
-    pub vhost: Arc<str>,
-    pub ids: Arc<Ids>,
+    pub source: Arc<Source>,
+    pub ids: Ids,
     pub exchange: Option<ShortStr>,
     pub routing_key: Option<ShortStr>,
     pub queue: Option<Arc<str>>,
-    pub queues: Option<Vec<Arc<str>>>,
-    pub connection: Option<Arc<str>>,
-    pub user: Option<Arc<str>>,
+    pub queues: Option<Queues>,
     pub channel: Option<u16>,
     pub consumer_tag: Option<ShortStr>,
     pub redelivered: Option<bool>,
@@ -105,24 +219,31 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(kind: Kind, vhost: &Arc<str>, ids: &Arc<Ids>, time: u64) -> Event {
+    pub fn new(kind: Kind, source: &Arc<Source>, ids: Ids, time: u64) -> Event {
         Event {
             time,
             event: kind,
-            vhost: vhost.clone(),
-            ids: ids.clone(),
+            source: source.clone(),
+            ids,
             exchange: None,
             routing_key: None,
             queue: None,
             queues: None,
-            connection: None,
-            user: None,
             channel: None,
             consumer_tag: None,
             redelivered: None,
             delivery_count: None,
             reason: None,
             target: None,
+        }
+    }
+
+    /// How many recorded events this is (2 for a published-and-routed pair).
+    pub fn count(&self) -> usize {
+        if self.event == Kind::Published && self.queues.is_some() {
+            2
+        } else {
+            1
         }
     }
 }
@@ -188,15 +309,16 @@ impl Recorder {
     /// Never blocks: a full buffer drops the event and counts it.
     pub fn record(&self, ev: Event) {
         let Some(tx) = self.tx.get() else { return };
+        let count = ev.count();
         // Counted before the send, so the recorder's decrement never comes first.
-        self.in_flight.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(count, Relaxed);
         match tx.try_send(ev) {
             Ok(()) => {
-                self.accepted.fetch_add(1, Relaxed);
+                self.accepted.fetch_add(count as u64, Relaxed);
             }
             Err(TrySendError::Full(ev)) | Err(TrySendError::Disconnected(ev)) => {
-                self.in_flight.fetch_sub(1, Relaxed);
-                let n = self.dropped.fetch_add(1, Relaxed) + 1;
+                self.in_flight.fetch_sub(count, Relaxed);
+                let n = self.dropped.fetch_add(count as u64, Relaxed) + count as u64;
                 // At most one line every 10 s, with the ids of the message whose event was dropped.
                 let now = crate::clock::now_ms();
                 let last = self.last_warn_ms.load(Relaxed);
@@ -207,9 +329,9 @@ impl Recorder {
                         .is_ok()
                 {
                     tracing::warn!(
-                        message_id = ev.ids.message_id.as_deref(),
-                        correlation_id = ev.ids.correlation_id.as_deref(),
-                        vhost = %ev.vhost,
+                        message_id = ev.ids.message_id(),
+                        correlation_id = ev.ids.correlation_id(),
+                        vhost = %ev.source.vhost,
                         dropped = n,
                         "trace buffer full: trace events dropped"
                     );
@@ -224,6 +346,8 @@ impl Recorder {
 pub struct VhostTrace {
     on: AtomicBool,
     recorder: OnceLock<Arc<Recorder>>,
+    /// The source of the vhost's own events.
+    source: OnceLock<Arc<Source>>,
 }
 
 impl VhostTrace {
@@ -237,8 +361,14 @@ impl VhostTrace {
         self.on.store(on, Relaxed);
     }
 
-    pub fn attach(&self, recorder: Arc<Recorder>) {
+    pub fn attach(&self, recorder: Arc<Recorder>, vhost: &Arc<str>) {
         let _ = self.recorder.set(recorder);
+        let _ = self.source.set(Source::vhost(vhost));
+    }
+
+    /// The source of the vhost's own events (None before `attach`).
+    pub fn source(&self) -> Option<&Arc<Source>> {
+        self.source.get()
     }
 
     pub fn record(&self, ev: Event) {
