@@ -54,6 +54,12 @@ impl Output {
         );
     }
 
+    /// The buffer and the frame_max, for writers that build frames from borrowed parts (stream
+    /// deliveries, `stream_store::write_delivery`).
+    pub fn buf_mut(&mut self) -> (&mut BytesMut, u32) {
+        (&mut self.buf, self.frame_max)
+    }
+
     pub fn heartbeat(&mut self) {
         protocol::write_heartbeat(&mut self.buf);
     }

@@ -120,28 +120,7 @@ pub fn stream_message(rec: StreamRecord<'_>) -> Message {
     buf.put_slice(ex);
     buf.put_slice(rk);
     let props_at = buf.len();
-    buf.put_u16(splice.flags);
-    buf.put_slice(&props[2..splice.table_at]);
-    let entry = |b: &mut BytesMut| {
-        b.put_u8(OFFSET_HEADER.len() as u8);
-        b.put_slice(OFFSET_HEADER);
-        b.put_u8(b'l');
-        b.put_i64(rec.offset as i64);
-    };
-    match splice.table_len {
-        Some(n) => {
-            buf.put_u32(n + ENTRY_LEN as u32);
-            let start = splice.table_at + 4;
-            buf.put_slice(&props[start..start + n as usize]);
-            entry(&mut buf);
-            buf.put_slice(&props[start + n as usize..]);
-        }
-        None => {
-            buf.put_u32(ENTRY_LEN as u32);
-            entry(&mut buf);
-            buf.put_slice(&props[splice.table_at..]);
-        }
-    }
+    put_spliced(&mut buf, props, &splice, rec.offset);
     let body_at = buf.len();
     buf.put_slice(m.body);
     let buf = buf.freeze();
@@ -149,6 +128,65 @@ pub fn stream_message(rec: StreamRecord<'_>) -> Message {
     let routing_key = ShortStr::from_utf8(buf.slice(ex.len()..props_at)).unwrap_or_default();
     let props = RawProperties::from_bytes(buf.slice(props_at..body_at));
     Message::new(exchange, routing_key, props, buf.slice(body_at..))
+}
+
+/// Writes `props` with the `x-stream-offset` entry spliced in where `splice` says: the flags word (with the
+/// headers bit), the fields before the table, the table's new length, its entries, the offset's entry, the
+/// fields after it.
+fn put_spliced(buf: &mut BytesMut, props: &[u8], splice: &Splice, offset: u64) {
+    buf.put_u16(splice.flags);
+    buf.put_slice(&props[2..splice.table_at]);
+    let entry = |b: &mut BytesMut| {
+        b.put_u8(OFFSET_HEADER.len() as u8);
+        b.put_slice(OFFSET_HEADER);
+        b.put_u8(b'l');
+        b.put_i64(offset as i64);
+    };
+    match splice.table_len {
+        Some(n) => {
+            buf.put_u32(n + ENTRY_LEN as u32);
+            let start = splice.table_at + 4;
+            buf.put_slice(&props[start..start + n as usize]);
+            entry(buf);
+            buf.put_slice(&props[start + n as usize..]);
+        }
+        None => {
+            buf.put_u32(ENTRY_LEN as u32);
+            entry(buf);
+            buf.put_slice(&props[splice.table_at..]);
+        }
+    }
+}
+
+/// Writes the delivery of `rec` (basic.deliver, then its content with `x-stream-offset` spliced into the
+/// stored properties, then the body) straight into a connection's output buffer: nothing is allocated or
+/// decoded, and the body is copied once, from the reader's block into `out`. False, with nothing written,
+/// when the splice does not apply (`stream_message` then builds the message the general way).
+pub fn write_delivery(
+    out: &mut BytesMut,
+    frame_max: u32,
+    channel: u16,
+    consumer_tag: &ShortStr,
+    delivery_tag: u64,
+    rec: &StreamRecord<'_>,
+) -> bool {
+    let m = &rec.message;
+    let Some(splice) = offset_splice(m.properties) else {
+        return false;
+    };
+    protocol::write_basic_deliver(
+        out,
+        channel,
+        consumer_tag.as_bytes(),
+        delivery_tag,
+        false,
+        m.exchange.as_bytes(),
+        m.routing_key.as_bytes(),
+    );
+    protocol::write_content_with(out, channel, protocol::CLASS_BASIC, m.body, frame_max, |b| {
+        put_spliced(b, m.properties, &splice, rec.offset)
+    });
+    true
 }
 
 const OFFSET_HEADER: &[u8] = b"x-stream-offset";
@@ -336,6 +374,64 @@ mod tests {
         let headers = deliver(&raw, 9).properties.headers().unwrap().unwrap();
         assert_eq!(headers.get("x-stream-offset"), Some(&FieldValue::I64(9)));
         assert_eq!(headers.get("b"), Some(&FieldValue::Bool(true)));
+    }
+
+    /// `write_delivery` writes the frames that delivering `stream_message`'s message writes, body frames
+    /// cut at frame_max included; where the splice does not apply it writes nothing.
+    #[test]
+    fn written_deliveries_are_the_frames_of_the_built_message() {
+        let mut h = FieldTable::new();
+        h.insert("a", FieldValue::LongStr("x".into()));
+        let cases = [
+            BasicProperties::default(),
+            BasicProperties {
+                content_type: Some("application/json".into()),
+                headers: Some(h),
+                delivery_mode: Some(2),
+                ..Default::default()
+            },
+        ];
+        let body = vec![5u8; 10_000];
+        let tag = ShortStr::from("ctag");
+        for p in &cases {
+            let raw = RawProperties::from_properties(p);
+            let rec = StreamRecord {
+                offset: 77,
+                timestamp_ms: 1,
+                message: MessageParts {
+                    body: &body,
+                    ..parts(raw.as_bytes())
+                },
+            };
+            let mut got = BytesMut::new();
+            assert!(write_delivery(&mut got, 4096, 3, &tag, 9, &rec));
+            let m = stream_message(rec);
+            let mut want = BytesMut::new();
+            let deliver = protocol::BasicDeliver {
+                consumer_tag: tag.clone(),
+                delivery_tag: 9,
+                redelivered: false,
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key.clone(),
+            };
+            protocol::write_method(&mut want, 3, &protocol::Method::BasicDeliver(deliver));
+            protocol::write_content(&mut want, 3, 60, &m.properties, &m.body, 4096);
+            assert_eq!(got, want);
+        }
+        let mut h = FieldTable::new();
+        h.insert("x-stream-offset", FieldValue::I32(1));
+        let raw = RawProperties::from_properties(&BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        });
+        let rec = StreamRecord {
+            offset: 1,
+            timestamp_ms: 1,
+            message: parts(raw.as_bytes()),
+        };
+        let mut out = BytesMut::new();
+        assert!(!write_delivery(&mut out, 4096, 3, &tag, 9, &rec));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -191,11 +191,27 @@ pub fn write_content(
     body: &[u8],
     frame_max: u32,
 ) {
+    write_content_with(dst, channel, class_id, body, frame_max, |dst| {
+        put_properties(dst, properties)
+    });
+}
+
+/// [`write_content`] with the properties (flags word and list) written by `put_props` straight into
+/// `dst`: a sender that adds to stored properties (stream deliveries splice in a header) needs no
+/// `RawProperties` value of its own.
+pub fn write_content_with(
+    dst: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    body: &[u8],
+    frame_max: u32,
+    put_props: impl FnOnce(&mut BytesMut),
+) {
     let at = begin_frame(dst, FRAME_HEADER, channel);
     dst.put_u16(class_id);
     dst.put_u16(0);
     dst.put_u64(body.len() as u64);
-    put_properties(dst, properties);
+    put_props(dst);
     end_frame(dst, at);
     if body.is_empty() {
         return;
@@ -208,6 +224,34 @@ pub fn write_content(
     for piece in body.chunks(chunk) {
         write_body_frame(dst, channel, piece);
     }
+}
+
+/// Appends a basic.deliver method frame from borrowed parts: the same bytes as [`write_method`] of a
+/// [`crate::BasicDeliver`], without building one (exchange and routing key need no `ShortStr`).
+/// Each string is cut at 255 bytes (a short string's limit).
+pub fn write_basic_deliver(
+    dst: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &[u8],
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
+    fn short(dst: &mut BytesMut, s: &[u8]) {
+        let s = &s[..s.len().min(255)];
+        dst.put_u8(s.len() as u8);
+        dst.put_slice(s);
+    }
+    let at = begin_frame(dst, FRAME_METHOD, channel);
+    dst.put_u16(crate::BasicDeliver::CLASS_ID);
+    dst.put_u16(crate::BasicDeliver::METHOD_ID);
+    short(dst, consumer_tag);
+    dst.put_u64(delivery_tag);
+    dst.put_u8(u8::from(redelivered));
+    short(dst, exchange);
+    short(dst, routing_key);
+    end_frame(dst, at);
 }
 
 /// Appends a method frame followed by its content (header and body frames), as one

@@ -23,8 +23,8 @@ mod wire;
 pub use assembler::{Assembled, ContentAssembler, DEFAULT_MAX_BODY_SIZE};
 pub use error::ProtocolError;
 pub use frame::{
-    write_content, write_heartbeat, write_method, write_method_with_content, ContentHeader, Frame,
-    FrameCodec, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
+    write_basic_deliver, write_content, write_content_with, write_heartbeat, write_method,
+    write_method_with_content, ContentHeader, Frame, FrameCodec, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
 };
 pub use methods::*;
 pub use properties::{BasicProperties, RawHeaders, RawProperties};

@@ -84,6 +84,28 @@ proptest! {
         let b = Frame::Body(ch, protocol::bytes::Bytes::from(body));
         prop_assert_eq!(codec_roundtrip(&b), b);
     }
+
+    /// The borrowed-parts writers give the bytes of the `Method`/`RawProperties` ones.
+    #[test]
+    fn borrowed_writers_match_the_owned_ones(
+        d in common::methods::arb_basic_deliver(),
+        p in arb_properties(),
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        frame_max in prop_oneof![Just(0u32), 9u32..100],
+        ch in any::<u16>(),
+    ) {
+        let mut want = BytesMut::new();
+        write_method(&mut want, ch, &Method::BasicDeliver(d.clone()));
+        let mut got = BytesMut::new();
+        write_basic_deliver(&mut got, ch, d.consumer_tag.as_bytes(), d.delivery_tag, d.redelivered,
+            d.exchange.as_bytes(), d.routing_key.as_bytes());
+        prop_assert_eq!(&got, &want);
+        let raw = RawProperties::from_properties(&p);
+        let (mut want, mut got) = (BytesMut::new(), BytesMut::new());
+        write_content(&mut want, ch, 60, &raw, &body, frame_max);
+        write_content_with(&mut got, ch, 60, &body, frame_max, |b| b.extend_from_slice(raw.as_bytes()));
+        prop_assert_eq!(&got, &want);
+    }
 }
 
 #[test]

@@ -39,6 +39,9 @@ impl Channel {
         if credit == 0 {
             return false;
         }
+        if c.queue.stream().is_some() && !session.vhost.trace.on() {
+            return self.deliver_stream(id, credit, ctx);
+        }
         let mut batch = std::mem::take(&mut session.pull_scratch);
         let now = now_ms();
         let mut dead = DeadLetters::new();

@@ -503,6 +503,12 @@ impl Queue {
         n
     }
 
+    /// A stream queue's log and consumers (None for other queues): the channel writes stream deliveries
+    /// straight from its reader (`channel/stream.rs`).
+    pub fn stream(&self) -> Option<&StreamQueue> {
+        self.stream.as_ref()
+    }
+
     /// basic.get: takes the head message, if any, and the number of ready messages left.
     pub fn get(&self, ack: bool, now: u64, dead: &mut DeadLetters) -> Option<(Entry, u32)> {
         if self.stream.is_some() {

@@ -63,7 +63,10 @@ pub struct StreamReader {
     file: Option<Arc<File>>,
     /// File position of `buf[0]`.
     buf_at: u64,
+    /// The bytes read: `buf[..end]` (the rest is room kept for the next read, so a refill does not zero
+    /// the block again).
     buf: Vec<u8>,
+    end: usize,
     /// Bytes of `buf` consumed.
     used: usize,
     /// Records below this offset are skipped.
@@ -93,6 +96,7 @@ impl StreamReader {
             file: None,
             buf_at: 0,
             buf: Vec::new(),
+            end: 0,
             used: 0,
             start: 0,
             min_ts: 0,
@@ -103,14 +107,15 @@ impl StreamReader {
     fn place(&mut self, seg: Option<u64>, pos: u64) {
         self.seg = seg;
         self.file = None;
-        self.buf.clear();
+        self.end = 0;
         self.buf_at = pos;
         self.used = 0;
     }
 
-    /// Drops the consumed part of the buffer (the position of its end stays).
+    /// Moves the unconsumed bytes to the front of the buffer (the file position of their end stays).
     fn compact(&mut self) {
-        self.buf.drain(..self.used);
+        self.buf.copy_within(self.used..self.end, 0);
+        self.end -= self.used;
         self.buf_at += self.used as u64;
         self.used = 0;
     }
@@ -225,13 +230,13 @@ impl StreamLog {
         let mut res = ReadOutcome::default();
         let mut scanned = 0usize;
         loop {
-            while res.taken < max && scanned < scan_max && r.used < r.buf.len() {
-                let rest = &r.buf[r.used..];
+            while res.taken < max && scanned < scan_max && r.used < r.end {
+                let rest = &r.buf[r.used..r.end];
                 match parse_record(rest) {
                     Err(_) => break,
                     Ok(None) => {
                         let at = r.buf_at + r.used as u64;
-                        let skip_to = find_record(&r.buf, r.used + 1, r.last).unwrap_or(r.buf.len());
+                        let skip_to = find_record(&r.buf[..r.end], r.used + 1, r.last).unwrap_or(r.end);
                         tracing::error!(
                             stream = r.id,
                             segment = ?r.seg,
@@ -320,16 +325,16 @@ impl StreamLog {
                 };
                 let has_next = s.segs.range(key + 1..).next().map(|(k, _)| *k);
                 let seg = s.segs.get_mut(&key).expect("segment");
-                let from = r.buf_at + r.buf.len() as u64;
+                let from = r.buf_at + r.end as u64;
                 let end = seg.data.len();
                 if from >= end {
                     match has_next {
                         Some(k) => {
-                            if r.used < r.buf.len() {
+                            if r.used < r.end {
                                 tracing::error!(
                                     stream = r.id,
                                     segment = key,
-                                    bytes = r.buf.len() - r.used,
+                                    bytes = r.end - r.used,
                                     "a stream segment ends in a partial record; skipped"
                                 );
                             }
@@ -344,7 +349,12 @@ impl StreamLog {
                     let at = seg.data.head + (from - synced) as usize;
                     let n = ((end - from) as usize).min(READ_CHUNK);
                     r.compact();
-                    r.buf.extend_from_slice(&seg.data.pending[at..at + n]);
+                    let old = r.end;
+                    if r.buf.len() < old + n {
+                        r.buf.resize(old + n, 0);
+                    }
+                    r.buf[old..old + n].copy_from_slice(&seg.data.pending[at..at + n]);
+                    r.end = old + n;
                     return Ok(true);
                 }
                 let file = match (&r.file, &seg.data.file) {
@@ -358,12 +368,14 @@ impl StreamLog {
             }
         };
         r.compact();
-        let old = r.buf.len();
-        r.buf.resize(old + n, 0);
-        if let Err(e) = file.read_exact_at(&mut r.buf[old..], from) {
-            r.buf.truncate(old);
+        let old = r.end;
+        if r.buf.len() < old + n {
+            r.buf.resize(old + n, 0);
+        }
+        if let Err(e) = file.read_exact_at(&mut r.buf[old..old + n], from) {
             return Err(io_err(&path)(e));
         }
+        r.end = old + n;
         Ok(true)
     }
 }

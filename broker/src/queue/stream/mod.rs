@@ -63,6 +63,8 @@ pub struct StreamQueue {
     store: StreamStore,
     args: StreamArgs,
     inner: Mutex<Inner>,
+    /// See `unacked_placeholder`.
+    placeholder: Arc<Message>,
 }
 
 impl StreamQueue {
@@ -78,6 +80,12 @@ impl StreamQueue {
                 appended_since_retain: 0,
                 deleted: false,
             }),
+            placeholder: Arc::new(Message::new(
+                ShortStr::default(),
+                ShortStr::default(),
+                protocol::RawProperties::empty(),
+                bytes::Bytes::new(),
+            )),
         }
     }
 
@@ -156,6 +164,26 @@ impl StreamQueue {
     /// Reads up to `max` messages for consumer `id` into `out` (entries whose seq is the offset). One that
     /// caught up waits for the next publish; one that stopped at its scan limit is woken again at once.
     pub fn pull(&self, id: ConsumerId, max: usize, out: &mut Vec<Entry>) -> usize {
+        self.pull_with(id, max, &mut |rec| {
+            out.push(Entry {
+                seq: rec.offset,
+                msg: Arc::new(stream_message(rec)),
+                redelivered: false,
+                delivery_count: 0,
+                expires_at: None,
+                not_before: None,
+            })
+        })
+    }
+
+    /// `pull`, handing each message to `emit` as the reader finds it (borrowed from its read block: the
+    /// channel writes the delivery from it, `crate::stream_store::write_delivery`).
+    pub fn pull_with(
+        &self,
+        id: ConsumerId,
+        max: usize,
+        emit: &mut dyn FnMut(storage::StreamRecord<'_>),
+    ) -> usize {
         let state = {
             let q = self.inner.lock();
             if q.deleted {
@@ -170,19 +198,7 @@ impl StreamQueue {
         let st = &mut *st;
         let filter = &st.filter;
         let mut accept = |v: Option<&[u8]>| filter.as_ref().is_none_or(|f| f.accepts(v));
-        let mut emit = |rec: storage::StreamRecord<'_>| {
-            out.push(Entry {
-                seq: rec.offset,
-                msg: Arc::new(stream_message(rec)),
-                redelivered: false,
-                delivery_count: 0,
-                expires_at: None,
-                not_before: None,
-            })
-        };
-        let res = self
-            .store
-            .read(&mut st.reader, max, SCAN_MAX, &mut accept, &mut emit);
+        let res = self.store.read(&mut st.reader, max, SCAN_MAX, &mut accept, emit);
         let (n, more, failed) = match res {
             Ok(r) => (r.taken, r.more, false),
             Err(e) => {
@@ -202,6 +218,12 @@ impl StreamQueue {
             }
         }
         n
+    }
+
+    /// The message that stands for every delivery written by `pull_with` in its channel's unacked list:
+    /// a stream's ack and reject need only the offset, and nothing is requeued or dead-lettered.
+    pub fn unacked_placeholder(&self) -> Arc<Message> {
+        self.placeholder.clone()
     }
 
     /// (first offset held, offset of the next message); the first is the next when nothing is held.
