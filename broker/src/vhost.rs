@@ -282,13 +282,26 @@ impl VHost {
                     (rk.clone(), Message::new(exchange, rk, props, msg.body.clone()))
                 }
             };
-            let routed = self.router.read().route_multi(
-                dlx,
-                routing_key.as_str(),
-                new.extra_routing_keys(),
-                None,
-                &mut dests,
-            );
+            // Routed on the dead letter's own headers and properties (x-death included), as RabbitMQ
+            // routes the updated message through the dead-letter exchange: a headers or consistent-hash
+            // exchange as DLX matches on them. They are decoded only if the route reads them.
+            let headers = || crate::args::message_headers(&new.properties);
+            let routed = {
+                let router = self.router.read();
+                let props = if router.needs_properties() {
+                    crate::message::route_props(&new.properties)
+                } else {
+                    router::MsgProps::default()
+                };
+                router.route_msg_lazy(
+                    dlx,
+                    routing_key.as_str(),
+                    new.extra_routing_keys(),
+                    &headers,
+                    &props,
+                    &mut dests,
+                )
+            };
             let (message_id, correlation_id) = crate::trace::ids(&msg.properties);
             if let Err(e) = routed {
                 tracing::warn!(queue = %from.name(), dlx, message_id, correlation_id, error = %e, "dead-letter exchange unusable: message dropped");

@@ -488,3 +488,44 @@ async fn missing_dead_letter_exchange_drops_the_message_and_the_queue_keeps_work
     // The channel and connection are still usable.
     assert_eq!(count(&ch, "work").await, 0);
 }
+
+/// A headers exchange as dead-letter exchange matches on the dead letter's headers. RabbitMQ routes the
+/// dead letter, headers and all, through the DLX like any message: `rabbit_dead_letter:publish/5` calls
+/// `rabbit_exchange:route(DLX, DLMsg, ...)` with the updated message (deps/rabbit/src/rabbit_dead_letter.erl),
+/// and the headers exchange matches on its headers. (Before, the dead letter was routed with no headers at
+/// all and never matched.)
+#[tokio::test]
+async fn a_headers_exchange_as_dead_letter_exchange_matches_the_dead_letters_headers() {
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = channel(&conn).await;
+    exchange(&ch, "dlx-h", ExchangeKind::Headers).await;
+    declare(&ch, "dl-orders", &[]).await;
+    ch.queue_bind(
+        "dl-orders".into(),
+        "dlx-h".into(),
+        "".into(),
+        Default::default(),
+        table(&[("x-match", s("all")), ("kind", s("order"))]),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "work-h", &[("x-dead-letter-exchange", s("dlx-h"))]).await;
+    for kind in ["order", "invoice"] {
+        let mut h = lapin::types::FieldTable::default();
+        h.insert("kind".into(), s(kind));
+        publish(&ch, "work-h", kind, BasicProperties::default().with_headers(h)).await;
+    }
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, "work-h", "c").await;
+    for _ in 0..2 {
+        let d = next(&mut c).await;
+        reject(&d, false).await;
+    }
+    let d = get_within(&ch, "dl-orders", WAIT)
+        .await
+        .expect("the order's dead letter matched kind=order");
+    assert_eq!(body(&d), "order");
+    let more = get_within(&ch, "dl-orders", Duration::from_millis(300)).await;
+    assert_eq!(more.map(|d| body(&d)), None, "the invoice's did not match");
+}
