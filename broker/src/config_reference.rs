@@ -51,7 +51,7 @@ pub const FILE_ONLY: &[(&str, &str)] = &[
         "trace",
         "Message tracing's bounds, a table: `buffer_events` (events buffered for the recorder; beyond, dropped \
          and counted; default 65536), `max_events` (kept in the store; default 1000000), `max_age_secs` \
-         (default 86400), `recorder_busy_percent` (the recorder's share of a core under overload; default 25). \
+         (default 86400), `recorder_busy_percent` (the recorder's share of a core under overload; default 10). \
          See docs/event-streams.md.",
     ),
     (

@@ -43,7 +43,7 @@ impl Default for TraceSettings {
             buffer_events: 65_536,
             max_events: 1_000_000,
             max_age_secs: 24 * 3600,
-            recorder_busy_percent: 25,
+            recorder_busy_percent: 10,
         }
     }
 }
