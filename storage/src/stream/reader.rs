@@ -120,6 +120,17 @@ impl StreamReader {
         self.used = 0;
     }
 
+    /// Room for `n` more bytes after the unconsumed ones (compacted to the front): fill it, then add `n`
+    /// to `end`.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        self.compact();
+        let old = self.end;
+        if self.buf.len() < old + n {
+            self.buf.resize(old + n, 0);
+        }
+        &mut self.buf[old..old + n]
+    }
+
     /// The offset the next message read will have at least.
     pub fn next_offset(&self) -> u64 {
         self.last.map_or(self.start, |l| (l + 1).max(self.start))
@@ -348,13 +359,8 @@ impl StreamLog {
                 if from >= synced {
                     let at = seg.data.head + (from - synced) as usize;
                     let n = ((end - from) as usize).min(READ_CHUNK);
-                    r.compact();
-                    let old = r.end;
-                    if r.buf.len() < old + n {
-                        r.buf.resize(old + n, 0);
-                    }
-                    r.buf[old..old + n].copy_from_slice(&seg.data.pending[at..at + n]);
-                    r.end = old + n;
+                    r.room(n).copy_from_slice(&seg.data.pending[at..at + n]);
+                    r.end += n;
                     return Ok(true);
                 }
                 let file = match (&r.file, &seg.data.file) {
@@ -367,15 +373,10 @@ impl StreamLog {
                 break (file, seg.data.path.clone(), from, n);
             }
         };
-        r.compact();
-        let old = r.end;
-        if r.buf.len() < old + n {
-            r.buf.resize(old + n, 0);
-        }
-        if let Err(e) = file.read_exact_at(&mut r.buf[old..old + n], from) {
+        if let Err(e) = file.read_exact_at(r.room(n), from) {
             return Err(io_err(&path)(e));
         }
-        r.end = old + n;
+        r.end += n;
         Ok(true)
     }
 }
