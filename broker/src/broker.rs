@@ -304,6 +304,11 @@ impl Broker {
     pub fn shutdown(&self) {
         // Seals the queues' write segments (their footers make the next open quick) and flushes.
         self.flow.stop();
+        for vhost in self.vhosts() {
+            for q in vhost.queues() {
+                q.settle_delivered_mark();
+            }
+        }
         if let Err(e) = self.store.mark_clean_shutdown() {
             tracing::error!(error = %e, "final store flush failed");
         }
