@@ -1107,9 +1107,9 @@ fn purge_and_delete_queue_remove_files() {
     s2.delete_queue("/", "q2", 2).unwrap();
     assert!(!queue_dir(d.path(), 2).exists());
     assert_eq!(s.count_messages(2).unwrap(), 0);
-    // renamed to `<id>.deleted` until a flush round made the deletion durable, then removed
+    // renamed to `<id>.deleted` until a flush round made the deletion durable, then removed (the
+    // flusher thread may run that round before the next line, so its existence is not asserted)
     let trash = d.path().join("messages").join("00000002.deleted");
-    assert!(trash.exists());
     s.flush_blocking().unwrap();
     assert!(!trash.exists());
     drop((s, s2));

@@ -61,6 +61,10 @@ pub(crate) struct LogFile {
     /// Sealed: once everything is synced, free the buffer and close the handle, so a long queue
     /// costs no memory or file descriptor per finished segment.
     pub(crate) release: bool,
+    /// Synced bytes kept at the front of `pending` (at least this many, once a sync covered them) for
+    /// readers (a stream's segment being written): a reader a little behind the writers reads them from
+    /// memory, not back from the file. 0: none kept (a queue's files).
+    pub(crate) keep: usize,
 }
 
 impl LogFile {
@@ -77,7 +81,13 @@ impl LogFile {
             unsynced: false,
             broken: false,
             release: false,
+            keep: 0,
         }
+    }
+
+    /// The file position of `pending[0]`: bytes from there to `len()` are in memory.
+    pub(crate) fn mem_from(&self) -> u64 {
+        self.synced - self.head as u64
     }
 
     /// Creates (or truncates) the file.
@@ -173,14 +183,26 @@ impl LogFile {
         self.head += (upto - self.synced) as usize;
         self.synced = upto;
         let live = self.pending.len() - self.head;
-        if live == 0 {
+        if live == 0 && (self.keep == 0 || self.release) {
             self.pending.clear();
             self.head = 0;
-        } else if self.head >= PENDING_MAX && self.head >= live {
-            self.pending.drain(..self.head);
-            self.head = 0;
+        } else if self.head >= PENDING_MAX + self.keep && self.head - self.keep >= live {
+            // at least `PENDING_MAX` dropped, and at least as many as the live bytes moved
+            let drop = self.head - self.keep;
+            self.pending.drain(..drop);
+            self.head = self.keep;
         }
         self.settle_buffer();
+    }
+
+    /// A sealed file (`release`) with nothing left to write or sync lets its buffer and handle go now
+    /// (`synced_to` does it when a sync finishes the file; this is for a file sealed already clean).
+    pub(crate) fn let_go_if_done(&mut self) {
+        if self.release && self.is_clean() {
+            self.pending = Vec::new();
+            self.head = 0;
+            self.file = None;
+        }
     }
 
     fn settle_buffer(&mut self) {
@@ -198,7 +220,7 @@ impl LogFile {
 
     /// Everything written and synced: nothing of this file is at risk.
     pub(crate) fn is_clean(&self) -> bool {
-        !self.broken && self.pending.is_empty() && !self.unsynced
+        !self.broken && self.pending.len() == self.head && !self.unsynced
     }
 
     /// After a failed sync: writes the durable prefix (read back from the file) and every kept

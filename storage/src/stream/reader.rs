@@ -75,7 +75,20 @@ pub struct StreamReader {
     min_ts: u64,
     /// The last offset read.
     last: Option<u64>,
+    /// A record that looked damaged: its file position and how often it was read again (`REREADS`).
+    reread: Option<(u64, usize)>,
 }
+
+/// Before a record that looks damaged is skipped, it is read again after these waits. A file system may
+/// return stale bytes for a block read while it is written or synced: LazyFS returned zeros for bytes
+/// written before the read, and the whole record 50 ms later. Only a reader far behind the writers reads
+/// such bytes from the file (recent ones are in memory, `KEEP_SYNCED`); a record really damaged costs its
+/// readers these waits once.
+const REREADS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(150),
+];
 
 impl std::fmt::Debug for StreamReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,6 +114,7 @@ impl StreamReader {
             start: 0,
             min_ts: 0,
             last: None,
+            reread: None,
         }
     }
 
@@ -247,6 +261,21 @@ impl StreamLog {
                     Err(_) => break,
                     Ok(None) => {
                         let at = r.buf_at + r.used as u64;
+                        let tries = match r.reread {
+                            Some((p, n)) if p == at => n,
+                            _ => 0,
+                        };
+                        if let Some(wait) = REREADS.get(tries) {
+                            r.reread = Some((at, tries + 1));
+                            // drop what was read from here on: the refill reads it again
+                            r.end = r.used;
+                            std::thread::sleep(*wait);
+                            break;
+                        }
+                        if tries > 0 {
+                            tracing::warn!(stream = r.id, segment = ?r.seg, position = at, tries,
+                                "a stream record read the same damaged bytes every time");
+                        }
                         let skip_to = find_record(&r.buf[..r.end], r.used + 1, r.last).unwrap_or(r.end);
                         tracing::error!(
                             stream = r.id,
@@ -356,8 +385,9 @@ impl StreamLog {
                     }
                 }
                 let synced = seg.data.synced;
-                if from >= synced {
-                    let at = seg.data.head + (from - synced) as usize;
+                let mem_from = seg.data.mem_from();
+                if from >= mem_from {
+                    let at = (from - mem_from) as usize;
                     let n = ((end - from) as usize).min(READ_CHUNK);
                     r.room(n).copy_from_slice(&seg.data.pending[at..at + n]);
                     r.end += n;

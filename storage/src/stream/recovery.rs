@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::format::*;
-use super::{Seg, Stream, StreamLog, CHUNK_MAX};
+use super::{Seg, Stream, StreamLog, CHUNK_MAX, KEEP_SYNCED};
 use crate::fault::{Faults, FileKind};
 use crate::seglog::{parse_hex_name, sync_dir, LogFile};
 use crate::{io_err, QueueRecord, Result};
@@ -216,7 +216,10 @@ impl StreamLog {
             last: scan.last.map(|(o, _)| o),
             first_ts,
             last_ts: scan.last.map_or(0, |(_, t)| t),
-            data: LogFile::existing(sp, FileKind::Segment, scan.end),
+            data: LogFile {
+                keep: KEEP_SYNCED,
+                ..LogFile::existing(sp, FileKind::Segment, scan.end)
+            },
             idx,
             idx_synced_at: scan.end,
         };
