@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) log: MsgLog,
     pub(crate) streams: crate::stream::StreamLog,
     pub(crate) faults: Arc<Faults>,
+    /// Threads that sync a round's files beside the flusher thread.
+    pub(crate) sync_pool: crate::sync_pool::SyncPool,
     /// Held for a whole flush round: rounds never overlap (a round settles only after every
     /// earlier round's syncs completed).
     pub(crate) round: Mutex<RoundState>,
@@ -229,49 +231,53 @@ impl Shared {
         let SyncBatch { files, dirs, trash } = batch;
         let (nf, nd) = (files.len(), dirs.len());
         let total = nf + nd + round.sled as usize;
-        let run = |i: usize| -> Result<usize> {
+        let task = |i: usize| -> SyncTask {
             if i < nf {
                 let it = &files[i];
-                self.faults
-                    .check(it.kind, crate::fault::FaultOp::Sync)
-                    .map_err(io_err(&it.path))?;
-                it.file.sync_data().map_err(io_err(&it.path))?;
-                Ok(1)
-            } else if i < nf + nd {
-                seglog::sync_dir(&dirs[i - nf], &self.faults).map(|_| 1)
+                SyncTask::File(it.kind, it.path.clone(), it.file.clone())
             } else {
-                self.sled.sync()
+                SyncTask::Dir(dirs[i - nf].clone())
             }
         };
         let mut results: Vec<Option<Result<usize>>> = (0..total).map(|_| None).collect();
         let workers = total.min(SYNC_THREADS);
-        if workers <= 1 {
-            for (i, r) in results.iter_mut().enumerate() {
-                *r = Some(run(i));
+        // Files and directories are synced on the pool's threads and this one, sled on this one (its
+        // handle stays with the flusher).
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, Result<usize>)>>();
+        let mut sent = 0;
+        for w in 1..workers {
+            let tasks: Vec<(usize, SyncTask)> = (w..nf + nd).step_by(workers).map(|i| (i, task(i))).collect();
+            if tasks.is_empty() {
+                continue;
             }
-        } else {
-            let run = &run;
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = (1..workers)
-                    .map(|w| {
-                        sc.spawn(move || {
-                            (w..total)
-                                .step_by(workers)
-                                .map(|i| (i, run(i)))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                for i in (0..total).step_by(workers) {
-                    results[i] = Some(run(i));
-                }
-                for h in handles {
-                    // a panicking sync leaves its results `None`: failures
-                    for (i, r) in h.join().unwrap_or_default() {
+            let (faults, tx) = (self.faults.clone(), tx.clone());
+            let job = Box::new(move || {
+                let out = tasks.into_iter().map(|(i, t)| (i, t.run(&faults))).collect();
+                let _ = tx.send(out);
+            });
+            // a job no thread can take runs here (it sends its results all the same)
+            if let Err(job) = self.sync_pool.run_on(w - 1, job) {
+                job();
+            }
+            sent += 1;
+        }
+        drop(tx);
+        for i in (0..nf + nd).step_by(workers.max(1)) {
+            results[i] = Some(task(i).run(&self.faults));
+        }
+        if round.sled {
+            results[nf + nd] = Some(self.sled.sync());
+        }
+        for _ in 0..sent {
+            // a sync that panicked sends nothing and leaves its results `None`: failures
+            match rx.recv() {
+                Ok(done) => {
+                    for (i, r) in done {
                         results[i] = Some(r);
                     }
                 }
-            });
+                Err(_) => break,
+            }
         }
         let mut first_err = collected.err();
         let mut ok = |r: Option<Result<usize>>| match r {
@@ -320,6 +326,27 @@ impl Shared {
                 self.log.keep_trash(trash);
                 Err(e)
             }
+        }
+    }
+}
+
+/// One sync of a round, owning what it needs so that a pool thread can run it.
+enum SyncTask {
+    File(crate::fault::FileKind, PathBuf, Arc<std::fs::File>),
+    Dir(PathBuf),
+}
+
+impl SyncTask {
+    fn run(self, faults: &Faults) -> Result<usize> {
+        match self {
+            SyncTask::File(kind, path, file) => {
+                faults
+                    .check(kind, crate::fault::FaultOp::Sync)
+                    .map_err(io_err(&path))?;
+                file.sync_data().map_err(io_err(&path))?;
+                Ok(1)
+            }
+            SyncTask::Dir(dir) => seglog::sync_dir(&dir, faults).map(|_| 1),
         }
     }
 }

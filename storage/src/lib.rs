@@ -30,6 +30,7 @@ mod sleddb;
 pub mod spill;
 mod store;
 mod stream;
+mod sync_pool;
 mod trace;
 
 use std::path::{Path, PathBuf};

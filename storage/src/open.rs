@@ -192,6 +192,7 @@ impl Store {
             ticket: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             flush_latency: Default::default(),
+            sync_pool: crate::sync_pool::SyncPool::new("mailroom-sync"),
             fsyncs: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
