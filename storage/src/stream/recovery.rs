@@ -164,7 +164,16 @@ impl StreamLog {
         // Check the records from the last entry on; an entry not at a valid record goes.
         let scan = loop {
             let from = entries.last().map_or(0, |e| e.pos);
-            let scan = scan_records(&data, &sp, from, data_len, first)?;
+            let mut scan = scan_records(&data, &sp, from, data_len, first)?;
+            // Records end before the file does, and not in the prefill's zeros: read again after a wait
+            // before cutting (a file system may return stale bytes for a while: `reader::REREADS`).
+            for wait in [20, 100] {
+                if scan.end >= data_len || all_zero(&data, &sp, scan.end, data_len)? {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(wait));
+                scan = scan_records(&data, &sp, from, data_len, first)?;
+            }
             match (entries.last(), scan.first) {
                 (Some(e), Some((off, _))) if off == e.offset => break scan,
                 (Some(_), _) => {
@@ -174,8 +183,11 @@ impl StreamLog {
             }
         };
         if scan.end < data_len {
-            rec.torn_files += 1;
-            rec.torn_bytes += data_len - scan.end;
+            // zeros after the records are the segment's prefill (`PREFILL`), not a torn write
+            if !all_zero(&data, &sp, scan.end, data_len)? {
+                rec.torn_files += 1;
+                rec.torn_bytes += data_len - scan.end;
+            }
             let f = OpenOptions::new().write(true).open(&sp).map_err(io_err(&sp))?;
             f.set_len(scan.end).map_err(io_err(&sp))?;
             f.sync_all().map_err(io_err(&sp))?;
@@ -222,9 +234,26 @@ impl StreamLog {
             },
             idx,
             idx_synced_at: scan.end,
+            filled: scan.end,
+            max: 0,
         };
         Ok((seg, entries, rebuilt))
     }
+}
+
+/// Whether bytes `from..to` of `f` are all zero.
+fn all_zero(f: &File, path: &Path, from: u64, to: u64) -> Result<bool> {
+    let mut buf = vec![0u8; SCAN_BLOCK.min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], at).map_err(io_err(path))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 #[derive(Default)]

@@ -165,8 +165,9 @@ fn reopen_continues_offsets_and_cuts_a_torn_tail() {
         .max()
         .unwrap();
     let p = seg_path(&dir, last);
-    let good_len = fs::metadata(&p).unwrap().len();
     let mut bytes = fs::read(&p).unwrap();
+    // the records end in the body's '.'s, then come the prefill's zeros
+    let good_len = bytes.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
     bytes.extend_from_slice(&[0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
     fs::write(&p, &bytes).unwrap();
     // and a lost index of another segment
@@ -196,7 +197,9 @@ fn damaged_record_in_the_middle_is_skipped() {
     }
     st.flush_blocking().unwrap();
     let p = seg_path(&d.path().join("streams").join(stream_dir_name(id)), 0);
-    let one = fs::read(&p).unwrap().len() / 10;
+    // ten records of one size, then the prefill's zeros
+    let b0 = fs::read(&p).unwrap();
+    let one = (b0.iter().rposition(|&x| x != 0).unwrap() + 1) / 10;
     // More after them, so that their bytes are no longer kept in memory (`KEEP_SYNCED`) and are read
     // from the file.
     for i in 10..40u64 {
@@ -377,7 +380,12 @@ fn the_unsynced_tail_is_read_from_memory() {
         .join("streams")
         .join(stream_dir_name(id))
         .join(seg_path(Path::new(""), 0));
-    let synced_len = fs::metadata(&seg).unwrap().len();
+    // the records' end (the prefill's zeros follow)
+    let data_end = |p: &Path| {
+        let b = fs::read(p).unwrap();
+        b.iter().rposition(|&x| x != 0).map_or(0, |i| i as u64 + 1)
+    };
+    let synced_len = data_end(&seg);
     // written out, never synced: every sync of a segment fails from here on
     st.faults()
         .fail(FileKind::Segment, FaultOp::Sync, libc_eio(), None);
@@ -387,7 +395,7 @@ fn the_unsynced_tail_is_read_from_memory() {
     }
     let _ = st.flush_blocking();
     assert_eq!(st.ticket_state(last), TicketState::Failed);
-    let len = fs::metadata(&seg).unwrap().len();
+    let len = data_end(&seg);
     assert!(
         len > synced_len && synced_len > 0,
         "the later records were written out: {len}"
@@ -441,7 +449,8 @@ fn a_record_that_reads_damaged_for_a_moment_is_read_again_not_skipped() {
     }
     st.flush_blocking().unwrap();
     let p = seg_path(&d.path().join("streams").join(stream_dir_name(id)), 0);
-    let one = fs::read(&p).unwrap().len() / 10;
+    let b0 = fs::read(&p).unwrap();
+    let one = (b0.iter().rposition(|&x| x != 0).unwrap() + 1) / 10;
     // pushed out of the bytes kept in memory, so that they are read from the file
     for i in 10..40u64 {
         st.stream_append(id, i, None, &msg(i, 100_000), 64 << 20).unwrap();
@@ -458,4 +467,75 @@ fn a_record_that_reads_damaged_for_a_moment_is_read_again_not_skipped() {
     let got = offsets(&read_all(&st, &mut r));
     restore.join().unwrap();
     assert_eq!(got, (0..40).collect::<Vec<_>>());
+}
+
+/// The segment being written is kept zero-filled ahead of its data (`PREFILL`, up to the segment size), and
+/// a reopen cuts the zeros without taking them for a torn write; appends
+/// then go on where the records end.
+#[test]
+fn the_write_segment_is_prefilled_and_a_reopen_cuts_the_zeros() {
+    let d = tempfile::tempdir().unwrap();
+    let max = 64 << 10;
+    let st = open(d.path());
+    let id = declare(&st, "s");
+    for i in 0..150u64 {
+        st.stream_append(id, i, None, &msg(i, 1000), max).unwrap();
+    }
+    st.flush_blocking().unwrap();
+    let dir = d.path().join("streams").join(stream_dir_name(id));
+    let mut segs: Vec<u64> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            n.strip_suffix(".seg")
+                .map(|s| u64::from_str_radix(s, 16).unwrap())
+        })
+        .collect();
+    segs.sort_unstable();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let data_end = |b: &[u8]| b.iter().rposition(|&x| x != 0).unwrap() + 1;
+    for (i, first) in segs.iter().enumerate() {
+        let b = fs::read(seg_path(&dir, *first)).unwrap();
+        if i + 1 < segs.len() {
+            // a sealed segment keeps the zeros it had (up to the segment size): a reopen cuts them
+            assert!(b.len() as u64 <= max, "sealed segment {first}: {} bytes", b.len());
+        } else {
+            assert_eq!(
+                b.len() as u64,
+                max,
+                "the write segment is filled up to the segment size"
+            );
+            assert!(data_end(&b) < b.len());
+        }
+    }
+    drop(st);
+    let known = [(
+        id,
+        crate::QueueRecord {
+            id,
+            vhost: "/".into(),
+            name: "s".into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: vec![],
+        },
+    )]
+    .into_iter()
+    .collect();
+    let root = d.path().join("streams");
+    let (log, rec) = StreamLog::open(&root, &known, &d.path().join("lost"), Default::default()).unwrap();
+    assert_eq!((rec.torn_files, rec.torn_bytes), (0, 0), "zeros are no torn tail");
+    drop(log);
+    let last = seg_path(&dir, *segs.last().unwrap());
+    let b = fs::read(&last).unwrap();
+    assert_eq!(b.len(), data_end(&b), "zeros cut at open");
+    let st = open(d.path());
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), (0..150).collect::<Vec<_>>());
+    let (off, t) = st.stream_append(id, 200, None, &msg(150, 1000), max).unwrap();
+    assert_eq!(off, 150);
+    block_wait(&st, t);
+    let mut r = st.stream_reader(id, StreamStart::Offset(149)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![149, 150]);
 }
