@@ -44,7 +44,7 @@ const IDX_SYNC_EVERY: u64 = 16 << 20;
 /// keeps up with the writers reads nothing back from the file. That is cheaper, and it is also what makes
 /// it immune to a file system that returns stale bytes for a block read while it is written and synced:
 /// LazyFS returned zeros that way (`tests/tests/power_loss_stream.rs` saw records skipped as damaged).
-const KEEP_SYNCED: usize = 1 << 20;
+const KEEP_SYNCED: usize = 512 << 10;
 
 /// The segment being written is kept zero-filled this far ahead of its data (the zeros written out and
 /// synced by the round that extends the file, once every `PREFILL / 2` bytes): a record then lands on
