@@ -628,8 +628,8 @@ fn a_delete_while_sled_is_broken_is_done_by_the_rebuild() {
 }
 
 /// The write segment is kept zero-filled ahead of its records (`SEG_PREFILL`, never past the segment size),
-/// and its ack file too (`ACK_PREFILL`), so that a sync commits no new file size. A sealed segment ends in
-/// its footer (the zeros are cut). After a crash the zeros are not a torn tail: nothing is cut or counted,
+/// and its ack file too (`ACK_PREFILL`), so that a sync commits no new file size. A sealed segment's footer
+/// is written over its last zeros and ends the file; open finds it there. After a crash the zeros are not a torn tail: nothing is cut or counted,
 /// every message is there, and appends go on.
 #[test]
 fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
@@ -648,16 +648,20 @@ fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
     let recs = record_offsets(&seg);
     assert_eq!(recs.len(), 30);
     let data_end = recs[29].2 as usize;
-    assert!(crash_seg.len() >= data_end + (32 << 10), "zero-filled ahead: {}", crash_seg.len());
+    assert!(
+        crash_seg.len() >= data_end + (32 << 10),
+        "zero-filled ahead: {}",
+        crash_seg.len()
+    );
     assert!(crash_seg.len() <= 1 << 20, "never past the segment size");
     assert!(crash_seg[data_end..].iter().all(|&b| b == 0));
     assert!(crash_ack.len() >= 4 << 10, "the ack file is zero-filled ahead");
-    // the clean close sealed the segment: its footer ends the file
-    let sealed_len = fs::metadata(&seg).unwrap().len() as usize;
-    assert!(
-        sealed_len > data_end && sealed_len < data_end + 1024,
-        "{sealed_len}"
-    );
+    // the clean close sealed the segment: its footer ends the file, written over the last zeros (the
+    // file keeps its length)
+    let sealed = fs::read(&seg).unwrap();
+    assert_eq!(sealed.len(), crash_seg.len());
+    assert!(sealed.ends_with(b"MRSEGEND"));
+    assert_eq!(&sealed[..data_end], &crash_seg[..data_end]);
     fs::write(&seg, &crash_seg).unwrap();
     fs::write(&ack, &crash_ack).unwrap();
     let (log, rec) = seglog::MsgLog::open(

@@ -67,6 +67,10 @@ pub(crate) struct LogFile {
     /// The file's length with the zeros kept ahead of its data (`prefill`); at most `written` when it has
     /// none.
     pub(crate) filled: u64,
+    /// Bytes to be written at the very end of the file by the next `write_out` (a sealed segment's
+    /// footer): over the last zeros kept ahead (`prefill`) if there is room, else after the data. They
+    /// are not data: `written` and `len` do not count them.
+    pub(crate) tail: Vec<u8>,
     /// Synced bytes kept at the front of `pending` (at least this many, once a sync covered them) for
     /// readers (a stream's segment being written): a reader a little behind the writers reads them from
     /// memory, not back from the file. 0: none kept (a queue's files).
@@ -89,6 +93,7 @@ impl LogFile {
             release: false,
             keep: 0,
             filled: len,
+            tail: Vec::new(),
         }
     }
 
@@ -119,21 +124,6 @@ impl LogFile {
             at += n as u64;
         }
         self.filled = to;
-        self.unsynced = true;
-        Ok(())
-    }
-
-    /// Cuts the zeros kept ahead of the data (`prefill`): for a file whose end must be its data's end.
-    /// Call after `write_out`, before the round takes the file for its sync.
-    pub(crate) fn cut_prefill(&mut self, faults: &Faults) -> Result<()> {
-        if self.filled <= self.written || self.broken {
-            return Ok(());
-        }
-        faults
-            .check(self.kind, FaultOp::Write)
-            .map_err(io_err(&self.path))?;
-        self.handle()?.set_len(self.written).map_err(io_err(&self.path))?;
-        self.filled = self.written;
         self.unsynced = true;
         Ok(())
     }
@@ -194,18 +184,34 @@ impl LogFile {
     /// Positional write of the unwritten part of the buffer at the file's end: a retry after an
     /// error rewrites the same range.
     pub(crate) fn write_out(&mut self, faults: &Faults) -> Result<()> {
-        if self.unwritten() == 0 {
+        if self.unwritten() == 0 && self.tail.is_empty() {
             return Ok(());
         }
         faults
             .check(self.kind, FaultOp::Write)
             .map_err(io_err(&self.path))?;
         let f = self.handle()?;
-        let from = self.head + (self.written - self.synced) as usize;
-        f.write_all_at(&self.pending[from..], self.written)
-            .map_err(io_err(&self.path))?;
-        self.written = self.len();
-        self.unsynced = true;
+        if self.unwritten() > 0 {
+            let from = self.head + (self.written - self.synced) as usize;
+            f.write_all_at(&self.pending[from..], self.written)
+                .map_err(io_err(&self.path))?;
+            self.written = self.len();
+            self.unsynced = true;
+        }
+        if !self.tail.is_empty() {
+            // at the file's end, so that the file's length stays what the prefill made it
+            let n = self.tail.len() as u64;
+            let end = self.filled.max(self.written);
+            let at = if end >= self.written + n {
+                end - n
+            } else {
+                self.written
+            };
+            f.write_all_at(&self.tail, at).map_err(io_err(&self.path))?;
+            self.filled = at + n;
+            self.tail = Vec::new();
+            self.unsynced = true;
+        }
         Ok(())
     }
 
@@ -273,7 +279,7 @@ impl LogFile {
 
     /// Everything written and synced: nothing of this file is at risk.
     pub(crate) fn is_clean(&self) -> bool {
-        !self.broken && self.pending.len() == self.head && !self.unsynced
+        !self.broken && self.pending.len() == self.head && !self.unsynced && self.tail.is_empty()
     }
 
     /// After a failed sync: writes the durable prefix (read back from the file) and every kept
