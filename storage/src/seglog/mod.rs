@@ -41,13 +41,15 @@ pub(crate) use recovery::{has_message_data, read_lost};
 /// Reads fetch this much of a segment at a time (more if one record is larger).
 const READ_CHUNK: usize = 256 << 10;
 
-/// The segment being written is kept zero-filled ahead of its records (`LogFile::prefill`: as far as it
-/// holds records, from 64 KiB up to 4 MiB, never past the segment size), so that the sync confirming a
-/// publish commits no new file size. Its footer, when it is sealed, goes at the end of the zeros
+/// The segment being written, once it outgrew the size at which a fully acked one is removed (1/8 of the
+/// segment size: a queue whose consumers keep up never gets there), is kept zero-filled ahead of its records
+/// (`LogFile::prefill`: as far as it holds records, up to 4 MiB, never past the segment size), so that the
+/// sync confirming a publish commits no new file size. Its footer, when it is sealed, goes at the end of the zeros
 /// (`LogFile::tail`): the file keeps its length, and open finds the footer at the file's end.
 const SEG_PREFILL: (u64, u64) = (64 << 10, 4 << 20);
 
-/// An ack file is kept zero-filled ahead of its batches (4 KiB up to 64 KiB), for the same reason.
+/// The ack file of such a segment is kept zero-filled ahead of its batches (4 KiB up to 64 KiB), for the same
+/// reason.
 const ACK_PREFILL: (u64, u64) = (4 << 10, 64 << 10);
 
 struct Segment {
@@ -393,6 +395,11 @@ impl MsgLog {
         Ok(n)
     }
 
+    /// A fully acked write segment of at least this size is removed (`delete`).
+    fn retire_size(&self) -> u64 {
+        self.segment_bytes / 8
+    }
+
     /// Seals the write segment (removing it if nothing in it is live) and creates a new one named
     /// `first`. A queue's directory is created with its first segment, and gets its definition
     /// copy then.
@@ -459,7 +466,7 @@ impl MsgLog {
         }
         // A fully acked write segment goes too once it is not tiny: disk use returns to (almost)
         // nothing when a queue is drained, without a new file per message when a consumer keeps up.
-        let retire_write = self.segment_bytes / 8;
+        let retire_write = self.retire_size();
         let mut first_err = None;
         for (first, acked) in batches {
             let is_write = q.write_seg == Some(first);
@@ -780,6 +787,10 @@ impl MsgLog {
                 };
                 let mut ok = true;
                 let sealed = seg.sealed_len.is_some();
+                // Only a segment that outlived `retire_size` is prefilled (it is filling faster than its
+                // messages are acked): one that consumers keep acking goes at that size anyway
+                // (`delete`), and zeros written for it would be thrown away with it.
+                let grown = seg.seg.written >= self.retire_size();
                 for (f, ahead) in [(&mut seg.seg, SEG_PREFILL), (&mut seg.ack, ACK_PREFILL)] {
                     let r = if f.broken {
                         f.repair(&self.faults)
@@ -787,6 +798,7 @@ impl MsgLog {
                         f.write_out(&self.faults)
                     };
                     let r = r.and_then(|()| match (f.kind, sealed) {
+                        _ if !grown => Ok(()),
                         // a sealed segment keeps the zeros between its records and its footer
                         (FileKind::Segment, true) => Ok(()),
                         (FileKind::Segment, false) => {
