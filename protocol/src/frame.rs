@@ -349,9 +349,11 @@ impl Decoder for FrameCodec {
         if end != FRAME_END {
             return Err(ProtocolError::BadFrameEnd(end));
         }
-        src.advance(FRAME_HEADER_SIZE);
-        let payload = src.split_to(size as usize).freeze();
-        src.advance(1);
+        // One split of the read buffer per frame; header and end octet are then cut off the frozen
+        // slice, which only moves its pointer and length (a `BytesMut` advance checks its kind each time).
+        let mut payload = src.split_to(total).freeze();
+        payload.advance(FRAME_HEADER_SIZE);
+        payload.truncate(size as usize);
         Frame::from_payload(frame_type, channel, payload).map(Some)
     }
 }
