@@ -170,6 +170,10 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
+        if !self.holds_replies() {
+            // The usual case: the frame goes straight on (not moved through `hold_back`'s return).
+            return self.handle_now(frame, ctx);
+        }
         let Some((frame, passed)) = self.hold_back(frame) else {
             return Ok(Next::Keep);
         };
