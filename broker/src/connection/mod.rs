@@ -29,7 +29,7 @@ use futures::{FutureExt, StreamExt};
 use protocol::{reply, ConnectionClose, Frame, FrameCodec, Method, ShortStr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -318,7 +318,17 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 {
                     break;
                 }
-                match framed.next().now_or_never() {
+                // A frame already in the read buffer is decoded straight from it (no pass through the
+                // stream's state machine and its `Poll<Option<Result<..>>>` per frame); only when none is
+                // complete does the stream get polled, which reads the socket if it is ready.
+                // (The codec is two integers and keeps no state between frames: a copy decodes the same.)
+                let buffered = framed.decoder().clone().decode(framed.read_buffer_mut());
+                let next = match buffered {
+                    Ok(Some(frame)) => Some(Some(Ok(frame))),
+                    Err(e) => Some(Some(Err(e))),
+                    Ok(None) => framed.next().now_or_never(),
+                };
+                match next {
                     Some(frame) => {
                         if !self.on_read(frame) {
                             eof = true;
