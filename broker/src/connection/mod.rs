@@ -322,9 +322,11 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 // stream's state machine and its `Poll<Option<Result<..>>>` per frame); only when none is
                 // complete does the stream get polled, which reads the socket if it is ready.
                 // (The codec is two integers and keeps no state between frames: a copy decodes the same.)
-                let buffered = framed.decoder().clone().decode(framed.read_buffer_mut());
-                let next = match buffered {
-                    Ok(Some(frame)) => Some(Some(Ok(frame))),
+                let next = match framed.decoder().clone().decode(framed.read_buffer_mut()) {
+                    Ok(Some(frame)) => {
+                        self.on_frame_read(frame);
+                        continue;
+                    }
                     Err(e) => Some(Some(Err(e))),
                     Ok(None) => framed.next().now_or_never(),
                 };
@@ -404,20 +406,25 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 true
             }
             Some(Ok(frame)) => {
-                // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
-                self.transport.received = true;
-                match &frame {
-                    Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
-                    Frame::Body(_, b) => self.round_bytes += b.len() as u64,
-                    _ => {}
-                }
-                if self.transport.phase == Phase::Open && (self.paused() || !self.stash.is_empty()) {
-                    self.stash_frame(frame);
-                } else {
-                    self.handle_frame(frame);
-                }
+                self.on_frame_read(frame);
                 true
             }
+        }
+    }
+
+    /// Handles one frame read from the socket (or stashes it while flow control pauses the connection).
+    fn on_frame_read(&mut self, frame: Frame) {
+        // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
+        self.transport.received = true;
+        match &frame {
+            Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
+            Frame::Body(_, b) => self.round_bytes += b.len() as u64,
+            _ => {}
+        }
+        if self.transport.phase == Phase::Open && (self.paused() || !self.stash.is_empty()) {
+            self.stash_frame(frame);
+        } else {
+            self.handle_frame(frame);
         }
     }
 
