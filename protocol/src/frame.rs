@@ -43,6 +43,7 @@ impl ContentHeader {
 
     /// Decodes a header frame payload. The properties are kept raw (zero-copy); at
     /// least the flags word must be there.
+    #[inline]
     pub fn decode(mut payload: Bytes) -> Result<ContentHeader, ProtocolError> {
         if payload.len() < 14 {
             return Err(ProtocolError::Malformed("content header frame too short"));
@@ -107,6 +108,7 @@ impl Frame {
     }
 
     /// Decodes a frame payload of type `frame_type`.
+    #[inline]
     pub fn from_payload(frame_type: u8, channel: u16, payload: Bytes) -> Result<Frame, ProtocolError> {
         match frame_type {
             FRAME_METHOD => Ok(Frame::Method(channel, Method::decode(payload)?)),
