@@ -626,3 +626,64 @@ fn a_delete_while_sled_is_broken_is_done_by_the_rebuild() {
     assert!(seqs(&s, 1).is_empty());
     assert!(s.lost_found().unwrap().is_empty());
 }
+
+/// The write segment is kept zero-filled ahead of its records (`SEG_PREFILL`, never past the segment size),
+/// and its ack file too (`ACK_PREFILL`), so that a sync commits no new file size. A sealed segment's footer
+/// is written over its last zeros and ends the file; open finds it there. After a crash the zeros are not a torn tail: nothing is cut or counted,
+/// every message is there, and appends go on.
+#[test]
+fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
+    let d = tmp();
+    let seg = queue_dir(d.path(), 1).join("0000000000000000.seg");
+    let ack = queue_dir(d.path(), 1).join("0000000000000000.ack");
+    let (crash_seg, crash_ack) = {
+        let s = Store::open(d.path(), opts(1 << 20)).unwrap();
+        s.put_queue(&qrec(1, "q")).unwrap();
+        append(&s, 1, 0..30).unwrap();
+        s.delete_messages(1, &[3]).unwrap();
+        s.flush_blocking().unwrap();
+        // what a crash would leave: the files as they are now
+        (fs::read(&seg).unwrap(), fs::read(&ack).unwrap())
+    };
+    let recs = record_offsets(&seg);
+    assert_eq!(recs.len(), 30);
+    let data_end = recs[29].2 as usize;
+    assert!(
+        crash_seg.len() >= data_end + (32 << 10),
+        "zero-filled ahead: {}",
+        crash_seg.len()
+    );
+    assert!(crash_seg.len() <= 1 << 20, "never past the segment size");
+    assert!(crash_seg[data_end..].iter().all(|&b| b == 0));
+    assert!(crash_ack.len() >= 4 << 10, "the ack file is zero-filled ahead");
+    // the clean close sealed the segment: its footer ends the file, written over the last zeros (the
+    // file keeps its length)
+    let sealed = fs::read(&seg).unwrap();
+    assert_eq!(sealed.len(), crash_seg.len());
+    assert!(sealed.ends_with(b"MRSEGEND"));
+    assert_eq!(&sealed[..data_end], &crash_seg[..data_end]);
+    fs::write(&seg, &crash_seg).unwrap();
+    fs::write(&ack, &crash_ack).unwrap();
+    let (log, rec) = seglog::MsgLog::open(
+        &d.path().join("messages"),
+        1 << 20,
+        &std::collections::HashMap::from([(1, qrec(1, "q"))]),
+        &d.path().join(LOST_FOUND),
+        std::sync::Arc::new(Faults::default()),
+    )
+    .unwrap();
+    assert_eq!((rec.truncated_files, rec.damaged_regions), (0, 0));
+    assert_eq!(rec.scanned_segments, 1);
+    let want: Vec<u64> = (0..30).filter(|&i| i != 3).collect();
+    assert_eq!(log.seqs(1), want);
+    drop(log);
+    let s = Store::open(d.path(), opts(1 << 20)).unwrap();
+    assert_eq!(seqs(&s, 1), want);
+    append(&s, 1, 30..40).unwrap();
+    drop(s);
+    let s = Store::open(d.path(), opts(1 << 20)).unwrap();
+    let want: Vec<u64> = (0..40).filter(|&i| i != 3).collect();
+    assert_eq!(seqs(&s, 1), want);
+    let got = s.read_messages(1, 0, usize::MAX).unwrap();
+    assert_eq!(got.len(), 39);
+}

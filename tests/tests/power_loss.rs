@@ -114,11 +114,36 @@ async fn power_cuts_at_random_moments() {
             out.notes.extend(events.into_iter().take(5));
         }
         out.print();
+        let failed = out.failures() > 0;
         outcomes.push(out);
         drop(fs);
+        if failed {
+            keep_for_inspection(&dir, &format!("cut{cycle}"));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     summary("power_cuts_at_random_moments", &outcomes);
+}
+
+/// With `MAILROOM_POWER_LOSS_KEEP=DIR`: a failed case's files as the broker left them (LazyFS's backing
+/// directory, `root/`) are copied to `DIR/<name>`, for a look afterwards.
+fn keep_for_inspection(dir: &Path, name: &str) {
+    let Ok(keep) = std::env::var("MAILROOM_POWER_LOSS_KEEP") else {
+        return;
+    };
+    let to = Path::new(&keep).join(name);
+    let _ = std::fs::create_dir_all(&to);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.join("root"))
+        .arg(&to)
+        .status()
+        .is_ok_and(|s| s.success());
+    eprintln!(
+        "    kept: {} ({})",
+        to.display(),
+        if ok { "copied" } else { "copy failed" }
+    );
 }
 
 // ------------------------------------------------------------------------------------------------ crash points

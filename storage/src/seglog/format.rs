@@ -122,11 +122,16 @@ pub(crate) fn read_footer(f: &File, file_len: u64) -> io::Result<Option<(Seqs, u
     let n = be::u32_at(&tail, 4);
     let data_len = be::u64_at(&tail, 8);
     let body_len = n_runs * FOOTER_RUN as u64;
-    if data_len.checked_add(body_len + FOOTER_TAIL as u64) != Some(file_len) {
+    // The footer ends the file; zeros kept ahead of the records (`SEG_PREFILL`) may lie between the
+    // records and the footer.
+    if data_len
+        .checked_add(body_len + FOOTER_TAIL as u64)
+        .is_none_or(|end| end > file_len)
+    {
         return Ok(None);
     }
     let mut body = vec![0u8; body_len as usize];
-    f.read_exact_at(&mut body, data_len)?;
+    f.read_exact_at(&mut body, file_len - FOOTER_TAIL as u64 - body_len)?;
     let mut h = crc32fast::Hasher::new();
     h.update(&body);
     h.update(&tail[0..16]);

@@ -41,6 +41,15 @@ pub(crate) use recovery::{has_message_data, read_lost};
 /// Reads fetch this much of a segment at a time (more if one record is larger).
 const READ_CHUNK: usize = 256 << 10;
 
+/// The segment being written is kept zero-filled ahead of its records (`LogFile::prefill`: as far as it
+/// holds records, from 64 KiB up to 4 MiB, never past the segment size), so that the sync confirming a
+/// publish commits no new file size. Its footer, when it is sealed, goes at the end of the zeros
+/// (`LogFile::tail`): the file keeps its length, and open finds the footer at the file's end.
+const SEG_PREFILL: (u64, u64) = (64 << 10, 4 << 20);
+
+/// An ack file is kept zero-filled ahead of its batches (4 KiB up to 64 KiB), for the same reason.
+const ACK_PREFILL: (u64, u64) = (4 << 10, 64 << 10);
+
 struct Segment {
     seqs: Seqs,
     acked: Bits,
@@ -66,11 +75,14 @@ impl Segment {
         }
     }
 
-    /// Appends the footer to the write buffer.
+    /// Gives the file its footer, written at the file's end by the next round (over the last zeros kept
+    /// ahead of the records, if there is room: the file keeps its length).
     fn seal(&mut self) {
         if self.sealed_len.is_none() {
             let data_len = self.seg.len();
-            encode_footer(&self.seqs, data_len, &mut self.seg.pending);
+            let mut footer = Vec::with_capacity(footer_len(self.seqs.runs.len()) as usize);
+            encode_footer(&self.seqs, data_len, &mut footer);
+            self.seg.tail = footer;
             self.sealed_len = Some(data_len);
             self.seg.release = true;
         }
@@ -767,12 +779,21 @@ impl MsgLog {
                     continue;
                 };
                 let mut ok = true;
-                for f in [&mut seg.seg, &mut seg.ack] {
+                let sealed = seg.sealed_len.is_some();
+                for (f, ahead) in [(&mut seg.seg, SEG_PREFILL), (&mut seg.ack, ACK_PREFILL)] {
                     let r = if f.broken {
                         f.repair(&self.faults)
                     } else {
                         f.write_out(&self.faults)
                     };
+                    let r = r.and_then(|()| match (f.kind, sealed) {
+                        // a sealed segment keeps the zeros between its records and its footer
+                        (FileKind::Segment, true) => Ok(()),
+                        (FileKind::Segment, false) => {
+                            f.prefill(ahead.0, ahead.1, self.segment_bytes, &self.faults)
+                        }
+                        _ => f.prefill(ahead.0, ahead.1, u64::MAX, &self.faults),
+                    });
                     match r {
                         Ok(()) => f.take_sync(q.id, Some(first), &mut batch.files),
                         Err(e) => {

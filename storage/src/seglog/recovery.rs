@@ -261,17 +261,20 @@ impl MsgLog {
                         rec.damaged_regions += 1;
                         rec.damaged_bytes += (to - from) as u64;
                     }
-                    if scan.valid_end < b.len() {
+                    // zeros after the batches are the file's prefill (`ACK_PREFILL`): kept, not torn
+                    let zeros = b[scan.valid_end..].iter().all(|&x| x == 0);
+                    if scan.valid_end < b.len() && !zeros {
                         tracing::warn!(path = %apath.display(), valid = scan.valid_end, len = b.len(), "cutting the torn tail of an ack file");
                         truncate_file(&apath, scan.valid_end as u64)?;
                         rec.truncated_files += 1;
                         rec.truncated_bytes += (b.len() - scan.valid_end) as u64;
                         changed = true;
                     }
-                    (
-                        scan.seqs,
-                        LogFile::existing(apath, FileKind::Ack, scan.valid_end as u64),
-                    )
+                    let mut f = LogFile::existing(apath, FileKind::Ack, scan.valid_end as u64);
+                    if zeros {
+                        f.filled = b.len() as u64;
+                    }
+                    (scan.seqs, f)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // created now, so that the directory sync at the end of open covers it
@@ -313,7 +316,10 @@ impl MsgLog {
                         rec.damaged_bytes += (to - from) as u64;
                     }
                     let valid = scan.valid_end as u64;
-                    if valid < file_len {
+                    // zeros after the records are the segment's prefill (`SEG_PREFILL`): kept (the seal
+                    // below cuts them), not a torn tail
+                    let zeros = buf[scan.valid_end..].iter().all(|&x| x == 0);
+                    if valid < file_len && !zeros {
                         tracing::warn!(path = %spath.display(), valid, len = file_len, "cutting the torn tail of a segment");
                         truncate_file(&spath, valid)?;
                         rec.truncated_files += 1;
@@ -322,6 +328,7 @@ impl MsgLog {
                     }
                     seg.seg.written = valid;
                     seg.seg.synced = valid;
+                    seg.seg.filled = if zeros { file_len } else { valid };
                     for (s, _) in scan.recs {
                         seg.seqs.push(s);
                     }
@@ -369,6 +376,7 @@ impl MsgLog {
                 truncate_file(&seg.seg.path, cut)?;
                 seg.seg.written = cut;
                 seg.seg.synced = cut;
+                seg.seg.filled = cut;
                 seg.sealed_len = None;
                 seg.seqs.truncate(last_rank + 1);
                 seg.acked.truncate(last_rank + 1);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::MessageParts;
-use crate::fault::{FaultOp, Faults, FileKind};
+use crate::fault::{Faults, FileKind};
 use crate::seglog::{LogFile, SyncBatch, SyncItem, PENDING_MAX};
 use crate::{io_err, Result};
 use format::*;
@@ -44,18 +44,16 @@ const IDX_SYNC_EVERY: u64 = 16 << 20;
 /// keeps up with the writers reads nothing back from the file. That is cheaper, and it is also what makes
 /// it immune to a file system that returns stale bytes for a block read while it is written and synced:
 /// LazyFS returned zeros that way (`tests/tests/power_loss_stream.rs` saw records skipped as damaged).
-const KEEP_SYNCED: usize = 1 << 20;
+const KEEP_SYNCED: usize = 512 << 10;
 
-/// The segment being written is kept zero-filled this far ahead of its data (the zeros written out and
-/// synced by the round that extends the file, once every `PREFILL / 2` bytes): a record then lands on
-/// blocks that already belong to the file, and the `fdatasync` that confirms it has only data to write, no
-/// file size or block allocation (on ext4: no journal commit, which under other writers' load takes
-/// milliseconds). PostgreSQL zero-fills its WAL segments for the same reason. Recovery finds the end of the
-/// records by their checksums and cuts the zeros (not counted as a torn tail).
-pub(crate) const PREFILL: u64 = 4 << 20;
-
-/// Zeros for `prefill`.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// The segment being written is kept zero-filled ahead of its data (`LogFile::prefill`: as far as it holds
+/// data, from 64 KiB up to 4 MiB, never past the segment size; written and synced by the round that extends
+/// the file): a record then lands on blocks that already belong to the file, and the `fdatasync` that
+/// confirms it has only data to write, no file size or block allocation (on ext4: no journal commit, which
+/// under other writers' load takes milliseconds). PostgreSQL zero-fills its WAL segments for the same
+/// reason. Recovery finds the end of the records by their checksums and cuts the zeros (not counted as a
+/// torn tail).
+pub(crate) const PREFILL: (u64, u64) = (64 << 10, 4 << 20);
 
 /// A chunk is closed once it holds this much (a busy flusher round would otherwise make one huge
 /// chunk, and `last` would replay all of it).
@@ -84,8 +82,6 @@ struct Seg {
     idx: LogFile,
     /// The segment length the index's last sync covered (its chunks up to there are durable).
     idx_synced_at: u64,
-    /// The data file's length with its zero-filled tail (`PREFILL`); at most `data.written` when it has none.
-    filled: u64,
     /// The stream's segment size limit, as its last append gave it (the prefill stops there).
     max: u64,
 }
@@ -93,34 +89,6 @@ struct Seg {
 impl Seg {
     fn bytes(&self) -> u64 {
         self.data.len() + self.idx.len()
-    }
-
-    /// Keeps the zeros ahead of the data of the segment being written (`PREFILL`). Called with the data
-    /// written out, before the round's sync (which covers this). A sealed segment keeps the zeros it has
-    /// (at most `PREFILL`, and never past the segment size) until the next open cuts them.
-    fn prefill(&mut self, faults: &Faults) -> Result<()> {
-        let f = &mut self.data;
-        if f.release {
-            return Ok(());
-        }
-        if self.filled >= f.written + PREFILL / 2 {
-            return Ok(());
-        }
-        let to = (f.written + PREFILL).min(self.max.max(f.written));
-        let mut at = self.filled.max(f.written);
-        if at >= to {
-            return Ok(());
-        }
-        faults.check(f.kind, FaultOp::Write).map_err(io_err(&f.path))?;
-        let file = f.handle()?;
-        while at < to {
-            let n = ((to - at) as usize).min(ZEROS.len());
-            file.write_all_at(&ZEROS[..n], at).map_err(io_err(&f.path))?;
-            at += n as u64;
-        }
-        self.filled = to;
-        f.unsynced = true;
-        Ok(())
     }
 
     fn remove_files(&self) -> Result<()> {
@@ -312,7 +280,6 @@ impl StreamLog {
                 data,
                 idx,
                 idx_synced_at: 0,
-                filled: 0,
                 max: 0,
             },
         );
@@ -415,16 +382,13 @@ impl StreamLog {
                     || seg.data.len().saturating_sub(seg.idx_synced_at) >= IDX_SYNC_EVERY;
                 let data_len = seg.data.len();
                 let data = if seg.data.broken {
-                    // the repaired file is a fresh copy of the data, without zeros
-                    let r = seg.data.repair(&self.faults);
-                    if r.is_ok() {
-                        seg.filled = seg.data.written;
-                    }
-                    r
+                    seg.data.repair(&self.faults)
                 } else {
                     seg.data.write_out(&self.faults)
                 };
-                let data = data.and_then(|()| seg.prefill(&self.faults));
+                // (a sealed segment keeps the zeros it has, never past the segment size, until the next
+                // open cuts them)
+                let data = data.and_then(|()| seg.data.prefill(PREFILL.0, PREFILL.1, seg.max, &self.faults));
                 let idx = if seg.idx.broken {
                     seg.idx.repair(&self.faults)
                 } else {

@@ -288,6 +288,12 @@ impl StreamLog {
                         r.used = skip_to;
                     }
                     Ok(Some(h)) => {
+                        if let Some((p, n)) = r.reread.take() {
+                            if p == r.buf_at + r.used as u64 {
+                                tracing::warn!(stream = r.id, segment = ?r.seg, position = p, tries = n,
+                                    "a stream record read back damaged was whole when read again");
+                            }
+                        }
                         let rec = &rest[..h.total];
                         r.used += h.total;
                         scanned += h.total;

@@ -234,7 +234,6 @@ impl StreamLog {
             },
             idx,
             idx_synced_at: scan.end,
-            filled: scan.end,
             max: 0,
         };
         Ok((seg, entries, rebuilt))

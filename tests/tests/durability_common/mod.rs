@@ -1219,11 +1219,21 @@ pub async fn restart_and_check(data: &Path, ledger: &Ledger, defs: &Defs, out: &
     let mut server = match blocking(|| Server::try_start_in(data, &[])) {
         Ok(s) => s,
         Err(e) => {
+            // The error and panic lines say why; a backtrace's last frames do not.
             let text = e.to_string();
-            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            let why: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("rror") || l.contains("panicked") || l.contains("refus"))
+                .take(8)
+                .collect();
+            let why = if why.is_empty() {
+                text.lines().take(6).collect::<Vec<_>>()
+            } else {
+                why
+            };
             out.problems.push(format!(
                 "the broker did not start on its own after the cut: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                why.join(" | ")
             ));
             // Everything confirmed counts as lost when the broker cannot serve it.
             out.msgs.confirmed = ledger.acked.len();
