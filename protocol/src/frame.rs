@@ -43,6 +43,7 @@ impl ContentHeader {
 
     /// Decodes a header frame payload. The properties are kept raw (zero-copy); at
     /// least the flags word must be there.
+    #[inline]
     pub fn decode(mut payload: Bytes) -> Result<ContentHeader, ProtocolError> {
         if payload.len() < 14 {
             return Err(ProtocolError::Malformed("content header frame too short"));
@@ -107,6 +108,7 @@ impl Frame {
     }
 
     /// Decodes a frame payload of type `frame_type`.
+    #[inline]
     pub fn from_payload(frame_type: u8, channel: u16, payload: Bytes) -> Result<Frame, ProtocolError> {
         match frame_type {
             FRAME_METHOD => Ok(Frame::Method(channel, Method::decode(payload)?)),
@@ -145,10 +147,9 @@ impl Frame {
 
 /// Writes a frame header with a placeholder size; returns where the size goes.
 fn begin_frame(dst: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
-    dst.put_u8(frame_type);
-    dst.put_u16(channel);
-    let at = dst.len();
-    dst.put_u32(0);
+    let [c0, c1] = channel.to_be_bytes();
+    let at = dst.len() + 3;
+    dst.put_slice(&[frame_type, c0, c1, 0, 0, 0, 0]);
     at
 }
 
@@ -161,9 +162,9 @@ fn end_frame(dst: &mut BytesMut, size_at: usize) {
 
 fn write_body_frame(dst: &mut BytesMut, channel: u16, body: &[u8]) {
     dst.reserve(body.len() + FRAME_OVERHEAD as usize);
-    dst.put_u8(FRAME_BODY);
-    dst.put_u16(channel);
-    dst.put_u32(body.len() as u32);
+    let [c0, c1] = channel.to_be_bytes();
+    let [s0, s1, s2, s3] = (body.len() as u32).to_be_bytes();
+    dst.put_slice(&[FRAME_BODY, c0, c1, s0, s1, s2, s3]);
     dst.put_slice(body);
     dst.put_u8(FRAME_END);
 }
@@ -208,9 +209,9 @@ pub fn write_content_with(
     put_props: impl FnOnce(&mut BytesMut),
 ) {
     let at = begin_frame(dst, FRAME_HEADER, channel);
-    dst.put_u16(class_id);
-    dst.put_u16(0);
-    dst.put_u64(body.len() as u64);
+    let [k0, k1] = class_id.to_be_bytes();
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = (body.len() as u64).to_be_bytes();
+    dst.put_slice(&[k0, k1, 0, 0, b0, b1, b2, b3, b4, b5, b6, b7]);
     put_props(dst);
     end_frame(dst, at);
     if body.is_empty() {
@@ -244,11 +245,12 @@ pub fn write_basic_deliver(
         dst.put_slice(s);
     }
     let at = begin_frame(dst, FRAME_METHOD, channel);
-    dst.put_u16(crate::BasicDeliver::CLASS_ID);
-    dst.put_u16(crate::BasicDeliver::METHOD_ID);
+    let [k0, k1] = crate::BasicDeliver::CLASS_ID.to_be_bytes();
+    let [m0, m1] = crate::BasicDeliver::METHOD_ID.to_be_bytes();
+    dst.put_slice(&[k0, k1, m0, m1]);
     short(dst, consumer_tag);
-    dst.put_u64(delivery_tag);
-    dst.put_u8(u8::from(redelivered));
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = delivery_tag.to_be_bytes();
+    dst.put_slice(&[t0, t1, t2, t3, t4, t5, t6, t7, u8::from(redelivered)]);
     short(dst, exchange);
     short(dst, routing_key);
     end_frame(dst, at);
@@ -349,9 +351,11 @@ impl Decoder for FrameCodec {
         if end != FRAME_END {
             return Err(ProtocolError::BadFrameEnd(end));
         }
-        src.advance(FRAME_HEADER_SIZE);
-        let payload = src.split_to(size as usize).freeze();
-        src.advance(1);
+        // One split of the read buffer per frame; header and end octet are then cut off the frozen
+        // slice, which only moves its pointer and length (a `BytesMut` advance checks its kind each time).
+        let mut payload = src.split_to(total).freeze();
+        payload.advance(FRAME_HEADER_SIZE);
+        payload.truncate(size as usize);
         Frame::from_payload(frame_type, channel, payload).map(Some)
     }
 }

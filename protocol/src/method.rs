@@ -10,6 +10,7 @@ impl Method {
     /// Decodes a method frame payload (starting at the class id). Strings are slices
     /// of `payload`: decoding `basic.publish`, `basic.deliver` or `basic.ack` does not
     /// allocate. Trailing bytes after the arguments are an error, as in RabbitMQ.
+    #[inline]
     pub fn decode(mut payload: Bytes) -> Result<Method, ProtocolError> {
         if payload.len() < 4 {
             return Err(ProtocolError::Malformed("method frame shorter than 4 bytes"));

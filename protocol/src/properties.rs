@@ -338,6 +338,12 @@ impl RawProperties {
     }
 
     fn field(&self, i: usize) -> Option<&[u8]> {
+        // An absent property reads as `None` whatever the buffer holds after the flags: no walk. Most
+        // accessors on the publish path (expiration, user id, priority) ask for properties a message
+        // does not carry.
+        if self.flags() & flag(i) == 0 {
+            return None;
+        }
         match self.locate(i)? {
             Slot::Present(s, e) => self.0.get(s..e),
             Slot::Absent(_) => None,

@@ -126,6 +126,11 @@ impl Channel {
             out.extend(self.unacked.drain(..));
             return Ok(());
         }
+        // The usual single ack is of the oldest delivery: no search.
+        if !multiple && self.unacked.front().is_some_and(|u| u.tag == tag) {
+            out.extend(self.unacked.pop_front());
+            return Ok(());
+        }
         let pos = self.unacked.binary_search_by_key(&tag, |u| u.tag);
         match pos {
             Ok(i) if multiple => out.extend(self.unacked.drain(..=i)),

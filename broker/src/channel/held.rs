@@ -130,6 +130,12 @@ impl Channel {
         });
     }
 
+    /// Whether a reply is held (frames then go through `hold_back`).
+    #[inline]
+    pub(super) fn holds_replies(&self) -> bool {
+        !self.hold.held.is_empty()
+    }
+
     /// A frame that arrives while a reply is held waits behind it, unless it is a definition method that
     /// may go ahead (then `Passed` says behind which held reply its output goes). Returns the frame back if
     /// it is to be handled now.

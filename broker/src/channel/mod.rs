@@ -170,6 +170,10 @@ impl Channel {
                 _ => Next::Keep,
             });
         }
+        if !self.holds_replies() {
+            // The usual case: the frame goes straight on (not moved through `hold_back`'s return).
+            return self.handle_now(frame, ctx);
+        }
         let Some((frame, passed)) = self.hold_back(frame) else {
             return Ok(Next::Keep);
         };
@@ -207,30 +211,55 @@ impl Channel {
                 }
             }
         }
-        let assembled = match frame {
+        let pushed = match frame {
             Frame::Method(_, m) => self.assembler.push_method(m),
             Frame::Header(_, h) => self.assembler.push_header(h),
             Frame::Body(_, b) => self.assembler.push_body(b),
             Frame::Heartbeat(_) => Ok(None),
         };
-        let assembled = match assembled {
-            Ok(Some(a)) => a,
-            Ok(None) => return Ok(Next::Keep),
-            Err(e) => return Err(AmqpError::from(e)),
-        };
-        let (class_id, method_id) = match &assembled {
-            Assembled::Method(m) | Assembled::Content { method: m, .. } => (m.class_id(), m.method_id()),
-        };
-        let result = match assembled {
-            Assembled::Method(m) => self.dispatch(m, ctx),
-            Assembled::Content { method, header, body } => match method {
-                Method::BasicPublish(p) => self.basic_publish(p, header, body, ctx).map(|()| Next::Keep),
-                other => Err(AmqpError::command_invalid(format!(
+        // One match on the assembler's answer, its parts bound where they are (a command moved whole
+        // out of it first was a `memcpy` call per command).
+        match pushed {
+            Ok(None) => Ok(Next::Keep),
+            Err(e) => Err(AmqpError::from(e)),
+            Ok(Some(Assembled::Method(m))) => {
+                let (class_id, method_id) = (m.class_id(), m.method_id());
+                let result = self.dispatch(m, ctx);
+                self.method_result(result, class_id, method_id, ctx)
+            }
+            Ok(Some(Assembled::Content {
+                method: Method::BasicPublish(p),
+                header,
+                body,
+            })) => {
+                let result = self.basic_publish(p, header, body, ctx).map(|()| Next::Keep);
+                self.method_result(
+                    result,
+                    protocol::BasicPublish::CLASS_ID,
+                    protocol::BasicPublish::METHOD_ID,
+                    ctx,
+                )
+            }
+            Ok(Some(Assembled::Content { method: other, .. })) => {
+                let (class_id, method_id) = (other.class_id(), other.method_id());
+                let result = Err(AmqpError::command_invalid(format!(
                     "method '{}' does not carry content",
                     other.name()
-                ))),
-            },
-        };
+                )));
+                self.method_result(result, class_id, method_id, ctx)
+            }
+        }
+    }
+
+    /// A handled method's result: an error is about that method; one that does not close the connection
+    /// closes the channel.
+    fn method_result(
+        &mut self,
+        result: AmqpResult<Next>,
+        class_id: u16,
+        method_id: u16,
+        ctx: &mut Ctx,
+    ) -> AmqpResult<Next> {
         match result {
             Ok(next) => Ok(next),
             Err(e) => {

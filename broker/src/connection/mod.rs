@@ -29,7 +29,7 @@ use futures::{FutureExt, StreamExt};
 use protocol::{reply, ConnectionClose, Frame, FrameCodec, Method, ShortStr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -318,7 +318,19 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 {
                     break;
                 }
-                match framed.next().now_or_never() {
+                // A frame already in the read buffer is decoded straight from it (no pass through the
+                // stream's state machine and its `Poll<Option<Result<..>>>` per frame); only when none is
+                // complete does the stream get polled, which reads the socket if it is ready.
+                // (The codec is two integers and keeps no state between frames: a copy decodes the same.)
+                let next = match framed.decoder().clone().decode(framed.read_buffer_mut()) {
+                    Ok(Some(frame)) => {
+                        self.on_frame_read(frame);
+                        continue;
+                    }
+                    Err(e) => Some(Some(Err(e))),
+                    Ok(None) => framed.next().now_or_never(),
+                };
+                match next {
                     Some(frame) => {
                         if !self.on_read(frame) {
                             eof = true;
@@ -394,20 +406,25 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 true
             }
             Some(Ok(frame)) => {
-                // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
-                self.transport.received = true;
-                match &frame {
-                    Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
-                    Frame::Body(_, b) => self.round_bytes += b.len() as u64,
-                    _ => {}
-                }
-                if self.transport.phase == Phase::Open && (self.paused() || !self.stash.is_empty()) {
-                    self.stash_frame(frame);
-                } else {
-                    self.handle_frame(frame);
-                }
+                self.on_frame_read(frame);
                 true
             }
+        }
+    }
+
+    /// Handles one frame read from the socket (or stashes it while flow control pauses the connection).
+    fn on_frame_read(&mut self, frame: Frame) {
+        // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
+        self.transport.received = true;
+        match &frame {
+            Frame::Method(_, Method::BasicPublish(_)) => self.round_publishes += 1,
+            Frame::Body(_, b) => self.round_bytes += b.len() as u64,
+            _ => {}
+        }
+        if self.transport.phase == Phase::Open && (self.paused() || !self.stash.is_empty()) {
+            self.stash_frame(frame);
+        } else {
+            self.handle_frame(frame);
         }
     }
 
