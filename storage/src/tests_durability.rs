@@ -66,6 +66,18 @@ fn queue_dir(d: &Path, id: u32) -> PathBuf {
     d.join("messages").join(format!("{id:08x}"))
 }
 
+/// The message log of `d` alone (segment size 1 MiB), with queue 1 ("q") known: what it recovered.
+fn open_log_of_q(d: &Path) -> (seglog::MsgLog, seglog::Recovery) {
+    seglog::MsgLog::open(
+        &d.join("messages"),
+        1 << 20,
+        &std::collections::HashMap::from([(1, qrec(1, "q"))]),
+        &d.join(LOST_FOUND),
+        std::sync::Arc::new(Faults::default()),
+    )
+    .unwrap()
+}
+
 /// Appends `range` to queue `q`, one ticket per message; returns the last ticket.
 fn append(s: &Store, q: u32, range: std::ops::Range<u64>) -> Result<u64> {
     let mut t = 0;
@@ -576,14 +588,7 @@ fn torn_tails_are_cut_and_counted() {
     let cut = recs[9].1 + (recs[9].2 - recs[9].1) / 2;
     f.set_len(cut).unwrap();
     drop(f);
-    let (log, rec) = seglog::MsgLog::open(
-        &d.path().join("messages"),
-        1 << 20,
-        &std::collections::HashMap::from([(1, qrec(1, "q"))]),
-        &d.path().join(LOST_FOUND),
-        std::sync::Arc::new(Faults::default()),
-    )
-    .unwrap();
+    let (log, rec) = open_log_of_q(d.path());
     assert_eq!(rec.truncated_files, 1);
     assert_eq!(rec.truncated_bytes, cut - recs[8].2);
     assert_eq!(rec.damaged_regions, 0);
@@ -665,14 +670,7 @@ fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
     assert_eq!(&sealed[..data_end], &crash_seg[..data_end]);
     fs::write(&seg, &crash_seg).unwrap();
     fs::write(&ack, &crash_ack).unwrap();
-    let (log, rec) = seglog::MsgLog::open(
-        &d.path().join("messages"),
-        1 << 20,
-        &std::collections::HashMap::from([(1, qrec(1, "q"))]),
-        &d.path().join(LOST_FOUND),
-        std::sync::Arc::new(Faults::default()),
-    )
-    .unwrap();
+    let (log, rec) = open_log_of_q(d.path());
     assert_eq!((rec.truncated_files, rec.damaged_regions), (0, 0));
     assert_eq!(rec.scanned_segments, 1);
     let want: Vec<u64> = (0..1000).filter(|&i| i != 3).collect();

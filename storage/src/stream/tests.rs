@@ -187,25 +187,31 @@ fn block_wait(st: &Store, t: u64) {
     st.wait_durable_blocking(t).unwrap();
 }
 
-#[test]
-fn damaged_record_in_the_middle_is_skipped() {
-    let d = tempfile::tempdir().unwrap();
-    let st = open(d.path());
+/// A stream whose first ten records (of one size: `one` bytes each, at the start of segment file `p`) are
+/// followed by 3 MB more, so that their bytes are no longer kept in memory (`KEEP_SYNCED`) and a reader
+/// reads them from the file: (store, stream id, `p`, `one`).
+fn ten_small_records_read_from_the_file(d: &Path) -> (Store, u32, std::path::PathBuf, usize) {
+    let st = open(d);
     let id = declare(&st, "s");
     for i in 0..10u64 {
         st.stream_append(id, i, None, &msg(i, 100), 64 << 20).unwrap();
     }
     st.flush_blocking().unwrap();
-    let p = seg_path(&d.path().join("streams").join(stream_dir_name(id)), 0);
+    let p = seg_path(&d.join("streams").join(stream_dir_name(id)), 0);
     // ten records of one size, then the prefill's zeros
     let b0 = fs::read(&p).unwrap();
     let one = (b0.iter().rposition(|&x| x != 0).unwrap() + 1) / 10;
-    // More after them, so that their bytes are no longer kept in memory (`KEEP_SYNCED`) and are read
-    // from the file.
     for i in 10..40u64 {
         st.stream_append(id, i, None, &msg(i, 100_000), 64 << 20).unwrap();
         st.flush_blocking().unwrap();
     }
+    (st, id, p, one)
+}
+
+#[test]
+fn damaged_record_in_the_middle_is_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let (st, id, p, one) = ten_small_records_read_from_the_file(d.path());
     let mut b = fs::read(&p).unwrap();
     b[one * 3 + 40] ^= 0xff;
     fs::write(&p, &b).unwrap();
@@ -442,20 +448,7 @@ fn recently_synced_records_are_read_from_memory() {
 #[test]
 fn a_record_that_reads_damaged_for_a_moment_is_read_again_not_skipped() {
     let d = tempfile::tempdir().unwrap();
-    let st = open(d.path());
-    let id = declare(&st, "s");
-    for i in 0..10u64 {
-        st.stream_append(id, i, None, &msg(i, 100), 64 << 20).unwrap();
-    }
-    st.flush_blocking().unwrap();
-    let p = seg_path(&d.path().join("streams").join(stream_dir_name(id)), 0);
-    let b0 = fs::read(&p).unwrap();
-    let one = (b0.iter().rposition(|&x| x != 0).unwrap() + 1) / 10;
-    // pushed out of the bytes kept in memory, so that they are read from the file
-    for i in 10..40u64 {
-        st.stream_append(id, i, None, &msg(i, 100_000), 64 << 20).unwrap();
-        st.flush_blocking().unwrap();
-    }
+    let (st, id, p, one) = ten_small_records_read_from_the_file(d.path());
     let good = fs::read(&p).unwrap();
     let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; one], (one * 3) as u64).unwrap();
