@@ -790,7 +790,9 @@ impl MsgLog {
                 // Only a segment that outlived `retire_size` is prefilled (it is filling faster than its
                 // messages are acked): one that consumers keep acking goes at that size anyway
                 // (`delete`), and zeros written for it would be thrown away with it.
-                let grown = seg.seg.written >= self.retire_size();
+                // (its length once this round wrote it out: the decision must not depend on how the
+                // appends fell into rounds)
+                let grown = seg.seg.len() >= self.retire_size();
                 for (f, ahead) in [(&mut seg.seg, SEG_PREFILL), (&mut seg.ack, ACK_PREFILL)] {
                     let r = if f.broken {
                         f.repair(&self.faults)
