@@ -632,7 +632,7 @@ fn a_delete_while_sled_is_broken_is_done_by_the_rebuild() {
     assert!(s.lost_found().unwrap().is_empty());
 }
 
-/// A write segment that outgrew 1/8 of the segment size (1,000 messages of ~200 bytes here) is kept
+/// A write segment that holds a quarter of the segment size (2,000 messages of ~200 bytes here) is kept
 /// zero-filled ahead of its records (`SEG_PREFILL`, never past the segment size),
 /// and its ack file too (`ACK_PREFILL`), so that a sync commits no new file size. A sealed segment's footer
 /// is written over its last zeros and ends the file; open finds it there. After a crash the zeros are not a torn tail: nothing is cut or counted,
@@ -645,15 +645,15 @@ fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
     let (crash_seg, crash_ack) = {
         let s = Store::open(d.path(), opts(1 << 20)).unwrap();
         s.put_queue(&qrec(1, "q")).unwrap();
-        append(&s, 1, 0..1000).unwrap();
+        append(&s, 1, 0..2000).unwrap();
         s.delete_messages(1, &[3]).unwrap();
         s.flush_blocking().unwrap();
         // what a crash would leave: the files as they are now
         (fs::read(&seg).unwrap(), fs::read(&ack).unwrap())
     };
     let recs = record_offsets(&seg);
-    assert_eq!(recs.len(), 1000);
-    let data_end = recs[999].2 as usize;
+    assert_eq!(recs.len(), 2000);
+    let data_end = recs[1999].2 as usize;
     assert!(
         crash_seg.len() >= data_end + (32 << 10),
         "zero-filled ahead: {}",
@@ -673,22 +673,22 @@ fn prefilled_zeros_are_no_torn_tail_after_a_crash() {
     let (log, rec) = open_log_of_q(d.path());
     assert_eq!((rec.truncated_files, rec.damaged_regions), (0, 0));
     assert_eq!(rec.scanned_segments, 1);
-    let want: Vec<u64> = (0..1000).filter(|&i| i != 3).collect();
+    let want: Vec<u64> = (0..2000).filter(|&i| i != 3).collect();
     assert_eq!(log.seqs(1), want);
     drop(log);
     let s = Store::open(d.path(), opts(1 << 20)).unwrap();
     assert_eq!(seqs(&s, 1), want);
-    append(&s, 1, 1000..1010).unwrap();
+    append(&s, 1, 2000..2010).unwrap();
     drop(s);
     let s = Store::open(d.path(), opts(1 << 20)).unwrap();
-    let want: Vec<u64> = (0..1010).filter(|&i| i != 3).collect();
+    let want: Vec<u64> = (0..2010).filter(|&i| i != 3).collect();
     assert_eq!(seqs(&s, 1), want);
     let got = s.read_messages(1, 0, usize::MAX).unwrap();
-    assert_eq!(got.len(), 1009);
+    assert_eq!(got.len(), 2009);
 }
 
-/// A write segment below 1/8 of the segment size is not prefilled: a queue whose consumers keep up has its
-/// write segment removed at that size, and zeros written for it would only cost (S3 ran 20 % slower).
+/// A write segment below a quarter of the segment size is not prefilled: a queue whose consumers keep up has
+/// its write segment removed at 1/8, and zeros written for it would only cost (S3 ran 20 % slower).
 #[test]
 fn a_small_write_segment_is_not_prefilled() {
     let d = tmp();

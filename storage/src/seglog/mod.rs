@@ -41,8 +41,8 @@ pub(crate) use recovery::{has_message_data, read_lost};
 /// Reads fetch this much of a segment at a time (more if one record is larger).
 const READ_CHUNK: usize = 256 << 10;
 
-/// The segment being written, once it outgrew the size at which a fully acked one is removed (1/8 of the
-/// segment size: a queue whose consumers keep up never gets there), is kept zero-filled ahead of its records
+/// The segment being written, once it holds twice the size at which a fully acked one is removed (1/8 of
+/// the segment size: a queue whose consumers keep up never gets there), is kept zero-filled ahead of its records
 /// (`LogFile::prefill`: as far as it holds records, up to 4 MiB, never past the segment size), so that the
 /// sync confirming a publish commits no new file size. Its footer, when it is sealed, goes at the end of the zeros
 /// (`LogFile::tail`): the file keeps its length, and open finds the footer at the file's end.
@@ -787,12 +787,11 @@ impl MsgLog {
                 };
                 let mut ok = true;
                 let sealed = seg.sealed_len.is_some();
-                // Only a segment that outlived `retire_size` is prefilled (it is filling faster than its
-                // messages are acked): one that consumers keep acking goes at that size anyway
-                // (`delete`), and zeros written for it would be thrown away with it.
-                // (its length once this round wrote it out: the decision must not depend on how the
-                // appends fell into rounds)
-                let grown = seg.seg.len() >= self.retire_size();
+                // Only a segment twice `retire_size` is prefilled (it is filling faster than its messages
+                // are acked): one that consumers keep acking goes at that size (`delete`), and zeros
+                // written for it would be thrown away with it. Judged on its length once this round
+                // wrote it out, so that it does not depend on how the appends fell into rounds.
+                let grown = seg.seg.len() >= 2 * self.retire_size();
                 for (f, ahead) in [(&mut seg.seg, SEG_PREFILL), (&mut seg.ack, ACK_PREFILL)] {
                     let r = if f.broken {
                         f.repair(&self.faults)
