@@ -181,6 +181,15 @@ impl LogFile {
         (self.len() - self.written) as usize
     }
 
+    /// What a flush round does with the file before its sync: `repair` if a sync failed, else `write_out`.
+    pub(crate) fn write_out_or_repair(&mut self, faults: &Faults) -> Result<()> {
+        if self.broken {
+            self.repair(faults)
+        } else {
+            self.write_out(faults)
+        }
+    }
+
     /// Positional write of the unwritten part of the buffer at the file's end: a retry after an
     /// error rewrites the same range.
     pub(crate) fn write_out(&mut self, faults: &Faults) -> Result<()> {

@@ -767,11 +767,7 @@ impl MsgLog {
             q.in_dirty = false;
             let mut keep = false;
             if let Some(def) = &mut q.def {
-                let r = if def.broken {
-                    def.repair(&self.faults)
-                } else {
-                    def.write_out(&self.faults)
-                };
+                let r = def.write_out_or_repair(&self.faults);
                 match r {
                     Ok(()) => def.take_sync(q.id, None, &mut batch.files),
                     Err(e) => {
@@ -793,11 +789,7 @@ impl MsgLog {
                 // wrote it out, so that it does not depend on how the appends fell into rounds.
                 let grown = seg.seg.len() >= 2 * self.retire_size();
                 for (f, ahead) in [(&mut seg.seg, SEG_PREFILL), (&mut seg.ack, ACK_PREFILL)] {
-                    let r = if f.broken {
-                        f.repair(&self.faults)
-                    } else {
-                        f.write_out(&self.faults)
-                    };
+                    let r = f.write_out_or_repair(&self.faults);
                     let r = r.and_then(|()| match (f.kind, sealed) {
                         _ if !grown => Ok(()),
                         // a sealed segment keeps the zeros between its records and its footer

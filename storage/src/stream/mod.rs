@@ -53,7 +53,7 @@ const KEEP_SYNCED: usize = 512 << 10;
 /// under other writers' load takes milliseconds). PostgreSQL zero-fills its WAL segments for the same
 /// reason. Recovery finds the end of the records by their checksums and cuts the zeros (not counted as a
 /// torn tail).
-pub(crate) const PREFILL: (u64, u64) = (64 << 10, 4 << 20);
+const PREFILL: (u64, u64) = (64 << 10, 4 << 20);
 
 /// A chunk is closed once it holds this much (a busy flusher round would otherwise make one huge
 /// chunk, and `last` would replay all of it).
@@ -381,19 +381,11 @@ impl StreamLog {
                     || seg.idx.broken
                     || seg.data.len().saturating_sub(seg.idx_synced_at) >= IDX_SYNC_EVERY;
                 let data_len = seg.data.len();
-                let data = if seg.data.broken {
-                    seg.data.repair(&self.faults)
-                } else {
-                    seg.data.write_out(&self.faults)
-                };
+                let data = seg.data.write_out_or_repair(&self.faults);
                 // (a sealed segment keeps the zeros it has, never past the segment size, until the next
                 // open cuts them)
                 let data = data.and_then(|()| seg.data.prefill(PREFILL.0, PREFILL.1, seg.max, &self.faults));
-                let idx = if seg.idx.broken {
-                    seg.idx.repair(&self.faults)
-                } else {
-                    seg.idx.write_out(&self.faults)
-                };
+                let idx = seg.idx.write_out_or_repair(&self.faults);
                 for (f, sync, r) in [(&mut seg.data, true, data), (&mut seg.idx, sync_idx, idx)] {
                     match r {
                         Ok(()) if sync => f.take_sync(s.id, Some(first), &mut batch.files),
