@@ -317,7 +317,7 @@ impl MsgLog {
                     }
                     let valid = scan.valid_end as u64;
                     // zeros after the records are the segment's prefill (`SEG_PREFILL`): kept (the seal
-                    // below cuts them), not a torn tail
+                    // below writes the footer over the last of them), not a torn tail
                     let zeros = buf[scan.valid_end..].iter().all(|&x| x == 0);
                     if valid < file_len && !zeros {
                         tracing::warn!(path = %spath.display(), valid, len = file_len, "cutting the torn tail of a segment");

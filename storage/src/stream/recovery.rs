@@ -168,7 +168,7 @@ impl StreamLog {
             // Records end before the file does, and not in the prefill's zeros: read again after a wait
             // before cutting (a file system may return stale bytes for a while: `reader::REREADS`).
             for wait in [20, 100] {
-                if scan.end >= data_len || all_zero(&data, &sp, scan.end, data_len)? {
+                if all_zero(&data, &sp, scan.end, data_len)? {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(wait));
