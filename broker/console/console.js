@@ -98,16 +98,20 @@ function parseJsonField(id, what) {
   try { return JSON.parse(text); } catch (e) { throw new Error(what + ' is not valid JSON: ' + e.message); }
 }
 
-// Runs an action from a button or form, reporting its outcome in the flash line.
-async function act(fn, okText) {
+// Runs an action from a button or form, reporting its outcome in the flash line. With `redraw`, a success
+// draws the page again first and shows the outcome once the new page is in place: a form drawn again loses
+// what was typed into it, so whoever sees the message can type into the new form (the console test too).
+async function act(fn, okText, redraw) {
+  let r;
   try {
-    const r = await fn();
-    if (okText) flash(typeof okText === 'function' ? okText(r) : okText);
-    return r;
+    r = await fn();
   } catch (e) {
     flash(e.message, true);
     return undefined;
   }
+  if (redraw) await render();
+  if (okText) flash(typeof okText === 'function' ? okText(r) : okText);
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -364,8 +368,7 @@ pages.exchanges = async () => {
     const vhost = document.getElementById('x-vhost').value, name = document.getElementById('x-name').value;
     await act(() => api('PUT', '/api/exchanges/' + vq(vhost, name), {
       type: document.getElementById('x-type').value, durable: true, auto_delete: false, internal: false, arguments: parseJsonField('x-args', 'Arguments') || {},
-    }), 'Exchange ' + name + ' declared.');
-    render();
+    }), 'Exchange ' + name + ' declared.', true);
   } },
   field('Vhost', vhostSelect('x-vhost', '/')), field('Name', h('input', { id: 'x-name', required: true })),
   field('Type', h('select', { id: 'x-type' }, ['direct', 'fanout', 'topic', 'headers'].map(t => h('option', {}, t)))),
@@ -381,16 +384,14 @@ pages.exchange = async (vhost, name) => {
     h('td', {}, b.routing_key), h('td', {}, JSON.stringify(b.arguments || {})),
     h('td', {}, h('button', { class: 'danger', 'data-testid': 'unbind', onclick: async () => {
       const kind = b.destination_type === 'queue' ? 'q' : 'e';
-      await act(() => api('DELETE', '/api/bindings/' + enc(vhost) + '/e/' + enc(b.source) + '/' + kind + '/' + enc(b.destination) + '/' + enc(b.properties_key)), 'Binding removed.');
-      render();
+      await act(() => api('DELETE', '/api/bindings/' + enc(vhost) + '/e/' + enc(b.source) + '/' + kind + '/' + enc(b.destination) + '/' + enc(b.properties_key)), 'Binding removed.', true);
     } }, 'Remove'))));
   const bindForm = h('form', { class: 'inline', id: 'binding-add', onsubmit: async ev => {
     ev.preventDefault();
     const kind = document.getElementById('b-kind').value, dest = document.getElementById('b-dest').value;
-    const r = await act(() => api('POST', '/api/bindings/' + enc(vhost) + '/e/' + enc(name) + '/' + kind + '/' + enc(dest), {
+    await act(() => api('POST', '/api/bindings/' + enc(vhost) + '/e/' + enc(name) + '/' + kind + '/' + enc(dest), {
       routing_key: document.getElementById('b-key').value, arguments: parseJsonField('b-args', 'Arguments') || {},
-    }), 'Binding added.');
-    if (r !== undefined) render();
+    }), 'Binding added.', true);
   } },
   field('To', h('select', { id: 'b-kind' }, h('option', { value: 'q' }, 'queue'), h('option', { value: 'e' }, 'exchange'))),
   field('Destination', h('input', { id: 'b-dest', required: true })),
@@ -452,8 +453,7 @@ pages.queues = async () => {
   const form = h('form', { class: 'inline', id: 'queue-add', onsubmit: async ev => {
     ev.preventDefault();
     const vhost = document.getElementById('q-vhost').value, name = document.getElementById('q-name').value;
-    const r = await act(() => api('PUT', '/api/queues/' + vq(vhost, name), { durable: true, auto_delete: false, arguments: parseJsonField('q-args', 'Arguments') || {} }), 'Queue ' + name + ' declared.');
-    if (r !== undefined) render();
+    await act(() => api('PUT', '/api/queues/' + vq(vhost, name), { durable: true, auto_delete: false, arguments: parseJsonField('q-args', 'Arguments') || {} }), 'Queue ' + name + ' declared.', true);
   } },
   field('Vhost', vhostSelect('q-vhost', '/')), field('Name', h('input', { id: 'q-name', required: true })),
   field('Arguments (JSON)', h('textarea', { id: 'q-args', placeholder: '{"x-dead-letter-exchange": ""}' })), h('button', { type: 'submit', id: 'q-submit' }, 'Add queue'));
@@ -685,13 +685,13 @@ pages.connections = async () => {
   const rows = conns.map(c => h('tr', { 'data-connection': c.name },
     h('td', {}, c.name), h('td', {}, c.user), h('td', {}, c.vhost), h('td', {}, c.protocol || ''), h('td', {}, c.ssl ? 'TLS' : ''), num(c.channels),
     h('td', {}, h('button', { class: 'danger', 'data-testid': 'close-connection', onclick: async () => {
-      if (await act(() => api('DELETE', '/api/connections/' + enc(c.name)), 'Connection closed.') !== undefined) render();
+      await act(() => api('DELETE', '/api/connections/' + enc(c.name)), 'Connection closed.', true);
     } }, 'Close'))));
   const chRows = chans.map(c => h('tr', {},
     h('td', {}, c.name), h('td', {}, c.user), h('td', {}, c.vhost), num(c.prefetch_count), num(c.messages_unacknowledged), num(c.consumer_count),
     h('td', {}, c.confirm ? 'confirm' : (c.transactional ? 'tx' : '')),
     h('td', {}, c.connection_details ? h('button', { class: 'danger', onclick: async () => {
-      if (await act(() => api('DELETE', '/api/connections/' + enc(c.connection_details.name)), 'Connection closed.') !== undefined) render();
+      await act(() => api('DELETE', '/api/connections/' + enc(c.connection_details.name)), 'Connection closed.', true);
     } }, 'Close its connection') : '')));
   return [h('h1', {}, 'Connections'), table(['name', 'user', 'vhost', 'protocol', 'TLS', 'channels', ''], rows, 'connections'),
     h('h2', {}, 'Channels'), table(['name', 'user', 'vhost', 'prefetch', 'unacked', 'consumers', 'mode', ''], chRows, 'channels')];
@@ -703,23 +703,21 @@ pages.connections = async () => {
 pages.users = async () => {
   const [users, perms] = await Promise.all([api('GET', '/api/users'), api('GET', '/api/permissions')]);
   const rows = users.map(u => h('tr', {}, h('td', {}, u.name), h('td', {}, [].concat(u.tags || []).join(', ')),
-    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/users/' + enc(u.name)), 'User deleted.'); render(); } }, 'Delete'))));
+    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/users/' + enc(u.name)), 'User deleted.', true); } }, 'Delete'))));
   const pRows = perms.map(p => h('tr', {}, h('td', {}, p.user), h('td', {}, p.vhost), h('td', {}, p.configure), h('td', {}, p.write), h('td', {}, p.read),
-    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/permissions/' + vq(p.vhost, p.user)), 'Permission removed.'); render(); } }, 'Remove'))));
+    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/permissions/' + vq(p.vhost, p.user)), 'Permission removed.', true); } }, 'Remove'))));
   const userForm = h('form', { class: 'inline', id: 'user-add', onsubmit: async ev => {
     ev.preventDefault();
     const name = document.getElementById('u-name').value;
-    const r = await act(() => api('PUT', '/api/users/' + enc(name), { password: document.getElementById('u-password').value, tags: document.getElementById('u-tags').value }), 'User ' + name + ' saved.');
-    if (r !== undefined) render();
+    await act(() => api('PUT', '/api/users/' + enc(name), { password: document.getElementById('u-password').value, tags: document.getElementById('u-tags').value }), 'User ' + name + ' saved.', true);
   } },
   field('Name', h('input', { id: 'u-name', required: true })), field('Password', h('input', { id: 'u-password', type: 'password', autocomplete: 'new-password' })),
   field('Tags (comma-separated)', h('input', { id: 'u-tags', placeholder: 'management' })), h('button', { type: 'submit' }, 'Save user'));
   const permForm = h('form', { class: 'inline', id: 'permission-set', onsubmit: async ev => {
     ev.preventDefault();
-    const r = await act(() => api('PUT', '/api/permissions/' + vq(document.getElementById('pm-vhost').value, document.getElementById('pm-user').value), {
+    await act(() => api('PUT', '/api/permissions/' + vq(document.getElementById('pm-vhost').value, document.getElementById('pm-user').value), {
       configure: document.getElementById('pm-configure').value, write: document.getElementById('pm-write').value, read: document.getElementById('pm-read').value,
-    }), 'Permission set.');
-    if (r !== undefined) render();
+    }), 'Permission set.', true);
   } },
   field('User', h('select', { id: 'pm-user' }, users.map(u => h('option', {}, u.name)))), field('Vhost', vhostSelect('pm-vhost', '/')),
   field('Configure', h('input', { id: 'pm-configure', value: '.*' })), field('Write', h('input', { id: 'pm-write', value: '.*' })), field('Read', h('input', { id: 'pm-read', value: '.*' })),
@@ -734,14 +732,13 @@ pages.users = async () => {
 pages.policies = async () => {
   const ps = await api('GET', '/api/policies');
   const rows = ps.map(p => h('tr', {}, h('td', {}, p.vhost), h('td', {}, p.name), h('td', {}, p.pattern), h('td', {}, p['apply-to']), num(p.priority), h('td', {}, JSON.stringify(p.definition)),
-    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/policies/' + vq(p.vhost, p.name)), 'Policy deleted.'); render(); } }, 'Delete'))));
+    h('td', {}, h('button', { class: 'danger', onclick: async () => { await act(() => api('DELETE', '/api/policies/' + vq(p.vhost, p.name)), 'Policy deleted.', true); } }, 'Delete'))));
   const form = h('form', { class: 'inline', id: 'policy-set', onsubmit: async ev => {
     ev.preventDefault();
-    const r = await act(() => api('PUT', '/api/policies/' + vq(document.getElementById('po-vhost').value, document.getElementById('po-name').value), {
+    await act(() => api('PUT', '/api/policies/' + vq(document.getElementById('po-vhost').value, document.getElementById('po-name').value), {
       pattern: document.getElementById('po-pattern').value, 'apply-to': document.getElementById('po-apply').value,
       priority: Number(document.getElementById('po-priority').value) || 0, definition: parseJsonField('po-definition', 'Definition') || {},
-    }), 'Policy saved.');
-    if (r !== undefined) render();
+    }), 'Policy saved.', true);
   } },
   field('Vhost', vhostSelect('po-vhost', '/')), field('Name', h('input', { id: 'po-name', required: true })), field('Pattern', h('input', { id: 'po-pattern', value: '.*' })),
   field('Apply to', h('select', { id: 'po-apply' }, ['queues', 'exchanges', 'all'].map(t => h('option', {}, t)))),

@@ -249,6 +249,17 @@ async function main() {
   } catch (e) {
     try { await shot('failed-' + step.replace(/[^a-z0-9]+/gi, '-')); } catch (_) { /* best effort */ }
     console.error('FAILED at step "' + step + '": ' + (e && e.stack || e));
+    // What the page showed, to tell a slow broker from a page that did not act.
+    try {
+      const seen = await page.evaluate(() => ({
+        hash: location.hash,
+        page: document.getElementById('main').dataset.page,
+        flash: document.getElementById('flash').textContent,
+        main: document.getElementById('main').innerText.slice(0, 600),
+      }));
+      console.error('the page: ' + JSON.stringify(seen));
+      console.error('page errors: ' + JSON.stringify(errors));
+    } catch (_) { /* best effort */ }
     await context.close();
     fs.rmSync(profile, { recursive: true, force: true });
     process.exit(1);
