@@ -182,15 +182,17 @@ impl StreamLog {
                 (None, _) => break scan,
             }
         };
-        if scan.end < data_len {
-            // zeros after the records are the segment's prefill (`PREFILL`), not a torn write
-            if !all_zero(&data, &sp, scan.end, data_len)? {
-                rec.torn_files += 1;
-                rec.torn_bytes += data_len - scan.end;
-            }
+        if scan.end < data_len && !all_zero(&data, &sp, scan.end, data_len)? {
+            // A torn write: its bytes are zeroed, never cut. The zeros then look like the prefill's
+            // (`PREFILL`), which is kept, and the next append writes over them. Recovery truncates
+            // nothing in place: under LazyFS, a `set_len` on a file it had not cached made the next
+            // round's write fail with ENOENT (the message log had the same trouble: seglog/file.rs).
+            rec.torn_files += 1;
+            rec.torn_bytes += data_len - scan.end;
             let f = OpenOptions::new().write(true).open(&sp).map_err(io_err(&sp))?;
-            f.set_len(scan.end).map_err(io_err(&sp))?;
-            f.sync_all().map_err(io_err(&sp))?;
+            let zeros = vec![0u8; (data_len - scan.end) as usize];
+            f.write_all_at(&zeros, scan.end).map_err(io_err(&sp))?;
+            f.sync_data().map_err(io_err(&sp))?;
         }
         // index entries for the records checked that no entry covers
         let mut added = Vec::new();
@@ -203,14 +205,18 @@ impl StreamLog {
         }
         let idx_valid = (entries.len() * IDX_ENTRY) as u64;
         if idx_valid < idx_bytes.len() as u64 || !ip.exists() {
+            // the valid entries into a new file renamed over the old one (no truncation in place)
+            let tmp = ip.with_extension("idx.new");
             let f = OpenOptions::new()
                 .write(true)
                 .create(true)
-                .truncate(false)
-                .open(&ip)
-                .map_err(io_err(&ip))?;
-            f.set_len(idx_valid).map_err(io_err(&ip))?;
-            f.sync_all().map_err(io_err(&ip))?;
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            f.write_all_at(&idx_bytes[..idx_valid as usize], 0)
+                .map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            fs::rename(&tmp, &ip).map_err(io_err(&ip))?;
             sync_dir(dir, &self.faults)?;
         }
         let mut idx = LogFile::existing(ip, FileKind::Segment, idx_valid);
@@ -230,6 +236,8 @@ impl StreamLog {
             last_ts: scan.last.map_or(0, |(_, t)| t),
             data: LogFile {
                 keep: KEEP_SYNCED,
+                // the zeros after the records (prefill, or a torn write zeroed above) are kept
+                filled: data_len,
                 ..LogFile::existing(sp, FileKind::Segment, scan.end)
             },
             idx,

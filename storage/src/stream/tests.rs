@@ -142,7 +142,7 @@ fn filter_values_select_records_and_the_scan_limit_yields() {
 }
 
 #[test]
-fn reopen_continues_offsets_and_cuts_a_torn_tail() {
+fn reopen_continues_offsets_and_zeroes_a_torn_tail() {
     let d = tempfile::tempdir().unwrap();
     let id;
     {
@@ -173,7 +173,14 @@ fn reopen_continues_offsets_and_cuts_a_torn_tail() {
     // and a lost index of another segment
     fs::remove_file(idx_path(&dir, 0)).unwrap();
     let st = open(d.path());
-    assert_eq!(fs::metadata(&p).unwrap().len(), good_len, "torn tail cut");
+    // zeroed, not cut: recovery truncates nothing in place (recovery.rs, `open_segment`)
+    let after = fs::read(&p).unwrap();
+    assert_eq!(after.len(), bytes.len(), "the file keeps its length");
+    assert_eq!(&after[..good_len as usize], &bytes[..good_len as usize]);
+    assert!(
+        after[good_len as usize..].iter().all(|&b| b == 0),
+        "torn tail zeroed"
+    );
     let mut r = st.stream_reader(id, StreamStart::First).unwrap();
     assert_eq!(offsets(&read_all(&st, &mut r)), (0..50).collect::<Vec<_>>());
     let mut r = st.stream_reader(id, StreamStart::Offset(3)).unwrap();
@@ -181,6 +188,11 @@ fn reopen_continues_offsets_and_cuts_a_torn_tail() {
     let (off, t) = st.stream_append(id, 60, None, &msg(50, 10), 4096).unwrap();
     assert_eq!(off, 50);
     block_wait(&st, t);
+    drop(st);
+    // the append went where the records ended, over the zeros: a reopen reads it and finds no torn tail
+    let st = open(d.path());
+    let mut r = st.stream_reader(id, StreamStart::Offset(48)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![48, 49, 50]);
 }
 
 fn block_wait(st: &Store, t: u64) {
@@ -463,10 +475,10 @@ fn a_record_that_reads_damaged_for_a_moment_is_read_again_not_skipped() {
 }
 
 /// The segment being written is kept zero-filled ahead of its data (`PREFILL`, up to the segment size), and
-/// a reopen cuts the zeros without taking them for a torn write; appends
-/// then go on where the records end.
+/// a reopen keeps the zeros without taking them for a torn write; appends
+/// then go on where the records end, over the zeros.
 #[test]
-fn the_write_segment_is_prefilled_and_a_reopen_cuts_the_zeros() {
+fn the_write_segment_is_prefilled_and_a_reopen_keeps_the_zeros() {
     let d = tempfile::tempdir().unwrap();
     let max = 64 << 10;
     let st = open(d.path());
@@ -490,7 +502,7 @@ fn the_write_segment_is_prefilled_and_a_reopen_cuts_the_zeros() {
     for (i, first) in segs.iter().enumerate() {
         let b = fs::read(seg_path(&dir, *first)).unwrap();
         if i + 1 < segs.len() {
-            // a sealed segment keeps the zeros it had (up to the segment size): a reopen cuts them
+            // a sealed segment keeps the zeros it had (up to the segment size)
             assert!(b.len() as u64 <= max, "sealed segment {first}: {} bytes", b.len());
         } else {
             assert_eq!(
@@ -522,7 +534,8 @@ fn the_write_segment_is_prefilled_and_a_reopen_cuts_the_zeros() {
     drop(log);
     let last = seg_path(&dir, *segs.last().unwrap());
     let b = fs::read(&last).unwrap();
-    assert_eq!(b.len(), data_end(&b), "zeros cut at open");
+    assert_eq!(b.len() as u64, max, "zeros kept at open");
+    assert!(data_end(&b) < b.len());
     let st = open(d.path());
     let mut r = st.stream_reader(id, StreamStart::First).unwrap();
     assert_eq!(offsets(&read_all(&st, &mut r)), (0..150).collect::<Vec<_>>());
