@@ -18,7 +18,7 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
 fill() {
     "$T/release/mailroom-perf" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" -x 1 -y 0 --persistent --durable \
         -s 1024 -c 100 -e '' --queues 1 --queue-prefix m1- --no-cleanup --no-purge --json --quiet --count "$1" \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"  published {d[\"published\"]} at {d[\"publish_rate\"]:.0f} msg/s")'
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  published %d at %.0f msg/s" % (d["published"], d["publish_rate"]))'
 }
 R0=$(rss); echo "baseline RSS ${R0} kB"
 fill "$FIRST"; sleep 5; R1=$(rss); echo "RSS with $FIRST queued: ${R1} kB"

@@ -2,7 +2,10 @@
 //! counting global allocator around an in-process broker driven over loopback TCP by a minimal client that
 //! itself allocates nothing per message. Run: `cargo bench -p mailroom-broker --bench alloc_per_message`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+// The broker binary's allocator (src/main.rs), so that instruction counts are the binary's.
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 

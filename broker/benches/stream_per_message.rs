@@ -15,7 +15,10 @@
 //!
 //! N is `STREAM_BENCH_N` (default 200,000).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+// The broker binary's allocator (src/main.rs), so that instruction counts are the binary's.
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 

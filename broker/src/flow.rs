@@ -441,8 +441,10 @@ pub fn available_memory() -> u64 {
     }
 }
 
-/// Returns the allocator's free memory to the OS (glibc keeps freed chunks in its arenas otherwise, and
-/// the RSS would stay at its peak after a backlog drained).
+/// Returns glibc's free memory to the OS (glibc keeps freed chunks in its arenas otherwise, and the RSS
+/// would stay at its peak after a backlog drained). The `mailroom` binary allocates with mimalloc
+/// (`main.rs`), which gives freed pages back by itself; what still comes from glibc (C libraries,
+/// tests that run the library with the system allocator) is trimmed here.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions.
