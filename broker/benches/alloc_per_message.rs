@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 
 // The broker binary's allocator (src/main.rs), so that instruction counts are the binary's.
-use mimalloc::MiMalloc as System;
+use mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -22,14 +22,14 @@ static ALLOCS: AtomicU64 = AtomicU64::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(l)
+        MiMalloc.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
+        MiMalloc.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(p, l, n)
+        MiMalloc.realloc(p, l, n)
     }
 }
 

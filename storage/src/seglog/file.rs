@@ -110,7 +110,7 @@ impl LogFile {
             return Ok(());
         }
         let to = (self.written + ahead).min(cap.max(self.written));
-        let mut at = self.filled.max(self.written);
+        let at = self.filled.max(self.written);
         if at >= to {
             return Ok(());
         }
@@ -118,11 +118,7 @@ impl LogFile {
             .check(self.kind, FaultOp::Write)
             .map_err(io_err(&self.path))?;
         let file = self.handle()?;
-        while at < to {
-            let n = ((to - at) as usize).min(ZEROS.len());
-            file.write_all_at(&ZEROS[..n], at).map_err(io_err(&self.path))?;
-            at += n as u64;
-        }
+        write_zeros(&file, &self.path, at, to)?;
         self.filled = to;
         self.unsynced = true;
         Ok(())
@@ -342,6 +338,16 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
     }
+}
+
+/// Writes zeros over bytes `from..to` of a file (no sync): the prefill, and stream recovery's torn tails.
+pub(crate) fn write_zeros(file: &File, path: &Path, mut from: u64, to: u64) -> Result<()> {
+    while from < to {
+        let n = ((to - from) as usize).min(ZEROS.len());
+        file.write_all_at(&ZEROS[..n], from).map_err(io_err(path))?;
+        from += n as u64;
+    }
+    Ok(())
 }
 
 /// Cuts a file to `len` bytes and syncs it (recovery: torn tails).

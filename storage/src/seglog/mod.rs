@@ -28,7 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::fault::{Faults, FileKind};
 use crate::{codec, io_err, QueueRecord, Result, StoreError, StoredMessage};
 use file::remove_file_if_exists;
-pub(crate) use file::{sync_dir, LogFile, SyncItem, PENDING_MAX};
+pub(crate) use file::{sync_dir, write_zeros, LogFile, SyncItem, PENDING_MAX};
 pub(crate) use format::parse_hex_name;
 use format::*;
 #[cfg(test)]

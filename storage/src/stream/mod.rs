@@ -51,7 +51,7 @@ const KEEP_SYNCED: usize = 512 << 10;
 /// the file): a record then lands on blocks that already belong to the file, and the `fdatasync` that
 /// confirms it has only data to write, no file size or block allocation (on ext4: no journal commit, which
 /// under other writers' load takes milliseconds). PostgreSQL zero-fills its WAL segments for the same
-/// reason. Recovery finds the end of the records by their checksums and cuts the zeros (not counted as a
+/// reason. Recovery finds the end of the records by their checksums and keeps the zeros (not counted as a
 /// torn tail).
 const PREFILL: (u64, u64) = (64 << 10, 4 << 20);
 
@@ -382,8 +382,7 @@ impl StreamLog {
                     || seg.data.len().saturating_sub(seg.idx_synced_at) >= IDX_SYNC_EVERY;
                 let data_len = seg.data.len();
                 let data = seg.data.write_out_or_repair(&self.faults);
-                // (a sealed segment keeps the zeros it has, never past the segment size, until the next
-                // open cuts them)
+                // (a sealed segment keeps the zeros it has, never past the segment size)
                 let data = data.and_then(|()| seg.data.prefill(PREFILL.0, PREFILL.1, seg.max, &self.faults));
                 let idx = seg.idx.write_out_or_repair(&self.faults);
                 for (f, sync, r) in [(&mut seg.data, true, data), (&mut seg.idx, sync_idx, idx)] {

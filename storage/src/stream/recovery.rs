@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use super::format::*;
 use super::{Seg, Stream, StreamLog, CHUNK_MAX, KEEP_SYNCED};
 use crate::fault::{Faults, FileKind};
-use crate::seglog::{parse_hex_name, sync_dir, LogFile};
+use crate::seglog::{parse_hex_name, sync_dir, write_zeros, LogFile};
 use crate::{io_err, QueueRecord, Result};
 
 /// Blocks read while checking a segment's records at open.
@@ -190,8 +190,7 @@ impl StreamLog {
             rec.torn_files += 1;
             rec.torn_bytes += data_len - scan.end;
             let f = OpenOptions::new().write(true).open(&sp).map_err(io_err(&sp))?;
-            let zeros = vec![0u8; (data_len - scan.end) as usize];
-            f.write_all_at(&zeros, scan.end).map_err(io_err(&sp))?;
+            write_zeros(&f, &sp, scan.end, data_len)?;
             f.sync_data().map_err(io_err(&sp))?;
         }
         // index entries for the records checked that no entry covers
@@ -204,22 +203,13 @@ impl StreamLog {
             }
         }
         let idx_valid = (entries.len() * IDX_ENTRY) as u64;
-        if idx_valid < idx_bytes.len() as u64 || !ip.exists() {
-            // the valid entries into a new file renamed over the old one (no truncation in place)
-            let tmp = ip.with_extension("idx.new");
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            f.write_all_at(&idx_bytes[..idx_valid as usize], 0)
-                .map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-            fs::rename(&tmp, &ip).map_err(io_err(&ip))?;
-            sync_dir(dir, &self.faults)?;
-        }
+        let rewrite = idx_valid < idx_bytes.len() as u64 || !ip.exists();
         let mut idx = LogFile::existing(ip, FileKind::Segment, idx_valid);
+        if rewrite {
+            // the valid entries copied into a fresh file renamed over the old one, as after a failed sync
+            // (`LogFile::repair`): no truncation in place
+            idx.repair(&self.faults)?;
+        }
         for e in &added {
             encode_idx(*e, &mut idx.pending);
         }
