@@ -282,7 +282,9 @@ impl Broker {
     /// Runs the queue timer (TTL, retry delays, x-expires) until the broker is dropped.
     pub fn spawn_timer(self: &Arc<Self>) {
         // Delayed messages are released by a thread of their own (it reads buckets from the store).
-        if let Err(e) = crate::delayed::spawn_release(Arc::downgrade(self), Broker::vhosts) {
+        if let Err(e) =
+            crate::delayed::spawn_release(Arc::downgrade(self), Broker::vhosts, self.store.delayed_waker())
+        {
             tracing::error!(error = %e, "cannot start the delayed-message release thread");
         }
         let weak = Arc::downgrade(self);

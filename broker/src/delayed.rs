@@ -6,8 +6,9 @@
 //! integer, it is routed at once. As with the plugin, a held message is never returned (mandatory does not
 //! apply to it); one that turns out unroutable when due is dropped, counted and logged.
 //!
-//! The release runs on its own thread (`spawn_release`), every `RELEASE_EVERY_MS`: it loads the buckets
-//! that are about to fall due and routes what is due, in due-time order, in batches.
+//! The release runs on its own thread (`spawn_release`), whenever the logs have work (a message due, a
+//! bucket to load, acks to settle) or a new hold is due sooner than it planned to look: it loads the
+//! buckets that are about to fall due and routes what is due, in due-time order, in batches.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -23,8 +24,11 @@ use crate::message::Message;
 use crate::queue::DeadLetters;
 use crate::vhost::VHost;
 
-/// How often the release thread looks (ms).
+/// How soon the release thread looks again at work it could not do (ms).
 pub const RELEASE_EVERY_MS: u64 = 5;
+/// The longest the release thread sleeps (ms): a `hold` due sooner wakes it; this only bounds the effect
+/// of a wall-clock jump.
+const IDLE_LOOK_MS: u64 = 1000;
 /// Messages released per batch (one store ticket per batch).
 const BATCH: usize = 4096;
 /// Unroutable drops are logged at most this often.
@@ -205,23 +209,61 @@ impl VHost {
     }
 }
 
-/// Starts the release thread; it stops when the broker is dropped.
+/// Starts the release thread; it stops when the broker (or its store) is dropped. It sleeps until the
+/// logs have work (`DelayedLog::next_wake`: a message due, a bucket to load, acks to settle) or a `hold`
+/// is due sooner, so an idle broker does not wake it every few ms.
 pub fn spawn_release<B: Send + Sync + 'static>(
     broker: Weak<B>,
     vhosts: fn(&B) -> Vec<Arc<VHost>>,
+    waker: storage::DelayedWaker,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("mailroom-delayed".into())
         .spawn(move || {
             let mut buf = Vec::new();
             loop {
-                std::thread::sleep(Duration::from_millis(RELEASE_EVERY_MS));
                 let Some(b) = broker.upgrade() else { break };
                 let now = now_ms();
+                let mut next: Option<u64> = None;
                 for v in vhosts(&b) {
                     v.release_delayed(now, &mut buf);
+                    if let Some(t) = v.delayed.log.as_ref().and_then(|l| l.next_wake(now)) {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
                 }
+                drop(b);
+                waker.sleep_until(wake_at(now, next), now_ms);
             }
         })
         .map(drop)
+}
+
+/// When the release looks again after looking at `now`, the logs' next work being at `next`: then, but
+/// `RELEASE_EVERY_MS` after `now` if that is not later (work left undone: a failed load), and not later
+/// than `IDLE_LOOK_MS`.
+fn wake_at(now: u64, next: Option<u64>) -> u64 {
+    match next {
+        Some(t) if t <= now => now + RELEASE_EVERY_MS,
+        Some(t) => t.min(now + IDLE_LOOK_MS),
+        None => now + IDLE_LOOK_MS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_looks_when_work_is_next_and_at_least_every_second() {
+        let now = 1_000_000;
+        // a message due in 3 ms: then, not a 5 ms tick later
+        assert_eq!(wake_at(now, Some(now + 3)), now + 3);
+        // nothing held: a hold wakes it; it still looks once a second
+        assert_eq!(wake_at(now, None), now + IDLE_LOOK_MS);
+        // due in an hour: its bucket load time or a hold comes first; once a second at most
+        assert_eq!(wake_at(now, Some(now + 3_600_000)), now + IDLE_LOOK_MS);
+        // work that could not be done now (a failed load) is retried soon, not in a loop
+        assert_eq!(wake_at(now, Some(now)), now + RELEASE_EVERY_MS);
+        assert_eq!(wake_at(now, Some(now - 50)), now + RELEASE_EVERY_MS);
+    }
 }

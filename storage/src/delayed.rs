@@ -21,7 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::flusher::TicketState;
 use crate::records::{QueueRecord, StoredMessage};
@@ -136,6 +136,79 @@ struct Inner {
     pending_acks: Vec<(u64, u32, u64)>,
 }
 
+/// How soon after releasing messages the release looks again to ack their records (ms).
+pub const ACK_LOOK_MS: u64 = 5;
+
+/// Wakes the release (`DelayedWaker::sleep_until`) when a message is held for earlier than it planned
+/// to look again. One per store: every vhost's log shares it, as one thread releases them all.
+#[derive(Default)]
+pub(crate) struct DelayedWake {
+    st: Mutex<WakeState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct WakeState {
+    /// The earliest due time held since the release last woke.
+    earliest: Option<u64>,
+    /// While the release sleeps: when it will wake.
+    sleeping_until: Option<u64>,
+    /// The store is closing: the release does not sleep any more.
+    closed: bool,
+}
+
+/// The release thread's handle on its store's `DelayedWake` (`Store::delayed_waker`); it does not keep the
+/// store open.
+#[derive(Clone)]
+pub struct DelayedWaker(pub(crate) std::sync::Arc<DelayedWake>);
+
+impl DelayedWaker {
+    /// Sleeps until `until` (wall-clock ms, as `now` reads it), or less if a `DelayedLog::hold` since this
+    /// call last returned is due earlier, or until the store closes. `DelayedLog::next_wake` tells `until`.
+    pub fn sleep_until(&self, until: u64, now: impl Fn() -> u64) {
+        self.0.sleep_until(until, now)
+    }
+}
+
+impl DelayedWake {
+    /// A message was held until `due`.
+    pub(crate) fn held(&self, due: u64) {
+        let mut s = self.st.lock();
+        if s.earliest.is_some_and(|e| e <= due) {
+            return;
+        }
+        s.earliest = Some(due);
+        if s.sleeping_until.is_some_and(|t| due < t) {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Sleeps until `until` (ms on `now`'s clock), or until the earliest message held since the last
+    /// return, if that is earlier. Holds are recorded from one return to the next, so one made while the
+    /// caller looked at the logs (after it computed `until`) is not missed.
+    pub(crate) fn sleep_until(&self, until: u64, now: impl Fn() -> u64) {
+        let mut s = self.st.lock();
+        while !s.closed {
+            let target = s.earliest.map_or(until, |e| e.min(until));
+            let t = now();
+            if t >= target {
+                break;
+            }
+            s.sleeping_until = Some(target);
+            // a wall-clock jump is caught within a second
+            let wait = std::time::Duration::from_millis((target - t).min(1000));
+            self.cv.wait_for(&mut s, wait);
+        }
+        s.sleeping_until = None;
+        s.earliest = None;
+    }
+
+    pub(crate) fn close(&self) {
+        self.st.lock().closed = true;
+        self.cv.notify_all();
+    }
+}
+
 /// Counters of a vhost's delayed log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DelayedStats {
@@ -201,7 +274,16 @@ impl DelayedLog {
     /// is confirmed once it is durable.
     pub fn hold(&self, msg: StoredMessage, due_ms: u64, now: u64) -> Result<u64> {
         let mut inner = self.inner.lock();
-        self.append_locked(&mut inner, msg, due_ms, now)
+        let t = self.append_locked(&mut inner, msg, due_ms, now)?;
+        // its bucket may have to be loaded before it is due
+        let wake = inner
+            .unloaded
+            .keys()
+            .next()
+            .map_or(due_ms, |&(at, _)| at.min(due_ms));
+        drop(inner);
+        self.store.sh().delayed_wake.held(wake);
+        Ok(t)
     }
 
     fn append_locked(&self, inner: &mut Inner, mut msg: StoredMessage, due: u64, now: u64) -> Result<u64> {
@@ -302,6 +384,17 @@ impl DelayedLog {
                 });
             }
         }
+    }
+
+    /// When `poll` and `take_due` have work next after `now` (ms): the earliest due time in memory, the
+    /// earliest load time of a bucket on disk, and `ACK_LOOK_MS` after `now` while released records wait
+    /// for their acks. None: nothing held (a `hold` wakes the release: `DelayedWaker`).
+    pub fn next_wake(&self, now: u64) -> Option<u64> {
+        let inner = self.inner.lock();
+        let due = inner.heap.peek().map(|Reverse(k)| k.due);
+        let load = inner.unloaded.keys().next().map(|&(at, _)| at);
+        let acks = (!inner.pending_acks.is_empty()).then(|| now + ACK_LOOK_MS);
+        [due, load, acks].into_iter().flatten().min()
     }
 
     /// The earliest due time in memory, if any (to know when to look again).
@@ -536,5 +629,96 @@ mod tests {
         }
         assert!(!bodies.contains("x"), "another vhost's messages stay there");
         assert_eq!(DelayedLog::open(&store, "/other").unwrap().stats().held, 1);
+    }
+
+    /// Runs the log as the release thread does: it looks only when `next_wake` says so (a simulated
+    /// clock that jumps there) and must find every message due then, none late.
+    #[test]
+    fn looking_only_at_next_wake_releases_every_message_on_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let log = DelayedLog::open(&store, "/").unwrap();
+        let now = 5_000_000;
+        assert_eq!(log.next_wake(now), None, "nothing held: nothing to look for");
+        const N: u64 = 2000;
+        const SPAN: u64 = 3_600_000;
+        let mut x = 99u64;
+        for i in 0..N {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            log.hold(msg(&format!("m{i}")), now + 1 + (x >> 33) % SPAN, now)
+                .unwrap();
+        }
+        let mut t = now;
+        let (mut released, mut looks) = (0u64, 0u64);
+        let mut buf = Vec::new();
+        loop {
+            looks += 1;
+            log.poll(t).unwrap();
+            buf.clear();
+            log.take_due(t, usize::MAX, &mut buf);
+            for m in &buf {
+                assert_eq!(m.due_ms, t, "released at {t}, due at {}", m.due_ms);
+            }
+            released += buf.len() as u64;
+            log.released(&buf, 0).unwrap();
+            match log.next_wake(t) {
+                None => break,
+                Some(w) => {
+                    assert!(w > t, "next look {w} at {t}");
+                    t = w;
+                }
+            }
+        }
+        // (the loop ends only once nothing is held and every record is acked: `next_wake` is None)
+        assert_eq!(released, N);
+        assert_eq!(log.stats().held, 0);
+        assert!(looks > 1);
+    }
+
+    #[test]
+    fn the_release_sleeps_until_a_hold_due_sooner_wakes_it() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let clock = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let w = Arc::new(DelayedWake::default());
+        // nothing held: it sleeps until `until`
+        let t0 = Instant::now();
+        w.sleep_until(clock() + 30, clock);
+        assert!(t0.elapsed() >= Duration::from_millis(29));
+        // a hold made while the release looked (between two sleeps) is not missed
+        w.held(clock());
+        let t0 = Instant::now();
+        w.sleep_until(clock() + 600_000, clock);
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        // a hold due sooner wakes a sleeping release; one due later does not shorten its sleep
+        let w2 = w.clone();
+        let sleeper = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            w2.sleep_until(clock() + 600_000, clock);
+            t0.elapsed()
+        });
+        while w.st.lock().sleeping_until.is_none() {
+            std::thread::yield_now();
+        }
+        w.held(clock() + 900_000);
+        assert!(
+            w.st.lock().sleeping_until.is_some(),
+            "a later hold leaves it asleep"
+        );
+        w.held(clock() + 20);
+        let slept = sleeper.join().unwrap();
+        assert!(slept < Duration::from_secs(60), "slept {slept:?}");
+        // a closing store ends every sleep
+        w.close();
+        let t0 = Instant::now();
+        w.sleep_until(clock() + 600_000, clock);
+        assert!(t0.elapsed() < Duration::from_secs(60));
     }
 }

@@ -36,7 +36,7 @@ mod trace;
 use std::path::{Path, PathBuf};
 
 pub use codec::MessageParts;
-pub use delayed::{DelayedLog, DelayedStats, DueMessage};
+pub use delayed::{DelayedLog, DelayedStats, DelayedWaker, DueMessage};
 pub use entity_state::{StateKind, StateOp};
 pub use fault::{FaultOp, Faults, FileKind};
 pub use flusher::{Durability, TicketState};

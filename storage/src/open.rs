@@ -204,6 +204,7 @@ impl Store {
                 shutdown: false,
             }),
             cv: Condvar::new(),
+            delayed_wake: Default::default(),
             sleeping: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),

@@ -34,6 +34,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
             shared.log.seal_all();
+            shared.delayed_wake.close();
             shared.wake.lock().shutdown = true;
             shared.cv.notify_all();
             if let Some(h) = self.flusher.take() {
@@ -63,6 +64,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     pub(crate) fn sh(&self) -> &Shared {
         self.inner.shared.as_ref().expect("store used after drop")
+    }
+
+    /// What the delayed-message release thread sleeps on (`DelayedWaker::sleep_until`).
+    pub fn delayed_waker(&self) -> crate::delayed::DelayedWaker {
+        crate::delayed::DelayedWaker(self.sh().delayed_wake.clone())
     }
 
     /// The directory this store was opened on.
