@@ -187,17 +187,21 @@ impl DelayedWake {
     /// return, if that is earlier. Holds are recorded from one return to the next, so one made while the
     /// caller looked at the logs (after it computed `until`) is not missed.
     pub(crate) fn sleep_until(&self, until: u64, now: impl Fn() -> u64) {
+        use std::time::{Duration, Instant};
         let mut s = self.st.lock();
+        // Also bounded by the monotonic clock: a wall clock set back does not stretch the sleep (acks of
+        // released records, bucket loads would wait for it).
+        let deadline = Instant::now() + Duration::from_millis(until.saturating_sub(now()));
         while !s.closed {
             let target = s.earliest.map_or(until, |e| e.min(until));
             let t = now();
-            if t >= target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if t >= target || left.is_zero() {
                 break;
             }
             s.sleeping_until = Some(target);
-            // a wall-clock jump is caught within a second
-            let wait = std::time::Duration::from_millis((target - t).min(1000));
-            self.cv.wait_for(&mut s, wait);
+            self.cv
+                .wait_for(&mut s, Duration::from_millis(target - t).min(left));
         }
         s.sleeping_until = None;
         s.earliest = None;
@@ -715,6 +719,17 @@ mod tests {
         w.held(clock() + 20);
         let slept = sleeper.join().unwrap();
         assert!(slept < Duration::from_secs(60), "slept {slept:?}");
+        // a wall clock set back an hour does not stretch a sleep past what was planned in real time
+        let back = move || clock() - 3_600_000;
+        let planned = clock() + 50;
+        let t0 = Instant::now();
+        let first = std::cell::Cell::new(true);
+        w.sleep_until(planned, || if first.replace(false) { clock() } else { back() });
+        let slept = t0.elapsed();
+        assert!(
+            slept >= Duration::from_millis(45) && slept < Duration::from_secs(30),
+            "slept {slept:?}"
+        );
         // a closing store ends every sleep
         w.close();
         let t0 = Instant::now();
