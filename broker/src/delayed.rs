@@ -26,8 +26,7 @@ use crate::vhost::VHost;
 
 /// How soon the release thread looks again at work it could not do (ms).
 pub const RELEASE_EVERY_MS: u64 = 5;
-/// The longest the release thread sleeps (ms): a `hold` due sooner wakes it; this only bounds the effect
-/// of a wall-clock jump.
+/// The longest the release thread sleeps (ms): a `hold` due sooner wakes it, so this is only a safety net.
 const IDLE_LOOK_MS: u64 = 1000;
 /// Messages released per batch (one store ticket per batch).
 const BATCH: usize = 4096;

@@ -401,11 +401,6 @@ impl DelayedLog {
         [due, load, acks].into_iter().flatten().min()
     }
 
-    /// The earliest due time in memory, if any (to know when to look again).
-    pub fn next_due(&self) -> Option<u64> {
-        self.inner.lock().heap.peek().map(|Reverse(k)| k.due)
-    }
-
     /// Reports released messages: their records are acked once `ticket` (of their enqueues; 0: nothing
     /// to wait for) is durable.
     pub fn released(&self, msgs: &[DueMessage], ticket: u64) -> Result<()> {

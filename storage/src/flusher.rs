@@ -131,7 +131,7 @@ pub(crate) struct Shared {
     pub(crate) messages_deleted: AtomicU64,
     pub(crate) durable_tx: watch::Sender<Durability>,
     pub(crate) wake: Mutex<WakeState>,
-    /// The delayed-message release's wake-up (`DelayedLog::hold`, `Store::sleep_until_delayed_due`).
+    /// The delayed-message release's wake-up (`DelayedLog::hold`, `Store::delayed_waker`).
     pub(crate) delayed_wake: Arc<crate::delayed::DelayedWake>,
     pub(crate) cv: Condvar,
     /// Set by the flusher (under `wake`) just before it waits; writers only take the lock to
