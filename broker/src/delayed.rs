@@ -165,25 +165,9 @@ impl VHost {
             m.body.clone(),
         )
         .ok()?;
-        let headers = || crate::args::message_headers(&msg.properties);
-        {
-            let router = self.router.read();
-            let props = if router.needs_properties() {
-                crate::message::route_props(&msg.properties)
-            } else {
-                router::MsgProps::default()
-            };
-            if let Err(e) = router.route_msg_lazy(
-                &m.exchange,
-                &m.routing_key,
-                msg.extra_routing_keys(),
-                &headers,
-                &props,
-                dests,
-            ) {
-                tracing::debug!(exchange = m.exchange, error = %e, "delayed message not routable");
-                return None;
-            }
+        if let Err(e) = self.route_message(&m.exchange, &m.routing_key, &msg, dests) {
+            tracing::debug!(exchange = m.exchange, error = %e, "delayed message not routable");
+            return None;
         }
         let msg = Arc::new(msg);
         let mut ticket = 0;

@@ -69,6 +69,36 @@ impl VHost {
         self.queues.read().get(name).cloned()
     }
 
+    /// Routes `msg` as if published to `exchange` with `routing_key` (and its CC/BCC keys) into `dests`,
+    /// under the router's read lock. Its headers and properties are decoded only if the route reads them
+    /// (a headers exchange with bindings, a consistent-hash exchange that hashes on a header or property).
+    /// Publishing, dead-lettering and the delayed release all route through here.
+    pub fn route_message(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        msg: &Message,
+        dests: &mut Vec<router::Name>,
+    ) -> Result<(), router::RouterError> {
+        let headers = || crate::args::message_headers(&msg.properties);
+        let router = self.router.read();
+        let props = if router.needs_properties() {
+            crate::message::route_props(&msg.properties)
+        } else {
+            router::MsgProps::default()
+        };
+        router
+            .route_msg_lazy(
+                exchange,
+                routing_key,
+                msg.extra_routing_keys(),
+                &headers,
+                &props,
+                dests,
+            )
+            .map(drop)
+    }
+
     pub fn queue_or_404(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
         self.queue(name).ok_or_else(|| self.no_queue(name))
     }
@@ -284,24 +314,8 @@ impl VHost {
             };
             // Routed on the dead letter's own headers and properties (x-death included), as RabbitMQ
             // routes the updated message through the dead-letter exchange: a headers or consistent-hash
-            // exchange as DLX matches on them. They are decoded only if the route reads them.
-            let headers = || crate::args::message_headers(&new.properties);
-            let routed = {
-                let router = self.router.read();
-                let props = if router.needs_properties() {
-                    crate::message::route_props(&new.properties)
-                } else {
-                    router::MsgProps::default()
-                };
-                router.route_msg_lazy(
-                    dlx,
-                    routing_key.as_str(),
-                    new.extra_routing_keys(),
-                    &headers,
-                    &props,
-                    &mut dests,
-                )
-            };
+            // exchange as DLX matches on them.
+            let routed = self.route_message(dlx, routing_key.as_str(), &new, &mut dests);
             let (message_id, correlation_id) = crate::trace::ids(&msg.properties);
             if let Err(e) = routed {
                 tracing::warn!(queue = %from.name(), dlx, message_id, correlation_id, error = %e, "dead-letter exchange unusable: message dropped");

@@ -94,27 +94,12 @@ impl Channel {
                 return Ok(());
             }
         }
-        // The headers are decoded only if the route reaches an exchange that reads them (a headers exchange
-        // with bindings, a consistent-hash exchange with `hash-header`): a deduplication id costs no decode.
-        let headers = || crate::args::message_headers(&msg.properties);
-        // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them).
-        {
-            let router = ctx.session.vhost.router.read();
-            // Properties are read only when a consistent-hash exchange hashes on one.
-            let props = if router.needs_properties() {
-                crate::message::route_props(&msg.properties)
-            } else {
-                router::MsgProps::default()
-            };
-            router.route_msg_lazy(
-                p.exchange.as_str(),
-                p.routing_key.as_str(),
-                msg.extra_routing_keys(),
-                &headers,
-                &props,
-                dests,
-            )?;
-        }
+        // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them). The
+        // headers are decoded only if the route reaches an exchange that reads them (a headers exchange with
+        // bindings, a consistent-hash exchange with `hash-header`): a deduplication id costs no decode.
+        ctx.session
+            .vhost
+            .route_message(p.exchange.as_str(), p.routing_key.as_str(), &msg, dests)?;
         if let Some(tx) = self.tx.as_mut() {
             // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
             tx.publishes.push((p, msg, dests.clone()));
