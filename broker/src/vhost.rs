@@ -73,6 +73,7 @@ impl VHost {
     /// under the router's read lock. Its headers and properties are decoded only if the route reads them
     /// (a headers exchange with bindings, a consistent-hash exchange that hashes on a header or property).
     /// Publishing, dead-lettering and the delayed release all route through here.
+    #[inline]
     pub fn route_message(
         &self,
         exchange: &str,
