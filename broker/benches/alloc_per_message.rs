@@ -2,11 +2,6 @@
 //! counting global allocator around an in-process broker driven over loopback TCP by a minimal client that
 //! itself allocates nothing per message. Run: `cargo bench -p mailroom-broker --bench alloc_per_message`.
 
-use std::alloc::{GlobalAlloc, Layout};
-
-// The broker binary's allocator (src/main.rs), so that instruction counts are the binary's.
-use mimalloc::MiMalloc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -16,25 +11,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        MiMalloc.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        MiMalloc.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        MiMalloc.realloc(p, l, n)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting.rs"]
+mod counting;
+use counting::allocs;
 
 struct Client {
     s: TcpStream,
@@ -285,7 +264,7 @@ async fn run(
     }
     let mut ack_buf = BytesMut::with_capacity(64 * 1024);
 
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let started = Instant::now();
     let publisher = tokio::spawn(async move {
         for _ in 0..n / 100 {
@@ -327,7 +306,7 @@ async fn run(
         c.s.write_all(&ack_buf).await.unwrap();
     }
     let elapsed = started.elapsed();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = allocs() - before;
     let _p = publisher.await.unwrap();
     let per = allocs as f64 / n as f64;
     println!(

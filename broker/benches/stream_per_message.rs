@@ -15,11 +15,6 @@
 //!
 //! N is `STREAM_BENCH_N` (default 200,000).
 
-use std::alloc::{GlobalAlloc, Layout};
-
-// The broker binary's allocator (src/main.rs), so that instruction counts are the binary's.
-use mimalloc::MiMalloc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -29,25 +24,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        MiMalloc.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        MiMalloc.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        MiMalloc.realloc(p, l, n)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting.rs"]
+mod counting;
+use counting::allocs;
 
 struct Client {
     s: TcpStream,
@@ -257,7 +236,7 @@ async fn append(addr: std::net::SocketAddr, q: &str, n: u64) {
     p.method().await;
     let (b, _) = batch(q, 1024, true, false);
     let b = b.freeze();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let started = Instant::now();
     let (mut sent, mut confirmed) = (0u64, 0u64);
     let mut none = BytesMut::new();
@@ -275,7 +254,7 @@ async fn append(addr: std::net::SocketAddr, q: &str, n: u64) {
     report(
         "stream append, confirms (window 1000)",
         n,
-        ALLOCS.load(Ordering::Relaxed) - before,
+        allocs() - before,
         started,
     );
 }
@@ -285,7 +264,7 @@ async fn replay(addr: std::net::SocketAddr, q: &str, n: u64) {
     let mut c = open(addr).await;
     let mut args = FieldTable::new();
     args.insert("x-stream-offset", FieldValue::LongStr("first".into()));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let started = Instant::now();
     consume(&mut c, q, 1000, args).await;
     let mut acks = BytesMut::with_capacity(4096);
@@ -305,12 +284,7 @@ async fn replay(addr: std::net::SocketAddr, q: &str, n: u64) {
             }
         }
     }
-    report(
-        "stream replay from first",
-        n,
-        ALLOCS.load(Ordering::Relaxed) - before,
-        started,
-    );
+    report("stream replay from first", n, allocs() - before, started);
 }
 
 /// S2's shape (1 KiB transient, manual ack, prefetch 100), optionally with a unique dedup header per
@@ -326,7 +300,7 @@ async fn s2(addr: std::net::SocketAddr, n: u64, dedup_header: bool, dedup_queue:
     let mut c = open(addr).await;
     consume(&mut c, &q, 100, FieldTable::new()).await;
     let (mut b, at) = batch(&q, 1024, false, dedup_header);
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let started = Instant::now();
     let publisher = tokio::spawn(async move {
         let mut seq = 0u64;
@@ -359,7 +333,7 @@ async fn s2(addr: std::net::SocketAddr, n: u64, dedup_header: bool, dedup_queue:
         (true, false) => "S2 shape + dedup header",
         (true, true) => "S2 shape + dedup header + dedup queue",
     };
-    report(what, n, ALLOCS.load(Ordering::Relaxed) - before, started);
+    report(what, n, allocs() - before, started);
     let _p = publisher.await.unwrap();
 }
 
