@@ -35,6 +35,7 @@ pub mod store;
 pub mod stream_store;
 pub mod tasks;
 pub mod tls;
+pub mod topology;
 pub mod trace;
 pub mod users;
 pub mod vhost;

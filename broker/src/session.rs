@@ -54,6 +54,8 @@ pub struct Session {
     exclusive_queues: Vec<Arc<Queue>>,
     /// Reused by basic.publish for the queues a message routes to.
     pub(crate) route_scratch: Vec<router::Name>,
+    /// The queues the last cacheable publish reached (basic_publish.rs).
+    pub(crate) route_cache: RouteCache,
     /// Reused by deliveries for the entries pulled from a queue.
     pub(crate) pull_scratch: Vec<Entry>,
     /// Reused for the consumers a signal says are ready.
@@ -101,6 +103,7 @@ impl Session {
             pull_list: Vec::new(),
             exclusive_queues: Vec::new(),
             route_scratch: Vec::new(),
+            route_cache: RouteCache::default(),
             pull_scratch: Vec::new(),
             ready_scratch: Vec::new(),
             max_message_size,
@@ -206,6 +209,52 @@ impl Session {
     pub fn delete_exclusive_queues(&mut self) {
         for q in std::mem::take(&mut self.exclusive_queues) {
             self.vhost.delete_queue(&q);
+        }
+    }
+}
+
+/// The queues a connection's last publish routed to, by exchange and routing key, valid while the vhost's
+/// topology epoch is what it was before that route was computed (`topology.rs`). A publisher that sends
+/// to the same exchange and key again (the usual case) skips the router and the queue map and their two
+/// shared read locks. Routes that read the message (headers, properties, CC/BCC) are not kept.
+#[derive(Default)]
+pub(crate) struct RouteCache {
+    /// 0: nothing kept.
+    epoch: u64,
+    exchange: ShortStr,
+    routing_key: ShortStr,
+    /// The queues, also while `epoch` is 0: the buffer is reused by every publish.
+    pub(crate) queues: Vec<Arc<Queue>>,
+}
+
+impl RouteCache {
+    /// Whether the kept queues are the route of `exchange`/`routing_key` at topology `epoch`.
+    #[inline]
+    pub(crate) fn holds(&self, epoch: u64, exchange: &ShortStr, routing_key: &ShortStr) -> bool {
+        self.epoch == epoch && self.routing_key == *routing_key && self.exchange == *exchange
+    }
+
+    /// Keeps the queues named in `dests` as the route of `exchange`/`routing_key` at `epoch` (read before
+    /// the route was computed), or, with `epoch` 0, for this publish only. The names are copied: the
+    /// cache must not hold the connection's read buffer.
+    pub(crate) fn fill(
+        &mut self,
+        epoch: u64,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        vhost: &VHost,
+        dests: &[router::Name],
+    ) {
+        self.queues.clear();
+        vhost.with_queues(dests, |q| self.queues.push(q.clone()));
+        self.epoch = epoch;
+        if epoch != 0 {
+            if self.exchange != *exchange {
+                self.exchange = ShortStr::from(exchange.as_str());
+            }
+            if self.routing_key != *routing_key {
+                self.routing_key = ShortStr::from(routing_key.as_str());
+            }
         }
     }
 }

@@ -15,14 +15,19 @@ use crate::message::Message;
 use crate::queue::{DeadLetters, DeathReason, Entry, Queue, QueueSpec, Recovered};
 use crate::reply_to::ReplyTargets;
 use crate::store::{decode_table, encode_table, QueueStore};
+use crate::topology::{Epoch, TopologyLock};
 
 pub struct VHost {
     pub name: Arc<str>,
     /// Exchanges and bindings. Publishers route under the read lock; edits take the write lock briefly, so a
-    /// publish sees either the old or the new binding set, never a torn one.
-    pub router: RwLock<Router>,
-    /// Looked up by name on every publish: aHash (as the router's maps), not SipHash.
-    queues: RwLock<ahash::AHashMap<Arc<str>, Arc<Queue>>>,
+    /// publish sees either the old or the new binding set, never a torn one. Every edit moves `topology` on.
+    pub router: TopologyLock<Router>,
+    /// Looked up by name when a publish routes: aHash (as the router's maps), not SipHash. Every change
+    /// moves `topology` on.
+    queues: TopologyLock<ahash::AHashMap<Arc<str>, Arc<Queue>>>,
+    /// Moves on with every change of `router` or `queues`: a connection reuses the queues its last route
+    /// reached while it is unchanged (`session::RouteCache`).
+    topology: Arc<Epoch>,
     store: Store,
     /// Direct reply-to: who consumes from each `amq.rabbitmq.reply-to.*` name.
     pub reply_to: ReplyTargets,
@@ -52,11 +57,13 @@ fn store_err(e: storage::StoreError) -> AmqpError {
 
 impl VHost {
     pub fn new(name: &str, store: Store) -> Arc<VHost> {
+        let topology = Arc::new(Epoch::default());
         Arc::new(VHost {
             delayed: crate::delayed::Delayed::open(&store, name),
             name: name.into(),
-            router: RwLock::new(Router::new(name)),
-            queues: RwLock::new(ahash::AHashMap::new()),
+            router: TopologyLock::new(Router::new(name), topology.clone()),
+            queues: TopologyLock::new(ahash::AHashMap::new(), topology.clone()),
+            topology,
             store,
             reply_to: ReplyTargets::default(),
             policies: RwLock::new(Vec::new()),
@@ -67,6 +74,12 @@ impl VHost {
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(name).cloned()
+    }
+
+    /// The topology epoch: it moves on with every change of the exchanges, bindings or queues.
+    #[inline]
+    pub fn topology_epoch(&self) -> u64 {
+        self.topology.get()
     }
 
     /// Routes `msg` as if published to `exchange` with `routing_key` (and its CC/BCC keys) into `dests`,
@@ -81,9 +94,30 @@ impl VHost {
         msg: &Message,
         dests: &mut Vec<router::Name>,
     ) -> Result<(), router::RouterError> {
-        let headers = || crate::args::message_headers(&msg.properties);
+        self.route_message_reads(exchange, routing_key, msg, dests)
+            .map(drop)
+    }
+
+    /// `route_message`, and whether the route read the message: its headers (a headers exchange with
+    /// bindings, a consistent-hash exchange on a header), its properties (a consistent-hash exchange on a
+    /// property anywhere in the vhost) or its CC/BCC keys. A route that did not depends on the exchange,
+    /// the routing key and the topology only, and may be reused while the topology epoch is unchanged.
+    #[inline]
+    pub fn route_message_reads(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        msg: &Message,
+        dests: &mut Vec<router::Name>,
+    ) -> Result<bool, router::RouterError> {
+        let read = std::cell::Cell::new(!msg.extra_routing_keys().is_empty());
+        let headers = || {
+            read.set(true);
+            crate::args::message_headers(&msg.properties)
+        };
         let router = self.router.read();
         let props = if router.needs_properties() {
+            read.set(true);
             crate::message::route_props(&msg.properties)
         } else {
             router::MsgProps::default()
@@ -97,7 +131,7 @@ impl VHost {
                 &props,
                 dests,
             )
-            .map(drop)
+            .map(|_| read.get())
     }
 
     pub fn queue_or_404(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {

@@ -97,15 +97,34 @@ impl Channel {
         // Sender-selected distribution: the CC and BCC keys route too (only messages that carry them). The
         // headers are decoded only if the route reaches an exchange that reads them (a headers exchange with
         // bindings, a consistent-hash exchange with `hash-header`): a deduplication id costs no decode.
-        ctx.session
-            .vhost
-            .route_message(p.exchange.as_str(), p.routing_key.as_str(), &msg, dests)?;
         if let Some(tx) = self.tx.as_mut() {
+            vhost.route_message(p.exchange.as_str(), p.routing_key.as_str(), &msg, dests)?;
             // Routed now, as RabbitMQ does (errors surface at once); enqueued at commit.
             tx.publishes.push((p, msg, dests.clone()));
             return Ok(());
         }
-        self.enqueue(&p, msg, dests, dedup_ticket, ctx);
+        // The same exchange and key as this connection's last publish, and no exchange, binding or queue
+        // changed since: the same queues (`session::RouteCache`). The epoch is read before routing, so a
+        // route computed while the topology changes is not kept past this publish.
+        let session = &mut *ctx.session;
+        let epoch = session.vhost.topology_epoch();
+        if !session.route_cache.holds(epoch, &p.exchange, &p.routing_key)
+            || !msg.extra_routing_keys().is_empty()
+        {
+            let reads = session.vhost.route_message_reads(
+                p.exchange.as_str(),
+                p.routing_key.as_str(),
+                &msg,
+                dests,
+            )?;
+            let keep = if reads { 0 } else { epoch };
+            session
+                .route_cache
+                .fill(keep, &p.exchange, &p.routing_key, &session.vhost, dests);
+        }
+        let queues = std::mem::take(&mut ctx.session.route_cache.queues);
+        self.enqueue_to(&p, msg, &queues, dedup_ticket, ctx);
+        ctx.session.route_cache.queues = queues;
         Ok(())
     }
 
@@ -117,11 +136,26 @@ impl Channel {
         p: &BasicPublish,
         msg: Arc<Message>,
         dests: &[router::Name],
+        ticket: u64,
+        ctx: &mut Ctx,
+    ) -> u64 {
+        let mut queues = Vec::with_capacity(dests.len());
+        ctx.session.vhost.with_queues(dests, |q| queues.push(q.clone()));
+        self.enqueue_to(p, msg, &queues, ticket, ctx)
+    }
+
+    /// `enqueue` to queues already looked up.
+    fn enqueue_to(
+        &mut self,
+        p: &BasicPublish,
+        msg: Arc<Message>,
+        queues: &[Arc<Queue>],
         mut ticket: u64,
         ctx: &mut Ctx,
     ) -> u64 {
         if ctx.session.vhost.trace.on() {
-            self.trace_publish(p, &msg, dests, ctx.session);
+            let dests: Vec<router::Name> = queues.iter().map(|q| q.name().clone()).collect();
+            self.trace_publish(p, &msg, &dests, ctx.session);
         }
         let now = ctx.session.now_ms();
         let Session {
@@ -138,14 +172,14 @@ impl Channel {
         let dedup_queues = vhost.dedup.has_any(true);
         // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
         let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
-        vhost.with_queues(dests, |q| {
+        for q in queues {
             if dedup_queues {
                 // A deduplicating queue drops a duplicate (routed, so no return) and acks its confirm.
                 match vhost.dedup.check(true, q.name(), &msg.properties, now) {
                     Some(Seen::Duplicate(t)) => {
                         enqueued += 1;
                         ticket = ticket.max(t);
-                        return;
+                        continue;
                     }
                     Some(Seen::New(t)) => ticket = ticket.max(t),
                     None => {}
@@ -167,7 +201,7 @@ impl Channel {
                 flow_queues.push(q.clone());
                 *flow_dirty = true;
             }
-        });
+        }
         for (q, mut d) in deferred {
             vhost.dead_letter(&q, &mut d, now);
         }
