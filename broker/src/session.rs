@@ -228,16 +228,39 @@ pub(crate) struct RouteCache {
 }
 
 impl RouteCache {
+    /// Routes `msg`, published to `exchange` with `routing_key`: afterwards `queues` holds the queues it
+    /// reached. The kept route is used if it is for the same exchange and key and the topology epoch has
+    /// not moved since it was computed; else the message is routed (`dests` is the name buffer) and the
+    /// route kept if it read nothing of the message. The epoch is read before routing: a route computed
+    /// while an edit is under way is tagged with the epoch before the edit and is not used again.
+    #[inline]
+    pub(crate) fn route(
+        &mut self,
+        vhost: &VHost,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        msg: &crate::message::Message,
+        dests: &mut Vec<router::Name>,
+    ) -> Result<(), router::RouterError> {
+        let epoch = vhost.topology_epoch();
+        if self.holds(epoch, exchange, routing_key) && msg.extra_routing_keys().is_empty() {
+            return Ok(());
+        }
+        let reads = vhost.route_message_reads(exchange.as_str(), routing_key.as_str(), msg, dests)?;
+        self.fill(if reads { 0 } else { epoch }, exchange, routing_key, vhost, dests);
+        Ok(())
+    }
+
     /// Whether the kept queues are the route of `exchange`/`routing_key` at topology `epoch`.
     #[inline]
-    pub(crate) fn holds(&self, epoch: u64, exchange: &ShortStr, routing_key: &ShortStr) -> bool {
+    fn holds(&self, epoch: u64, exchange: &ShortStr, routing_key: &ShortStr) -> bool {
         self.epoch == epoch && self.routing_key == *routing_key && self.exchange == *exchange
     }
 
     /// Keeps the queues named in `dests` as the route of `exchange`/`routing_key` at `epoch` (read before
     /// the route was computed), or, with `epoch` 0, for this publish only. The names are copied: the
     /// cache must not hold the connection's read buffer.
-    pub(crate) fn fill(
+    fn fill(
         &mut self,
         epoch: u64,
         exchange: &ShortStr,
@@ -256,5 +279,175 @@ impl RouteCache {
                 self.routing_key = ShortStr::from(routing_key.as_str());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod route_cache_tests {
+    //! The route cache against the router itself (the reference): under any sequence of topology edits,
+    //! every publish reaches exactly the queues a fresh route reaches, the same queue objects (a queue
+    //! deleted and declared again is a new queue), and fails exactly when the fresh route fails.
+
+    use super::*;
+    use crate::message::Message;
+    use crate::queue::QueueSpec;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use protocol::{FieldTable, RawProperties};
+    use router::{Binding, ExchangeDef, ExchangeKind};
+
+    const KEYS: [&str; 8] = ["a", "b", "a.b", "#", "*", "q0", "q1", "q2"];
+    const KINDS: [ExchangeKind; 4] = [
+        ExchangeKind::Direct,
+        ExchangeKind::Topic,
+        ExchangeKind::Fanout,
+        ExchangeKind::Headers,
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        DeclareQueue(u8),
+        DeleteQueue(u8),
+        DeclareExchange(u8, u8),
+        DeleteExchange(u8),
+        Bind(u8, u8, u8),
+        Unbind(u8, u8, u8),
+        BindExchange(u8, u8, u8),
+        UnbindExchange(u8, u8, u8),
+        /// exchange (0: the default exchange), routing key
+        Publish(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0u8..3).prop_map(Op::DeclareQueue),
+            1 => (0u8..3).prop_map(Op::DeleteQueue),
+            1 => (0u8..3, 0u8..4).prop_map(|(x, k)| Op::DeclareExchange(x, k)),
+            1 => (0u8..3).prop_map(Op::DeleteExchange),
+            1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(q, x, k)| Op::Bind(q, x, k)),
+            1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(q, x, k)| Op::Unbind(q, x, k)),
+            1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(d, s, k)| Op::BindExchange(d, s, k)),
+            1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(d, s, k)| Op::UnbindExchange(d, s, k)),
+            8 => (0u8..4, 0u8..8).prop_map(|(x, k)| Op::Publish(x, k)),
+        ]
+    }
+
+    fn xname(x: u8) -> String {
+        format!("x{x}")
+    }
+
+    fn qname(q: u8) -> String {
+        format!("q{q}")
+    }
+
+    fn apply(vhost: &VHost, op: &Op) {
+        // Edits that the broker refuses (an unknown exchange, a kind that differs) are refused alike
+        // for both sides of the comparison: their errors do not matter here.
+        match *op {
+            Op::DeclareQueue(q) => {
+                let _ = vhost.declare_queue(QueueSpec {
+                    name: qname(q).into(),
+                    durable: false,
+                    exclusive_owner: None,
+                    auto_delete: false,
+                    arguments: FieldTable::default(),
+                });
+            }
+            Op::DeleteQueue(q) => {
+                if let Some(queue) = vhost.queue(&qname(q)) {
+                    vhost.delete_queue(&queue);
+                }
+            }
+            Op::DeclareExchange(x, k) => {
+                let mut def = ExchangeDef::new(&xname(x), KINDS[k as usize]);
+                def.durable = false;
+                let _ = vhost.declare_exchange(def);
+            }
+            Op::DeleteExchange(x) => {
+                let _ = vhost.delete_exchange(&xname(x), false);
+            }
+            Op::Bind(q, x, k) => {
+                let _ = vhost.bind(Binding::queue(&xname(x), &qname(q), KEYS[k as usize]));
+            }
+            Op::Unbind(q, x, k) => {
+                let _ = vhost.unbind(&Binding::queue(&xname(x), &qname(q), KEYS[k as usize]));
+            }
+            Op::BindExchange(d, s, k) => {
+                let _ = vhost.bind(Binding::exchange(&xname(s), &xname(d), KEYS[k as usize]));
+            }
+            Op::UnbindExchange(d, s, k) => {
+                let _ = vhost.unbind(&Binding::exchange(&xname(s), &xname(d), KEYS[k as usize]));
+            }
+            Op::Publish(..) => {}
+        }
+    }
+
+    fn ptrs(queues: &[Arc<Queue>]) -> Vec<usize> {
+        let mut v: Vec<usize> = queues.iter().map(|q| Arc::as_ptr(q) as usize).collect();
+        v.sort_unstable();
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_cached_route_is_always_the_fresh_route(ops in proptest::collection::vec(op(), 1..120)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = storage::Store::open(dir.path(), Default::default()).unwrap();
+            let vhost = VHost::new("/", store);
+            let mut cache = RouteCache::default();
+            let mut dests = Vec::new();
+            for (i, o) in ops.iter().enumerate() {
+                apply(&vhost, o);
+                let Op::Publish(x, k) = *o else { continue };
+                let exchange = if x == 0 { ShortStr::default() } else { ShortStr::from(xname(x - 1)) };
+                let key = ShortStr::from(KEYS[k as usize]);
+                let msg = Message::new(exchange.clone(), key.clone(), RawProperties::empty(), Bytes::new());
+                let got = cache.route(&vhost, &exchange, &key, &msg, &mut dests);
+                let mut fresh = Vec::new();
+                let want = vhost.route_message(exchange.as_str(), key.as_str(), &msg, &mut fresh);
+                prop_assert_eq!(got.is_ok(), want.is_ok(), "op {}: {:?}", i, o);
+                if want.is_ok() {
+                    let mut queues = Vec::new();
+                    vhost.with_queues(&fresh, |q| queues.push(q.clone()));
+                    prop_assert_eq!(ptrs(&cache.queues), ptrs(&queues), "op {}: {:?} after {:?}", i, o, &ops[..i]);
+                }
+            }
+        }
+    }
+
+    /// A hit leaves the name buffer alone (nothing was routed); any edit, and any route that reads the
+    /// message, routes again.
+    #[test]
+    fn a_route_is_reused_until_an_edit_and_never_when_it_read_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), Default::default()).unwrap();
+        let vhost = VHost::new("/", store);
+        apply(&vhost, &Op::DeclareQueue(0));
+        let mut cache = RouteCache::default();
+        let sentinel: router::Name = "untouched".into();
+        let route = |cache: &mut RouteCache, x: &str, k: &str| -> bool {
+            let (x, k) = (ShortStr::from(x), ShortStr::from(k));
+            let msg = Message::new(x.clone(), k.clone(), RawProperties::empty(), Bytes::new());
+            let mut dests = vec![sentinel.clone()];
+            cache.route(&vhost, &x, &k, &msg, &mut dests).unwrap();
+            dests == [sentinel.clone()]
+        };
+        assert!(!route(&mut cache, "", "q0"), "first publish routes");
+        assert!(route(&mut cache, "", "q0"), "same exchange and key: reused");
+        assert!(!route(&mut cache, "", "q1"), "another key routes");
+        assert!(!route(&mut cache, "", "q0"), "and back");
+        assert!(route(&mut cache, "", "q0"));
+        apply(&vhost, &Op::DeclareExchange(0, 0));
+        assert!(
+            !route(&mut cache, "", "q0"),
+            "an edit anywhere in the vhost routes again"
+        );
+        assert!(route(&mut cache, "", "q0"));
+        apply(&vhost, &Op::DeclareExchange(1, 3));
+        apply(&vhost, &Op::Bind(0, 1, 0));
+        assert!(!route(&mut cache, "x1", "a"), "headers exchange with a binding");
+        assert!(!route(&mut cache, "x1", "a"), "reads the headers: never reused");
     }
 }

@@ -107,21 +107,9 @@ impl Channel {
         // changed since: the same queues (`session::RouteCache`). The epoch is read before routing, so a
         // route computed while the topology changes is not kept past this publish.
         let session = &mut *ctx.session;
-        let epoch = session.vhost.topology_epoch();
-        if !session.route_cache.holds(epoch, &p.exchange, &p.routing_key)
-            || !msg.extra_routing_keys().is_empty()
-        {
-            let reads = session.vhost.route_message_reads(
-                p.exchange.as_str(),
-                p.routing_key.as_str(),
-                &msg,
-                dests,
-            )?;
-            let keep = if reads { 0 } else { epoch };
-            session
-                .route_cache
-                .fill(keep, &p.exchange, &p.routing_key, &session.vhost, dests);
-        }
+        session
+            .route_cache
+            .route(&session.vhost, &p.exchange, &p.routing_key, &msg, dests)?;
         let queues = std::mem::take(&mut ctx.session.route_cache.queues);
         self.enqueue_to(&p, msg, &queues, dedup_ticket, ctx);
         ctx.session.route_cache.queues = queues;
