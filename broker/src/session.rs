@@ -314,8 +314,8 @@ mod route_cache_tests {
         Unbind(u8, u8, u8),
         BindExchange(u8, u8, u8),
         UnbindExchange(u8, u8, u8),
-        /// exchange (0: the default exchange), routing key
-        Publish(u8, u8),
+        /// exchange (0: the default exchange), routing key, header `h` (0: none, else "1" or "2")
+        Publish(u8, u8, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -328,7 +328,7 @@ mod route_cache_tests {
             1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(q, x, k)| Op::Unbind(q, x, k)),
             1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(d, s, k)| Op::BindExchange(d, s, k)),
             1 => (0u8..3, 0u8..3, 0u8..8).prop_map(|(d, s, k)| Op::UnbindExchange(d, s, k)),
-            8 => (0u8..4, 0u8..8).prop_map(|(x, k)| Op::Publish(x, k)),
+            8 => (0u8..4, 0u8..8, 0u8..3).prop_map(|(x, k, h)| Op::Publish(x, k, h)),
         ]
     }
 
@@ -367,10 +367,22 @@ mod route_cache_tests {
                 let _ = vhost.delete_exchange(&xname(x), false);
             }
             Op::Bind(q, x, k) => {
-                let _ = vhost.bind(Binding::queue(&xname(x), &qname(q), KEYS[k as usize]));
+                // For a headers exchange: bound on `h`, "1" or "2" by the key's parity (other kinds
+                // ignore the arguments).
+                let mut b = Binding::queue(&xname(x), &qname(q), KEYS[k as usize]);
+                b.arguments = router::Args(vec![(
+                    "h".into(),
+                    router::ArgValue::Str(if k % 2 == 0 { "1" } else { "2" }.into()),
+                )]);
+                let _ = vhost.bind(b);
             }
             Op::Unbind(q, x, k) => {
-                let _ = vhost.unbind(&Binding::queue(&xname(x), &qname(q), KEYS[k as usize]));
+                let mut b = Binding::queue(&xname(x), &qname(q), KEYS[k as usize]);
+                b.arguments = router::Args(vec![(
+                    "h".into(),
+                    router::ArgValue::Str(if k % 2 == 0 { "1" } else { "2" }.into()),
+                )]);
+                let _ = vhost.unbind(&b);
             }
             Op::BindExchange(d, s, k) => {
                 let _ = vhost.bind(Binding::exchange(&xname(s), &xname(d), KEYS[k as usize]));
@@ -400,10 +412,17 @@ mod route_cache_tests {
             let mut dests = Vec::new();
             for (i, o) in ops.iter().enumerate() {
                 apply(&vhost, o);
-                let Op::Publish(x, k) = *o else { continue };
+                let Op::Publish(x, k, h) = *o else { continue };
                 let exchange = if x == 0 { ShortStr::default() } else { ShortStr::from(xname(x - 1)) };
                 let key = ShortStr::from(KEYS[k as usize]);
-                let msg = Message::new(exchange.clone(), key.clone(), RawProperties::empty(), Bytes::new());
+                let props = if h == 0 {
+                    RawProperties::empty()
+                } else {
+                    let mut t = protocol::FieldTable::new();
+                    t.insert("h", protocol::FieldValue::LongStr(protocol::LongStr::from(if h == 1 { "1" } else { "2" })));
+                    RawProperties::empty().with_headers(t).unwrap()
+                };
+                let msg = Message::new(exchange.clone(), key.clone(), props, Bytes::new());
                 let got = cache.route(&vhost, &exchange, &key, &msg, &mut dests);
                 let mut fresh = Vec::new();
                 let want = vhost.route_message(exchange.as_str(), key.as_str(), &msg, &mut fresh);
