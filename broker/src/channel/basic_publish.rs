@@ -158,7 +158,7 @@ impl Channel {
         let mut failed = false;
         let mut dead = DeadLetters::new();
         let dedup_queues = vhost.dedup.has_any(true);
-        // Dead letters (drop-head, TTL 0) are routed after the queue map's lock is released.
+        // Dead letters (drop-head, TTL 0) are routed once every queue has taken the message.
         let mut deferred: Vec<(Arc<Queue>, DeadLetters)> = Vec::new();
         for q in queues {
             if dedup_queues {
