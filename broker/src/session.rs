@@ -340,6 +340,17 @@ mod route_cache_tests {
         format!("q{q}")
     }
 
+    /// Queue `q` bound to exchange `x` with key `k`; for a headers exchange, on header `h` = "1" or "2" by
+    /// the key's parity (other kinds ignore the arguments).
+    fn queue_binding(q: u8, x: u8, k: u8) -> Binding {
+        let mut b = Binding::queue(&xname(x), &qname(q), KEYS[k as usize]);
+        b.arguments = router::Args(vec![(
+            "h".into(),
+            router::ArgValue::Str(if k.is_multiple_of(2) { "1" } else { "2" }.into()),
+        )]);
+        b
+    }
+
     fn apply(vhost: &VHost, op: &Op) {
         // Edits that the broker refuses (an unknown exchange, a kind that differs) are refused alike
         // for both sides of the comparison: their errors do not matter here.
@@ -367,22 +378,10 @@ mod route_cache_tests {
                 let _ = vhost.delete_exchange(&xname(x), false);
             }
             Op::Bind(q, x, k) => {
-                // For a headers exchange: bound on `h`, "1" or "2" by the key's parity (other kinds
-                // ignore the arguments).
-                let mut b = Binding::queue(&xname(x), &qname(q), KEYS[k as usize]);
-                b.arguments = router::Args(vec![(
-                    "h".into(),
-                    router::ArgValue::Str(if k % 2 == 0 { "1" } else { "2" }.into()),
-                )]);
-                let _ = vhost.bind(b);
+                let _ = vhost.bind(queue_binding(q, x, k));
             }
             Op::Unbind(q, x, k) => {
-                let mut b = Binding::queue(&xname(x), &qname(q), KEYS[k as usize]);
-                b.arguments = router::Args(vec![(
-                    "h".into(),
-                    router::ArgValue::Str(if k % 2 == 0 { "1" } else { "2" }.into()),
-                )]);
-                let _ = vhost.unbind(&b);
+                let _ = vhost.unbind(&queue_binding(q, x, k));
             }
             Op::BindExchange(d, s, k) => {
                 let _ = vhost.bind(Binding::exchange(&xname(s), &xname(d), KEYS[k as usize]));

@@ -60,35 +60,35 @@ impl<T> TopologyLock<T> {
     /// The write lock; the epoch moves on when the guard is dropped.
     pub fn write(&self) -> TopologyWriteGuard<'_, T> {
         TopologyWriteGuard {
-            guard: Some(self.lock.write()),
+            guard: self.lock.write(),
             epoch: &self.epoch,
         }
     }
 }
 
 pub struct TopologyWriteGuard<'a, T> {
-    guard: Option<RwLockWriteGuard<'a, T>>,
+    guard: RwLockWriteGuard<'a, T>,
     epoch: &'a Epoch,
 }
 
 impl<T> Deref for TopologyWriteGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        self.guard.as_deref().expect("guard held until drop")
+        &self.guard
     }
 }
 
 impl<T> DerefMut for TopologyWriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        self.guard.as_deref_mut().expect("guard held until drop")
+        &mut self.guard
     }
 }
 
 impl<T> Drop for TopologyWriteGuard<'_, T> {
     fn drop(&mut self) {
-        // bumped before the lock is released (see the module comment)
+        // Before the lock is released (see the module comment): a struct's fields, `guard` among them,
+        // are dropped after its `drop` has run.
         self.epoch.bump();
-        self.guard.take();
     }
 }
 

@@ -142,8 +142,7 @@ impl Channel {
         ctx: &mut Ctx,
     ) -> u64 {
         if ctx.session.vhost.trace.on() {
-            let dests: Vec<router::Name> = queues.iter().map(|q| q.name().clone()).collect();
-            self.trace_publish(p, &msg, &dests, ctx.session);
+            self.trace_publish(p, &msg, queues, ctx.session);
         }
         let now = ctx.session.now_ms();
         let Session {

@@ -3,6 +3,8 @@
 //! firehose's `publish.<exchange>` copy, the `delivered` event and the `deliver.<queue>` copy, and the
 //! `acked`/`nacked`/`rejected` events. Everything else about tracing is in `crate::trace`.
 
+use std::sync::Arc;
+
 use protocol::{BasicPublish, ShortStr};
 
 use super::Channel;
@@ -31,13 +33,13 @@ impl Channel {
         e
     }
 
-    /// A message routed to `dests`, about to be enqueued: `published`, then `routed` (one event pair, one
+    /// A message routed to `queues`, about to be enqueued: `published`, then `routed` (one event pair, one
     /// send), are recorded before any queue can deliver it, so they come first in its timeline.
     pub(super) fn trace_publish(
         &self,
         p: &BasicPublish,
         msg: &Message,
-        dests: &[router::Name],
+        queues: &[Arc<Queue>],
         session: &Session,
     ) {
         let vhost = &session.vhost;
@@ -46,10 +48,10 @@ impl Channel {
             let mut e = self.event(Kind::Published, session, ids, now_ms());
             e.exchange = Some(p.exchange.clone());
             e.routing_key = Some(p.routing_key.clone());
-            e.queues = Some(Queues::of(dests));
+            e.queues = Some(Queues::of_names(queues.iter().map(|q| q.name())));
             vhost.trace.record(e);
         }
-        vhost.firehose_publish(msg, dests, &self.actor(session));
+        vhost.firehose_publish(msg, queues.iter().map(|q| q.name()), &self.actor(session));
     }
 
     /// One delivery (consumer `tag`, or basic.get when None).

@@ -74,11 +74,16 @@ fn properties_table(p: &BasicProperties) -> FieldTable {
 
 impl VHost {
     /// The `publish.<exchange>` copy of a message routed to `routed`.
-    pub fn firehose_publish(&self, msg: &Message, routed: &[router::Name], who: &Actor) {
+    pub fn firehose_publish<'a>(
+        &self,
+        msg: &Message,
+        routed: impl Iterator<Item = &'a router::Name>,
+        who: &Actor,
+    ) {
         if msg.exchange.as_str() == TRACE_EXCHANGE {
             return;
         }
-        let queues = routed.iter().map(|q| long(q)).collect();
+        let queues = routed.map(|q| long(q)).collect();
         self.firehose(
             msg,
             "publish.",

@@ -160,9 +160,14 @@ pub enum Queues {
 
 impl Queues {
     pub fn of(dests: &[router::Name]) -> Queues {
-        match dests {
-            [q] => Queues::One(q.clone()),
-            _ => Queues::Many(dests.into()),
+        Self::of_names(dests.iter())
+    }
+
+    /// From the names of the queues as they come (the publish path has the queues, not a slice of names).
+    pub fn of_names<'a>(mut names: impl ExactSizeIterator<Item = &'a router::Name>) -> Queues {
+        match names.len() {
+            1 => Queues::One(names.next().expect("one name").clone()),
+            _ => Queues::Many(names.cloned().collect()),
         }
     }
 
