@@ -71,18 +71,19 @@ impl QueueStore {
         msg: &Message,
         expires_at: Option<u64>,
     ) -> Result<u64, storage::StoreError> {
-        let record = StoredMessage {
-            exchange: msg.exchange.as_str().to_owned(),
-            routing_key: msg.routing_key.as_str().to_owned(),
+        // Borrowed from the message: no copy of its names, no reference count taken per append.
+        let parts = storage::MessageParts {
+            exchange: msg.exchange.as_str(),
+            routing_key: msg.routing_key.as_str(),
             // As published (a BCC header included): the keys come back with the message after a restart.
-            properties: msg.stored_properties().to_bytes(),
-            body: msg.body.clone(),
+            properties: msg.stored_properties().as_bytes(),
+            body: &msg.body,
             delivery_count: 0,
             published_at_ms: now_ms(),
             expires_at_ms: expires_at,
             not_before_ms: None,
         };
-        self.store.append_message(self.id, seq, &record)
+        self.store.append_message_parts(self.id, seq, parts)
     }
 
     /// Reads up to `limit` messages from `from_seq` on, with what the store knows of each.
@@ -164,8 +165,11 @@ impl QueueStore {
 }
 
 pub fn message_from_record(m: StoredMessage) -> Message {
-    let exchange = ShortStr::try_from_str(&m.exchange).unwrap_or_default();
-    let routing_key = ShortStr::try_from_str(&m.routing_key).unwrap_or_default();
+    // The decoded strings become the message's own (`Bytes` takes over an exactly sized `String`'s
+    // buffer: no copy, no allocation per message read back).
+    let short = |s: String| ShortStr::from_utf8(bytes::Bytes::from(s.into_bytes())).unwrap_or_default();
+    let exchange = short(m.exchange);
+    let routing_key = short(m.routing_key);
     Message::new(
         exchange,
         routing_key,

@@ -334,7 +334,7 @@ impl Shared {
 
 /// One sync of a round, owning what it needs so that a pool thread can run it.
 enum SyncTask {
-    File(crate::fault::FileKind, PathBuf, Arc<std::fs::File>),
+    File(crate::fault::FileKind, Arc<std::path::Path>, Arc<std::fs::File>),
     Dir(PathBuf),
 }
 

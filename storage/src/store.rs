@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::codec::MessageParts;
 use crate::flusher::{Durability, Shared, TicketState};
 use crate::keys::{
     self, Key, BINDING, EXCHANGE, MSG_STATE, PERMISSION, POLICY, QUEUE, USER, VHOST, VHOST_META,
@@ -374,12 +375,26 @@ impl Store {
     /// and above the queue's last message at open (else `StoreError::OutOfOrder`). After a
     /// restart the seqs after the last stored message may be used again.
     pub fn append_message(&self, queue_id: u32, seq: u64, msg: &StoredMessage) -> Result<u64> {
-        self.append_messages(&[(queue_id, seq, msg)])
+        self.append_parts(&[(queue_id, seq, MessageParts::of(msg))])
     }
 
     /// Store several messages (any queues; per queue in increasing seq order); one ticket. Not
     /// atomic across a crash: until the ticket is durable, any subset may be lost.
     pub fn append_messages(&self, items: &[(u32, u64, &StoredMessage)]) -> Result<u64> {
+        let parts: Vec<_> = items
+            .iter()
+            .map(|&(q, s, m)| (q, s, MessageParts::of(m)))
+            .collect();
+        self.append_parts(&parts)
+    }
+
+    /// `append_message` from borrowed parts: the broker's publish path, which then builds no
+    /// `StoredMessage` (no copy of the exchange and routing key per message).
+    pub fn append_message_parts(&self, queue_id: u32, seq: u64, msg: MessageParts<'_>) -> Result<u64> {
+        self.append_parts(&[(queue_id, seq, msg)])
+    }
+
+    fn append_parts(&self, items: &[(u32, u64, MessageParts<'_>)]) -> Result<u64> {
         let n = self.sh().log.append(items)?;
         self.sh().messages_appended.fetch_add(items.len() as u64, SeqCst);
         Ok(self.sh().bump(n))

@@ -31,14 +31,15 @@ pub(crate) struct SyncItem {
     pub(crate) seg: Option<u64>,
     pub(crate) file_id: u64,
     pub(crate) kind: FileKind,
-    pub(crate) path: PathBuf,
+    /// Shared with the file's `LogFile`: handing a file to a sync round copies no path.
+    pub(crate) path: Arc<Path>,
     pub(crate) file: Arc<File>,
     pub(crate) upto: u64,
 }
 
 /// An append-only file with an in-process write buffer.
 pub(crate) struct LogFile {
-    pub(crate) path: PathBuf,
+    pub(crate) path: Arc<Path>,
     pub(crate) kind: FileKind,
     /// Identifies this file in sync results (a deleted and re-created file gets a new id).
     pub(crate) id: u64,
@@ -80,7 +81,7 @@ pub(crate) struct LogFile {
 impl LogFile {
     pub(crate) fn existing(path: PathBuf, kind: FileKind, len: u64) -> LogFile {
         LogFile {
-            path,
+            path: path.into(),
             kind,
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
             file: None,

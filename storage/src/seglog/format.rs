@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::index::{Run, Seqs};
-use crate::{be, codec, QueueRecord, Result, StoreError, StoredMessage};
+use crate::{be, codec, QueueRecord, Result, StoreError};
 
 /// `[len u32 BE][crc32 u32 BE][seq u64 BE]`, then the payload; `len` counts seq + payload and the
 /// crc covers them.
@@ -44,18 +44,22 @@ pub(crate) fn parse_hex_name(name: &str, digits: usize, ext: &str) -> Option<u64
 
 /// The encoded record of `seq` + `msg`, on its own (tests; the log encodes into its buffers).
 #[cfg(test)]
-pub(crate) fn encode_record(seq: u64, msg: &StoredMessage) -> Result<Vec<u8>> {
+pub(crate) fn encode_record(seq: u64, msg: &crate::StoredMessage) -> Result<Vec<u8>> {
     let mut v = Vec::new();
-    encode_record_into(&mut v, seq, msg)?;
+    encode_record_into(&mut v, seq, &codec::MessageParts::of(msg))?;
     Ok(v)
 }
 
 /// Appends the record of `seq` + `msg` to `out`; returns its length. On error `out` is unchanged.
-pub(crate) fn encode_record_into(out: &mut Vec<u8>, seq: u64, msg: &StoredMessage) -> Result<usize> {
+pub(crate) fn encode_record_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    msg: &codec::MessageParts<'_>,
+) -> Result<usize> {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&seq.to_be_bytes());
-    let len = codec::encode_message_into(out, msg).and_then(|_| {
+    let len = codec::encode_parts_into(out, msg).and_then(|_| {
         u32::try_from(out.len() - start - 8)
             .map_err(|_| StoreError::Corrupt("message record longer than 4 GiB".into()))
     });

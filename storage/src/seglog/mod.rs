@@ -15,7 +15,7 @@ mod index;
 mod recovery;
 pub(crate) use recovery::move_aside;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
+use crate::codec::MessageParts;
 use crate::fault::{Faults, FileKind};
 use crate::{codec, io_err, QueueRecord, Result, StoreError, StoredMessage};
 use file::remove_file_if_exists;
@@ -164,7 +165,9 @@ struct QueueLog {
     last_appended: Option<u64>,
     cursor: Option<Cursor>,
     /// Segments with buffered or unsynced data (segment or ack file).
-    dirty_segs: BTreeSet<u64>,
+    dirty_segs: SegSet,
+    /// `collect_for_sync`'s copy of `dirty_segs`, kept for its capacity.
+    syncing_segs: SegSet,
     /// The definition copy (`queue.def`) while it is being written; `None` once it is durable.
     def: Option<LogFile>,
     /// The directory has its definition copy (durable or being written).
@@ -173,6 +176,10 @@ struct QueueLog {
     in_dirty: bool,
     /// Deleted (`delete_queue`): a handle obtained before must not be used.
     removed: bool,
+    /// `delete`'s (segment, seq) pairs and one segment's seqs: kept between calls, so that an ack
+    /// allocates nothing once the queue has seen one.
+    ack_marks: Vec<(u64, u64)>,
+    ack_group: Vec<u64>,
 }
 
 impl QueueLog {
@@ -186,11 +193,14 @@ impl QueueLog {
             write_seg: None,
             last_appended: None,
             cursor: None,
-            dirty_segs: BTreeSet::new(),
+            dirty_segs: SegSet::default(),
+            syncing_segs: SegSet::default(),
             def: None,
             has_def: false,
             in_dirty: false,
             removed: false,
+            ack_marks: Vec::new(),
+            ack_group: Vec::new(),
         }
     }
 
@@ -265,11 +275,39 @@ pub(crate) struct MsgLog {
     defs: Mutex<HashMap<u32, Arc<Vec<u8>>>>,
     /// Queues with buffered or unsynced data, for the flusher.
     dirty: Mutex<Vec<u32>>,
+    /// The flusher's list of the queues it is collecting, swapped with `dirty` each round (so that
+    /// neither list is allocated anew per round).
+    collecting: Mutex<Vec<u32>>,
     /// Directories where files were created or removed since the last sync.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
     /// Directories of deleted queues (renamed to `<id>.deleted`), removed once a flush round has
     /// made the rename and the record's removal durable.
     trash: Mutex<Vec<PathBuf>>,
+}
+
+/// A queue's dirty segments: a handful at most, so a vector (kept between rounds) rather than a
+/// tree that allocates a node whenever it goes from empty to one.
+#[derive(Debug, Default)]
+struct SegSet(Vec<u64>);
+
+impl SegSet {
+    fn insert(&mut self, first: u64) {
+        if !self.0.contains(&first) {
+            self.0.push(first);
+        }
+    }
+
+    fn remove(&mut self, first: &u64) {
+        self.0.retain(|f| f != first);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// The files and directories one flush round syncs, and the directories it may remove after.
@@ -321,7 +359,7 @@ impl MsgLog {
 
     /// Appends records; items of one queue must come in increasing seq order, above every seq
     /// appended before (since open). Returns the bytes buffered.
-    pub(crate) fn append(&self, items: &[(u32, u64, &StoredMessage)]) -> Result<usize> {
+    pub(crate) fn append(&self, items: &[(u32, u64, MessageParts<'_>)]) -> Result<usize> {
         let mut bytes = 0;
         let mut i = 0;
         while i < items.len() {
@@ -337,8 +375,8 @@ impl MsgLog {
                     // deleted meanwhile (it left the map before it was marked): take a fresh one
                     continue;
                 }
-                for &(_, seq, msg) in &items[i..j] {
-                    bytes += self.append_one(&mut q, seq, msg)?;
+                for (_, seq, msg) in &items[i..j] {
+                    bytes += self.append_one(&mut q, *seq, msg)?;
                 }
                 break;
             }
@@ -347,7 +385,7 @@ impl MsgLog {
         Ok(bytes)
     }
 
-    fn append_one(&self, q: &mut QueueLog, seq: u64, msg: &StoredMessage) -> Result<usize> {
+    fn append_one(&self, q: &mut QueueLog, seq: u64, msg: &MessageParts<'_>) -> Result<usize> {
         if let Some(last) = q.last_appended {
             if seq <= last {
                 return Err(StoreError::OutOfOrder {
@@ -445,8 +483,10 @@ impl MsgLog {
         if q.removed || seqs.is_empty() {
             return Ok(out);
         }
-        // (segment, acked seqs), segments in the order first met
-        let mut batches: Vec<(u64, Vec<u64>)> = Vec::new();
+        // (segment, acked seq) pairs, then one segment's seqs at a time; both buffers are the queue's.
+        let mut marks = std::mem::take(&mut q.ack_marks);
+        let mut group = std::mem::take(&mut q.ack_group);
+        marks.clear();
         for &s in seqs {
             let Some(first) = q.seg_for(s) else { continue };
             let seg = q.segs.get_mut(&first).expect("segment");
@@ -459,16 +499,24 @@ impl MsgLog {
             if seg.has_states {
                 out.state_seqs.push(s);
             }
-            match batches.iter_mut().find(|b| b.0 == first) {
-                Some(b) => b.1.push(s),
-                None => batches.push((first, vec![s])),
-            }
+            marks.push((first, s));
+        }
+        // Acks nearly always come in seq order, so their segments do too; otherwise they are grouped by
+        // segment (and by seq within one: an ack batch is a set, its order does not matter).
+        if !marks.is_sorted_by_key(|m| m.0) {
+            marks.sort_unstable();
         }
         // A fully acked write segment goes too once it is not tiny: disk use returns to (almost)
         // nothing when a queue is drained, without a new file per message when a consumer keeps up.
         let retire_write = self.retire_size();
         let mut first_err = None;
-        for (first, acked) in batches {
+        let mut i = 0;
+        while i < marks.len() {
+            let first = marks[i].0;
+            let run = marks[i..].iter().take_while(|m| m.0 == first).count();
+            group.clear();
+            group.extend(marks[i..i + run].iter().map(|m| m.1));
+            i += run;
             let is_write = q.write_seg == Some(first);
             let seg = q.segs.get_mut(&first).expect("segment");
             let done = seg.live == 0 && (!is_write || seg.seg.len() >= retire_write);
@@ -483,7 +531,7 @@ impl MsgLog {
                     }
                 }
             } else {
-                encode_ack_batch(&acked, &mut seg.ack.pending);
+                encode_ack_batch(&group, &mut seg.ack.pending);
                 if seg.ack.unwritten() > PENDING_MAX {
                     if let Err(e) = seg.ack.write_out(&self.faults) {
                         tracing::warn!(error = %e, "writing out an ack buffer failed");
@@ -493,6 +541,8 @@ impl MsgLog {
                 self.touch(&mut q);
             }
         }
+        q.ack_marks = marks;
+        q.ack_group = group;
         match first_err {
             Some(e) => Err(e),
             None => Ok(out),
@@ -755,9 +805,10 @@ impl MsgLog {
     /// covered. On an error the rest is still collected (so it progresses); the first error is
     /// returned and what it concerned stays dirty for the next round.
     pub(crate) fn collect_for_sync(&self, batch: &mut SyncBatch) -> Result<()> {
-        let ids = std::mem::take(&mut *self.dirty.lock());
+        let mut ids = std::mem::take(&mut *self.collecting.lock());
+        std::mem::swap(&mut ids, &mut *self.dirty.lock());
         let mut first_err = None;
-        for id in ids {
+        for &id in &ids {
             let Some(q) = self.get(id) else { continue };
             let mut guard = q.lock();
             let q = &mut *guard;
@@ -776,8 +827,12 @@ impl MsgLog {
                     }
                 }
             }
-            let segs = std::mem::take(&mut q.dirty_segs);
-            for first in segs {
+            // The dirty set moves into `syncing_segs` (whose buffer, empty, becomes the new dirty set),
+            // in seg order as the files are synced; a failed segment goes back into the dirty set.
+            std::mem::swap(&mut q.dirty_segs, &mut q.syncing_segs);
+            q.syncing_segs.0.sort_unstable();
+            for i in 0..q.syncing_segs.0.len() {
+                let first = q.syncing_segs.0[i];
                 let Some(seg) = q.segs.get_mut(&first) else {
                     continue;
                 };
@@ -812,10 +867,13 @@ impl MsgLog {
                     keep = true;
                 }
             }
+            q.syncing_segs.clear();
             if keep || q.def.as_ref().is_some_and(|d| d.broken) {
                 self.touch(q);
             }
         }
+        ids.clear();
+        *self.collecting.lock() = ids;
         batch.dirs.extend(self.dirty_dirs.lock().drain());
         batch.trash.append(&mut self.trash.lock());
         match first_err {

@@ -146,6 +146,7 @@ impl MsgLog {
             queues: RwLock::new(HashMap::new()),
             defs: Mutex::new(defs),
             dirty: Mutex::new(Vec::new()),
+            collecting: Mutex::new(Vec::new()),
             dirty_dirs: Mutex::new(HashSet::new()),
             trash: Mutex::new(Vec::new()),
         };
@@ -420,6 +421,7 @@ pub(crate) fn read_lost(path: &Path, id: u32) -> Result<LostContents> {
         queues: RwLock::new(HashMap::new()),
         defs: Mutex::new(HashMap::new()),
         dirty: Mutex::new(Vec::new()),
+        collecting: Mutex::new(Vec::new()),
         dirty_dirs: Mutex::new(HashSet::new()),
         trash: Mutex::new(Vec::new()),
     };
