@@ -30,6 +30,7 @@ mod queue;
 #[cfg(test)]
 mod requeue_model;
 mod stream;
+mod table;
 mod trace;
 mod tx;
 
@@ -50,6 +51,7 @@ use confirm::Confirms;
 use held::Hold;
 pub use held::BACKLOG_MAX;
 pub use info::consumer_snapshots;
+pub use table::ChannelTable;
 use tx::TxState;
 
 /// What a channel's handlers work with besides the channel itself. Built by the connection for each frame.
@@ -410,7 +412,7 @@ impl Channel {
 /// A connection's channels go (connection closed, dropped or failed): every channel's unacked deliveries are
 /// requeued before any of its consumers leaves, so no consumer of another connection takes over a single
 /// active consumer's queue while some of the connection's deliveries are still out.
-pub fn release_channels(channels: &mut ahash::AHashMap<u16, Channel>, session: &mut Session) {
+pub fn release_channels(channels: &mut ChannelTable, session: &mut Session) {
     for channel in channels.values_mut() {
         channel.requeue_unacked(session);
     }

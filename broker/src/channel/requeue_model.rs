@@ -268,7 +268,7 @@ impl Model {
 
 struct Conn {
     session: Session,
-    channels: ahash::AHashMap<u16, Channel>,
+    channels: super::ChannelTable,
     out: Output,
     signal: Arc<ConnSignal>,
 }
@@ -286,7 +286,7 @@ impl Conn {
                 signal.clone(),
                 crate::config::Config::default().max_message_size,
             ),
-            channels: ahash::AHashMap::new(),
+            channels: super::ChannelTable::new(),
             out: Output::new(),
             signal,
         }
@@ -295,7 +295,7 @@ impl Conn {
     /// Sends a method on channel `ch` (opening it first if needed).
     fn method(&mut self, ch: u16, m: Method) {
         let out = &mut self.out;
-        let channel = self.channels.entry(ch).or_insert_with(|| Channel::open(ch, out));
+        let channel = self.channels.get_or_insert_with(ch, || Channel::open(ch, out));
         let mut ctx = Ctx {
             session: &mut self.session,
             out: &mut self.out,
@@ -305,7 +305,7 @@ impl Conn {
             .expect("no connection error");
         assert!(!channel.is_closing(), "channel {ch} was closed by an error");
         if next == super::Next::Remove {
-            self.channels.remove(&ch);
+            self.channels.remove(ch);
         }
     }
 
@@ -323,7 +323,7 @@ impl Conn {
             for id in list {
                 any = true;
                 let ch = self.session.consumers.get(&id).map(|c| c.channel);
-                let again = match ch.and_then(|ch| self.channels.get_mut(&ch)) {
+                let again = match ch.and_then(|ch| self.channels.get_mut(ch)) {
                     Some(channel) => channel.deliver(
                         id,
                         &mut Ctx {
@@ -521,7 +521,7 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
                 m.requeue(all);
             }
             Op::CloseChannel { conn, ch } => {
-                if !conns[conn].channels.contains_key(&ch) {
+                if !conns[conn].channels.contains(ch) {
                     continue;
                 }
                 with_others_running(&mut conns, conn, |c| {
@@ -611,19 +611,26 @@ fn requeue_paths_strand_nothing_with_competing_consumers() {
 
 /// The connection-drop case the random search finds only now and then: the cancelled former active consumer's
 /// delivery (m0, channel 1) and the active consumer's (m1, channel 2) are on one connection, the successor on
-/// another. Whichever channel the connection releases first, the successor gets m0*, m1*, m2. Run many times:
-/// the order in which a connection releases its channels is a hash map's.
+/// another. Whichever channel the connection releases first, the successor gets m0*, m1*, m2. A connection
+/// releases its channels in the order they were opened (`ChannelTable`), so the case runs with the two
+/// consumers' channel numbers both ways round: the active consumer's channel released first, then last.
 #[test]
 fn connection_drop_requeues_every_channel_before_a_successor_takes_over() {
+    for (first, second) in [(1, 2), (2, 1)] {
+        connection_drop_case(first, second);
+    }
+}
+
+fn connection_drop_case(first: u16, second: u16) {
     let ops = vec![
         Op::Consume {
             conn: 0,
-            ch: 1,
+            ch: first,
             prefetch: 1,
         },
         Op::Consume {
             conn: 0,
-            ch: 2,
+            ch: second,
             prefetch: 1,
         },
         Op::Consume {

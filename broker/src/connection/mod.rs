@@ -19,7 +19,6 @@ mod transport;
 
 use std::collections::VecDeque;
 
-use ahash::AHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::broker::Broker;
-use crate::channel::{truncate_text, Channel, Ctx, Next, BACKLOG_MAX};
+use crate::channel::{truncate_text, Channel, ChannelTable, Ctx, Next, BACKLOG_MAX};
 use crate::clock::now_ms;
 use crate::error::{AmqpError, AmqpResult};
 use crate::flow::AlarmState;
@@ -71,7 +70,7 @@ struct Conn<W: AsyncWrite + Unpin> {
     /// From connection.open on.
     session: Option<Session>,
     /// Looked up on every frame: aHash, not SipHash.
-    channels: AHashMap<u16, Channel>,
+    channels: ChannelTable,
     /// Counted against --max-connections (from connection.open on).
     counted: bool,
     /// Flow control: frames read while paused, handled in order once it resumes.
@@ -163,7 +162,7 @@ async fn serve_stream<R, W>(
         },
         signal: Arc::new(ConnSignal::new()),
         session: None,
-        channels: AHashMap::new(),
+        channels: ChannelTable::new(),
         counted: false,
         stash: VecDeque::new(),
         stash_bytes: 0,
@@ -688,7 +687,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let Some(session) = self.session.as_mut() else {
             return Err(AmqpError::internal("channel frame before connection.open"));
         };
-        let Some(channel) = self.channels.get_mut(&ch) else {
+        let Some(channel) = self.channels.get_mut(ch) else {
             return match frame {
                 Frame::Method(_, Method::ChannelOpen(_)) => {
                     crate::stats::CHANNELS_OPENED.fetch_add(1, Ordering::Relaxed);
@@ -706,7 +705,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             out: &mut self.transport.out,
         };
         if channel.handle(frame, &mut ctx)? == Next::Remove {
-            self.channels.remove(&ch);
+            self.channels.remove(ch);
         }
         Ok(())
     }
@@ -787,7 +786,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let mut replies = Vec::new();
         self.signal.take_replies(&mut replies);
         for reply in replies {
-            if let Some(channel) = self.channels.get_mut(&reply.channel) {
+            if let Some(channel) = self.channels.get_mut(reply.channel) {
                 channel.deliver_reply(reply, &mut self.transport.out);
             }
         }
@@ -811,7 +810,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 }
                 ConnEvent::ConsumerCancelled(id, tag) => {
                     let Some(c) = s.forget_consumer(id) else { continue };
-                    if let Some(channel) = self.channels.get_mut(&c.channel) {
+                    if let Some(channel) = self.channels.get_mut(c.channel) {
                         channel.cancelled_by_server(
                             tag,
                             s.caps.consumer_cancel_notify,
@@ -842,7 +841,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             let channel = session
                 .consumers
                 .get(&id)
-                .and_then(|c| self.channels.get_mut(&c.channel));
+                .and_then(|c| self.channels.get_mut(c.channel));
             let again = match channel {
                 Some(channel) => channel.deliver(
                     id,
