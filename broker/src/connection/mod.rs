@@ -69,7 +69,7 @@ struct Conn<W: AsyncWrite + Unpin> {
     signal: Arc<ConnSignal>,
     /// From connection.open on.
     session: Option<Session>,
-    /// Looked up on every frame: aHash, not SipHash.
+    /// Looked up on every frame: an index by channel number (`channel/table.rs`).
     channels: ChannelTable,
     /// Counted against --max-connections (from connection.open on).
     counted: bool,

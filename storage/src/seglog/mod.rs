@@ -285,6 +285,9 @@ pub(crate) struct MsgLog {
     trash: Mutex<Vec<PathBuf>>,
 }
 
+/// The most (segment, seq) pairs whose buffers a queue keeps between acks.
+const ACK_SCRATCH_KEEP: usize = 1024;
+
 /// A queue's dirty segments: a handful at most, so a vector (kept between rounds) rather than a
 /// tree that allocates a node whenever it goes from empty to one.
 #[derive(Debug, Default)]
@@ -541,8 +544,11 @@ impl MsgLog {
                 self.touch(&mut q);
             }
         }
-        q.ack_marks = marks;
-        q.ack_group = group;
+        // Kept for the next ack, unless one large call grew them (the broker acks in chunks of 128).
+        if marks.capacity() <= ACK_SCRATCH_KEEP {
+            q.ack_marks = marks;
+            q.ack_group = group;
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(out),
