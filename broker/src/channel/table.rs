@@ -70,11 +70,11 @@ impl ChannelTable {
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Channel> {
-        // Each open number names a distinct slot: walk the slots and keep the open ones.
+        // Each open channel has its own slot: walk the slots (in channel-number order) and keep the open ones.
         self.slots.iter_mut().filter_map(|s| s.as_deref_mut())
     }
 
-    /// Keeps the channels for which `keep` returns true (in channel-number order).
+    /// Keeps the channels for which `keep` returns true (asked in the order they were opened).
     pub fn retain(&mut self, mut keep: impl FnMut(u16, &mut Channel) -> bool) {
         let mut i = 0;
         while i < self.open.len() {
