@@ -375,7 +375,7 @@ impl Store {
     /// and above the queue's last message at open (else `StoreError::OutOfOrder`). After a
     /// restart the seqs after the last stored message may be used again.
     pub fn append_message(&self, queue_id: u32, seq: u64, msg: &StoredMessage) -> Result<u64> {
-        self.append_parts(&[(queue_id, seq, MessageParts::of(msg))])
+        self.append_message_parts(queue_id, seq, MessageParts::of(msg))
     }
 
     /// Store several messages (any queues; per queue in increasing seq order); one ticket. Not
