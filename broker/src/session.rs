@@ -37,6 +37,9 @@ pub struct ConsumerState {
     pub unacked: u32,
     /// Already in the connection's pull list.
     pub scheduled: bool,
+    /// Bytes of frames per delivery in its last batch (0 before the first): the next pull takes about
+    /// `output::WRITE_QUANTUM` worth.
+    pub delivery_bytes: u32,
 }
 
 pub struct Session {

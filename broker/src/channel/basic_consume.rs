@@ -87,6 +87,7 @@ impl Channel {
                 limit: self.consumer_prefetch,
                 unacked: 0,
                 scheduled: false,
+                delivery_bytes: 0,
             },
         );
         if !c.no_wait {

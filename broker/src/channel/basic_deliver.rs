@@ -9,6 +9,7 @@ use protocol::{Method, RawProperties};
 use super::{Channel, Ctx, Unacked};
 use crate::clock::now_ms;
 use crate::error::AmqpResult;
+use crate::output::WRITE_QUANTUM;
 use crate::queue::{ConsumerId, DeadLetters, Entry};
 use crate::stats::MessageCounters;
 
@@ -35,6 +36,11 @@ impl Channel {
                 credit =
                     credit.min((self.channel_prefetch as u32).saturating_sub(self.consumer_unacked) as usize);
             }
+        }
+        // About one write's worth (`WRITE_QUANTUM`) by the size of this consumer's last deliveries: a
+        // prefetch window of large messages goes out in several writes, the first before the rest is built.
+        if c.delivery_bytes > 0 {
+            credit = credit.min((WRITE_QUANTUM / c.delivery_bytes as usize).max(1));
         }
         if credit == 0 {
             return false;
@@ -70,6 +76,7 @@ impl Channel {
             n as u64,
         );
         let traced = session.vhost.trace.on();
+        let start = ctx.out.pending().len();
         for entry in batch.drain(..) {
             if traced {
                 self.trace_deliver(session, &queue, Some(&tag), &entry);
@@ -103,11 +110,15 @@ impl Channel {
             }
         }
         session.pull_scratch = batch;
-        if !no_ack {
-            self.consumer_unacked += n as u32;
-            if let Some(c) = session.consumers.get_mut(&id) {
+        let per_delivery = ((ctx.out.pending().len() - start) / n).min(u32::MAX as usize) as u32;
+        if let Some(c) = session.consumers.get_mut(&id) {
+            c.delivery_bytes = per_delivery;
+            if !no_ack {
                 c.unacked += n as u32;
             }
+        }
+        if !no_ack {
+            self.consumer_unacked += n as u32;
         }
         n == credit
     }

@@ -651,3 +651,123 @@ fn connection_drop_case(first: u16, second: u16) {
         .unwrap();
     }
 }
+
+/// A consumer's pulls are sized to about one write (`output::WRITE_QUANTUM`) by its last deliveries, so a
+/// prefetch window of large messages goes out in several writes, the first before the rest is built; every
+/// message still arrives once, in order.
+#[test]
+fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
+    use crate::output::WRITE_QUANTUM;
+    let vhost = vhost();
+    let name = "write-sized-batches";
+    let (q, _) = vhost
+        .declare_queue(QueueSpec {
+            name: name.into(),
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        })
+        .expect("declare");
+    let publish = |from: u64, n: u64| {
+        for i in from..from + n {
+            // 3 KiB bodies (one body frame at the harness's frame_max of 4 KiB) that start with their number
+            let body = format!("{i}-{}", "x".repeat(3000));
+            let msg = Message::new(
+                ShortStr::from(""),
+                ShortStr::from(name),
+                RawProperties::empty(),
+                body.into(),
+            );
+            q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
+                .expect("publish");
+        }
+    };
+    let mut c = Conn::new(&vhost);
+    let qos = |prefetch_count| {
+        Method::BasicQos(protocol::BasicQos {
+            prefetch_size: 0,
+            prefetch_count,
+            global: false,
+        })
+    };
+    c.method(1, qos(100));
+    c.method(
+        1,
+        Method::BasicConsume(protocol::BasicConsume {
+            queue: name.into(),
+            consumer_tag: "big".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: true,
+            arguments: FieldTable::new(),
+        }),
+    );
+    publish(0, 100);
+    // Before anything was delivered there is no size to go by: the whole window in one pull.
+    c.pump();
+    let first = numbers(&mut c.out);
+    assert_eq!(
+        first.iter().map(|d| d.1).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+    c.method(
+        1,
+        Method::BasicAck(protocol::BasicAck {
+            delivery_tag: first.last().unwrap().0,
+            multiple: true,
+        }),
+    );
+    // The next window: each pull about WRITE_QUANTUM of frames.
+    publish(100, 100);
+    let mut ready = Vec::new();
+    c.signal.take_ready(&mut ready);
+    for id in ready {
+        c.session.schedule_pull(id);
+    }
+    let id = c.session.pull_list[0];
+    let mut got = Vec::new();
+    let mut pulls = 0;
+    loop {
+        let again = c.channels.get_mut(1).unwrap().deliver(
+            id,
+            &mut Ctx {
+                session: &mut c.session,
+                out: &mut c.out,
+            },
+        );
+        pulls += 1;
+        let written = c.out.pending().len();
+        assert!(written <= WRITE_QUANTUM + 4096, "one pull wrote {written} bytes");
+        got.extend(numbers(&mut c.out).into_iter().map(|d| d.1));
+        if !again {
+            break;
+        }
+    }
+    assert_eq!(got, (100..200).collect::<Vec<_>>());
+    assert!(
+        pulls >= 100 * 3000 / WRITE_QUANTUM,
+        "{pulls} pulls for 100 x 3 KiB"
+    );
+}
+
+/// (delivery tag, number at the start of the body) of each delivery written since the last call.
+fn numbers(out: &mut Output) -> Vec<(u64, u64)> {
+    let mut buf = BytesMut::from(out.pending());
+    out.written();
+    let mut codec = FrameCodec::new();
+    let (mut got, mut tag) = (Vec::new(), None);
+    while let Some(f) = codec.decode(&mut buf).expect("our own frames decode") {
+        match f {
+            Frame::Method(_, Method::BasicDeliver(d)) => tag = Some(d.delivery_tag),
+            Frame::Body(_, b) => {
+                let text = std::str::from_utf8(&b).unwrap();
+                let n = text.split('-').next().unwrap().parse().unwrap();
+                got.push((tag.take().expect("a body after a deliver"), n));
+            }
+            _ => {}
+        }
+    }
+    got
+}
