@@ -5,11 +5,14 @@
 use bytes::BytesMut;
 use protocol::{Method, RawProperties};
 
-/// Bytes waiting above which the connection writes before producing more deliveries, and about what one
-/// consumer's batch of deliveries adds (`Channel::deliver` sizes its pulls to it). Small writes let the
-/// client start on the first deliveries while the broker produces the next: S2 (1 KiB, prefetch 100) went
-/// from 490–510 k to 610–620 k msg/s against writes of up to 1 MiB, S1 and S5 unchanged, S4 3–5 % lower
-/// (docs/performance.md, "Session 12: deliveries in 16 KiB writes").
+/// Buffer size above which the connection writes before producing more deliveries.
+pub const WRITE_HIGH_WATER: usize = 1 << 20;
+/// About what one batch of a classic queue's deliveries adds (`Channel::deliver` sizes its pulls to it by the
+/// consumer's last deliveries), and what waiting makes the connection write before it pulls for more. Small
+/// writes let the client start on the first deliveries while the broker builds the next: S2 (1 KiB,
+/// prefetch 100) went from 490–510 k to 610–630 k msg/s against writes of up to 1 MiB, S1 and S5
+/// unchanged, S4 3–5 % lower (docs/performance.md, "Deliveries in 16 KiB writes"). Stream replay keeps
+/// writing up to `WRITE_HIGH_WATER` (it measured ~10 % slower in 16 KiB writes).
 pub const WRITE_QUANTUM: usize = 16 << 10;
 /// A buffer that a burst grew past this is given back after the write.
 const SHRINK_ABOVE: usize = 4 << 20;
@@ -76,6 +79,11 @@ impl Output {
 
     /// Enough is waiting: write before producing more deliveries.
     pub fn is_full(&self) -> bool {
+        self.buf.len() >= WRITE_HIGH_WATER
+    }
+
+    /// A classic queue's batch is waiting (`WRITE_QUANTUM`): write it before pulling for more.
+    pub fn has_quantum(&self) -> bool {
         self.buf.len() >= WRITE_QUANTUM
     }
 
@@ -127,8 +135,9 @@ mod tests {
         assert_eq!(frames, 4);
         out.method(0, &Method::ConnectionCloseOk(protocol::ConnectionCloseOk));
         assert!(!out.is_full());
+        assert!(!out.has_quantum());
         out.content(1, &RawProperties::empty(), &vec![0u8; WRITE_QUANTUM]);
-        assert!(out.is_full());
+        assert!(out.has_quantum() && !out.is_full());
         out.content(1, &RawProperties::empty(), &vec![0u8; 2 * SHRINK_ABOVE]);
         assert!(out.is_full());
         out.written();

@@ -838,10 +838,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             }
             let id = session.pull_list[i];
             i += 1;
-            let channel = session
-                .consumers
-                .get(&id)
-                .and_then(|c| self.channels.get_mut(c.channel));
+            let (channel, stream) = match session.consumers.get(&id) {
+                Some(c) => (self.channels.get_mut(c.channel), c.queue.stream().is_some()),
+                None => (None, false),
+            };
             let again = match channel {
                 Some(channel) => channel.deliver(
                     id,
@@ -857,6 +857,11 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 session.pull_list.push(id);
             } else if let Some(c) = session.consumers.get_mut(&id) {
                 c.scheduled = false;
+            }
+            // A classic queue's batch is about one write: out with it before building the next, so that
+            // the client starts on it (`output::WRITE_QUANTUM`). A stream's reader goes on to the high water.
+            if !stream && self.transport.out.has_quantum() {
+                break;
             }
         }
         session.pull_list.drain(..i);
