@@ -23,8 +23,8 @@ pub struct QueueBound {
 }
 
 impl QueueBound {
-    /// Defaults chosen by measurement (docs/performance.md, "Flow control", and "Session 12: the flow bound
-    /// from 20,000 to 5,000"): with a consumer at full speed the backlog in the queue is a few ms of
+    /// Defaults chosen by measurement (docs/performance.md, "Flow control", and "The flow bound: 20,000 →
+    /// 5,000 messages per queue"): with a consumer at full speed the backlog in the queue is a few ms of
     /// delivery, short bursts are not throttled, and S2/S4/S5/F1 ran as fast as with 20,000 at half the
     /// p99 latency (S1 about 7 % slower, still over 1.9 M msg/s).
     pub const DEFAULT: QueueBound = QueueBound {
