@@ -7,6 +7,9 @@
 #
 #   scripts/bench-ab.sh BIN_A BIN_B [PERF_BIN]
 #   REPEAT [3]  DURATION [15]  SCENARIOS ["S1 S2 S3 S4 S5"]  PORT [5691]  OUT [target/bench-ab/<timestamp>]
+#   ARGS_A, ARGS_B ['']  extra broker arguments for each side, e.g. the same binary twice with
+#                        ARGS_B="--config bound.toml" (a file with `queue_flow_max_messages = 5000`)
+#   ENV_A, ENV_B ['']    environment for each side's broker (VAR=value ...), for switches in throwaway builds
 set -euo pipefail
 A=$1
 B=$2
@@ -28,7 +31,8 @@ trap cleanup EXIT
 
 start() {
     DATA=$(mktemp -d)
-    "$1" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn >"$OUT/broker.log" 2>&1 </dev/null &
+    # shellcheck disable=SC2086 # $2 and $3 are word lists on purpose
+    env $3 "$1" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn $2 >"$OUT/broker.log" 2>&1 </dev/null &
     PID=$!
     for _ in $(seq 1 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
@@ -52,9 +56,9 @@ stop() {
 for rep in $(seq 1 "$REPEAT"); do
     for s in $SCENARIOS; do
         for side in A B; do
-            bin=$A
-            [ "$side" = B ] && bin=$B
-            start "$bin"
+            bin=$A args=${ARGS_A:-} envs=${ENV_A:-}
+            [ "$side" = B ] && bin=$B args=${ARGS_B:-} envs=${ENV_B:-}
+            start "$bin" "$args" "$envs"
             load=$(cut -d' ' -f1 /proc/loadavg)
             json="$OUT/$s-$side-$rep.json"
             "$PERF" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" --scenario "$s" --duration "$DURATION" \
@@ -68,7 +72,9 @@ try:
     r = json.load(open(path))
     cpu = float(open(path[:-5] + ".cpu").read())
     n = r["published"] + r["consumed"]
-    print(f"{s} {side} #{rep}: publish {r['publish_rate']:.0f} consume {r['consume_rate']:.0f} msg/s, "
+    p99 = (r.get("latency_publishing_us") or r.get("latency_us") or {}).get("p99")
+    print(f"{s} {side} #{rep}: publish {r['publish_rate']:.0f} consume {r['consume_rate']:.0f} msg/s "
+          f"(while publishing {r.get('consume_rate_publishing') or 0:.0f}, p99 {p99 or 0:.0f} us), "
           f"broker CPU {cpu:.2f} s = {cpu * 1e9 / max(n, 1):.0f} ns/msg handled, "
           f"lost {r['lost']} dup {r['duplicated']} ok {r['ok']} (load {load})", flush=True)
 except Exception as e:
