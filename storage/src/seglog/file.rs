@@ -351,6 +351,28 @@ pub(crate) fn write_zeros(file: &File, path: &Path, mut from: u64, to: u64) -> R
     Ok(())
 }
 
+/// Replaces a file's contents with `bytes` durably but for the directory entry: written to `<name>.tmp`,
+/// synced, renamed over it (the caller syncs the directory). A crash leaves the old file or the new one
+/// (and a `.tmp` that the next open removes).
+pub(crate) fn rewrite_file(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    faults
+        .check(FileKind::Ack, FaultOp::Write)
+        .map_err(io_err(&tmp))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all_at(bytes, 0).map_err(io_err(&tmp))?;
+    faults.check(FileKind::Ack, FaultOp::Sync).map_err(io_err(&tmp))?;
+    f.sync_data().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
 /// Cuts a file to `len` bytes and syncs it (recovery: torn tails).
 pub(crate) fn truncate_file(path: &Path, len: u64) -> Result<()> {
     let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;

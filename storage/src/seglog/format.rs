@@ -21,6 +21,10 @@ pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"MRSEGEND";
 pub(crate) const FOOTER_TAIL: usize = 28;
 pub(crate) const FOOTER_RUN: usize = 12;
 
+/// A queue's spare segment files (`seglog::Spare`): removed at open.
+pub(crate) const SPARE_SEG: &str = "spare.seg";
+pub(crate) const SPARE_ACK: &str = "spare.ack";
+
 pub(crate) fn queue_dir_name(id: u32) -> String {
     format!("{id:08x}")
 }

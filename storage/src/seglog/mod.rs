@@ -180,6 +180,25 @@ struct QueueLog {
     /// allocates nothing once the queue has seen one.
     ack_marks: Vec<(u64, u64)>,
     ack_group: Vec<u64>,
+    /// A retired write segment's files, renamed `spare.seg`/`spare.ack`, for the next segment to
+    /// write over (`Spare`).
+    spare: Option<Spare>,
+}
+
+/// The files of a fully acked write segment, kept for the next segment of the same queue instead of
+/// being removed: renamed to `spare.seg` and `spare.ack` (which recovery removes), then to the new
+/// segment's names, and written over from offset 0. The blocks already belong to the files, so a
+/// round's `fdatasync` of the new records has no file size or block allocation to commit (on ext4 no
+/// journal commit, as with the zeros of `LogFile::prefill`, but without writing them), which is what
+/// a queue whose consumers keep up does all day: every 1 MiB it retires a write segment and starts
+/// one. PostgreSQL recycles its WAL segments the same way. Recovery tells the old records from the
+/// new ones by their seqs: a queue's seqs only grow while it runs, and the new segment's name (its
+/// first seq) is above every seq the files held (`scan_records`, `parse_acks`).
+struct Spare {
+    seg: LogFile,
+    ack: LogFile,
+    /// Bytes of both files on disk (counted in `MsgLog::spare_bytes`).
+    bytes: u64,
 }
 
 impl QueueLog {
@@ -201,6 +220,7 @@ impl QueueLog {
             removed: false,
             ack_marks: Vec::new(),
             ack_group: Vec::new(),
+            spare: None,
         }
     }
 
@@ -209,13 +229,20 @@ impl QueueLog {
         self.segs.range(..=seq).next_back().map(|(f, _)| *f)
     }
 
-    fn drop_segment(&mut self, first: u64, dirs: &Mutex<HashSet<PathBuf>>) -> Result<Option<Segment>> {
-        let Some(seg) = self.segs.remove(&first) else {
+    fn drop_segment(
+        &mut self,
+        first: u64,
+        dirs: &Mutex<HashSet<PathBuf>>,
+        spares: &SpareBudget,
+    ) -> Result<Option<Segment>> {
+        let Some(mut seg) = self.segs.remove(&first) else {
             return Ok(None);
         };
-        if let Err(e) = seg.remove_files() {
-            self.segs.insert(first, seg);
-            return Err(e);
+        if !self.keep_spare(&mut seg, spares) {
+            if let Err(e) = seg.remove_files() {
+                self.segs.insert(first, seg);
+                return Err(e);
+            }
         }
         self.dirty_segs.remove(&first);
         if self.write_seg == Some(first) {
@@ -226,6 +253,47 @@ impl QueueLog {
         }
         dirs.lock().insert(self.dir.clone());
         Ok(Some(seg))
+    }
+
+    /// Keeps a dropped segment's files as the queue's spare if it is an unsealed write segment whose
+    /// files are whole, small enough, and within the store's budget for spares: renamed, segment file
+    /// first (an `.ack` without its `.seg` is removed at open). `seg`'s files are replaced by
+    /// placeholders then. False: the caller removes the files.
+    fn keep_spare(&mut self, seg: &mut Segment, spares: &SpareBudget) -> bool {
+        if self.spare.is_some() || seg.sealed_len.is_some() || seg.seg.broken || seg.ack.broken {
+            return false;
+        }
+        let bytes = seg.seg.filled.max(seg.seg.written) + seg.ack.filled.max(seg.ack.written);
+        if bytes > spares.max_each || !spares.take(bytes) {
+            return false;
+        }
+        let (Ok(_), Ok(_)) = (seg.seg.handle(), seg.ack.handle()) else {
+            spares.give_back(bytes);
+            return false;
+        };
+        let (sp_seg, sp_ack) = (self.dir.join(SPARE_SEG), self.dir.join(SPARE_ACK));
+        if fs::rename(&seg.seg.path, &sp_seg).is_err() {
+            spares.give_back(bytes);
+            return false;
+        }
+        if fs::rename(&seg.ack.path, &sp_ack).is_err() {
+            // the segment file is the spare's already: it goes, and the caller removes the ack file
+            let _ = remove_file_if_exists(&sp_seg);
+            spares.give_back(bytes);
+            return false;
+        }
+        let take = |f: &mut LogFile, path: PathBuf| {
+            let placeholder = LogFile::existing(PathBuf::new(), f.kind, 0);
+            let mut old = std::mem::replace(f, placeholder);
+            old.path = path.into();
+            old
+        };
+        self.spare = Some(Spare {
+            seg: take(&mut seg.seg, sp_seg),
+            ack: take(&mut seg.ack, sp_ack),
+            bytes,
+        });
+        true
     }
 
     fn live(&self) -> u64 {
@@ -283,6 +351,43 @@ pub(crate) struct MsgLog {
     /// Directories of deleted queues (renamed to `<id>.deleted`), removed once a flush round has
     /// made the rename and the record's removal durable.
     trash: Mutex<Vec<PathBuf>>,
+    /// Bytes kept in queues' spares (`Spare`), and the limits.
+    spares: SpareBudget,
+}
+
+/// How much disk the queues' spares (`Spare`) may hold: a drained queue keeps its last write segment's
+/// files until its next append, so this bounds what idle queues keep.
+pub(crate) struct SpareBudget {
+    /// A segment whose files are larger than this is removed, not kept.
+    max_each: u64,
+    /// All spares together.
+    total: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+/// `SpareBudget::total`.
+const SPARE_TOTAL: u64 = 64 << 20;
+
+impl SpareBudget {
+    pub(crate) fn new(segment_bytes: u64) -> SpareBudget {
+        SpareBudget {
+            // a retired write segment is 1/8 of a segment and a little more, with its ack file
+            max_each: segment_bytes / 4 + (64 << 10),
+            total: SPARE_TOTAL,
+            used: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.used
+            .fetch_update(SeqCst, SeqCst, |u| (u + n <= self.total).then_some(u + n))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The most (segment, seq) pairs whose buffers a queue keeps between acks.
@@ -447,7 +552,7 @@ impl MsgLog {
     fn start_segment(&self, q: &mut QueueLog, first: u64) -> Result<()> {
         if let Some(w) = q.write_seg {
             if q.segs.get(&w).is_some_and(|s| s.live == 0) {
-                q.drop_segment(w, &self.dirty_dirs)?;
+                q.drop_segment(w, &self.dirty_dirs, &self.spares)?;
             } else {
                 q.seal_write_seg();
             }
@@ -464,15 +569,55 @@ impl MsgLog {
                 self.dirty_dirs.lock().insert(q.dir.clone());
             }
         }
-        // the ack file first: a stale one of the same name must not apply to the new records
-        let ack = LogFile::create(ack_path(&q.dir, first), FileKind::Ack, &self.faults)?;
-        let seg = LogFile::create(seg_path(&q.dir, first), FileKind::Segment, &self.faults)?;
+        let (seg, ack) = match q.spare.take() {
+            Some(spare) => self.reuse_spare(&q.dir, spare, first)?,
+            None => {
+                // the ack file first: a stale one of the same name must not apply to the new records
+                let ack = LogFile::create(ack_path(&q.dir, first), FileKind::Ack, &self.faults)?;
+                let seg = LogFile::create(seg_path(&q.dir, first), FileKind::Segment, &self.faults)?;
+                (seg, ack)
+            }
+        };
         q.segs.insert(first, Segment::new(seg, ack));
         q.write_seg = Some(first);
         q.dirty_segs.insert(first);
         self.dirty_dirs.lock().insert(q.dir.clone());
         self.touch(q);
         Ok(())
+    }
+
+    /// The files of segment `first`, from the queue's spare: renamed to their new names (segment file
+    /// first: until the ack file follows, the segment holds only records older than `first`, which
+    /// recovery does not take), to be written over from the start. The directory is synced with the
+    /// round that makes the first records durable (`start_segment`). If a rename fails the files are
+    /// created afresh instead.
+    fn reuse_spare(&self, dir: &Path, spare: Spare, first: u64) -> Result<(LogFile, LogFile)> {
+        self.spares.give_back(spare.bytes);
+        let (spath, apath) = (seg_path(dir, first), ack_path(dir, first));
+        let reused = |old: LogFile, path: PathBuf| {
+            let mut f = LogFile::existing(path, old.kind, 0);
+            f.filled = old.filled.max(old.written);
+            f.file = old.file;
+            // the new name must be durable with the first records
+            f.unsynced = true;
+            f
+        };
+        if fs::rename(&spare.seg.path, &spath).is_err() {
+            let _ = remove_file_if_exists(&spare.seg.path);
+            let _ = remove_file_if_exists(&spare.ack.path);
+            let ack = LogFile::create(apath, FileKind::Ack, &self.faults)?;
+            let seg = LogFile::create(spath, FileKind::Segment, &self.faults)?;
+            return Ok((seg, ack));
+        }
+        let seg = reused(spare.seg, spath);
+        let ack = match fs::rename(&spare.ack.path, &apath) {
+            Ok(()) => reused(spare.ack, apath),
+            Err(_) => {
+                let _ = remove_file_if_exists(&spare.ack.path);
+                LogFile::create(apath, FileKind::Ack, &self.faults)?
+            }
+        };
+        Ok((seg, ack))
     }
 
     /// Acks messages: appends their seqs to the ack files of their segments and removes segments
@@ -525,7 +670,7 @@ impl MsgLog {
             let done = seg.live == 0 && (!is_write || seg.seg.len() >= retire_write);
             if done {
                 let last = seg.seqs.last().expect("non-empty");
-                match q.drop_segment(first, &self.dirty_dirs) {
+                match q.drop_segment(first, &self.dirty_dirs, &self.spares) {
                     Ok(Some(s)) if s.has_states => out.state_ranges.push((first, last)),
                     Ok(_) => {}
                     // the acks are set in memory; the file goes at the next open (or the next ack)
@@ -757,7 +902,7 @@ impl MsgLog {
         let n = q.live();
         let firsts: Vec<u64> = q.segs.keys().copied().collect();
         for f in firsts {
-            q.drop_segment(f, &self.dirty_dirs)?;
+            q.drop_segment(f, &self.dirty_dirs, &self.spares)?;
         }
         q.cursor = None;
         Ok(n)
@@ -788,6 +933,10 @@ impl MsgLog {
         self.queues.write().remove(&qid);
         self.defs.lock().remove(&qid);
         q.removed = true;
+        if let Some(spare) = q.spare.take() {
+            // its files went with the directory
+            self.spares.give_back(spare.bytes);
+        }
         let n = q.live();
         q.segs.clear();
         q.dirty_segs.clear();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::file::{remove_file_if_exists, sync_dir, truncate_file, LogFile};
+use super::file::{remove_file_if_exists, rewrite_file, sync_dir, truncate_file, LogFile};
 use super::format::*;
 use super::{MsgLog, QueueLog, Segment, READ_CHUNK};
 use crate::fault::{Faults, FileKind};
@@ -149,6 +149,7 @@ impl MsgLog {
             collecting: Mutex::new(Vec::new()),
             dirty_dirs: Mutex::new(HashSet::new()),
             trash: Mutex::new(Vec::new()),
+            spares: super::SpareBudget::new(segment_bytes.max(1)),
         };
         let mut rec = Recovery::default();
         let mut buf = Vec::new();
@@ -235,7 +236,12 @@ impl MsgLog {
                 segs.insert(f);
             } else if let Some(f) = parse_hex_name(&name, 16, "ack") {
                 acks.insert(f);
-            } else if name.ends_with(".repair") || name.ends_with(".tmp") {
+            } else if name.ends_with(".repair")
+                || name.ends_with(".tmp")
+                || name == SPARE_SEG
+                || name == SPARE_ACK
+            {
+                // (a spare: a retired segment's files kept for the next one, `seglog::Spare`)
                 // a rewrite a crash interrupted: the file it was to replace is still whole
                 remove_file_if_exists(&e.path())?;
                 changed = true;
@@ -253,9 +259,14 @@ impl MsgLog {
             // acks
             let apath = ack_path(&q.dir, first);
             let in_segment = |s: u64| s >= first && next_first.is_none_or(|n| s < n);
+            // Rewritten once the segment's acks are known: an ack file with damaged or reused regions
+            // between its batches, which a later open (with other segments after this one) might not
+            // read past again.
+            let mut rewrite_ack = false;
             let (acked_seqs, ack_file) = match fs::read(&apath) {
                 Ok(b) => {
                     let scan = parse_acks(&b, in_segment);
+                    rewrite_ack = !scan.damaged.is_empty();
                     for &(from, to) in &scan.damaged {
                         tracing::error!(path = %apath.display(), offset = from, bytes = to - from,
                             "damaged ack batches skipped (their messages may be delivered again)");
@@ -265,10 +276,17 @@ impl MsgLog {
                     // zeros after the batches are the file's prefill (`ACK_PREFILL`): kept, not torn
                     let zeros = b[scan.valid_end..].iter().all(|&x| x == 0);
                     if scan.valid_end < b.len() && !zeros {
-                        tracing::warn!(path = %apath.display(), valid = scan.valid_end, len = b.len(), "cutting the torn tail of an ack file");
+                        // A reused file (`seglog::Spare`) holds its earlier life's batches after the new
+                        // ones: they name seqs below the segment's, which nothing takes.
+                        if scan.seqs.iter().any(|&s| s < first) {
+                            rewrite_ack = true;
+                            tracing::debug!(path = %apath.display(), valid = scan.valid_end, len = b.len(), "cutting a reused ack file's earlier batches");
+                        } else {
+                            tracing::warn!(path = %apath.display(), valid = scan.valid_end, len = b.len(), "cutting the torn tail of an ack file");
+                            rec.truncated_files += 1;
+                            rec.truncated_bytes += (b.len() - scan.valid_end) as u64;
+                        }
                         truncate_file(&apath, scan.valid_end as u64)?;
-                        rec.truncated_files += 1;
-                        rec.truncated_bytes += (b.len() - scan.valid_end) as u64;
                         changed = true;
                     }
                     let mut f = LogFile::existing(apath, FileKind::Ack, scan.valid_end as u64);
@@ -321,10 +339,16 @@ impl MsgLog {
                     // below writes the footer over the last of them), not a torn tail
                     let zeros = buf[scan.valid_end..].iter().all(|&x| x == 0);
                     if valid < file_len && !zeros {
-                        tracing::warn!(path = %spath.display(), valid, len = file_len, "cutting the torn tail of a segment");
+                        // A reused file (`seglog::Spare`) holds its earlier life's records after the new
+                        // ones, all with seqs below the segment's name.
+                        if find_record(buf, scan.valid_end, |s| s < first).is_some() {
+                            tracing::debug!(path = %spath.display(), valid, len = file_len, "cutting a reused segment file's earlier records");
+                        } else {
+                            tracing::warn!(path = %spath.display(), valid, len = file_len, "cutting the torn tail of a segment");
+                            rec.truncated_files += 1;
+                            rec.truncated_bytes += file_len - valid;
+                        }
                         truncate_file(&spath, valid)?;
-                        rec.truncated_files += 1;
-                        rec.truncated_bytes += file_len - valid;
                         changed = true;
                     }
                     seg.seg.written = valid;
@@ -341,6 +365,19 @@ impl MsgLog {
                 }
             }
             seg.live = (0..seg.seqs.n).filter(|r| !seg.acked.get(*r)).count() as u32;
+            if rewrite_ack {
+                let acked: Vec<u64> = (0..seg.seqs.n)
+                    .filter(|r| seg.acked.get(*r))
+                    .map(|r| seg.seqs.seq_at(r))
+                    .collect();
+                let mut bytes = Vec::new();
+                if !acked.is_empty() {
+                    encode_ack_batch(&acked, &mut bytes);
+                }
+                rewrite_file(&seg.ack.path, &bytes, &self.faults)?;
+                seg.ack = LogFile::existing(seg.ack.path.to_path_buf(), FileKind::Ack, bytes.len() as u64);
+                changed = true;
+            }
             q.segs.insert(first, seg);
         }
         // Fully acked segments go (none is being written to). The acked tail of the last segment
@@ -358,7 +395,9 @@ impl MsgLog {
                 changed = true;
             }
         }
-        if let Some((&first, seg)) = q.segs.iter_mut().next_back() {
+        // (A loop: records lost at the end go with the cut, and the acked records before them are then
+        // the tail; a segment left without a live message goes, and the one before it is the last.)
+        while let Some((&first, seg)) = q.segs.iter_mut().next_back() {
             let last_rank = seg.acked.last_clear(seg.seqs.n).expect("live segment");
             if last_rank + 1 < seg.seqs.n {
                 let end = seg.data_end();
@@ -368,22 +407,42 @@ impl MsgLog {
                 // after the last live record (or, if that one is damaged, after the last whole
                 // record before it)
                 let last_live = seg.seqs.seq_at(last_rank);
-                let cut = scan_records(buf, first, None)
+                let kept = scan_records(buf, first, None)
                     .recs
                     .iter()
                     .take_while(|(s, _)| *s <= last_live)
                     .last()
-                    .map_or(0, |r| r.1);
+                    .copied();
+                let cut = kept.map_or(0, |r| r.1);
                 truncate_file(&seg.seg.path, cut)?;
                 seg.seg.written = cut;
                 seg.seg.synced = cut;
                 seg.seg.filled = cut;
                 seg.sealed_len = None;
-                seg.seqs.truncate(last_rank + 1);
-                seg.acked.truncate(last_rank + 1);
+                // Records a footer names up to the last live one that are not whole in the file (pages
+                // a crash lost after the footer's reached the disk) go with the cut: nothing could read
+                // them, and the seqs after the file's last record are handed out again.
+                let keep = kept.and_then(|(s, _)| seg.seqs.rank(s)).map_or(0, |r| r + 1);
+                let lost = (keep..=last_rank).filter(|r| !seg.acked.get(*r)).count();
+                if lost > 0 {
+                    tracing::error!(path = %seg.seg.path.display(), messages = lost,
+                        "damaged records at the end of a segment cut off (the messages in them are lost)");
+                    rec.damaged_regions += 1;
+                }
+                seg.seqs.truncate(keep);
+                seg.acked.truncate(keep);
+                seg.live = (0..seg.seqs.n).filter(|r| !seg.acked.get(*r)).count() as u32;
                 changed = true;
+                if seg.live == 0 {
+                    if let Some(s) = q.segs.remove(&first) {
+                        s.remove_files()?;
+                    }
+                }
+                // again: the cut may have left acked records after the last live one
+                continue;
             }
             q.last_appended = seg.seqs.last();
+            break;
         }
         // Segments read whole get their footer now, so that the next open need not read them.
         let unsealed: Vec<u64> = q
@@ -424,6 +483,7 @@ pub(crate) fn read_lost(path: &Path, id: u32) -> Result<LostContents> {
         collecting: Mutex::new(Vec::new()),
         dirty_dirs: Mutex::new(HashSet::new()),
         trash: Mutex::new(Vec::new()),
+        spares: super::SpareBudget::new(crate::DEFAULT_SEGMENT_BYTES),
     };
     let mut q = QueueLog::new(id, path);
     q.dir = path.to_path_buf();
