@@ -1206,20 +1206,7 @@ fn random_crash_points_lose_nothing_synced_and_invent_nothing() {
         let s = open_seg(d.path(), seg_bytes);
         let got = s.read_messages(1, 0, usize::MAX).unwrap();
         let got_seqs = seqs_of(&got);
-        for w in &synced {
-            assert!(
-                got_seqs.contains(w) || acked_later.contains(w),
-                "round {round}: synced message {w} lost"
-            );
-        }
-        for (seq, m) in &got {
-            assert!(!acked_before.contains(seq), "round {round}: acked {seq} is back");
-            assert!(
-                synced.contains(seq) || later.contains(seq),
-                "round {round}: {seq} invented"
-            );
-            assert_eq!(m, &big(*seq), "round {round}: {seq} altered");
-        }
+        check_reopened(round, &got, &synced, &acked_before, &later, &acked_later);
         assert_eq!(s.message_seqs(1).unwrap(), got_seqs);
         assert_eq!(s.count_messages(1).unwrap(), got.len() as u64);
         // and it goes on
@@ -1341,20 +1328,7 @@ fn reused_segment_files_survive_crashes_with_old_and_new_blocks_mixed() {
         let bounds = s.queue_bounds(1).unwrap();
         let got = s.read_messages(1, 0, usize::MAX).unwrap();
         let got_seqs = seqs_of(&got);
-        for w in &synced {
-            assert!(
-                got_seqs.contains(w) || acked_later.contains(w),
-                "round {round}: synced message {w} lost"
-            );
-        }
-        for (seq, m) in &got {
-            assert!(!acked_before.contains(seq), "round {round}: acked {seq} is back");
-            assert!(
-                synced.contains(seq) || later.contains(seq),
-                "round {round}: {seq} invented"
-            );
-            assert_eq!(m, &big(*seq), "round {round}: {seq} altered");
-        }
+        check_reopened(round, &got, &synced, &acked_before, &later, &acked_later);
         assert_eq!(s.count_messages(1).unwrap(), got.len() as u64);
         // and it goes on, through more reuse
         let mut n = bounds.map_or(0, |b| b.1 + 1);
@@ -1382,6 +1356,33 @@ fn reused_segment_files_survive_crashes_with_old_and_new_blocks_mixed() {
         reused_files > 3,
         "only {reused_files} reused segment files crashed"
     );
+}
+
+/// The crash tests' verdict on what a reopened store reads: every message synced and not acked since
+/// is there, nothing acked before the sync point is back, nothing is invented or altered.
+fn check_reopened(
+    round: usize,
+    got: &[(u64, StoredMessage)],
+    synced: &[u64],
+    acked_before: &[u64],
+    later: &[u64],
+    acked_later: &[u64],
+) {
+    let got_seqs = seqs_of(got);
+    for w in synced {
+        assert!(
+            got_seqs.contains(w) || acked_later.contains(w),
+            "round {round}: synced message {w} lost"
+        );
+    }
+    for (seq, m) in got {
+        assert!(!acked_before.contains(seq), "round {round}: acked {seq} is back");
+        assert!(
+            synced.contains(seq) || later.contains(seq),
+            "round {round}: {seq} invented"
+        );
+        assert_eq!(m, &big(*seq), "round {round}: {seq} altered");
+    }
 }
 
 /// A tiny deterministic generator (the tests need no crate for this).

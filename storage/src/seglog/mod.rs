@@ -197,7 +197,7 @@ struct QueueLog {
 struct Spare {
     seg: LogFile,
     ack: LogFile,
-    /// Bytes of both files on disk (counted in `MsgLog::spare_bytes`).
+    /// Bytes of both files on disk (counted in `MsgLog::spares`).
     bytes: u64,
 }
 
@@ -286,6 +286,9 @@ impl QueueLog {
             let placeholder = LogFile::existing(PathBuf::new(), f.kind, 0);
             let mut old = std::mem::replace(f, placeholder);
             old.path = path.into();
+            // only the handle and the lengths are used again: an idle queue's spare holds no buffer
+            old.pending = Vec::new();
+            old.head = 0;
             old
         };
         self.spare = Some(Spare {
