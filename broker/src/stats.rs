@@ -194,9 +194,12 @@ impl StatsRegistry {
         self.open.lock().insert(id, stats);
     }
 
-    /// The connection is gone: its counts move to the closed sums.
+    /// The connection is gone: its counts move to the closed sums. Under the lock of the open set, so
+    /// that a scrape (`totals`) sees the connection in one of the two, never in neither (a scrape that
+    /// read the closed sums just before and the open set just after counted none of its messages).
     pub fn unregister(&self, id: u64) {
-        let Some(stats) = self.open.lock().remove(&id) else {
+        let mut open = self.open.lock();
+        let Some(stats) = open.remove(&id) else {
             return;
         };
         let mut t = MessageTotals::default();
@@ -207,8 +210,8 @@ impl StatsRegistry {
     /// Sums over every connection, open or closed.
     pub fn totals(&self) -> ConnTotals {
         let mut t = ConnTotals::default();
-        self.closed.add_to(&mut t.messages);
         let open = self.open.lock();
+        self.closed.add_to(&mut t.messages);
         t.connections = open.len() as u64;
         for c in open.values() {
             c.messages.add_to(&mut t.messages);
@@ -381,5 +384,41 @@ mod tests {
         assert_eq!(t.messages.received, 3);
         assert_eq!(t.messages.acknowledged, 2);
         assert_eq!(t.messages.size_buckets[0], 1);
+    }
+
+    /// A scrape during closes: a closing connection's counts move from the open set to the closed sums,
+    /// and no scrape may see them in neither (the totals would dip: a `rabbitmq_global_messages_received_total`
+    /// of 0 right after the last connection closed, as `tests/metrics.rs` once saw).
+    #[test]
+    fn a_scrape_during_closes_never_misses_a_connection() {
+        const N: u64 = 3_000;
+        let reg = Arc::new(StatsRegistry::default());
+        for id in 0..N {
+            let c = Arc::new(ConnStats::default());
+            c.messages.published(10);
+            reg.register(id, c);
+        }
+        let closer = {
+            let reg = reg.clone();
+            std::thread::spawn(move || {
+                for id in 0..N {
+                    reg.unregister(id);
+                }
+            })
+        };
+        let mut scrapes = 0u64;
+        loop {
+            let t = reg.totals();
+            assert_eq!(
+                t.messages.received, N,
+                "after {scrapes} scrapes, {} open",
+                t.connections
+            );
+            scrapes += 1;
+            if t.connections == 0 {
+                break;
+            }
+        }
+        closer.join().unwrap();
     }
 }
