@@ -354,13 +354,11 @@ pub(crate) fn write_zeros(file: &File, path: &Path, mut from: u64, to: u64) -> R
 /// Replaces a file's contents with `bytes` durably but for the directory entry: written to `<name>.tmp`,
 /// synced, renamed over it (the caller syncs the directory). A crash leaves the old file or the new one
 /// (and a `.tmp` that the next open removes).
-pub(crate) fn rewrite_file(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
+pub(crate) fn rewrite_file(path: &Path, kind: FileKind, bytes: &[u8], faults: &Faults) -> Result<()> {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    faults
-        .check(FileKind::Ack, FaultOp::Write)
-        .map_err(io_err(&tmp))?;
+    faults.check(kind, FaultOp::Write).map_err(io_err(&tmp))?;
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -368,7 +366,7 @@ pub(crate) fn rewrite_file(path: &Path, bytes: &[u8], faults: &Faults) -> Result
         .open(&tmp)
         .map_err(io_err(&tmp))?;
     f.write_all_at(bytes, 0).map_err(io_err(&tmp))?;
-    faults.check(FileKind::Ack, FaultOp::Sync).map_err(io_err(&tmp))?;
+    faults.check(kind, FaultOp::Sync).map_err(io_err(&tmp))?;
     f.sync_data().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }

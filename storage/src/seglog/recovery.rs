@@ -241,8 +241,8 @@ impl MsgLog {
                 || name == SPARE_SEG
                 || name == SPARE_ACK
             {
-                // (a spare: a retired segment's files kept for the next one, `seglog::Spare`)
-                // a rewrite a crash interrupted: the file it was to replace is still whole
+                // a rewrite a crash interrupted (the file it was to replace is still whole), or a spare
+                // (a retired segment's files kept for the next segment, `seglog::Spare`)
                 remove_file_if_exists(&e.path())?;
                 changed = true;
             } else if name != DEF_FILE {
@@ -286,7 +286,10 @@ impl MsgLog {
                             rec.truncated_files += 1;
                             rec.truncated_bytes += (b.len() - scan.valid_end) as u64;
                         }
-                        truncate_file(&apath, scan.valid_end as u64)?;
+                        // (a file rewritten below loses its tail there)
+                        if !rewrite_ack {
+                            truncate_file(&apath, scan.valid_end as u64)?;
+                        }
                         changed = true;
                     }
                     let mut f = LogFile::existing(apath, FileKind::Ack, scan.valid_end as u64);
@@ -374,7 +377,7 @@ impl MsgLog {
                 if !acked.is_empty() {
                     encode_ack_batch(&acked, &mut bytes);
                 }
-                rewrite_file(&seg.ack.path, &bytes, &self.faults)?;
+                rewrite_file(&seg.ack.path, FileKind::Ack, &bytes, &self.faults)?;
                 seg.ack = LogFile::existing(seg.ack.path.to_path_buf(), FileKind::Ack, bytes.len() as u64);
                 changed = true;
             }
