@@ -163,6 +163,12 @@ impl LogFile {
         Ok(f)
     }
 
+    /// The file's length on disk now: its written data, or its zeros ahead (`prefill`) if they reach
+    /// further.
+    pub(crate) fn disk_len(&self) -> u64 {
+        self.filled.max(self.written)
+    }
+
     /// The file's length once everything buffered is written.
     pub(crate) fn len(&self) -> u64 {
         self.synced + (self.pending.len() - self.head) as u64

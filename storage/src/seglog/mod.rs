@@ -197,8 +197,13 @@ struct QueueLog {
 struct Spare {
     seg: LogFile,
     ack: LogFile,
+}
+
+impl Spare {
     /// Bytes of both files on disk (counted in `MsgLog::spares`).
-    bytes: u64,
+    fn bytes(&self) -> u64 {
+        self.seg.disk_len() + self.ack.disk_len()
+    }
 }
 
 impl QueueLog {
@@ -263,7 +268,7 @@ impl QueueLog {
         if self.spare.is_some() || seg.sealed_len.is_some() || seg.seg.broken || seg.ack.broken {
             return false;
         }
-        let bytes = seg.seg.filled.max(seg.seg.written) + seg.ack.filled.max(seg.ack.written);
+        let bytes = seg.seg.disk_len() + seg.ack.disk_len();
         if bytes > spares.max_each || !spares.take(bytes) {
             return false;
         }
@@ -294,7 +299,6 @@ impl QueueLog {
         self.spare = Some(Spare {
             seg: take(&mut seg.seg, sp_seg),
             ack: take(&mut seg.ack, sp_ack),
-            bytes,
         });
         true
     }
@@ -595,11 +599,11 @@ impl MsgLog {
     /// round that makes the first records durable (`start_segment`). If a rename fails the files are
     /// created afresh instead.
     fn reuse_spare(&self, dir: &Path, spare: Spare, first: u64) -> Result<(LogFile, LogFile)> {
-        self.spares.give_back(spare.bytes);
+        self.spares.give_back(spare.bytes());
         let (spath, apath) = (seg_path(dir, first), ack_path(dir, first));
         let reused = |old: LogFile, path: PathBuf| {
             let mut f = LogFile::existing(path, old.kind, 0);
-            f.filled = old.filled.max(old.written);
+            f.filled = old.disk_len();
             f.file = old.file;
             // the new name must be durable with the first records
             f.unsynced = true;
@@ -938,7 +942,7 @@ impl MsgLog {
         q.removed = true;
         if let Some(spare) = q.spare.take() {
             // its files went with the directory
-            self.spares.give_back(spare.bytes);
+            self.spares.give_back(spare.bytes());
         }
         let n = q.live();
         q.segs.clear();
