@@ -19,7 +19,7 @@
 #   MAX_BROKER_RSS [4GiB] mailroom-perf --max-broker-rss: publishing stops when the broker's
 #                         RSS reaches this (protects the shared machine); 0 = no cap
 #   S6_COUNT [200000]     messages in S6
-#   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"]
+#   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"]  (also L1M: L1 with --pacing ms, 1 ms bursts)
 #   M1_COUNT [1000000]    messages for M1 (M1_COUNT=10000000 for the long run); M1=0 skips it
 #   RECOVERY [1]          measure Mailroom's restart after SIGTERM and kill -9 (after M1)
 #   RABBIT_RECOVERY [1]   also measure RabbitMQ's restart after SIGTERM (after M1)
@@ -380,11 +380,19 @@ run_scenario() {
             limit=${FLOW_DURATION%.*}
             limit=$((limit * 6 + 300))
             ;;
+        L1M)
+            # L1 paced by tokio's 1 ms timer (bursts of ~10 messages a write), as the tool did before
+            # --pacing existed; L1 itself spaces messages evenly.
+            args=(--duration "$DURATION" --pacing ms)
+            limit=$((DURATION * 4 + 300))
+            ;;
         *)
             args=(--duration "$DURATION")
             limit=$((DURATION * 4 + 300))
             ;;
     esac
+    local preset=$s
+    [ "$s" = L1M ] && preset=L1
     # The tool watches the broker: peak RSS (every 100 ms) and CPU per message.
     local watch=(--broker-pid "$pid")
     if [ -n "$MAX_BROKER_RSS" ] && [ "$MAX_BROKER_RSS" != 0 ]; then
@@ -395,7 +403,7 @@ run_scenario() {
     cpu0=$(cpu_s "$pid")
     t0=$(now_ns)
     fg_run timeout --signal=INT --kill-after=30 "$limit" \
-        "$PERF_BIN" --uri "$(uri "$b")" --scenario "$s" "${args[@]}" "${watch[@]}" --json --quiet \
+        "$PERF_BIN" --uri "$(uri "$b")" --scenario "$preset" "${args[@]}" "${watch[@]}" --json --quiet \
         >"$base.json" 2>"$base.stderr" </dev/null || rc=$?
     t1=$(now_ns)
     cpu1=$(cpu_s "$pid")
@@ -403,7 +411,7 @@ run_scenario() {
         "$b" "$s" "$rep" "$rc" "$load" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e9}')" \
-        "$WATERMARK_USED" "$s" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \
+        "$WATERMARK_USED" "$preset" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \
         >"$base.meta.json"
     local summary
     summary=$($PYTHON - "$base.json" <<'EOF' 2>/dev/null || echo "no JSON report"

@@ -32,6 +32,7 @@ ROWS = [
     ("S6 drain", "S6", "consume_rate", "ratio", 4, "≥ 4×"),
     ("L1 10 k msg/s, 1 KiB: latency p50", "L1", "pub_p50", None, None, "—"),
     ("L1 latency p99", "L1", "pub_p99", "max_us", 1000, "Mailroom p99 ≤ 1 ms"),
+    ("L1M the same in 1 ms bursts (--pacing ms): latency p99", "L1M", "pub_p99", None, None, "—"),
     ("F1 4→1 queue←1, 1 KiB: consume ÷ publish while publishing", "F1", "keep_up_ratio", "min_self", 0.8,
      "Mailroom ≥ 0.8"),
     ("F1 peak broker RSS", "F1", "rss_peak_kb", "max_self", 512 * 1024, "Mailroom < 512 MiB"),
@@ -441,7 +442,7 @@ def generate(results):
     )
 
     # Side by side: what each broker did in each scenario.
-    order = {s: i for i, s in enumerate(env.get("scenarios") or ["S1", "S2", "S3", "S4", "S5", "S6", "L1"])}
+    order = {s: i for i, s in enumerate(env.get("scenarios") or ["S1", "S2", "S3", "S4", "S5", "S6", "L1", "L1M"])}
     scen = sorted({k[0] for k in runs}, key=lambda x: (order.get(x, 99), x))
     if scen:
         w("")

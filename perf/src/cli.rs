@@ -41,6 +41,18 @@ pub enum QueueType {
     Stream,
 }
 
+/// How `--rate` spaces a producer's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Pacing {
+    /// Each message at its own due time (a `timerfd`, µs precision): at 10 k msg/s, one message every
+    /// 100 µs, each in its own write.
+    #[default]
+    Even,
+    /// tokio's 1 ms timer: every millisecond, the messages due since the last one in one write (at
+    /// 10 k msg/s, bursts of about ten). The tool's only pacing before session 14.
+    Ms,
+}
+
 /// Benchmark presets (see `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -173,6 +185,11 @@ pub struct Args {
     /// Publish rate per producer in msg/s (0 = as fast as possible). [default: 0]
     #[arg(short = 'r', long)]
     pub rate: Option<u64>,
+
+    /// How --rate spaces messages: `even` (each at its own time, µs precision) or `ms` (tokio's 1 ms
+    /// timer: the messages due in each millisecond in one burst). [default: even]
+    #[arg(long, value_enum)]
+    pub pacing: Option<Pacing>,
 
     /// Stop publishing after SECS seconds. [default: 10 unless --count]
     #[arg(short = 'z', long, value_name = "SECS")]
@@ -314,6 +331,8 @@ pub struct Settings {
     pub durable: bool,
     /// Per-producer rate (0 = unlimited).
     pub rate: u64,
+    /// How the rate spaces messages.
+    pub pacing: Pacing,
     /// Publishing time limit.
     pub duration: Option<Duration>,
     /// Per-producer message limit.
@@ -578,6 +597,7 @@ impl Args {
                     .or(p.durable)
                     .unwrap_or(false),
             rate: self.rate.or(p.rate).unwrap_or(0),
+            pacing: self.pacing.unwrap_or_default(),
             duration,
             count,
             drain_timeout: Duration::from_secs_f64(self.drain_timeout.max(0.0)),
@@ -722,6 +742,9 @@ mod tests {
         assert_eq!(s.count, Some(1000));
         let s = parse(&["--scenario", "L1", "--duration", "3"]);
         assert_eq!((s.rate, s.duration), (10_000, Some(Duration::from_secs(3))));
+        assert_eq!(s.pacing, Pacing::Even);
+        let s = parse(&["--scenario", "L1", "--pacing", "ms"]);
+        assert_eq!(s.pacing, Pacing::Ms);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod cli;
 pub mod consumer;
 pub mod hist;
+pub mod pace;
 pub mod phase;
 pub mod procmon;
 pub mod producer;

@@ -21,7 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{Conn, FrameReader, FrameWriter, Heartbeat, WriteStall, CH};
-use crate::cli::Settings;
+use crate::cli::{Pacing, Settings};
 use crate::phase::{ProducerPhase, PublishClock};
 use crate::tracker::{mono_ns, now_ns, stamp};
 
@@ -398,6 +398,10 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
     let deadline = s.duration.map(|d| ctx.start + d);
     let mut seq: u64 = 0;
     let mut sent: u64 = 0;
+    let pacer = match (s.rate, s.pacing) {
+        (1.., Pacing::Even) => Some(crate::pace::Pacer::new()?),
+        _ => None,
+    };
     let loss_every = s.inject_loss_every;
     let dup_every = s.inject_duplicate_every;
 
@@ -431,7 +435,10 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                     out.heartbeat_if_due(hb, stats, seq, sent).await?;
                     let next = ctx.start + Duration::from_secs_f64(seq as f64 / s.rate as f64);
                     let next = next.min(Instant::now() + Duration::from_millis(100));
-                    tokio::time::sleep_until(next.into()).await;
+                    match &pacer {
+                        Some(p) => p.sleep_until(next).await?,
+                        None => tokio::time::sleep_until(next.into()).await,
+                    }
                     continue;
                 }
                 n = n.min(due - seq);

@@ -67,6 +67,8 @@ pub struct ProducerFlow {
 pub struct Report {
     /// Scenario name, if a preset was used.
     pub scenario: Option<String>,
+    /// How `--rate` spaced the messages (`even`, `ms`), when a rate was set.
+    pub pacing: Option<String>,
     /// Producers and consumers.
     pub producers: usize,
     /// Consumers.
@@ -334,8 +336,9 @@ impl Report {
         let mut o = String::from("{");
         let _ = write!(
             o,
-            "\"scenario\":{},\"producers\":{},\"consumers\":{},\"size\":{},",
+            "\"scenario\":{},\"pacing\":{},\"producers\":{},\"consumers\":{},\"size\":{},",
             self.scenario.as_deref().map_or("null".into(), json_str),
+            self.pacing.as_deref().map_or("null".into(), json_str),
             self.producers,
             self.consumers,
             self.size

@@ -562,6 +562,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let published: Vec<u64> = live.producers.iter().map(|p| p.published.load(Relaxed)).collect();
     let mut report = Report {
         scenario: s.scenario.map(|sc| format!("{sc:?}")),
+        pacing: (s.rate > 0).then(|| format!("{:?}", s.pacing).to_lowercase()),
         producers: s.producers,
         consumers: s.consumers,
         size: s.size,

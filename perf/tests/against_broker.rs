@@ -232,10 +232,14 @@ fn fanout_topic_multi_ack_and_autoack_deliver_everything() {
 #[test]
 fn rate_limit_paces_publishing() {
     let b = start_broker();
-    let r = run(&b, &["--rate", "2000", "--duration", "1.5"]);
-    // ~3000 messages in 1.5 s; allow slack for a loaded machine.
-    assert!((2500..=3100).contains(&r.published), "{}", r.published);
-    assert_eq!((r.lost, r.exit_code()), (0, 0));
+    // Both pacings: a timerfd per message (the default) and tokio's 1 ms timer.
+    for pacing in ["even", "ms"] {
+        let r = run(&b, &["--rate", "2000", "--duration", "1.5", "--pacing", pacing]);
+        // ~3000 messages in 1.5 s; allow slack for a loaded machine.
+        assert!((2500..=3100).contains(&r.published), "{pacing}: {}", r.published);
+        assert_eq!((r.lost, r.exit_code()), (0, 0), "{pacing}");
+        assert_eq!(r.pacing.as_deref(), Some(pacing));
+    }
 }
 
 #[test]
