@@ -20,6 +20,7 @@
 #                         RSS reaches this (protects the shared machine); 0 = no cap
 #   S6_COUNT [200000]     messages in S6
 #   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"]  (also L1M: L1 with --pacing ms, 1 ms bursts)
+#   QUIET_MAX [30]        before each run, wait up to this many seconds for both brokers to be idle
 #   M1_COUNT [1000000]    messages for M1 (M1_COUNT=10000000 for the long run); M1=0 skips it
 #   RECOVERY [1]          measure Mailroom's restart after SIGTERM and kill -9 (after M1)
 #   RABBIT_RECOVERY [1]   also measure RabbitMQ's restart after SIGTERM (after M1)
@@ -31,7 +32,7 @@
 #                           [/usr/lib/rabbitmq/bin/rabbitmq-server]
 set -euo pipefail
 
-ENV_OVERRIDES=$(for v in REPEAT DURATION FLOW_DURATION FLOW_WATERMARK MAX_BROKER_RSS S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
+ENV_OVERRIDES=$(for v in REPEAT DURATION QUIET_MAX FLOW_DURATION FLOW_WATERMARK MAX_BROKER_RSS S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
     if [ -n "${!v:-}" ]; then
         case "${!v}" in *[!A-Za-z0-9_.,/-]*) printf "%s='%s' " "$v" "${!v}" ;; *) printf '%s=%s ' "$v" "${!v}" ;; esac
     fi
@@ -46,6 +47,7 @@ FLOW_WATERMARK=${FLOW_WATERMARK-256MiB}
 MAX_BROKER_RSS=${MAX_BROKER_RSS:-4GiB}
 S6_COUNT=${S6_COUNT:-200000}
 SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"}
+QUIET_MAX=${QUIET_MAX:-30}
 M1=${M1:-1}
 M1_COUNT=${M1_COUNT:-1000000}
 RECOVERY=${RECOVERY:-1}
@@ -360,6 +362,29 @@ broker_restart() {
 }
 
 # ---------------------------------------------------------------- scenario runs
+# Waits (at most QUIET_MAX seconds) until both brokers are idle: under 5 % of a core each over half a
+# second. A broker still busy after its own run (RabbitMQ's runtime collecting the garbage of a long
+# backlog, Mailroom deleting queues) would otherwise share the cores with the next run of the other.
+# Sets QUIET_WAITED to the seconds waited.
+quiesce() {
+    local t0 b pid c0 c1 busy
+    t0=$(now_ns)
+    while :; do
+        busy=0
+        for b in mailroom rabbitmq; do
+            pid=$(broker_pid "$b")
+            [ -n "$pid" ] || continue
+            c0=$(cpu_s "$pid")
+            sleep 0.5
+            c1=$(cpu_s "$pid")
+            if awk -v a="$c0" -v b="$c1" 'BEGIN{exit !(b - a > 0.025)}'; then busy=1; fi
+        done
+        [ "$busy" = 0 ] && break
+        [ $(( ($(now_ns) - t0) / 1000000000 )) -ge "$QUIET_MAX" ] && break
+    done
+    QUIET_WAITED=$(awk -v a="$t0" -v b="$(now_ns)" 'BEGIN{printf "%.1f", (b-a)/1e9}')
+}
+
 # run_scenario BROKER SCENARIO REP
 run_scenario() {
     local b=$1 s=$2 rep=$3 pid args limit
@@ -399,6 +424,7 @@ run_scenario() {
         watch+=(--max-broker-rss "$MAX_BROKER_RSS")
     fi
     local load cpu0 cpu1 t0 t1 rc=0
+    quiesce
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     cpu0=$(cpu_s "$pid")
     t0=$(now_ns)
@@ -407,8 +433,8 @@ run_scenario() {
         >"$base.json" 2>"$base.stderr" </dev/null || rc=$?
     t1=$(now_ns)
     cpu1=$(cpu_s "$pid")
-    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
-        "$b" "$s" "$rep" "$rc" "$load" \
+    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","quiet_wait_s":%s,"broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
+        "$b" "$s" "$rep" "$rc" "$load" "$QUIET_WAITED" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e9}')" \
         "$WATERMARK_USED" "$preset" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \
@@ -424,7 +450,7 @@ print("pub %.0f/s, cons while publishing %.0f/s (overall %.0f/s), backlog at end
     (b.get("rss_peak_kb") or 0) / 1024, r.get("blocked_s"), r.get("lost"), r.get("duplicated"), r.get("ok")))
 EOF
 )
-    log "$s $b #$rep: rc $rc, $summary"
+    log "$s $b #$rep: rc $rc, $summary (started after ${QUIET_WAITED} s waiting for idle brokers)"
     if [ "$s" = F2 ] && [ -n "$FLOW_WATERMARK" ]; then
         broker_restart "$b"
     fi
