@@ -38,10 +38,11 @@ stream_run() {
 
 summary() {
     $PYTHON - "$RESULTS_DIR" <<'PY'
-import json, sys, glob, os
+import json, sys, glob, os, statistics
 d = sys.argv[1]
 print("| broker | round | append (confirmed msg/s) | replay from first (msg/s) | broker RSS start / peak / end | broker CPU per message |")
 print("|---|---|---|---|---|---|")
+appends = {}
 for f in sorted(glob.glob(os.path.join(d, "*.json"))):
     name = os.path.basename(f)[:-5]
     b, rep = name.rsplit("-", 1)
@@ -62,6 +63,16 @@ for f in sorted(glob.glob(os.path.join(d, "*.json"))):
     mib = lambda k: "?" if k is None else f"{k/1024:.1f} MiB"
     ok = "" if r.get("ok") else " (run not OK: " + "; ".join(r.get("errors") or []) + ")"
     print(f"| {b} | {rep} | {pub and round(pub)} | {drain and round(drain)}{ok} | {' / '.join(mib(x) for x in rss)} | {cpu and round(cpu)} ns |")
+    if r.get("ok") and pub:
+        appends.setdefault(b, {})[rep] = pub
+# Issue 15's figure: Mailroom's append rate over RabbitMQ's, round by round (each round runs both brokers).
+m, q = appends.get("mailroom", {}), appends.get("rabbitmq", {})
+ratios = [m[k] / q[k] for k in sorted(m, key=int) if k in q and q[k]]
+if ratios:
+    median = statistics.median(ratios)
+    print()
+    print("Append ratio (Mailroom / RabbitMQ), round by round: " + ", ".join(f"{x:.2f}x" for x in ratios)
+          + f"; median {median:.2f}x (issue 15's target: >= 3x)")
 PY
 }
 
