@@ -21,6 +21,7 @@
 #   S6_COUNT [200000]     messages in S6
 #   SCENARIOS ["S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"]  (also L1M: L1 with --pacing ms, 1 ms bursts)
 #   QUIET_MAX [30]        before each run, wait up to this many seconds for both brokers to be idle
+#   PAUSE_OTHER [1]       stop the broker not under test (SIGSTOP) during each run; 0 keeps it running
 #   M1_COUNT [1000000]    messages for M1 (M1_COUNT=10000000 for the long run); M1=0 skips it
 #   RECOVERY [1]          measure Mailroom's restart after SIGTERM and kill -9 (after M1)
 #   RABBIT_RECOVERY [1]   also measure RabbitMQ's restart after SIGTERM (after M1)
@@ -32,7 +33,7 @@
 #                           [/usr/lib/rabbitmq/bin/rabbitmq-server]
 set -euo pipefail
 
-ENV_OVERRIDES=$(for v in REPEAT DURATION QUIET_MAX FLOW_DURATION FLOW_WATERMARK MAX_BROKER_RSS S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
+ENV_OVERRIDES=$(for v in REPEAT DURATION QUIET_MAX PAUSE_OTHER FLOW_DURATION FLOW_WATERMARK MAX_BROKER_RSS S6_COUNT SCENARIOS M1 M1_COUNT RECOVERY RABBIT_RECOVERY; do
     if [ -n "${!v:-}" ]; then
         case "${!v}" in *[!A-Za-z0-9_.,/-]*) printf "%s='%s' " "$v" "${!v}" ;; *) printf '%s=%s ' "$v" "${!v}" ;; esac
     fi
@@ -48,6 +49,7 @@ MAX_BROKER_RSS=${MAX_BROKER_RSS:-4GiB}
 S6_COUNT=${S6_COUNT:-200000}
 SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5 S6 L1 F1 F2 F3"}
 QUIET_MAX=${QUIET_MAX:-30}
+PAUSE_OTHER=${PAUSE_OTHER:-1}
 M1=${M1:-1}
 M1_COUNT=${M1_COUNT:-1000000}
 RECOVERY=${RECOVERY:-1}
@@ -87,11 +89,13 @@ EPMD_PID=""
 MAILROOM_EXTRA_ARGS=()
 RABBIT_EXTRA_CONF=""
 WATERMARK_USED="default"
+PAUSED_PID=""
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    [ -n "$PAUSED_PID" ] && kill -CONT "$PAUSED_PID" 2>/dev/null
     [ -n "$MAILROOM_PID" ] && mailroom_stop
     [ -n "$RABBIT_WRAPPER_PID$RABBIT_BEAM_PID" ] && rabbit_stop
     if [ -n "$EPMD_PID" ]; then
@@ -423,8 +427,14 @@ run_scenario() {
     if [ -n "$MAX_BROKER_RSS" ] && [ "$MAX_BROKER_RSS" != 0 ]; then
         watch+=(--max-broker-rss "$MAX_BROKER_RSS")
     fi
-    local load cpu0 cpu1 t0 t1 rc=0
+    local load cpu0 cpu1 t0 t1 rc=0 other
     quiesce
+    if [ "$PAUSE_OTHER" = 1 ]; then
+        # The broker not under test is stopped (SIGSTOP) for the run and resumed after it, so that its
+        # idle wake-ups (an Erlang VM's timers and schedulers) do not share the cores with the run.
+        other=$(broker_pid "$([ "$b" = mailroom ] && echo rabbitmq || echo mailroom)")
+        if [ -n "$other" ] && kill -STOP "$other" 2>/dev/null; then PAUSED_PID=$other; fi
+    fi
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     cpu0=$(cpu_s "$pid")
     t0=$(now_ns)
@@ -433,8 +443,12 @@ run_scenario() {
         >"$base.json" 2>"$base.stderr" </dev/null || rc=$?
     t1=$(now_ns)
     cpu1=$(cpu_s "$pid")
-    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","quiet_wait_s":%s,"broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
-        "$b" "$s" "$rep" "$rc" "$load" "$QUIET_WAITED" \
+    if [ -n "$PAUSED_PID" ]; then
+        kill -CONT "$PAUSED_PID" 2>/dev/null
+        PAUSED_PID=""
+    fi
+    printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","quiet_wait_s":%s,"other_paused":%s,"broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
+        "$b" "$s" "$rep" "$rc" "$load" "$QUIET_WAITED" "$([ "$PAUSE_OTHER" = 1 ] && echo true || echo false)" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e9}')" \
         "$WATERMARK_USED" "$preset" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \
