@@ -13,7 +13,8 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 static char z[4<<20]; size_t sz; int rounds;
 void* run(void*a){ long id=(long)a; char name[32]; sprintf(name,"f%ld.dat",id); unlink(name);
  int fd=open(name,O_RDWR|O_CREAT,0644); long need=(long)sz*rounds+(4<<20);
- for(long o=0;o<need;o+=sizeof z) pwrite(fd,z,sizeof z,o); fsync(fd);
+ for(long o=0;o<need;o+=sizeof z) pwrite(fd,z,sizeof z,o);
+ fsync(fd);
  char*buf=malloc(sz); memset(buf,7,sz); long w=0; double s=now();
  for(int r=0;r<rounds;r++){ pwrite(fd,buf,sz,w); w+=sz; fdatasync(fd);} 
  double e=now()-s; printf("thread %ld: %.1f us/round\n",id,e/rounds); unlink(name); return 0;}
