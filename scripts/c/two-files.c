@@ -19,4 +19,6 @@ void* run(void*a){ long id=(long)a; char name[32]; sprintf(name,"f%ld.dat",id); 
  for(int r=0;r<rounds;r++){ pwrite(fd,buf,sz,w); w+=sz; fdatasync(fd);} 
  double e=now()-s; printf("thread %ld: %.1f us/round\n",id,e/rounds); unlink(name); return 0;}
 int main(int c,char**v){ int n=atoi(v[1]); sz=atoi(v[2])*1024; rounds=atoi(v[3]); pthread_t t[8];
- for(long i=0;i<n;i++) pthread_create(&t[i],0,run,(void*)i); for(int i=0;i<n;i++) pthread_join(t[i],0);}
+ for(long i=0;i<n;i++) pthread_create(&t[i],0,run,(void*)i);
+ for(int i=0;i<n;i++) pthread_join(t[i],0);
+}
