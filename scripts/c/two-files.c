@@ -1,5 +1,5 @@
 // Build: gcc -O2 -pthread two-files.c -o two-files; ./two-files THREADS KIB ROUNDS (e.g. ./two-files 2 45 4000), run in a
-// directory on the disk under test. docs/performance.md, "Session 14: four runs, every round over 3×".
+// directory on the disk under test. docs/performance.md, "Session 14: five runs, every round over 3×".
 // N threads, each: pwrite SZ + fdatasync rounds on its own pre-zeroed file. Prints us/round per thread.
 #define _GNU_SOURCE
 #include <stdio.h>
