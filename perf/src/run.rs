@@ -1,6 +1,7 @@
 //! A whole run: topology, consumers, producers, progress lines, the end of publishing,
 //! drain, report, cleanup.
 
+use clap::ValueEnum;
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -562,7 +563,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let published: Vec<u64> = live.producers.iter().map(|p| p.published.load(Relaxed)).collect();
     let mut report = Report {
         scenario: s.scenario.map(|sc| format!("{sc:?}")),
-        pacing: (s.rate > 0).then(|| format!("{:?}", s.pacing).to_lowercase()),
+        // the name `--pacing` takes, so the report spells it as the command line does
+        pacing: (s.rate > 0)
+            .then(|| s.pacing.to_possible_value().map(|v| v.get_name().to_owned()))
+            .flatten(),
         producers: s.producers,
         consumers: s.consumers,
         size: s.size,
