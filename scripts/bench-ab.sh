@@ -10,10 +10,14 @@
 #   ARGS_A, ARGS_B ['']  extra broker arguments for each side, e.g. the same binary twice with
 #                        ARGS_B="--config bound.toml" (a file with `queue_flow_max_messages = 5000`)
 #   ENV_A, ENV_B ['']    environment for each side's broker (VAR=value ...), for switches in throwaway builds
+#   PERF_A, PERF_B [PERF_BIN] the load tool each side runs with: the same broker binary twice with two
+#                        builds of mailroom-perf measures a change to the tool
 set -euo pipefail
 A=$1
 B=$2
 PERF=${3:-target/release/mailroom-perf}
+PERF_A=${PERF_A:-$PERF}
+PERF_B=${PERF_B:-$PERF}
 REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-15}
 SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5"}
@@ -56,12 +60,12 @@ stop() {
 for rep in $(seq 1 "$REPEAT"); do
     for s in $SCENARIOS; do
         for side in A B; do
-            bin=$A args=${ARGS_A:-} envs=${ENV_A:-}
-            [ "$side" = B ] && bin=$B args=${ARGS_B:-} envs=${ENV_B:-}
+            bin=$A args=${ARGS_A:-} envs=${ENV_A:-} perf=$PERF_A
+            [ "$side" = B ] && bin=$B args=${ARGS_B:-} envs=${ENV_B:-} perf=$PERF_B
             start "$bin" "$args" "$envs"
             load=$(cut -d' ' -f1 /proc/loadavg)
             json="$OUT/$s-$side-$rep.json"
-            "$PERF" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" --scenario "$s" --duration "$DURATION" \
+            "$perf" --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" --scenario "$s" --duration "$DURATION" \
                 --json --quiet >"$json" 2>"$OUT/$s-$side-$rep.err" || true
             cpu_s "$PID" >"$OUT/$s-$side-$rep.cpu"
             stop
@@ -76,6 +80,7 @@ try:
     print(f"{s} {side} #{rep}: publish {r['publish_rate']:.0f} consume {r['consume_rate']:.0f} msg/s "
           f"(while publishing {r.get('consume_rate_publishing') or 0:.0f}, p99 {p99 or 0:.0f} us), "
           f"broker CPU {cpu:.2f} s = {cpu * 1e9 / max(n, 1):.0f} ns/msg handled, "
+          f"tool {r.get('cpu_ns_per_msg') or 0:.0f} ns/msg handled, "
           f"lost {r['lost']} dup {r['duplicated']} ok {r['ok']} (load {load})", flush=True)
 except Exception as e:
     print(f"{s} {side} #{rep}: FAILED ({e})", flush=True)
@@ -95,7 +100,8 @@ def runs(s, side):
             cpu = float(open(f"{out}/{s}-{side}-{rep}.cpu").read())
         except Exception:
             continue
-        yield r["consume_rate"], cpu * 1e9 / max(r["published"] + r["consumed"], 1)
+        yield (r["consume_rate"], cpu * 1e9 / max(r["published"] + r["consumed"], 1),
+               r.get("cpu_ns_per_msg") or 0)
 
 def table(title, unit, pick, fmt):
     print(f"\n| scenario | A {title} (median, min-max) | B {title} (median, min-max) | B / A |")
@@ -114,4 +120,5 @@ def table(title, unit, pick, fmt):
 
 table("consume msg/s", "", lambda x: x[0], lambda v: f"{v / 1000:.0f} k")
 table("broker CPU per message handled", " ns", lambda x: x[1], lambda v: f"{v:.0f}")
+table("load tool CPU per message handled", " ns", lambda x: x[2], lambda v: f"{v:.0f}")
 PY

@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use protocol::{
     write_method, ChannelOpen, ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionStartOk,
     ConnectionTuneOk, FieldTable, FieldValue, Frame, FrameCodec, LongStr, Method, PROTOCOL_HEADER,
@@ -54,6 +54,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(self.codec.decode(&mut self.buf)?)
     }
 
+    /// The next frame as a consumer needs it: the three frames of a delivery are read in place
+    /// (a few loads, no `Frame` built, no reference count touched: see [`Incoming`]); any other
+    /// frame, one that is not complete yet, or one that does not parse exactly is left to the
+    /// full decoder, which returns it (or its error) as [`Incoming::Other`].
+    #[inline]
+    pub fn try_incoming(&mut self) -> anyhow::Result<Option<Incoming>> {
+        match lean_frame(&self.buf) {
+            Some((total, ev)) => {
+                self.buf.advance(total);
+                Ok(Some(ev))
+            }
+            None => Ok(self.try_frame()?.map(Incoming::Other)),
+        }
+    }
+
     /// Reads more bytes (cancel-safe). Fails on EOF.
     pub async fn fill(&mut self) -> anyhow::Result<()> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -75,6 +90,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.fill().await?;
         }
     }
+}
+
+/// A frame as the consumer loop sees it. The frames of a delivery carry only what the tool
+/// uses; the full decoder (and its checks) handles everything else.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// basic.deliver: the delivery tag and the redelivered flag.
+    Deliver { tag: u64, redelivered: bool },
+    /// A content header: the body size.
+    Header { body_size: u64 },
+    /// A body frame: its length and the stamp its first 16 bytes carry, if they do.
+    Body {
+        len: usize,
+        stamp: Option<(u16, u64, u64)>,
+    },
+    /// Any other frame, decoded in full.
+    Other(Frame),
+}
+
+/// Reads the complete frame at the start of `buf` if it is one of a delivery's three and parses
+/// exactly (basic.deliver's fields end where the frame does, a header is long enough, the frame
+/// end octet is there); returns its length on the wire and what it says. `None` leaves the
+/// frame to [`FrameCodec`].
+#[inline]
+fn lean_frame(buf: &[u8]) -> Option<(usize, Incoming)> {
+    let head = buf.get(..7)?;
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let total = 7 + size + 1;
+    if buf.len() < total || buf[total - 1] != protocol::FRAME_END {
+        return None;
+    }
+    let p = &buf[7..7 + size];
+    let ev = match head[0] {
+        protocol::FRAME_METHOD if p.get(..4) == Some(&[0, 60, 0, 60]) => {
+            // consumer-tag (shortstr), delivery-tag (u64), redelivered (bit), exchange and
+            // routing-key (shortstrs).
+            let ctag_end = 5 + usize::from(*p.get(4)?);
+            let tag = u64::from_be_bytes(p.get(ctag_end..ctag_end + 8)?.try_into().ok()?);
+            let redelivered = *p.get(ctag_end + 8)? & 1 == 1;
+            let ex_end = ctag_end + 10 + usize::from(*p.get(ctag_end + 9)?);
+            let rk_end = ex_end + 1 + usize::from(*p.get(ex_end)?);
+            if rk_end != p.len() {
+                return None;
+            }
+            Incoming::Deliver { tag, redelivered }
+        }
+        // class-id, weight, body-size, then the properties.
+        protocol::FRAME_HEADER if p.len() >= 14 => Incoming::Header {
+            body_size: u64::from_be_bytes(p[4..12].try_into().ok()?),
+        },
+        protocol::FRAME_BODY => Incoming::Body {
+            len: size,
+            stamp: crate::tracker::parse_stamp(p),
+        },
+        _ => return None,
+    };
+    Some((total, ev))
 }
 
 /// Time a writer spent unable to write: its socket's send buffer was full (the peer was
@@ -465,6 +537,146 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use protocol::{BasicAck, BasicDeliver, RawProperties, ShortStr};
+
+    /// What the full decoder says of the same frame, in the lean reader's terms.
+    fn as_incoming(f: Frame) -> Incoming {
+        match f {
+            Frame::Method(_, Method::BasicDeliver(d)) => Incoming::Deliver {
+                tag: d.delivery_tag,
+                redelivered: d.redelivered,
+            },
+            Frame::Header(_, h) => Incoming::Header {
+                body_size: h.body_size,
+            },
+            Frame::Body(_, b) => Incoming::Body {
+                len: b.len(),
+                stamp: crate::tracker::parse_stamp(&b),
+            },
+            other => Incoming::Other(other),
+        }
+    }
+
+    /// Reads everything in `wire`, handing it over in pieces of `chunk` bytes, with the lean
+    /// reader (`lean = true`) or the full decoder alone.
+    fn read_all(wire: &[u8], chunk: usize, lean: bool) -> Vec<Incoming> {
+        let (_, rd) = tokio::io::duplex(1);
+        let mut r = FrameReader::new(rd);
+        let mut out = Vec::new();
+        for piece in wire.chunks(chunk.max(1)) {
+            r.buf.extend_from_slice(piece);
+            loop {
+                let next = if lean {
+                    r.try_incoming().unwrap()
+                } else {
+                    r.try_frame().unwrap().map(as_incoming)
+                };
+                match next {
+                    Some(i) => out.push(i),
+                    None => break,
+                }
+            }
+        }
+        assert!(r.buf.is_empty(), "bytes left over");
+        out
+    }
+
+    fn arb_short() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z.-]{0,40}").unwrap()
+    }
+
+    proptest! {
+        /// The lean reader returns, frame for frame, what the full decoder does for a stream of
+        /// deliveries (any tags, flags, names, body sizes and frame_max, stamped or not), with
+        /// heartbeats and other methods in between, however the bytes arrive.
+        #[test]
+        fn lean_reader_agrees_with_the_decoder(
+            msgs in proptest::collection::vec(
+                (any::<u64>(), any::<bool>(), arb_short(), arb_short(), arb_short(), 0usize..3000, any::<u8>()),
+                1..20),
+            frame_max in 4096u32..9000,
+            chunk in 1usize..5000,
+        ) {
+            let mut wire = BytesMut::new();
+            for (i, (tag, redelivered, ctag, ex, rk, size, extra)) in msgs.iter().enumerate() {
+                write_method(&mut wire, CH, &Method::BasicDeliver(BasicDeliver {
+                    consumer_tag: ShortStr::try_from_str(ctag).unwrap(),
+                    delivery_tag: *tag,
+                    redelivered: *redelivered,
+                    exchange: ShortStr::try_from_str(ex).unwrap(),
+                    routing_key: ShortStr::try_from_str(rk).unwrap(),
+                }));
+                let mut body = vec![*extra; *size];
+                if body.len() >= 16 {
+                    crate::tracker::stamp(&mut body, i as u16, *tag >> 20, *tag);
+                }
+                protocol::write_content(&mut wire, CH, protocol::CLASS_BASIC, &RawProperties::default(), &body, frame_max);
+                match extra % 3 {
+                    0 => protocol::write_heartbeat(&mut wire),
+                    1 => write_method(&mut wire, CH, &Method::BasicAck(BasicAck { delivery_tag: *tag, multiple: true })),
+                    _ => {}
+                }
+            }
+            let lean = read_all(&wire, chunk, true);
+            let full = read_all(&wire, chunk, false);
+            prop_assert_eq!(lean, full);
+        }
+    }
+
+    #[test]
+    fn lean_reader_leaves_what_it_cannot_read_exactly_to_the_decoder() {
+        // A basic.deliver whose routing key runs past the frame: the decoder's error, not a delivery.
+        let mut wire = BytesMut::new();
+        write_method(
+            &mut wire,
+            CH,
+            &Method::BasicDeliver(BasicDeliver {
+                consumer_tag: ShortStr::try_from_str("c").unwrap(),
+                delivery_tag: 7,
+                redelivered: false,
+                exchange: ShortStr::try_from_str("").unwrap(),
+                routing_key: ShortStr::try_from_str("key").unwrap(),
+            }),
+        );
+        let rk_len_at = wire.len() - 1 - 4;
+        wire[rk_len_at] = 9;
+        let (_, rd) = tokio::io::duplex(1);
+        let mut r = FrameReader::new(rd);
+        r.buf.extend_from_slice(&wire);
+        assert!(r.try_incoming().is_err());
+
+        // A bad frame-end octet is the decoder's error too.
+        let mut wire = BytesMut::new();
+        protocol::write_heartbeat(&mut wire);
+        let (_, rd) = tokio::io::duplex(1);
+        let mut r = FrameReader::new(rd);
+        let mut bad = wire.to_vec();
+        *bad.last_mut().unwrap() = 0;
+        r.buf.extend_from_slice(&bad);
+        assert!(r.try_incoming().is_err());
+
+        // A content header with its body size, and an incomplete frame: nothing yet.
+        let mut wire = BytesMut::new();
+        protocol::write_content(
+            &mut wire,
+            CH,
+            protocol::CLASS_BASIC,
+            &RawProperties::default(),
+            b"abc",
+            4096,
+        );
+        let (_, rd) = tokio::io::duplex(1);
+        let mut r = FrameReader::new(rd);
+        r.buf.extend_from_slice(&wire[..5]);
+        assert!(r.try_incoming().unwrap().is_none());
+        r.buf.extend_from_slice(&wire[5..]);
+        assert_eq!(r.try_incoming().unwrap(), Some(Incoming::Header { body_size: 3 }));
+        assert_eq!(
+            r.try_incoming().unwrap(),
+            Some(Incoming::Body { len: 3, stamp: None })
+        );
+    }
 
     #[test]
     fn heartbeat_schedule() {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use protocol::{BasicAck, BasicConsume, BasicQos, Frame, Method};
 use tokio::sync::watch;
 
-use crate::amqp::{close_halves, Conn, Heartbeat, CH};
+use crate::amqp::{close_halves, Conn, Heartbeat, Incoming, CH};
 use crate::cli::Settings;
 use crate::hist::Histogram;
 use crate::phase::PublishClock;
-use crate::tracker::{mono_ns, now_ns, parse_stamp, Seen, SeqTracker};
+use crate::tracker::{mono_ns, now_ns, Seen, SeqTracker};
 
 /// Counters a consumer shares with the reporter.
 #[derive(Default)]
@@ -148,44 +148,44 @@ pub async fn run(conn: Conn, mut ctx: ConsumerCtx) -> anyhow::Result<ConsumerOut
             {
                 let mut hist = stats.hist.lock().unwrap();
                 let mut hist_pub = publishing.then(|| stats.hist_publishing.lock().unwrap());
-                while let Some(frame) = rd.try_frame()? {
+                while let Some(frame) = rd.try_incoming()? {
                     match frame {
-                        Frame::Method(_, Method::BasicDeliver(d)) => {
+                        Incoming::Deliver { tag, redelivered } => {
                             cur = Some(Current {
-                                tag: d.delivery_tag,
-                                redelivered: d.redelivered,
+                                tag,
+                                redelivered,
                                 remaining: None,
                                 stamp: None,
                             });
                             continue;
                         }
-                        Frame::Header(_, h) => {
+                        Incoming::Header { body_size } => {
                             if let Some(c) = cur.as_mut() {
-                                c.remaining = Some(h.body_size);
+                                c.remaining = Some(body_size);
                             }
                         }
-                        Frame::Body(_, b) => {
+                        Incoming::Body { len, stamp } => {
                             if let Some(c) = cur.as_mut() {
                                 if c.stamp.is_none() {
-                                    c.stamp = parse_stamp(&b);
+                                    c.stamp = stamp;
                                 }
                                 if let Some(r) = c.remaining.as_mut() {
-                                    *r = r.saturating_sub(b.len() as u64);
+                                    *r = r.saturating_sub(len as u64);
                                 }
                             }
                         }
-                        Frame::Method(_, Method::ConnectionClose(c)) => anyhow::bail!(
+                        Incoming::Other(Frame::Method(_, Method::ConnectionClose(c))) => anyhow::bail!(
                             "connection closed by the broker: {} {}",
                             c.reply_code,
                             c.reply_text
                         ),
-                        Frame::Method(_, Method::ChannelClose(c)) => {
+                        Incoming::Other(Frame::Method(_, Method::ChannelClose(c))) => {
                             anyhow::bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
                         }
-                        Frame::Method(_, Method::BasicCancel(_)) => {
+                        Incoming::Other(Frame::Method(_, Method::BasicCancel(_))) => {
                             anyhow::bail!("the broker cancelled the consumer")
                         }
-                        _ => continue,
+                        Incoming::Other(_) => continue,
                     }
                     // A delivery is complete once its header said how much and it all came.
                     if !matches!(
