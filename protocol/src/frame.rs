@@ -351,12 +351,37 @@ impl Decoder for FrameCodec {
         if end != FRAME_END {
             return Err(ProtocolError::BadFrameEnd(end));
         }
+        // basic.ack (a consumer's one frame per message) and heartbeats carry nothing a caller
+        // keeps: read in place and skipped, no slice of the read buffer made (a split and its drop
+        // are two atomic operations on the buffer's shared count).
+        if let Some(frame) = small_frame(frame_type, channel, &src[FRAME_HEADER_SIZE..total - 1]) {
+            src.advance(total);
+            return Ok(Some(frame));
+        }
         // One split of the read buffer per frame; header and end octet are then cut off the frozen
         // slice, which only moves its pointer and length (a `BytesMut` advance checks its kind each time).
         let mut payload = src.split_to(total).freeze();
         payload.advance(FRAME_HEADER_SIZE);
         payload.truncate(size as usize);
         Frame::from_payload(frame_type, channel, payload).map(Some)
+    }
+}
+
+/// The frames [`FrameCodec`] reads in place: basic.ack (exactly its 13 bytes) and an empty
+/// heartbeat. Anything else (including a malformed one of these) goes through
+/// [`Frame::from_payload`], which decodes or rejects it.
+#[inline]
+fn small_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Option<Frame> {
+    match (frame_type, payload.len()) {
+        (FRAME_METHOD, 13) if payload[..4] == [0, 60, 0, 80] => Some(Frame::Method(
+            channel,
+            Method::BasicAck(crate::BasicAck {
+                delivery_tag: u64::from_be_bytes(payload[4..12].try_into().ok()?),
+                multiple: payload[12] & 0x01 != 0,
+            }),
+        )),
+        (FRAME_HEARTBEAT, 0) => Some(Frame::Heartbeat(channel)),
+        _ => None,
     }
 }
 
@@ -394,5 +419,132 @@ mod size_tests {
             std::mem::size_of::<Frame>()
         );
         assert!(std::mem::size_of::<crate::Method>() <= 120);
+    }
+}
+
+#[cfg(test)]
+mod small_frame_tests {
+    use super::*;
+    use crate::BasicAck;
+
+    fn decode_all(wire: &[u8]) -> Vec<Result<Frame, String>> {
+        let mut codec = FrameCodec::new();
+        let mut src = BytesMut::from(wire);
+        let mut out = Vec::new();
+        loop {
+            match codec.decode(&mut src) {
+                Ok(Some(f)) => out.push(Ok(f)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// What the general path (`Frame::from_payload`) makes of the frames at the start of `wire`.
+    fn general(wire: &[u8]) -> Vec<Result<Frame, String>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + FRAME_HEADER_SIZE <= wire.len() {
+            let size = u32::from_be_bytes(wire[at + 3..at + 7].try_into().unwrap()) as usize;
+            let payload = Bytes::copy_from_slice(&wire[at + 7..at + 7 + size]);
+            let ch = u16::from_be_bytes([wire[at + 1], wire[at + 2]]);
+            match Frame::from_payload(wire[at], ch, payload) {
+                Ok(f) => out.push(Ok(f)),
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+            at += FRAME_HEADER_SIZE + size + 1;
+        }
+        out
+    }
+
+    /// basic.ack and heartbeats are read in place; the result is the general decoder's, for every
+    /// tag and flag octet (reserved bits set too), on any channel, and next to other frames.
+    #[test]
+    fn acks_and_heartbeats_read_in_place_decode_as_the_general_path() {
+        let mut wire = BytesMut::new();
+        for (i, tag) in [0u64, 1, 255, 1 << 40, u64::MAX].into_iter().enumerate() {
+            write_method(
+                &mut wire,
+                i as u16,
+                &Method::BasicAck(BasicAck {
+                    delivery_tag: tag,
+                    multiple: i % 2 == 0,
+                }),
+            );
+            write_heartbeat(&mut wire);
+            write_body_frame(&mut wire, 1, b"body");
+        }
+        // a flag octet with reserved bits set: multiple is bit 0 only
+        let mut odd = BytesMut::new();
+        write_method(
+            &mut odd,
+            3,
+            &Method::BasicAck(BasicAck {
+                delivery_tag: 9,
+                multiple: false,
+            }),
+        );
+        let flags_at = odd.len() - 2;
+        odd[flags_at] = 0xfe;
+        wire.extend_from_slice(&odd);
+        let got = decode_all(&wire);
+        assert_eq!(got, general(&wire));
+        assert_eq!(got.len(), 16);
+        assert!(matches!(
+            got[15],
+            Ok(Frame::Method(
+                3,
+                Method::BasicAck(BasicAck {
+                    delivery_tag: 9,
+                    multiple: false
+                })
+            ))
+        ));
+    }
+
+    /// Lookalikes are left to the general path: another method of 13 bytes (basic.reject: a tag and
+    /// a flag octet too), a heartbeat with a payload, a bad end octet.
+    #[test]
+    fn lookalikes_go_through_the_general_path() {
+        let mut wire = BytesMut::new();
+        write_method(
+            &mut wire,
+            1,
+            &Method::BasicReject(crate::BasicReject {
+                delivery_tag: 5,
+                requeue: true,
+            }),
+        );
+        assert_eq!(decode_all(&wire), general(&wire));
+        assert!(matches!(
+            decode_all(&wire)[0],
+            Ok(Frame::Method(1, Method::BasicReject(_)))
+        ));
+
+        // a heartbeat frame that carries a payload is an error, as before
+        let hb = [FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 1, 0, FRAME_END];
+        assert!(decode_all(&hb)[0].is_err());
+        assert_eq!(decode_all(&hb), general(&hb));
+
+        // a basic.ack with a bad frame-end octet is an error, as before
+        let mut ack = BytesMut::new();
+        write_method(
+            &mut ack,
+            1,
+            &Method::BasicAck(BasicAck {
+                delivery_tag: 1,
+                multiple: false,
+            }),
+        );
+        let end = ack.len() - 1;
+        ack[end] = 0;
+        assert!(decode_all(&ack)[0].is_err());
     }
 }
