@@ -444,6 +444,20 @@ mod small_frame_tests {
         out
     }
 
+    /// A basic.ack frame (not multiple).
+    fn ack_frame(channel: u16, delivery_tag: u64) -> BytesMut {
+        let mut wire = BytesMut::new();
+        write_method(
+            &mut wire,
+            channel,
+            &Method::BasicAck(BasicAck {
+                delivery_tag,
+                multiple: false,
+            }),
+        );
+        wire
+    }
+
     /// What the general path (`Frame::from_payload`) makes of the frames at the start of `wire`.
     fn general(wire: &[u8]) -> Vec<Result<Frame, String>> {
         let mut out = Vec::new();
@@ -482,15 +496,7 @@ mod small_frame_tests {
             write_body_frame(&mut wire, 1, b"body");
         }
         // a flag octet with reserved bits set: multiple is bit 0 only
-        let mut odd = BytesMut::new();
-        write_method(
-            &mut odd,
-            3,
-            &Method::BasicAck(BasicAck {
-                delivery_tag: 9,
-                multiple: false,
-            }),
-        );
+        let mut odd = ack_frame(3, 9);
         let flags_at = odd.len() - 2;
         odd[flags_at] = 0xfe;
         wire.extend_from_slice(&odd);
@@ -534,15 +540,7 @@ mod small_frame_tests {
         assert_eq!(decode_all(&hb), general(&hb));
 
         // a basic.ack with a bad frame-end octet is an error, as before
-        let mut ack = BytesMut::new();
-        write_method(
-            &mut ack,
-            1,
-            &Method::BasicAck(BasicAck {
-                delivery_tag: 1,
-                multiple: false,
-            }),
-        );
+        let mut ack = ack_frame(1, 1);
         let end = ack.len() - 1;
         ack[end] = 0;
         assert!(decode_all(&ack)[0].is_err());
