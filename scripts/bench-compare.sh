@@ -427,13 +427,13 @@ run_scenario() {
     if [ -n "$MAX_BROKER_RSS" ] && [ "$MAX_BROKER_RSS" != 0 ]; then
         watch+=(--max-broker-rss "$MAX_BROKER_RSS")
     fi
-    local load cpu0 cpu1 t0 t1 rc=0 other
+    local load cpu0 cpu1 t0 t1 rc=0 other paused=false
     quiesce
     if [ "$PAUSE_OTHER" = 1 ]; then
         # The broker not under test is stopped (SIGSTOP) for the run and resumed after it, so that its
         # idle wake-ups (an Erlang VM's timers and schedulers) do not share the cores with the run.
         other=$(broker_pid "$([ "$b" = mailroom ] && echo rabbitmq || echo mailroom)")
-        if [ -n "$other" ] && kill -STOP "$other" 2>/dev/null; then PAUSED_PID=$other; fi
+        if [ -n "$other" ] && kill -STOP "$other" 2>/dev/null; then PAUSED_PID=$other paused=true; fi
     fi
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     cpu0=$(cpu_s "$pid")
@@ -448,7 +448,7 @@ run_scenario() {
         PAUSED_PID=""
     fi
     printf '{"broker":"%s","scenario":"%s","rep":%s,"rc":%s,"loadavg_before":"%s","quiet_wait_s":%s,"other_paused":%s,"broker_cpu_s":%s,"wall_s":%s,"watermark":"%s","command":"mailroom-perf --scenario %s %s --json --quiet"}\n' \
-        "$b" "$s" "$rep" "$rc" "$load" "$QUIET_WAITED" "$([ "$PAUSE_OTHER" = 1 ] && echo true || echo false)" \
+        "$b" "$s" "$rep" "$rc" "$load" "$QUIET_WAITED" "$paused" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e9}')" \
         "$WATERMARK_USED" "$preset" "${args[*]} --broker-pid PID${MAX_BROKER_RSS:+ --max-broker-rss $MAX_BROKER_RSS}" \

@@ -115,15 +115,18 @@ pub enum Incoming {
 /// frame to [`FrameCodec`].
 #[inline]
 fn lean_frame(buf: &[u8]) -> Option<(usize, Incoming)> {
-    let head = buf.get(..7)?;
+    const HEAD: usize = protocol::FRAME_HEADER_SIZE;
+    let head = buf.get(..HEAD)?;
     let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-    let total = 7 + size + 1;
+    let total = HEAD + size + 1;
     if buf.len() < total || buf[total - 1] != protocol::FRAME_END {
         return None;
     }
-    let p = &buf[7..7 + size];
+    let p = &buf[HEAD..HEAD + size];
+    let [c0, c1] = protocol::BasicDeliver::CLASS_ID.to_be_bytes();
+    let [m0, m1] = protocol::BasicDeliver::METHOD_ID.to_be_bytes();
     let ev = match head[0] {
-        protocol::FRAME_METHOD if p.get(..4) == Some(&[0, 60, 0, 60]) => {
+        protocol::FRAME_METHOD if p.get(..4) == Some(&[c0, c1, m0, m1]) => {
             // consumer-tag (shortstr), delivery-tag (u64), redelivered (bit), exchange and
             // routing-key (shortstrs).
             let ctag_end = 5 + usize::from(*p.get(4)?);
@@ -558,11 +561,18 @@ mod tests {
         }
     }
 
+    /// A reader whose buffer already holds `bytes` (its socket is never read).
+    fn reader_over(bytes: &[u8]) -> FrameReader<tokio::io::DuplexStream> {
+        let (_, rd) = tokio::io::duplex(1);
+        let mut r = FrameReader::new(rd);
+        r.buf.extend_from_slice(bytes);
+        r
+    }
+
     /// Reads everything in `wire`, handing it over in pieces of `chunk` bytes, with the lean
     /// reader (`lean = true`) or the full decoder alone.
     fn read_all(wire: &[u8], chunk: usize, lean: bool) -> Vec<Incoming> {
-        let (_, rd) = tokio::io::duplex(1);
-        let mut r = FrameReader::new(rd);
+        let mut r = reader_over(&[]);
         let mut out = Vec::new();
         for piece in wire.chunks(chunk.max(1)) {
             r.buf.extend_from_slice(piece);
@@ -641,20 +651,14 @@ mod tests {
         );
         let rk_len_at = wire.len() - 1 - 4;
         wire[rk_len_at] = 9;
-        let (_, rd) = tokio::io::duplex(1);
-        let mut r = FrameReader::new(rd);
-        r.buf.extend_from_slice(&wire);
-        assert!(r.try_incoming().is_err());
+        assert!(reader_over(&wire).try_incoming().is_err());
 
         // A bad frame-end octet is the decoder's error too.
         let mut wire = BytesMut::new();
         protocol::write_heartbeat(&mut wire);
-        let (_, rd) = tokio::io::duplex(1);
-        let mut r = FrameReader::new(rd);
         let mut bad = wire.to_vec();
         *bad.last_mut().unwrap() = 0;
-        r.buf.extend_from_slice(&bad);
-        assert!(r.try_incoming().is_err());
+        assert!(reader_over(&bad).try_incoming().is_err());
 
         // A content header with its body size, and an incomplete frame: nothing yet.
         let mut wire = BytesMut::new();
@@ -666,9 +670,7 @@ mod tests {
             b"abc",
             4096,
         );
-        let (_, rd) = tokio::io::duplex(1);
-        let mut r = FrameReader::new(rd);
-        r.buf.extend_from_slice(&wire[..5]);
+        let mut r = reader_over(&wire[..5]);
         assert!(r.try_incoming().unwrap().is_none());
         r.buf.extend_from_slice(&wire[5..]);
         assert_eq!(r.try_incoming().unwrap(), Some(Incoming::Header { body_size: 3 }));

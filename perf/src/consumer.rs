@@ -1,6 +1,6 @@
-//! One consumer: reads large chunks, decodes frames zero-copy, records latency and
-//! sequences, and batches its acks into one write per chunk. Deliveries handled while the
-//! producers are publishing are counted (and their latencies recorded) apart.
+//! One consumer: reads large chunks, reads deliveries in place (`FrameReader::try_incoming`),
+//! records latency and sequences, and batches its acks into one write per chunk. Deliveries
+//! handled while the producers are publishing are counted (and their latencies recorded) apart.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

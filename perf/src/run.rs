@@ -564,9 +564,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let mut report = Report {
         scenario: s.scenario.map(|sc| format!("{sc:?}")),
         // the name `--pacing` takes, so the report spells it as the command line does
-        pacing: (s.rate > 0)
-            .then(|| s.pacing.to_possible_value().map(|v| v.get_name().to_owned()))
-            .flatten(),
+        pacing: s
+            .pacing
+            .to_possible_value()
+            .filter(|_| s.rate > 0)
+            .map(|v| v.get_name().to_owned()),
         producers: s.producers,
         consumers: s.consumers,
         size: s.size,

@@ -372,8 +372,10 @@ impl Decoder for FrameCodec {
 /// [`Frame::from_payload`], which decodes or rejects it.
 #[inline]
 fn small_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Option<Frame> {
+    let [c0, c1] = crate::BasicAck::CLASS_ID.to_be_bytes();
+    let [m0, m1] = crate::BasicAck::METHOD_ID.to_be_bytes();
     match (frame_type, payload.len()) {
-        (FRAME_METHOD, 13) if payload[..4] == [0, 60, 0, 80] => Some(Frame::Method(
+        (FRAME_METHOD, 13) if payload[..4] == [c0, c1, m0, m1] => Some(Frame::Method(
             channel,
             Method::BasicAck(crate::BasicAck {
                 delivery_tag: u64::from_be_bytes(payload[4..12].try_into().ok()?),
