@@ -72,6 +72,9 @@ pub struct Session {
     pub(crate) flow_queues: Vec<Arc<Queue>>,
     /// `flow_queues` grew since the connection last registered with them.
     pub(crate) flow_dirty: bool,
+    /// A channel holds single acks it has taken but not settled yet (`Channel::settle_acked_run`): the
+    /// connection settles them before the round's pulls.
+    pub(crate) acks_deferred: bool,
     /// Who the connection acts as, for permission checks (`users.rs`); allows everything by default.
     pub(crate) access: crate::users::Access,
     /// This connection's message counters (the metrics; `stats.rs`).
@@ -113,6 +116,7 @@ impl Session {
             published: false,
             flow_queues: Vec::new(),
             flow_dirty: false,
+            acks_deferred: false,
             access: Default::default(),
             stats: Arc::default(),
             consumer_timeout: None,

@@ -574,3 +574,163 @@ fn unacked_messages_return_when_the_connection_closes() {
     assert_eq!(m.body, b"0");
     assert!(m.redelivered());
 }
+
+/// Frames written in one `write`, so the broker reads them in one pass.
+fn send_together(c: &mut RawClient, frames: &[(u16, Method)]) {
+    let mut b = bytes::BytesMut::new();
+    for (ch, m) in frames {
+        protocol::write_method(&mut b, *ch, m);
+    }
+    c.send_raw(&b);
+}
+
+fn ack_method(tag: u64) -> Method {
+    Method::BasicAck(protocol::BasicAck {
+        delivery_tag: tag,
+        multiple: false,
+    })
+}
+
+/// A consumer's single acks are settled as a run (issue 13), once per pass over what the connection read.
+/// Whatever comes after them in the same read sees them settled: a channel.close right behind three acks
+/// requeues only the three deliveries not acked, and an acked delivery is never delivered again, as
+/// RabbitMQ, whose channel settles each ack as it comes (rabbit_channel.erl `handle_method(#'basic.ack'{}`).
+#[test]
+fn acks_read_together_with_a_channel_close_are_settled_not_requeued() {
+    let server = Server::start();
+    let mut c = RawClient::open(server.addr, 131_072);
+    c.open_channel(1);
+    c.open_channel(2);
+    c.declare_queue(1, "run");
+    for i in 1..=6 {
+        c.publish(1, "", "run", format!("{i}").as_bytes());
+    }
+    assert_eq!(count_ready(&mut c, 1, "run"), 6);
+    c.consume(2, "run", "t", false, false);
+    let got = expect_n(&mut c, 2, 6);
+    let tags: Vec<u64> = got.iter().map(RawMessage::delivery_tag).collect();
+    let close = Method::ChannelClose(protocol::ChannelClose {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    });
+    send_together(
+        &mut c,
+        &[
+            (2, ack_method(tags[0])),
+            (2, ack_method(tags[1])),
+            (2, ack_method(tags[2])),
+            (2, close),
+        ],
+    );
+    loop {
+        match c.expect_frame() {
+            protocol::Frame::Method(2, Method::ChannelCloseOk(_)) => break,
+            _ => continue,
+        }
+    }
+    let back: Vec<RawMessage> = std::iter::from_fn(|| c.get(1, "run", true)).collect();
+    assert_eq!(
+        back.iter().map(|m| m.body_str()).collect::<Vec<_>>(),
+        ["4", "5", "6"]
+    );
+    assert!(back.iter().all(|m| m.redelivered()));
+}
+
+/// A second ack of a delivery in the same run is an unknown tag at once (406), as RabbitMQ; the deliveries the
+/// run acked before it are gone, the rest come back.
+#[test]
+fn a_repeated_ack_inside_a_run_is_406_and_the_run_still_counts() {
+    let server = Server::start();
+    let mut c = RawClient::open(server.addr, 131_072);
+    c.open_channel(1);
+    c.open_channel(2);
+    c.declare_queue(1, "run2");
+    for i in 1..=4 {
+        c.publish(1, "", "run2", format!("{i}").as_bytes());
+    }
+    assert_eq!(count_ready(&mut c, 1, "run2"), 4);
+    c.consume(2, "run2", "t", false, false);
+    let got = expect_n(&mut c, 2, 4);
+    let tags: Vec<u64> = got.iter().map(RawMessage::delivery_tag).collect();
+    send_together(
+        &mut c,
+        &[
+            (2, ack_method(tags[0])),
+            (2, ack_method(tags[1])),
+            (2, ack_method(tags[0])),
+        ],
+    );
+    let (code, text, cls, mth) = c.expect_channel_close(2);
+    assert_eq!(
+        (code, text.as_str(), cls, mth),
+        (
+            406,
+            format!("PRECONDITION_FAILED - unknown delivery tag {}", tags[0]).as_str(),
+            60,
+            80
+        )
+    );
+    let back: Vec<RawMessage> = std::iter::from_fn(|| c.get(1, "run2", true)).collect();
+    assert_eq!(back.iter().map(|m| m.body_str()).collect::<Vec<_>>(), ["3", "4"]);
+}
+
+/// Acks followed by the socket going away (no close) in one read: the acked deliveries are settled, the
+/// rest requeued; with persistent messages on a durable queue, a restart brings back only the unacked.
+#[test]
+fn acks_read_just_before_the_socket_drops_are_settled_and_stay_settled_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let mut c = RawClient::open(server.addr, 131_072);
+    c.open_channel(1);
+    c.declare_queue_with(1, "run3", true, false, false);
+    let persistent = protocol::RawProperties::from_properties(&protocol::BasicProperties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    });
+    for i in 1..=5 {
+        c.publish_full(
+            1,
+            protocol::BasicPublish {
+                exchange: "".into(),
+                routing_key: "run3".into(),
+                mandatory: false,
+                immediate: false,
+            },
+            &persistent,
+            format!("{i}").as_bytes(),
+        );
+    }
+    assert_eq!(
+        c.declare_queue_with(1, "run3", true, false, false).message_count,
+        5
+    );
+    let mut consumer = RawClient::open_ch1(server.addr);
+    consumer.consume(1, "run3", "t", false, false);
+    let got = expect_n(&mut consumer, 1, 5);
+    let tags: Vec<u64> = got.iter().map(RawMessage::delivery_tag).collect();
+    send_together(
+        &mut consumer,
+        &[(1, ack_method(tags[0])), (1, ack_method(tags[1]))],
+    );
+    consumer.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(consumer);
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = c.declare_queue_with(1, "run3", true, false, false).message_count;
+        if ready == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ready, 3);
+    drop(c);
+    server.restart();
+    let mut c = RawClient::open_ch1(server.addr);
+    let back: Vec<RawMessage> = std::iter::from_fn(|| c.get(1, "run3", true)).collect();
+    assert_eq!(
+        back.iter().map(|m| m.body_str()).collect::<Vec<_>>(),
+        ["3", "4", "5"]
+    );
+}

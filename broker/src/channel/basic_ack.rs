@@ -25,6 +25,13 @@ impl Channel {
         if ctx.session.vhost.trace.on() {
             self.trace_settle(Kind::Acked, a.delivery_tag, a.multiple, false, ctx.session);
         }
+        // The usual consumer's ack, one per message, of the oldest delivery, outside a transaction: taken off
+        // `unacked` now (a second ack of it is 406 at once), settled with the rest of its run.
+        if !a.multiple && self.tx.is_none() && self.unacked.front().is_some_and(|u| u.tag == a.delivery_tag) {
+            self.acked_run.extend(self.unacked.pop_front());
+            ctx.session.acks_deferred = true;
+            return Ok(());
+        }
         self.settle(
             Settle::Ack {
                 tag: a.delivery_tag,
@@ -144,17 +151,42 @@ impl Channel {
         Ok(())
     }
 
+    /// Settles the single acks `basic_ack` took since the last call, together: one credit update per
+    /// consumer and one queue update per run of the same queue instead of one each per ack. Called before
+    /// the channel's next frame that is not basic.ack, by the connection before its pulls
+    /// (`Session::acks_deferred`), and when the channel is released.
+    pub fn settle_acked_run(&mut self, session: &mut Session) {
+        if self.acked_run.is_empty() {
+            return;
+        }
+        let run = std::mem::take(&mut self.acked_run);
+        self.after_settle(&run, session);
+        crate::stats::MessageCounters::add(&session.stats.messages.acknowledged, run.len() as u64);
+        settle_grouped(&run);
+        self.acked_run = run;
+        self.acked_run.clear();
+    }
+
     /// Gives credit back to the consumers (and channel) whose deliveries were settled.
     fn after_settle(&mut self, taken: &[Unacked], session: &mut Session) {
         let mut from_consumers = 0u32;
-        for u in taken {
-            if let Some(cid) = u.consumer {
-                from_consumers += 1;
-                if let Some(c) = session.consumers.get_mut(&cid) {
-                    c.unacked = c.unacked.saturating_sub(1);
-                }
-                session.schedule_pull(cid);
+        // Runs of the same consumer (the usual case) cost one lookup.
+        let mut i = 0;
+        while i < taken.len() {
+            let Some(cid) = taken[i].consumer else {
+                i += 1;
+                continue;
+            };
+            let mut n = 1;
+            while taken.get(i + n).is_some_and(|u| u.consumer == Some(cid)) {
+                n += 1;
             }
+            i += n;
+            from_consumers += n as u32;
+            if let Some(c) = session.consumers.get_mut(&cid) {
+                c.unacked = c.unacked.saturating_sub(n as u32);
+            }
+            session.schedule_pull(cid);
         }
         self.consumer_unacked = self.consumer_unacked.saturating_sub(from_consumers);
         if from_consumers > 0 && self.channel_prefetch > 0 {

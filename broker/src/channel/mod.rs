@@ -100,6 +100,10 @@ pub struct Channel {
     last_queue: Option<Arc<str>>,
     /// Reused by ack/nack/reject for the deliveries they settle (a single ack allocates nothing).
     settle_scratch: Vec<Unacked>,
+    /// Single acks of the oldest delivery taken off `unacked` and not settled yet: a run of them read in
+    /// one pass is settled together (`basic_ack.rs`), before the channel's next other frame and before the
+    /// connection's pulls.
+    acked_run: Vec<Unacked>,
     /// The smallest acknowledgement timeout (ms) of the queues this channel delivered from (u64::MAX: none):
     /// the consumer-timeout check looks no further than deliveries this old (`ack_timeout.rs`).
     ack_timeout_floor: u64,
@@ -130,6 +134,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             settle_scratch: Vec::new(),
+            acked_run: Vec::new(),
             reply: None,
             hold: Hold::default(),
             perms: Default::default(),
@@ -194,6 +199,10 @@ impl Channel {
 
     /// One frame, handled now (not held back).
     fn handle_now(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
+        // Whatever follows a run of single acks sees them settled (credit, counters, the queues).
+        if !self.acked_run.is_empty() && !matches!(frame, Frame::Method(_, Method::BasicAck(_))) {
+            self.settle_acked_run(ctx.session);
+        }
         // A body over --max-message-size is refused at its content header, before any of it is buffered:
         // RabbitMQ (rabbit_channel.erl check_msg_size) gives the same 406 only after reading the whole body.
         // Its body frames, still on the way, are discarded by the closing channel. Sizes over the 512 MiB
@@ -390,6 +399,8 @@ impl Channel {
 
     /// Every unacked delivery of the channel goes back to its queue, in order.
     fn requeue_unacked(&mut self, session: &mut Session) {
+        // Acked is acked: those go for good, not back.
+        self.settle_acked_run(session);
         let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         // Deliveries a settle had taken when its handler failed go back too.
         unacked.append(&mut self.settle_scratch);

@@ -117,6 +117,9 @@ enum Op {
         ch: u16,
     },
     DropConnection(usize),
+    /// Operations read in one pass: nothing is pulled between them, so the single acks among them are
+    /// still an unsettled run (`Channel::settle_acked_run`) when the next one comes.
+    Together(Vec<Op>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -131,7 +134,42 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(conn, ch, k, multiple, reject)| Op::Requeue { conn, ch, k, multiple, reject }),
         1 => (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::Recover { conn, ch }),
         2 => (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
-        1 => conn.prop_map(Op::DropConnection),
+        1 => conn.clone().prop_map(Op::DropConnection),
+        2 => (conn, ch, 1usize..4, then_op()).prop_map(|(conn, ch, n, then)| {
+            // A consumer's usual run: single acks of the oldest delivery, one after another; then
+            // something else on the same or another channel in the same pass.
+            let mut ops: Vec<Op> = (0..n).map(|_| Op::Ack { conn, ch, k: 0, multiple: false }).collect();
+            ops.push(then);
+            Op::Together(ops)
+        }),
+    ]
+}
+
+/// What follows a run of single acks in the same pass.
+fn then_op() -> impl Strategy<Value = Op> {
+    let conn = 0..CONNS;
+    let ch = 1..=CHANNELS;
+    prop_oneof![
+        (0usize..4).prop_map(Op::Cancel),
+        (conn.clone(), ch.clone(), 0usize..6, any::<bool>()).prop_map(|(conn, ch, k, multiple)| Op::Ack {
+            conn,
+            ch,
+            k,
+            multiple
+        }),
+        (conn.clone(), ch.clone(), 0usize..6, any::<bool>(), any::<bool>()).prop_map(
+            |(conn, ch, k, multiple, reject)| Op::Requeue {
+                conn,
+                ch,
+                k,
+                multiple,
+                reject
+            }
+        ),
+        (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::Recover { conn, ch }),
+        (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
+        conn.prop_map(Op::DropConnection),
+        (1u8..3).prop_map(Op::Publish),
     ]
 }
 
@@ -309,8 +347,14 @@ impl Conn {
         }
     }
 
-    /// What `Conn::on_signal` and `Conn::run_pulls` do; true if anything was pulled for.
+    /// What `Conn::on_signal`, `Conn::settle_acked_runs` and `Conn::run_pulls` do; true if anything was
+    /// pulled for.
     fn pump(&mut self) -> bool {
+        if std::mem::take(&mut self.session.acks_deferred) {
+            for channel in self.channels.values_mut() {
+                channel.settle_acked_run(&mut self.session);
+            }
+        }
         let mut ready = Vec::new();
         self.signal.take_ready(&mut ready);
         for id in ready {
@@ -404,153 +448,160 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
     let mut m = Model::default();
     let mut next_msg = 0u64;
     let mut next_consumer = 0u64;
-    for op in ops {
-        match op {
-            Op::Publish(n) => {
-                for _ in 0..n {
-                    let body = Bytes::from(next_msg.to_string());
-                    let msg = Message::new(
-                        ShortStr::from(""),
-                        ShortStr::from(name.as_str()),
-                        RawProperties::empty(),
-                        body,
-                    );
-                    q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
-                        .expect("publish");
-                    m.ready.insert(next_msg, false);
-                    next_msg += 1;
+    for step in ops {
+        let batch = match step {
+            Op::Together(ops) => ops,
+            op => vec![op],
+        };
+        for op in batch {
+            match op {
+                Op::Together(_) => unreachable!("not nested"),
+                Op::Publish(n) => {
+                    for _ in 0..n {
+                        let body = Bytes::from(next_msg.to_string());
+                        let msg = Message::new(
+                            ShortStr::from(""),
+                            ShortStr::from(name.as_str()),
+                            RawProperties::empty(),
+                            body,
+                        );
+                        q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
+                            .expect("publish");
+                        m.ready.insert(next_msg, false);
+                        next_msg += 1;
+                    }
                 }
-            }
-            Op::Consume { conn, ch, prefetch } => {
-                let tag = format!("c{next_consumer}");
-                next_consumer += 1;
-                let c = &mut conns[conn];
-                c.method(
-                    ch,
-                    Method::BasicQos(protocol::BasicQos {
-                        prefetch_size: 0,
-                        prefetch_count: prefetch,
-                        global: false,
-                    }),
-                );
-                c.method(
-                    ch,
-                    Method::BasicConsume(protocol::BasicConsume {
-                        queue: name.as_str().into(),
-                        consumer_tag: tag.as_str().into(),
-                        no_local: false,
-                        no_ack: false,
-                        exclusive: false,
-                        no_wait: true,
-                        arguments: FieldTable::new(),
-                    }),
-                );
-                m.channel(conn, ch);
-                m.consumers.push(MConsumer {
-                    tag,
-                    conn,
-                    ch,
-                    prefetch: prefetch as usize,
-                    unacked: 0,
-                });
-            }
-            Op::Cancel(k) => {
-                if m.consumers.is_empty() {
-                    continue;
-                }
-                let c = m.consumers.remove(k % m.consumers.len());
-                conns[c.conn].method(
-                    c.ch,
-                    Method::BasicCancel(protocol::BasicCancel {
-                        consumer_tag: c.tag.as_str().into(),
-                        no_wait: true,
-                    }),
-                );
-            }
-            Op::Ack {
-                conn,
-                ch,
-                k,
-                multiple,
-            } => {
-                let taken = m.take(conn, ch, k, multiple);
-                let Some(last) = taken.last() else { continue };
-                conns[conn].method(
-                    ch,
-                    Method::BasicAck(protocol::BasicAck {
-                        delivery_tag: last.0,
-                        multiple,
-                    }),
-                );
-                for (_, _, consumer) in &taken {
-                    m.credit_back(consumer);
-                }
-            }
-            Op::Requeue {
-                conn,
-                ch,
-                k,
-                multiple,
-                reject,
-            } => {
-                let multiple = multiple && !reject;
-                let taken = m.take(conn, ch, k, multiple);
-                let Some(last) = taken.last() else { continue };
-                let tag = last.0;
-                conns[conn].method(
-                    ch,
-                    if reject {
-                        Method::BasicReject(protocol::BasicReject {
-                            delivery_tag: tag,
-                            requeue: true,
-                        })
-                    } else {
-                        Method::BasicNack(protocol::BasicNack {
-                            delivery_tag: tag,
-                            multiple,
-                            requeue: true,
-                        })
-                    },
-                );
-                m.requeue(taken);
-            }
-            Op::Recover { conn, ch } => {
-                if !m.channels.contains_key(&(conn, ch)) {
-                    continue;
-                }
-                conns[conn].method(ch, Method::BasicRecover(protocol::BasicRecover { requeue: true }));
-                let all = std::mem::take(&mut m.channel(conn, ch).unacked);
-                m.requeue(all);
-            }
-            Op::CloseChannel { conn, ch } => {
-                if !conns[conn].channels.contains(ch) {
-                    continue;
-                }
-                with_others_running(&mut conns, conn, |c| {
+                Op::Consume { conn, ch, prefetch } => {
+                    let tag = format!("c{next_consumer}");
+                    next_consumer += 1;
+                    let c = &mut conns[conn];
                     c.method(
                         ch,
-                        Method::ChannelClose(protocol::ChannelClose {
-                            reply_code: 200,
-                            reply_text: "bye".into(),
-                            class_id: 0,
-                            method_id: 0,
+                        Method::BasicQos(protocol::BasicQos {
+                            prefetch_size: 0,
+                            prefetch_count: prefetch,
+                            global: false,
                         }),
-                    )
-                });
-                m.close(conn, ch);
-            }
-            Op::DropConnection(conn) => {
-                with_others_running(&mut conns, conn, Conn::drop_all);
-                conns[conn] = Conn::new(&vhost);
-                // Every channel's deliveries go back before any consumer leaves.
-                let chans: Vec<(usize, u16)> =
-                    m.channels.keys().copied().filter(|(c, _)| *c == conn).collect();
-                for (c, ch) in &chans {
-                    let unacked = std::mem::take(&mut m.channel(*c, *ch).unacked);
-                    m.requeue(unacked);
+                    );
+                    c.method(
+                        ch,
+                        Method::BasicConsume(protocol::BasicConsume {
+                            queue: name.as_str().into(),
+                            consumer_tag: tag.as_str().into(),
+                            no_local: false,
+                            no_ack: false,
+                            exclusive: false,
+                            no_wait: true,
+                            arguments: FieldTable::new(),
+                        }),
+                    );
+                    m.channel(conn, ch);
+                    m.consumers.push(MConsumer {
+                        tag,
+                        conn,
+                        ch,
+                        prefetch: prefetch as usize,
+                        unacked: 0,
+                    });
                 }
-                for key in chans {
-                    m.close(key.0, key.1);
+                Op::Cancel(k) => {
+                    if m.consumers.is_empty() {
+                        continue;
+                    }
+                    let c = m.consumers.remove(k % m.consumers.len());
+                    conns[c.conn].method(
+                        c.ch,
+                        Method::BasicCancel(protocol::BasicCancel {
+                            consumer_tag: c.tag.as_str().into(),
+                            no_wait: true,
+                        }),
+                    );
+                }
+                Op::Ack {
+                    conn,
+                    ch,
+                    k,
+                    multiple,
+                } => {
+                    let taken = m.take(conn, ch, k, multiple);
+                    let Some(last) = taken.last() else { continue };
+                    conns[conn].method(
+                        ch,
+                        Method::BasicAck(protocol::BasicAck {
+                            delivery_tag: last.0,
+                            multiple,
+                        }),
+                    );
+                    for (_, _, consumer) in &taken {
+                        m.credit_back(consumer);
+                    }
+                }
+                Op::Requeue {
+                    conn,
+                    ch,
+                    k,
+                    multiple,
+                    reject,
+                } => {
+                    let multiple = multiple && !reject;
+                    let taken = m.take(conn, ch, k, multiple);
+                    let Some(last) = taken.last() else { continue };
+                    let tag = last.0;
+                    conns[conn].method(
+                        ch,
+                        if reject {
+                            Method::BasicReject(protocol::BasicReject {
+                                delivery_tag: tag,
+                                requeue: true,
+                            })
+                        } else {
+                            Method::BasicNack(protocol::BasicNack {
+                                delivery_tag: tag,
+                                multiple,
+                                requeue: true,
+                            })
+                        },
+                    );
+                    m.requeue(taken);
+                }
+                Op::Recover { conn, ch } => {
+                    if !m.channels.contains_key(&(conn, ch)) {
+                        continue;
+                    }
+                    conns[conn].method(ch, Method::BasicRecover(protocol::BasicRecover { requeue: true }));
+                    let all = std::mem::take(&mut m.channel(conn, ch).unacked);
+                    m.requeue(all);
+                }
+                Op::CloseChannel { conn, ch } => {
+                    if !conns[conn].channels.contains(ch) {
+                        continue;
+                    }
+                    with_others_running(&mut conns, conn, |c| {
+                        c.method(
+                            ch,
+                            Method::ChannelClose(protocol::ChannelClose {
+                                reply_code: 200,
+                                reply_text: "bye".into(),
+                                class_id: 0,
+                                method_id: 0,
+                            }),
+                        )
+                    });
+                    m.close(conn, ch);
+                }
+                Op::DropConnection(conn) => {
+                    with_others_running(&mut conns, conn, Conn::drop_all);
+                    conns[conn] = Conn::new(&vhost);
+                    // Every channel's deliveries go back before any consumer leaves.
+                    let chans: Vec<(usize, u16)> =
+                        m.channels.keys().copied().filter(|(c, _)| *c == conn).collect();
+                    for (c, ch) in &chans {
+                        let unacked = std::mem::take(&mut m.channel(*c, *ch).unacked);
+                        m.requeue(unacked);
+                    }
+                    for key in chans {
+                        m.close(key.0, key.1);
+                    }
                 }
             }
         }

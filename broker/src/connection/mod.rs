@@ -345,6 +345,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             if self.transport.phase == Phase::Open {
                 let durable_now = durable.borrow_and_update().clone();
                 while self.settle_held(&durable_now) {}
+                self.settle_acked_runs();
                 self.run_pulls();
                 let mut confirmed = 0;
                 for channel in self.channels.values_mut() {
@@ -865,6 +866,19 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             }
         }
         session.pull_list.drain(..i);
+    }
+
+    /// The single acks the channels took this round are settled (credit back before the pulls).
+    fn settle_acked_runs(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut session.acks_deferred) {
+            return;
+        }
+        for channel in self.channels.values_mut() {
+            channel.settle_acked_run(session);
+        }
     }
 
     /// Every channel's unacked messages are requeued and its consumers cancelled.
