@@ -591,6 +591,20 @@ fn ack_method(tag: u64) -> Method {
     })
 }
 
+/// A connection with channel 1 for checks and a consumer on channel 2 holding `n` unacked deliveries of a
+/// new queue (bodies "1".."n"); returns their delivery tags.
+fn consumer_holding(c: &mut RawClient, queue: &str, n: usize) -> Vec<u64> {
+    c.open_channel(1);
+    c.open_channel(2);
+    c.declare_queue(1, queue);
+    for i in 1..=n {
+        c.publish(1, "", queue, format!("{i}").as_bytes());
+    }
+    assert_eq!(count_ready(c, 1, queue), n as u32);
+    c.consume(2, queue, "t", false, false);
+    expect_n(c, 2, n).iter().map(RawMessage::delivery_tag).collect()
+}
+
 /// A consumer's single acks are settled as a run (issue 13), once per pass over what the connection read.
 /// Whatever comes after them in the same read sees them settled: a channel.close right behind three acks
 /// requeues only the three deliveries not acked, and an acked delivery is never delivered again, as
@@ -599,16 +613,7 @@ fn ack_method(tag: u64) -> Method {
 fn acks_read_together_with_a_channel_close_are_settled_not_requeued() {
     let server = Server::start();
     let mut c = RawClient::open(server.addr, 131_072);
-    c.open_channel(1);
-    c.open_channel(2);
-    c.declare_queue(1, "run");
-    for i in 1..=6 {
-        c.publish(1, "", "run", format!("{i}").as_bytes());
-    }
-    assert_eq!(count_ready(&mut c, 1, "run"), 6);
-    c.consume(2, "run", "t", false, false);
-    let got = expect_n(&mut c, 2, 6);
-    let tags: Vec<u64> = got.iter().map(RawMessage::delivery_tag).collect();
+    let tags = consumer_holding(&mut c, "run", 6);
     let close = Method::ChannelClose(protocol::ChannelClose {
         reply_code: 200,
         reply_text: "bye".into(),
@@ -644,16 +649,7 @@ fn acks_read_together_with_a_channel_close_are_settled_not_requeued() {
 fn a_repeated_ack_inside_a_run_is_406_and_the_run_still_counts() {
     let server = Server::start();
     let mut c = RawClient::open(server.addr, 131_072);
-    c.open_channel(1);
-    c.open_channel(2);
-    c.declare_queue(1, "run2");
-    for i in 1..=4 {
-        c.publish(1, "", "run2", format!("{i}").as_bytes());
-    }
-    assert_eq!(count_ready(&mut c, 1, "run2"), 4);
-    c.consume(2, "run2", "t", false, false);
-    let got = expect_n(&mut c, 2, 4);
-    let tags: Vec<u64> = got.iter().map(RawMessage::delivery_tag).collect();
+    let tags = consumer_holding(&mut c, "run2", 4);
     send_together(
         &mut c,
         &[
