@@ -164,6 +164,7 @@ impl Channel {
 
     /// One frame for this channel. Soft errors close the channel here; a hard error is returned for the
     /// connection to close.
+    #[inline(always)]
     pub fn handle(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
         if self.closing {
             // Only close and close-ok matter until the client acknowledges our channel.close.
@@ -198,6 +199,7 @@ impl Channel {
     }
 
     /// One frame, handled now (not held back).
+    #[inline(always)]
     fn handle_now(&mut self, frame: Frame, ctx: &mut Ctx) -> AmqpResult<Next> {
         // Whatever follows a run of single acks sees them settled (credit, counters, the queues).
         if !self.acked_run.is_empty() && !matches!(frame, Frame::Method(_, Method::BasicAck(_))) {

@@ -413,6 +413,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     }
 
     /// Handles one frame read from the socket (or stashes it while flow control pauses the connection).
+    /// Inlined, as are `handle_frame`, `Channel::handle` and `Channel::handle_now`: a `Frame` is 128 bytes,
+    /// and each call taking it by value copied it (S1's shape: 5,849 -> 5,600 instructions a message).
+    #[inline(always)]
     fn on_frame_read(&mut self, frame: Frame) {
         // not a clock read per frame: the heartbeat check reads the clock (`heartbeat_missed`)
         self.transport.received = true;
@@ -429,6 +432,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     }
 
     /// One frame through the connection, then what flow control learned from it.
+    #[inline(always)]
     fn handle_frame(&mut self, frame: Frame) {
         if let Err(e) = self.on_frame(frame) {
             self.start_close(e);
