@@ -80,6 +80,19 @@ fn count_ready(c: &mut RawClient, ch: u16, q: &str) -> u32 {
     c.declare_queue(ch, q).message_count
 }
 
+/// Polls `count` until it reads `want` (2 s at most); returns the last reading.
+fn count_within(c: &mut RawClient, want: u32, mut count: impl FnMut(&mut RawClient) -> u32) -> u32 {
+    let mut n = 0;
+    for _ in 0..100 {
+        n = count(c);
+        if n == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n
+}
+
 #[test]
 fn default_exchange_routes_by_queue_name() {
     let server = Server::start();
@@ -561,14 +574,7 @@ fn unacked_messages_return_when_the_connection_closes() {
     assert_eq!(got.len(), 3);
     assert_eq!(count_ready(&mut c, 1, "back2"), 0);
     drop(taker); // socket drops without a close
-    let mut ready = 0;
-    for _ in 0..100 {
-        ready = count_ready(&mut c, 1, "back2");
-        if ready == 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ready = count_within(&mut c, 3, |c| count_ready(c, 1, "back2"));
     assert_eq!(ready, 3);
     let m = c.get(1, "back2", true).unwrap();
     assert_eq!(m.body, b"0");
@@ -712,14 +718,9 @@ fn acks_read_just_before_the_socket_drops_are_settled_and_stay_settled_after_res
     );
     consumer.stream.shutdown(std::net::Shutdown::Both).unwrap();
     drop(consumer);
-    let mut ready = 0;
-    for _ in 0..100 {
-        ready = c.declare_queue_with(1, "run3", true, false, false).message_count;
-        if ready == 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ready = count_within(&mut c, 3, |c| {
+        c.declare_queue_with(1, "run3", true, false, false).message_count
+    });
     assert_eq!(ready, 3);
     drop(c);
     server.restart();

@@ -112,11 +112,7 @@ impl Channel {
         match s {
             _ if requeue => requeue_grouped(vhost, std::mem::take(&mut taken), now_ms()),
             Settle::Ack { .. } => {
-                crate::stats::MessageCounters::add(
-                    &ctx.session.stats.messages.acknowledged,
-                    taken.len() as u64,
-                );
-                settle_grouped(&taken);
+                settle_acked(ctx.session, &taken);
                 taken.clear();
             }
             Settle::Reject { .. } => reject_grouped(vhost, std::mem::take(&mut taken), now_ms()),
@@ -161,8 +157,7 @@ impl Channel {
         }
         let run = std::mem::take(&mut self.acked_run);
         self.after_settle(&run, session);
-        crate::stats::MessageCounters::add(&session.stats.messages.acknowledged, run.len() as u64);
-        settle_grouped(&run);
+        settle_acked(session, &run);
         self.acked_run = run;
         self.acked_run.clear();
     }
@@ -209,6 +204,12 @@ fn reject_grouped(vhost: &VHost, unacked: Vec<Unacked>, now: u64) {
         q.reject(entries, &mut dead);
         vhost.dead_letter(&q, &mut dead, now);
     }
+}
+
+/// Acked deliveries settled for good: counted, and one store delete per run of the same queue.
+fn settle_acked(session: &Session, taken: &[Unacked]) {
+    crate::stats::MessageCounters::add(&session.stats.messages.acknowledged, taken.len() as u64);
+    settle_grouped(taken);
 }
 
 /// Settles deliveries for good (ack): one store delete per run of the same queue.

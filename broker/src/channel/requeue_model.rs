@@ -122,7 +122,21 @@ enum Op {
     Together(Vec<Op>),
 }
 
+/// One operation, or a run of single acks and the operation read with them in the same pass.
 fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        18 => single_op(),
+        2 => (0..CONNS, 1..=CHANNELS, 1usize..4, single_op()).prop_map(|(conn, ch, n, then)| {
+            // A consumer's usual run: single acks of the oldest delivery, one after another; then
+            // something else on the same or another channel in the same pass.
+            let mut ops: Vec<Op> = (0..n).map(|_| Op::Ack { conn, ch, k: 0, multiple: false }).collect();
+            ops.push(then);
+            Op::Together(ops)
+        }),
+    ]
+}
+
+fn single_op() -> impl Strategy<Value = Op> {
     let conn = 0..CONNS;
     let ch = 1..=CHANNELS;
     prop_oneof![
@@ -133,43 +147,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (conn.clone(), ch.clone(), 0usize..6, any::<bool>(), any::<bool>())
             .prop_map(|(conn, ch, k, multiple, reject)| Op::Requeue { conn, ch, k, multiple, reject }),
         1 => (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::Recover { conn, ch }),
-        2 => (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
-        1 => conn.clone().prop_map(Op::DropConnection),
-        2 => (conn, ch, 1usize..4, then_op()).prop_map(|(conn, ch, n, then)| {
-            // A consumer's usual run: single acks of the oldest delivery, one after another; then
-            // something else on the same or another channel in the same pass.
-            let mut ops: Vec<Op> = (0..n).map(|_| Op::Ack { conn, ch, k: 0, multiple: false }).collect();
-            ops.push(then);
-            Op::Together(ops)
-        }),
-    ]
-}
-
-/// What follows a run of single acks in the same pass.
-fn then_op() -> impl Strategy<Value = Op> {
-    let conn = 0..CONNS;
-    let ch = 1..=CHANNELS;
-    prop_oneof![
-        (0usize..4).prop_map(Op::Cancel),
-        (conn.clone(), ch.clone(), 0usize..6, any::<bool>()).prop_map(|(conn, ch, k, multiple)| Op::Ack {
-            conn,
-            ch,
-            k,
-            multiple
-        }),
-        (conn.clone(), ch.clone(), 0usize..6, any::<bool>(), any::<bool>()).prop_map(
-            |(conn, ch, k, multiple, reject)| Op::Requeue {
-                conn,
-                ch,
-                k,
-                multiple,
-                reject
-            }
-        ),
-        (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::Recover { conn, ch }),
-        (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
-        conn.prop_map(Op::DropConnection),
-        (1u8..3).prop_map(Op::Publish),
+        2 => (conn.clone(), ch).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
+        1 => conn.prop_map(Op::DropConnection),
     ]
 }
 
