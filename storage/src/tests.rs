@@ -1489,3 +1489,39 @@ fn permissions_and_policies_roundtrip_and_reopen() {
     assert_eq!(s.policies().unwrap(), vec![pol]);
     assert_eq!(s.vhost_metas().unwrap()[0].tags, vec!["t".to_string()]);
 }
+
+/// Found by `store_matches_a_btreemap` (its regression file): seqs 2^40 apart in one segment, then an ack
+/// that makes recovery scan the segment, which took the far record for garbage and dropped it with
+/// everything after it. Such a seq now starts a new segment.
+#[test]
+fn a_seq_far_past_the_last_starts_a_segment_and_survives_a_reopen() {
+    for gap in [5u64, 1 << 32, (1 << 40) - 1, 1 << 40, 1 << 41] {
+        let d = tmp();
+        let open = |p: &std::path::Path| {
+            Store::open(
+                p,
+                StoreOptions {
+                    segment_bytes: 512,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let s = open(d.path());
+        s.put_queue(&QueueRecord {
+            id: 2,
+            name: "q2".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        s.append_message(2, 0, &msg(0)).unwrap();
+        for seq in gap + 1..gap + 4 {
+            s.append_message(2, seq, &msg(seq)).unwrap();
+        }
+        s.delete_messages(2, &[gap + 3]).unwrap();
+        drop(s);
+        let s = open(d.path());
+        let seqs: Vec<u64> = s.read_messages(2, 0, usize::MAX).unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(seqs, [0, gap + 1, gap + 2], "gap {gap}");
+    }
+}

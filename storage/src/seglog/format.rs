@@ -211,9 +211,9 @@ pub(crate) fn scan_records(buf: &[u8], first: u64, next_first: Option<u64>) -> S
     scan
 }
 
-/// Two records of one segment are never further apart in seq than this (a resync candidate
-/// further away is garbage).
-const MAX_SEQ_GAP: u64 = 1 << 40;
+/// Two records of one segment are never this far apart in seq (`MsgLog::append_one` starts a new segment
+/// for such a seq); a resync candidate that far away is garbage.
+pub(crate) const MAX_SEQ_GAP: u64 = 1 << 40;
 
 /// The offset of the first valid record at or after `from` whose seq `accept`s.
 pub(crate) fn find_record(buf: &[u8], from: usize, accept: impl Fn(u64) -> bool) -> Option<usize> {

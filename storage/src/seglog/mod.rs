@@ -512,8 +512,13 @@ impl MsgLog {
         }
         // Encoded into the write segment's buffer; if that takes the segment past its size, the
         // record moves to a new segment (a record larger than that gets a segment of its own).
+        // A seq this far past the segment's last one also starts a new segment: recovery's scan takes two
+        // records of one segment that far apart for garbage (`MAX_SEQ_GAP`).
         let mut placed = None;
-        if let Some(w) = q.write_seg {
+        if let Some(w) = q
+            .write_seg
+            .filter(|w| q.segs[w].seqs.last().is_none_or(|l| seq - l < MAX_SEQ_GAP))
+        {
             let seg = q.segs.get_mut(&w).expect("write segment");
             let n = encode_record_into(&mut seg.seg.pending, seq, msg)?;
             if seg.seqs.n > 0 && seg.seg.len() + footer_len(seg.seqs.runs.len() + 1) > self.segment_bytes {
@@ -807,8 +812,9 @@ impl MsgLog {
                     cur.offset += pos as u64;
                 }
             }
-            match q.segs.range(cur.seg + 1..).next() {
-                Some((&next, _)) if cur.seg < u64::MAX => {
+            use std::ops::Bound::{Excluded, Unbounded};
+            match q.segs.range((Excluded(cur.seg), Unbounded)).next() {
+                Some((&next, _)) => {
                     cur = Cursor {
                         seg: next,
                         offset: 0,
