@@ -672,7 +672,7 @@ mod model {
     }
 
     /// Small segments, so that the model crosses many segment boundaries.
-    fn open_small(d: &Path) -> Store {
+    pub(super) fn open_small(d: &Path) -> Store {
         Store::open(
             d,
             StoreOptions {
@@ -1497,16 +1497,7 @@ fn permissions_and_policies_roundtrip_and_reopen() {
 fn a_seq_far_past_the_last_starts_a_segment_and_survives_a_reopen() {
     for gap in [5u64, 1 << 32, (1 << 40) - 1, 1 << 40, 1 << 41] {
         let d = tmp();
-        let open = |p: &std::path::Path| {
-            Store::open(
-                p,
-                StoreOptions {
-                    segment_bytes: 512,
-                    ..StoreOptions::default()
-                },
-            )
-            .unwrap()
-        };
+        let open = model::open_small;
         let s = open(d.path());
         s.put_queue(&QueueRecord {
             id: 2,
@@ -1521,7 +1512,12 @@ fn a_seq_far_past_the_last_starts_a_segment_and_survives_a_reopen() {
         s.delete_messages(2, &[gap + 3]).unwrap();
         drop(s);
         let s = open(d.path());
-        let seqs: Vec<u64> = s.read_messages(2, 0, usize::MAX).unwrap().iter().map(|e| e.0).collect();
+        let seqs: Vec<u64> = s
+            .read_messages(2, 0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(seqs, [0, gap + 1, gap + 2], "gap {gap}");
     }
 }
