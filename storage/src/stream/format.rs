@@ -51,10 +51,7 @@ pub(crate) fn encode_record_into(
     out.extend_from_slice(&ts.to_be_bytes());
     out.push(filter.len() as u8);
     out.extend_from_slice(filter);
-    let len = codec::encode_parts_into(out, msg).and_then(|_| {
-        u32::try_from(out.len() - start - FRAME)
-            .map_err(|_| StoreError::Corrupt("stream record longer than 4 GiB".into()))
-    });
+    let len = codec::encode_parts_into(out, msg).and_then(|_| record_len(out.len() - start - FRAME));
     let len = match len {
         Ok(len) => len,
         Err(e) => {
@@ -91,6 +88,18 @@ impl RecordHead {
 
 /// Largest record accepted when parsing (a bigger length is garbage).
 pub(crate) const RECORD_MAX: usize = 1 << 30;
+
+/// A record's length field: never more than `parse_record` accepts (recovery would take a longer record
+/// for garbage and lose it; the broker's `max_message_size` stays far below).
+fn record_len(len: usize) -> Result<u32> {
+    if len <= RECORD_MAX {
+        Ok(len as u32)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "a stream record of {len} bytes: at most {RECORD_MAX} can be stored"
+        )))
+    }
+}
 
 /// The record at the start of `buf`: `Ok(Some)` if whole and its crc checks out, `Ok(None)` if it
 /// is garbage, `Err(needed)` if `buf` holds only its first part.
@@ -210,6 +219,23 @@ mod tests {
         encode_record_into(&mut b, 8, 100, None, &MessageParts::of(&msg("x"))).unwrap();
         assert_eq!(find_record(&bad, 1, None), None);
         assert_eq!(find_record(&b, 1, Some(7)), Some(m));
+    }
+
+    #[test]
+    fn no_record_is_written_longer_than_recovery_reads() {
+        assert_eq!(record_len(FIXED).unwrap(), FIXED as u32);
+        assert_eq!(record_len(RECORD_MAX).unwrap(), RECORD_MAX as u32);
+        assert!(record_len(RECORD_MAX + 1).is_err());
+        // what parse_record makes of the two lengths
+        let mut head = vec![0u8; FRAME + FIXED];
+        head[..4].copy_from_slice(&(RECORD_MAX as u32).to_be_bytes());
+        assert_eq!(
+            parse_record(&head),
+            Err(FRAME + RECORD_MAX),
+            "read on: a record to finish"
+        );
+        head[..4].copy_from_slice(&(RECORD_MAX as u32 + 1).to_be_bytes());
+        assert_eq!(parse_record(&head), Ok(None), "garbage");
     }
 
     #[test]
