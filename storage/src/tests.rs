@@ -1499,12 +1499,7 @@ fn a_seq_far_past_the_last_starts_a_segment_and_survives_a_reopen() {
         let d = tmp();
         let open = model::open_small;
         let s = open(d.path());
-        s.put_queue(&QueueRecord {
-            id: 2,
-            name: "q2".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        put_q(&s, 2);
         s.append_message(2, 0, &msg(0)).unwrap();
         for seq in gap + 1..gap + 4 {
             s.append_message(2, seq, &msg(seq)).unwrap();

@@ -515,11 +515,8 @@ impl MsgLog {
         // A seq this far past the segment's last one also starts a new segment: recovery's scan takes two
         // records of one segment that far apart for garbage (`MAX_SEQ_GAP`).
         let mut placed = None;
-        if let Some(w) = q
-            .write_seg
-            .filter(|w| q.segs[w].seqs.last().is_none_or(|l| seq - l < MAX_SEQ_GAP))
-        {
-            let seg = q.segs.get_mut(&w).expect("write segment");
+        let seg = q.write_seg.map(|w| q.segs.get_mut(&w).expect("write segment"));
+        if let Some(seg) = seg.filter(|seg| seg.seqs.last().is_none_or(|l| seq - l < MAX_SEQ_GAP)) {
             let n = encode_record_into(&mut seg.seg.pending, seq, msg)?;
             if seg.seqs.n > 0 && seg.seg.len() + footer_len(seg.seqs.runs.len() + 1) > self.segment_bytes {
                 let keep = seg.seg.pending.len() - n;
