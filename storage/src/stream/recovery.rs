@@ -1,6 +1,7 @@
 //! Opening the streams of a data directory: each segment's index is read and checked, the records
 //! after its last valid entry are read and checked (a chunk, or the whole segment if its index was
-//! lost), a torn tail is cut (`ftruncate` + `fsync`), missing index entries are written again.
+//! lost), damage in them is crossed unless it is a torn write (`resync`), a torn tail is zeroed
+//! (`pwrite` + `fdatasync`), missing index entries are written again.
 //! A stream directory without a queue record is moved to `lost+found`, never deleted.
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,9 @@ pub(crate) struct StreamRecovery {
     pub(crate) torn_files: usize,
     pub(crate) torn_bytes: u64,
     pub(crate) moved_to_lost: usize,
+    /// Damaged byte ranges crossed, with the records after them kept.
+    pub(crate) damaged_regions: usize,
+    pub(crate) damaged_bytes: u64,
 }
 
 impl StreamLog {
@@ -76,6 +80,13 @@ impl StreamLog {
                 files = rec.torn_files,
                 bytes = rec.torn_bytes,
                 "stream segments: torn tails cut"
+            );
+        }
+        if rec.damaged_regions > 0 {
+            tracing::error!(
+                regions = rec.damaged_regions,
+                bytes = rec.damaged_bytes,
+                "stream segments: damaged records skipped"
             );
         }
         *log.streams.write() = streams;
@@ -182,6 +193,12 @@ impl StreamLog {
                 (None, _) => break scan,
             }
         };
+        for &(from, to) in &scan.damaged {
+            tracing::error!(path = %sp.display(), from, bytes = to - from,
+                "damaged stream records skipped (the messages in them are lost; the records after them are kept)");
+            rec.damaged_regions += 1;
+            rec.damaged_bytes += to - from;
+        }
         if scan.end < data_len && !all_zero(&data, &sp, scan.end, data_len)? {
             // A torn write: its bytes are zeroed, never cut. The zeros then look like the prefill's
             // (`PREFILL`), which is kept, and the next append writes over them. Recovery truncates
@@ -262,10 +279,21 @@ struct Scan {
     last: Option<(u64, u64)>,
     /// (offset, ts, position) of the records checked, one per `CHUNK_MAX` bytes at most.
     chunk_starts: Vec<(u64, u64, u64)>,
+    /// Damaged byte ranges with valid records after them (skipped; readers skip them too).
+    damaged: Vec<(u64, u64)>,
 }
 
-/// Checks the records of `f` from `from` to `len` in blocks: crc, framing, offsets increasing and
-/// at or above `first`. Stops at the first that fails (the tail from there is torn).
+/// The unit a disk writes whole or not at all when the power goes (PostgreSQL and SQLite assume the same of
+/// a 512-byte sector). Whatever part of a sector an unsynced write changed is, after a cut, back to its old
+/// contents, and the old contents of a stream segment past its records are zeros (the prefill, synced before
+/// a record lands on it; or a hole). So a torn write leaves the bytes from where its first lost record
+/// starts (or from a sector's start) to the end of that sector zero.
+const SECTOR: u64 = 512;
+
+/// Checks the records of `f` from `from` to `len` in blocks: crc, framing, offsets increasing and at or
+/// above `first`. A record that fails is crossed (`resync`) when valid records follow it and no zero sector
+/// lies between (damage of bytes that were synced: the records after it were confirmed and are kept);
+/// otherwise the scan ends there (a torn tail).
 fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Result<Scan> {
     let mut scan = Scan {
         end: from,
@@ -273,41 +301,369 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_at = from;
+    let mut pos = from;
     let mut last_mark: Option<u64> = None;
     loop {
         // parse what the buffer holds
-        let mut used = (scan.end - buf_at) as usize;
+        let mut used = (pos - buf_at) as usize;
+        let mut damaged = false;
         while used < buf.len() {
             match parse_record(&buf[used..]) {
-                Ok(Some(h)) => {
-                    let ok = h.offset >= first && scan.last.is_none_or(|(o, _)| h.offset > o);
-                    if !ok {
-                        return Ok(scan);
-                    }
-                    let pos = buf_at + used as u64;
+                Ok(Some(h)) if h.offset >= first && scan.last.is_none_or(|(o, _)| h.offset > o) => {
+                    let at = buf_at + used as u64;
                     scan.first.get_or_insert((h.offset, h.ts));
                     scan.last = Some((h.offset, h.ts));
-                    if last_mark.is_none_or(|m| pos >= m + CHUNK_MAX) {
-                        scan.chunk_starts.push((h.offset, h.ts, pos));
-                        last_mark = Some(pos);
+                    if last_mark.is_none_or(|m| at >= m + CHUNK_MAX) {
+                        scan.chunk_starts.push((h.offset, h.ts, at));
+                        last_mark = Some(at);
                     }
                     used += h.total;
                     scan.end = buf_at + used as u64;
                 }
-                Ok(None) => return Ok(scan),
-                Err(_) => break,
+                Ok(_) => {
+                    damaged = true;
+                    break;
+                }
+                Err(need) => {
+                    // a length that runs past the file is garbage, not a record to read on
+                    damaged = buf_at + (used + need) as u64 > len;
+                    break;
+                }
             }
         }
+        pos = buf_at + used as u64;
         let read_from = buf_at + buf.len() as u64;
-        if read_from >= len {
+        if !damaged && read_from < len {
+            buf.drain(..used);
+            buf_at = pos;
+            let n = ((len - read_from) as usize).min(SCAN_BLOCK.max(buf.len()));
+            let old = buf.len();
+            buf.resize(old + n, 0);
+            f.read_exact_at(&mut buf[old..], read_from)
+                .map_err(io_err(path))?;
+            continue;
+        }
+        if pos >= len {
             return Ok(scan);
         }
-        buf.drain(..used);
-        buf_at += used as u64;
-        let n = ((len - read_from) as usize).min(SCAN_BLOCK.max(buf.len()));
-        let old = buf.len();
-        buf.resize(old + n, 0);
-        f.read_exact_at(&mut buf[old..], read_from)
-            .map_err(io_err(path))?;
+        // damaged bytes at `pos`, or a record cut short by the end of the file
+        let expect = scan.last.map_or(first, |(o, _)| o + 1);
+        match resync(f, path, pos, len, expect)? {
+            None => return Ok(scan),
+            Some(next) => {
+                scan.damaged.push((pos, next));
+                buf.clear();
+                buf_at = next;
+                pos = next;
+            }
+        }
+    }
+}
+
+/// Crossing damaged bytes that start at `d`: the position of the next whole record that can follow them
+/// (offset `expect`, or one more per `FRAME + FIXED` bytes of damage at most: records lost in it), or None
+/// if no record follows, or if the damage is a torn write: for some sector end `b` between `d` and the first
+/// bytes of that record, `max(d, b - SECTOR)..b` is all zeros (`SECTOR`). Records found past a torn write
+/// were never confirmed (they were written after the last completed sync) and are not brought back: the
+/// offsets stay without a gap. Damage without that mark (bytes changed on the medium after they were
+/// synced) is crossed, and the confirmed records after it are kept.
+fn resync(f: &File, path: &Path, d: u64, len: u64, expect: u64) -> Result<Option<u64>> {
+    let min_record = (FRAME + FIXED) as u64;
+    let mut buf = Vec::new();
+    let mut q = d + 1;
+    loop {
+        // the window holds `max(d, q - SECTOR)..` (the zeros a sector end at or after `q` is checked for)
+        let w = d.max(q.saturating_sub(SECTOR));
+        let n = ((len - w) as usize).min(SCAN_BLOCK);
+        buf.resize(n, 0);
+        f.read_exact_at(&mut buf, w).map_err(io_err(path))?;
+        let whole = w + n as u64 == len;
+        let zero_before = |buf: &[u8], b: u64| {
+            let from = (d.max(b - SECTOR) - w) as usize;
+            buf[from..(b - w) as usize].iter().all(|&x| x == 0)
+        };
+        loop {
+            let at = (q - w) as usize;
+            if at + FRAME + FIXED > buf.len() {
+                if whole {
+                    return Ok(None);
+                }
+                break;
+            }
+            if q.is_multiple_of(SECTOR) && zero_before(&buf, q) {
+                return Ok(None);
+            }
+            let rest = &buf[at..];
+            let rec_len = crate::be::u32_at(rest, 0) as usize;
+            let offset = crate::be::u64_at(rest, FRAME);
+            let plausible = (FIXED..=RECORD_MAX).contains(&rec_len)
+                && (FRAME + rec_len) as u64 <= len - q
+                && offset >= expect
+                && offset - expect <= (q - d) / min_record;
+            if plausible {
+                let total = FRAME + rec_len;
+                let whole_record = if total <= rest.len() {
+                    matches!(parse_record(&rest[..total]), Ok(Some(_)))
+                } else {
+                    let mut rec = vec![0u8; total];
+                    f.read_exact_at(&mut rec, q).map_err(io_err(path))?;
+                    matches!(parse_record(&rec), Ok(Some(_)))
+                };
+                if whole_record {
+                    // a sector end inside the record's length field: its first bytes (zero in any length
+                    // under 16 MiB) may be the zeros of a lost sector
+                    let b = q.next_multiple_of(SECTOR);
+                    if b > q && b < q + 4 && zero_before(&buf, b) {
+                        return Ok(None);
+                    }
+                    return Ok(Some(q));
+                }
+            }
+            q += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::MessageParts;
+    use crate::StoredMessage;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn record(offset: u64, body_len: usize) -> Vec<u8> {
+        let m = StoredMessage {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            properties: Bytes::new(),
+            body: Bytes::from(vec![b'b'; body_len]),
+            delivery_count: 0,
+            published_at_ms: 5,
+            expires_at_ms: None,
+            not_before_ms: None,
+        };
+        let mut out = Vec::new();
+        encode_record_into(&mut out, offset, offset, None, &MessageParts::of(&m)).unwrap();
+        out
+    }
+
+    /// Records 0.. of the given body lengths, one after another from position 0, then `tail` zeros:
+    /// the file's bytes and each record's position.
+    fn segment(bodies: &[usize], tail: usize) -> (Vec<u8>, Vec<u64>) {
+        let mut b = Vec::new();
+        let mut at = Vec::new();
+        for (i, &n) in bodies.iter().enumerate() {
+            at.push(b.len() as u64);
+            b.extend(record(i as u64, n));
+        }
+        b.resize(b.len() + tail, 0);
+        (b, at)
+    }
+
+    fn scan(bytes: &[u8]) -> Scan {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.seg");
+        fs::write(&p, bytes).unwrap();
+        let f = File::open(&p).unwrap();
+        scan_records(&f, &p, 0, bytes.len() as u64, 0).unwrap()
+    }
+
+    #[test]
+    fn records_then_zeros_end_the_scan_where_the_records_end() {
+        let (b, at) = segment(&[300; 10], 4096);
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(9));
+        assert_eq!(s.end, b.len() as u64 - 4096);
+        assert!(s.damaged.is_empty());
+        assert_eq!(s.first.map(|f| f.0), Some(0));
+        assert_eq!(at[0], 0);
+    }
+
+    /// Bytes changed after they were synced (no zero sector in them): the record is lost, the confirmed
+    /// records after it are kept. Before the resync the scan stopped there and recovery zeroed them all.
+    #[test]
+    fn a_damaged_record_is_crossed_and_the_records_after_it_kept() {
+        let (mut b, at) = segment(&[300; 10], 4096);
+        b[at[3] as usize + 40] ^= 0x5a;
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(9));
+        assert_eq!(s.end, b.len() as u64 - 4096);
+        assert_eq!(s.damaged, vec![(at[3], at[4])]);
+        // its length field damaged (runs past the file): the same
+        let (mut b, at) = segment(&[300; 10], 4096);
+        b[at[3] as usize] = 0x7f;
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(9));
+        assert_eq!(s.damaged, vec![(at[3], at[4])]);
+        // two records in a row, and a large record after them (read past the scan's block)
+        let (mut b, at) = segment(&[300, 300, 300, 300, SCAN_BLOCK + 5000, 300], 4096);
+        b[at[1] as usize + 100] ^= 1;
+        b[at[2] as usize + 100] ^= 1;
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(5));
+        assert_eq!(s.damaged, vec![(at[1], at[3])]);
+    }
+
+    /// A torn write (after a power cut, a sector that an unsynced write changed has its old bytes, zeros,
+    /// again): the records after it were never confirmed, and are not brought back: no gap in the offsets.
+    #[test]
+    fn a_torn_write_ends_the_scan_even_with_records_after_it() {
+        let bodies = [300; 40];
+        let (b0, at) = segment(&bodies, 4096);
+        let data_end = b0.len() as u64 - 4096;
+        // a whole sector lost in the middle of the records
+        let mut b = b0.clone();
+        let s0 = at[10].next_multiple_of(SECTOR);
+        b[s0 as usize..(s0 + SECTOR) as usize].fill(0);
+        let first_hit = at.iter().rposition(|&p| p < s0).unwrap();
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(first_hit as u64 - 1));
+        assert_eq!(s.end, at[first_hit]);
+        assert!(s.damaged.is_empty());
+        // a lost suffix of a sector: the zeros from where a record starts to the sector's end
+        let mut b = b0.clone();
+        let i = (15..40).find(|&i| at[i] % SECTOR != 0).unwrap();
+        b[at[i] as usize..at[i].next_multiple_of(SECTOR) as usize].fill(0);
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(i as u64 - 1));
+        assert_eq!(s.end, at[i]);
+        // the sector's zeros reach into the next whole record's length field (its leading zero bytes):
+        // record 1 starts 2 bytes before the end of sector 1, and sector 1 (the second half of record 0
+        // and those two bytes) is all zeros: lost
+        let body0 = (0..2 * SECTOR as usize)
+            .find(|&n| record(0, n).len() as u64 == 2 * SECTOR - 2)
+            .unwrap();
+        let (mut b, at) = segment(&[body0, 300, 300], 0);
+        assert_eq!(at[1], 2 * SECTOR - 2);
+        assert_eq!(&b[at[1] as usize..at[1] as usize + 2], &[0, 0]);
+        b[SECTOR as usize..at[1] as usize].fill(0);
+        let s = scan(&b);
+        assert_eq!(
+            (s.last, s.end),
+            (None, 0),
+            "torn: record 1 may follow a lost sector"
+        );
+        // the same with a byte left non-zero: damage, crossed
+        b[SECTOR as usize + 100] = 1;
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(2));
+        assert_eq!(s.damaged, vec![(0, at[1])]);
+        assert_eq!(scan(&b0).end, data_end);
+    }
+
+    /// A record found past damage must have an offset that can follow: a copy of an old record (an offset
+    /// already seen) or an offset further on than the damaged bytes could hold is not taken.
+    #[test]
+    fn a_record_past_damage_must_have_a_plausible_offset() {
+        let (mut b, at) = segment(&[300; 6], 0);
+        // record 3 replaced by garbage of its length holding no zero run, then record 4 replaced by
+        // a whole record whose offset is 1,000 (too far on for the bytes crossed)
+        let r3 = at[3] as usize..at[4] as usize;
+        for (k, x) in b[r3.clone()].iter_mut().enumerate() {
+            *x = 0x41 + (k % 7) as u8;
+        }
+        let far = record(1000, 300);
+        assert_eq!(far.len(), (at[5] - at[4]) as usize);
+        b[at[4] as usize..at[5] as usize].copy_from_slice(&far);
+        let s = scan(&b);
+        // offset 5 is plausible (two records' worth of bytes crossed)
+        assert_eq!(s.last.map(|l| l.0), Some(5));
+        assert_eq!(s.damaged, vec![(at[3], at[5])]);
+        // a copy of record 1 where record 3 was: an offset already seen is damage too
+        let (mut b, at) = segment(&[300; 6], 0);
+        let r1 = b[at[1] as usize..at[2] as usize].to_vec();
+        b[at[3] as usize..at[4] as usize].copy_from_slice(&r1);
+        let s = scan(&b);
+        assert_eq!(s.last.map(|l| l.0), Some(5));
+        assert_eq!(s.damaged, vec![(at[3], at[4])]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Damage {
+        /// One byte of record `rec` (index modulo the count) changed: media damage.
+        Flip { rec: usize, at: usize, xor: u8 },
+        /// Sector `sector` (modulo those the records touch) back to zeros: a torn write.
+        LostSector { sector: usize },
+        /// The bytes from the start of record `rec` to its sector's end back to zeros: a torn write.
+        LostSuffix { rec: usize },
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            (any::<usize>(), any::<usize>(), 1..=255u8).prop_map(|(rec, at, xor)| Damage::Flip {
+                rec,
+                at,
+                xor
+            }),
+            any::<usize>().prop_map(|sector| Damage::LostSector { sector }),
+            any::<usize>().prop_map(|rec| Damage::LostSuffix { rec }),
+        ]
+    }
+
+    proptest! {
+        /// Against what a power cut can and cannot do: media damage loses only the damaged record; a torn
+        /// write ends the records at the first one it touched (a prefix, no gap), whatever follows.
+        #[test]
+        fn recovery_keeps_what_damage_spares_and_stops_at_a_torn_write(
+            bodies in proptest::collection::vec(0..1500usize, 1..40),
+            tail in 0..3000usize,
+            dmg in damage(),
+        ) {
+            let (mut b, at) = segment(&bodies, tail);
+            let n = at.len();
+            let len = b.len() as u64;
+            let end_of = |i: usize| if i + 1 < n { at[i + 1] } else { len - tail as u64 };
+            let data_end = end_of(n - 1);
+            // the offsets recovery must keep, and the damaged ranges it crosses
+            let mut crossed = 0;
+            let want: Vec<u64> = match dmg {
+                Damage::Flip { rec, at: k, xor } => {
+                    let i = rec % n;
+                    let pos = at[i] + (k as u64 % (end_of(i) - at[i]));
+                    b[pos as usize] ^= xor;
+                    // the damaged record starts just before a sector's end with only zeros (its length's
+                    // leading zeros) up to it: that reads like the zeros a lost sector leaves, and the
+                    // scan stops there (`resync`): a record lost to media damage in that place costs the
+                    // records after it, never a power cut's gap
+                    let b_end = at[i].next_multiple_of(SECTOR);
+                    let looks_torn = |b: &[u8]| b_end > at[i] && b_end <= len && b[at[i] as usize..b_end as usize].iter().all(|&x| x == 0);
+                    if i + 1 < n && !looks_torn(&b) {
+                        crossed = 1;
+                        (0..n as u64).filter(|&o| o != i as u64).collect()
+                    } else {
+                        (0..i as u64).collect()
+                    }
+                }
+                Damage::LostSector { sector } => {
+                    let s = (sector as u64 % data_end.div_ceil(SECTOR)) * SECTOR;
+                    let e = (s + SECTOR).min(len);
+                    b[s as usize..e as usize].fill(0);
+                    // the first record with a byte in the sector is lost, and all after it
+                    let j = (0..n).find(|&i| end_of(i) > s).unwrap();
+                    (0..j as u64).collect()
+                }
+                Damage::LostSuffix { rec } => {
+                    let i = rec % n;
+                    let e = (at[i] / SECTOR + 1) * SECTOR;
+                    let e = e.min(len);
+                    if b[at[i] as usize..e as usize].iter().all(|&x| x == 0) {
+                        // only the leading zeros of the record's length: nothing changed
+                        (0..n as u64).collect()
+                    } else {
+                        b[at[i] as usize..e as usize].fill(0);
+                        (0..i as u64).collect()
+                    }
+                }
+            };
+            let s = scan(&b);
+            prop_assert_eq!(s.last.map(|l| l.0), want.last().copied());
+            // the scan's end is where the kept records end (appends go on from there)
+            let last_kept = want.last().map_or(0, |&o| end_of(o as usize));
+            prop_assert_eq!(s.end, last_kept);
+            prop_assert_eq!(s.damaged.len(), crossed);
+            let firsts: Vec<u64> = s.chunk_starts.iter().map(|c| c.0).collect();
+            prop_assert!(firsts.iter().all(|o| want.contains(o)));
+        }
     }
 }

@@ -233,6 +233,89 @@ fn damaged_record_in_the_middle_is_skipped() {
     assert_eq!(got, want);
 }
 
+/// Opens the stream log of `d` by itself (stream `id` named "s"): what recovery found.
+fn open_streams(d: &Path, id: u32) -> super::recovery::StreamRecovery {
+    let known = [(
+        id,
+        crate::QueueRecord {
+            id,
+            vhost: "/".into(),
+            name: "s".into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: vec![],
+        },
+    )]
+    .into_iter()
+    .collect();
+    let root = d.join("streams");
+    StreamLog::open(&root, &known, &d.join("lost"), Default::default())
+        .unwrap()
+        .1
+}
+
+/// Bytes of a synced record changed on the medium (not a torn write: no zero sector): recovery skips that
+/// record and keeps the confirmed ones after it, where it used to take it for a torn tail and zero
+/// everything after it (`recovery::resync`). Appends go on after the last record.
+#[test]
+fn recovery_skips_a_damaged_record_and_keeps_the_records_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (st, id, p, one) = ten_small_records_read_from_the_file(d.path());
+    drop(st);
+    let mut b = fs::read(&p).unwrap();
+    b[one * 3 + 40] ^= 0xff;
+    fs::write(&p, &b).unwrap();
+    // with the index lost too, recovery reads the whole segment
+    fs::remove_file(idx_path(&d.path().join("streams").join(stream_dir_name(id)), 0)).unwrap();
+    let rec = open_streams(d.path(), id);
+    assert_eq!((rec.damaged_regions, rec.damaged_bytes), (1, one as u64));
+    assert_eq!(rec.torn_files, 0);
+    assert_eq!(fs::read(&p).unwrap(), b, "nothing rewritten");
+    let st = open(d.path());
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let want: Vec<u64> = (0..40).filter(|&i| i != 3).collect();
+    assert_eq!(offsets(&read_all(&st, &mut r)), want);
+    let (off, t) = st.stream_append(id, 99, None, &msg(40, 100), 64 << 20).unwrap();
+    assert_eq!(off, 40);
+    block_wait(&st, t);
+    drop(st);
+    let st = open(d.path());
+    let mut r = st.stream_reader(id, StreamStart::Offset(38)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![38, 39, 40]);
+}
+
+/// A sector lost to a power cut in the middle of the last records (zeros again, as the prefill left it):
+/// the records from there on were never confirmed, and recovery does not bring back the ones after the
+/// hole: the offsets stay without a gap and appends go on from the last record before it.
+#[test]
+fn recovery_ends_the_records_at_a_lost_sector() {
+    let d = tempfile::tempdir().unwrap();
+    let (st, id, p, one) = ten_small_records_read_from_the_file(d.path());
+    drop(st);
+    let dir = d.path().join("streams").join(stream_dir_name(id));
+    fs::remove_file(idx_path(&dir, 0)).unwrap();
+    let mut b = fs::read(&p).unwrap();
+    // the sector holding the end of record 4 (and the start of 5)
+    let s = (one * 5 - 1) / 512 * 512;
+    b[s..s + 512].fill(0);
+    fs::write(&p, &b).unwrap();
+    let rec = open_streams(d.path(), id);
+    assert_eq!(rec.damaged_regions, 0);
+    assert_eq!(rec.torn_files, 1);
+    let cut = s / one * one;
+    assert!(
+        fs::read(&p).unwrap()[cut..].iter().all(|&x| x == 0),
+        "the tail zeroed"
+    );
+    let st = open(d.path());
+    let mut r = st.stream_reader(id, StreamStart::First).unwrap();
+    let kept = (cut / one) as u64;
+    assert_eq!(offsets(&read_all(&st, &mut r)), (0..kept).collect::<Vec<_>>());
+    let (off, _) = st.stream_append(id, 99, None, &msg(40, 100), 64 << 20).unwrap();
+    assert_eq!(off, kept);
+}
+
 #[test]
 fn retention_drops_whole_oldest_segments_and_readers_move_on() {
     let d = tempfile::tempdir().unwrap();
@@ -514,24 +597,8 @@ fn the_write_segment_is_prefilled_and_a_reopen_keeps_the_zeros() {
         }
     }
     drop(st);
-    let known = [(
-        id,
-        crate::QueueRecord {
-            id,
-            vhost: "/".into(),
-            name: "s".into(),
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            arguments: vec![],
-        },
-    )]
-    .into_iter()
-    .collect();
-    let root = d.path().join("streams");
-    let (log, rec) = StreamLog::open(&root, &known, &d.path().join("lost"), Default::default()).unwrap();
+    let rec = open_streams(d.path(), id);
     assert_eq!((rec.torn_files, rec.torn_bytes), (0, 0), "zeros are no torn tail");
-    drop(log);
     let last = seg_path(&dir, *segs.last().unwrap());
     let b = fs::read(&last).unwrap();
     assert_eq!(b.len() as u64, max, "zeros kept at open");
