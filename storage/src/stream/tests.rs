@@ -185,14 +185,19 @@ fn reopen_continues_offsets_and_zeroes_a_torn_tail() {
     assert_eq!(offsets(&read_all(&st, &mut r)), (0..50).collect::<Vec<_>>());
     let mut r = st.stream_reader(id, StreamStart::Offset(3)).unwrap();
     assert_eq!(offsets(&read_all(&st, &mut r))[0], 3);
-    let (off, t) = st.stream_append(id, 60, None, &msg(50, 10), 4096).unwrap();
-    assert_eq!(off, 50);
+    appends_go_on_after_the_records(st, d.path(), id, 50, 4096);
+}
+
+/// Appends offset `next` (the one after the last record recovery kept), then reopens: the append went where
+/// the records ended, over the zeros, and a reopen reads it after the two before it and finds no torn tail.
+fn appends_go_on_after_the_records(st: Store, d: &Path, id: u32, next: u64, max: u64) {
+    let (off, t) = st.stream_append(id, 1000, None, &msg(next, 10), max).unwrap();
+    assert_eq!(off, next);
     block_wait(&st, t);
     drop(st);
-    // the append went where the records ended, over the zeros: a reopen reads it and finds no torn tail
-    let st = open(d.path());
-    let mut r = st.stream_reader(id, StreamStart::Offset(48)).unwrap();
-    assert_eq!(offsets(&read_all(&st, &mut r)), vec![48, 49, 50]);
+    let st = open(d);
+    let mut r = st.stream_reader(id, StreamStart::Offset(next - 2)).unwrap();
+    assert_eq!(offsets(&read_all(&st, &mut r)), vec![next - 2, next - 1, next]);
 }
 
 fn block_wait(st: &Store, t: u64) {
@@ -276,13 +281,7 @@ fn recovery_skips_a_damaged_record_and_keeps_the_records_after_it() {
     let mut r = st.stream_reader(id, StreamStart::First).unwrap();
     let want: Vec<u64> = (0..40).filter(|&i| i != 3).collect();
     assert_eq!(offsets(&read_all(&st, &mut r)), want);
-    let (off, t) = st.stream_append(id, 99, None, &msg(40, 100), 64 << 20).unwrap();
-    assert_eq!(off, 40);
-    block_wait(&st, t);
-    drop(st);
-    let st = open(d.path());
-    let mut r = st.stream_reader(id, StreamStart::Offset(38)).unwrap();
-    assert_eq!(offsets(&read_all(&st, &mut r)), vec![38, 39, 40]);
+    appends_go_on_after_the_records(st, d.path(), id, 40, 64 << 20);
 }
 
 /// A sector lost to a power cut in the middle of the last records (zeros again, as the prefill left it):
@@ -312,8 +311,7 @@ fn recovery_ends_the_records_at_a_lost_sector() {
     let mut r = st.stream_reader(id, StreamStart::First).unwrap();
     let kept = (cut / one) as u64;
     assert_eq!(offsets(&read_all(&st, &mut r)), (0..kept).collect::<Vec<_>>());
-    let (off, _) = st.stream_append(id, 99, None, &msg(40, 100), 64 << 20).unwrap();
-    assert_eq!(off, kept);
+    appends_go_on_after_the_records(st, d.path(), id, kept, 64 << 20);
 }
 
 #[test]
