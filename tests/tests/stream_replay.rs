@@ -164,6 +164,70 @@ async fn every_confirmed_message_survives_kill_9() {
     assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
 }
 
+/// A record whose bytes changed on disk after they were synced (media damage, not a power cut: no sector of
+/// zeros in it) costs its own message and nothing else: recovery skips it, logs it as an error, and keeps the
+/// confirmed records after it (storage/src/stream/recovery.rs, `resync`); offsets go on after the last.
+/// With the segment's index lost too, recovery reads the whole segment. (RabbitMQ's osiris truncates a
+/// segment at its first invalid chunk; here the records after damage were confirmed, so they stay.)
+#[tokio::test]
+async fn a_record_damaged_on_disk_costs_only_its_own_message() {
+    let mut server = Server::start();
+    {
+        let conn = connect(&server).await;
+        let ch = conn.create_channel().await.unwrap();
+        declare_stream(
+            &ch,
+            "s",
+            &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100_000))],
+        )
+        .await;
+        publish_confirmed(&conn, "s", bodies(0..3000, "m")).await;
+    }
+    server.kill();
+    let streams = server.data_dir.join("streams");
+    let dir = std::fs::read_dir(&streams)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"m2900")
+        .expect("record 2900 in the last segment");
+    bytes[at + 1] ^= 0x40;
+    std::fs::write(&last, &bytes).unwrap();
+    std::fs::remove_file(last.with_extension("idx")).unwrap();
+    server.restart();
+    assert!(
+        server
+            .startup_log
+            .iter()
+            .any(|l| l.contains("damaged records skipped")),
+        "recovery reports the damage: {:?}",
+        server.startup_log
+    );
+    let conn = connect(&server).await;
+    let (_ch, mut c) = consume(&conn, "s", "", 200, table(&[("x-stream-offset", s("first"))])).await;
+    let got = take(&mut c, 2999, true).await;
+    let want: Vec<(u64, String)> = (0..3000u64)
+        .filter(|&i| i != 2900)
+        .map(|i| (i, format!("m{i}")))
+        .collect();
+    assert_eq!(got, want);
+    nothing_more(&mut c).await;
+    publish_confirmed(&conn, "s", ["next".to_string()]).await;
+    assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
+}
+
 #[tokio::test]
 async fn deliveries_never_carry_bcc() {
     // RabbitMQ's sender-selected distribution: BCC routes the message but is removed before delivery
