@@ -52,7 +52,9 @@ pub use trace::{id_hash, TraceBatch, TraceIndex, EXACT_IDS};
 
 /// The on-disk schema this build reads and writes. Stored under `\x00schema_version`.
 /// 2: messages moved from sled (`0x10` keys) to the segment log under `messages/`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: stream records may carry the round mark (`stream/format.rs`); a store of version 2 is opened and
+/// marked 3 (nothing else changes), and builds of version 2 refuse it from then on.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// sled's log segment size. It is persisted by sled in `sled/conf` at creation and sled refuses
 /// to open a store with a different value, so it is a constant, not an option.

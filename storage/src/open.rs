@@ -137,7 +137,20 @@ impl Store {
             Some(v) => {
                 let found = be::exact_u32(&v)
                     .ok_or_else(|| StoreError::Corrupt("schema version record is malformed".into()))?;
-                if found != SCHEMA_VERSION {
+                if found == 2 {
+                    // 3 adds the round mark to stream records (stream/format.rs, `ROUND_MARK`): a store of
+                    // version 2 reads as it is, but a build of version 2 would take a marked record for
+                    // garbage and cut the stream there, so from now on the store says 3 and such a build
+                    // refuses it
+                    sled.write(|db| db.insert(keys::SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()))?;
+                    sled.sync()?;
+                    tracing::info!(
+                        from = found,
+                        to = SCHEMA_VERSION,
+                        "store schema version upgraded (stream records may carry the round mark; \
+                         older builds refuse this store)"
+                    );
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaVersion {
                         found,
                         expected: SCHEMA_VERSION,

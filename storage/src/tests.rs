@@ -458,6 +458,42 @@ fn orphaned_messages_are_removed_at_open() {
     assert_eq!(s.message_state(6, 1).unwrap(), None);
 }
 
+/// A store of schema version 2 (before the stream round mark) opens, keeps its messages, and says 3 from
+/// then on, so a build of version 2 (which would take a marked stream record for garbage) refuses it.
+#[test]
+fn a_version_2_store_is_opened_and_marked_3() {
+    let d = tmp();
+    {
+        let st = open(d.path());
+        put_q(&st, 1);
+        st.append_message(1, 0, &msg(7)).unwrap();
+        st.flush_blocking().unwrap();
+    }
+    let set_version = |v: u32| {
+        let db = sled::open(d.path().join("sled")).unwrap();
+        db.insert(keys::SCHEMA_KEY, &v.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    };
+    let version = || {
+        let db = sled::open(d.path().join("sled")).unwrap();
+        u32::from_be_bytes(
+            db.get(keys::SCHEMA_KEY)
+                .unwrap()
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        )
+    };
+    set_version(2);
+    {
+        let st = open(d.path());
+        assert_eq!(st.read_messages(1, 0, 10).unwrap().len(), 1);
+    }
+    assert_eq!(version(), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 3);
+}
+
 #[test]
 fn schema_version_mismatch_is_refused() {
     let d = tmp();

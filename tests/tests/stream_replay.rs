@@ -164,11 +164,12 @@ async fn every_confirmed_message_survives_kill_9() {
     assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
 }
 
-/// A record whose bytes changed on disk after they were synced (media damage, not a power cut: no sector of
-/// zeros in it) costs its own message and nothing else: recovery skips it, logs it as an error, and keeps the
-/// confirmed records after it (storage/src/stream/recovery.rs, `resync`); offsets go on after the last.
-/// With the segment's index lost too, recovery reads the whole segment. (RabbitMQ's osiris truncates a
-/// segment at its first invalid chunk; here the records after damage were confirmed, so they stay.)
+/// A record whose bytes changed on disk after they were synced (media damage: a later flush round's marked
+/// record follows it, so it cannot be a power cut's torn write) costs its own message and nothing else:
+/// recovery skips it, logs it as an error, and keeps the confirmed records after it
+/// (storage/src/stream/recovery.rs, `scan_records`); offsets go on after the last. With the segment's index
+/// lost too, recovery reads the whole segment. (RabbitMQ's osiris truncates a segment at its first invalid
+/// chunk; here the records after the damage were confirmed, so they stay.)
 #[tokio::test]
 async fn a_record_damaged_on_disk_costs_only_its_own_message() {
     let mut server = Server::start();
@@ -182,6 +183,8 @@ async fn a_record_damaged_on_disk_costs_only_its_own_message() {
         )
         .await;
         publish_confirmed(&conn, "s", bodies(0..3000, "m")).await;
+        // confirmed after 0..3000 were: written by later flush rounds
+        publish_confirmed(&conn, "s", bodies(3000..3100, "m")).await;
     }
     server.kill();
     let streams = server.data_dir.join("streams");
@@ -217,15 +220,15 @@ async fn a_record_damaged_on_disk_costs_only_its_own_message() {
     );
     let conn = connect(&server).await;
     let (_ch, mut c) = consume(&conn, "s", "", 200, table(&[("x-stream-offset", s("first"))])).await;
-    let got = take(&mut c, 2999, true).await;
-    let want: Vec<(u64, String)> = (0..3000u64)
+    let got = take(&mut c, 3099, true).await;
+    let want: Vec<(u64, String)> = (0..3100u64)
         .filter(|&i| i != 2900)
         .map(|i| (i, format!("m{i}")))
         .collect();
     assert_eq!(got, want);
     nothing_more(&mut c).await;
     publish_confirmed(&conn, "s", ["next".to_string()]).await;
-    assert_eq!(take(&mut c, 1, true).await[0], (3000, "next".into()));
+    assert_eq!(take(&mut c, 1, true).await[0], (3100, "next".into()));
 }
 
 #[tokio::test]

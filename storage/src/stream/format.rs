@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! record = [len u32][crc32 u32][offset u64][timestamp_ms u64][filter_len u8][filter][message value]
-//!          len counts everything after the crc; the crc covers the same bytes
+//!          len counts everything after the crc; the crc covers the same bytes; the top bit of len is the
+//!          round mark (`ROUND_MARK`), never part of the length
 //! index entry = [offset u64][timestamp_ms u64][position u64][crc32 u32 of the 24 bytes before]
 //! ```
 
@@ -74,6 +75,21 @@ pub(crate) struct RecordHead {
     pub(crate) ts: u64,
     /// The filter value: `buf[FRAME + FIXED .. FRAME + FIXED + filter_len]`.
     pub(crate) filter_len: usize,
+    /// It carries the round mark (`ROUND_MARK`).
+    pub(crate) marked: bool,
+}
+
+/// The round mark, the top bit of a record's length field (a length is at most `RECORD_MAX`, 2^30, so the
+/// bit is never part of one; the crc does not cover the field, so setting it needs no new crc). The flusher
+/// sets it on the first record of a round's write when every byte before that record in the segment was
+/// already synced (`StreamLog::collect_for_sync`). A marked record on disk therefore proves that what
+/// precedes it was durable before it was written: recovery may cross damage before it (media damage, not a
+/// torn write; `recovery::scan_records`).
+pub(crate) const ROUND_MARK: u32 = 1 << 31;
+
+/// Sets the round mark on the record at the start of `rec`.
+pub(crate) fn mark_round(rec: &mut [u8]) {
+    rec[0] |= (ROUND_MARK >> 24) as u8;
 }
 
 impl RecordHead {
@@ -107,7 +123,8 @@ pub(crate) fn parse_record(buf: &[u8]) -> Result<Option<RecordHead>, usize> {
     if buf.len() < FRAME {
         return Err(FRAME + FIXED);
     }
-    let len = be::u32_at(buf, 0) as usize;
+    let field = be::u32_at(buf, 0);
+    let len = (field & !ROUND_MARK) as usize;
     if !(FIXED..=RECORD_MAX).contains(&len) {
         return Ok(None);
     }
@@ -128,6 +145,7 @@ pub(crate) fn parse_record(buf: &[u8]) -> Result<Option<RecordHead>, usize> {
         offset: be::u64_at(buf, FRAME),
         ts: be::u64_at(buf, FRAME + 8),
         filter_len,
+        marked: field & ROUND_MARK != 0,
     }))
 }
 
@@ -212,6 +230,14 @@ mod tests {
         assert_eq!(h.filter(&b), Some(&b"eu"[..]));
         assert_eq!(decode_value(h.value(&b)).unwrap().body, "hello");
         assert_eq!(parse_record(&b[..n - 1]), Err(n));
+        assert!(!h.marked);
+        let mut marked = b.clone();
+        mark_round(&mut marked);
+        assert_eq!(
+            parse_record(&marked),
+            Ok(Some(RecordHead { marked: true, ..h })),
+            "the mark is no part of the length and needs no new crc"
+        );
         let mut bad = b.clone();
         bad[n - 1] ^= 1;
         assert_eq!(parse_record(&bad), Ok(None));

@@ -7,7 +7,9 @@
 //! Durability is the message log's: writes go to a `LogFile` buffer, the store's one flusher
 //! writes out and `fdatasync`s the segment and index files of every dirty stream in its round and
 //! settles the round's tickets (`collect_for_sync`, `apply_sync_results`). A chunk is what one
-//! round wrote (capped at `CHUNK_MAX`), as a chunk in RabbitMQ's osiris is one write batch.
+//! round wrote (capped at `CHUNK_MAX`), as a chunk in RabbitMQ's osiris is one write batch. A round's
+//! first record carries the round mark when all before it was synced (format.rs, `ROUND_MARK`): it is
+//! what lets recovery tell damage to synced records from a torn write.
 //!
 //! Memory per stream: one small struct per segment, nothing per message or per chunk (the index
 //! lives in its file; the chunk being written is remembered for `last`). Readers (`reader.rs`)
@@ -381,6 +383,12 @@ impl StreamLog {
                     || seg.idx.broken
                     || seg.data.len().saturating_sub(seg.idx_synced_at) >= IDX_SYNC_EVERY;
                 let data_len = seg.data.len();
+                if !seg.data.broken && seg.data.written == seg.data.synced && seg.data.unwritten() > 0 {
+                    // every byte before this round's first record is durable: it carries the round mark,
+                    // which lets recovery cross damage before it (format.rs, `ROUND_MARK`)
+                    let at = seg.data.head;
+                    mark_round(&mut seg.data.pending[at..]);
+                }
                 let data = seg.data.write_out_or_repair(&self.faults);
                 // (a sealed segment keeps the zeros it has, never past the segment size)
                 let data = data.and_then(|()| seg.data.prefill(PREFILL.0, PREFILL.1, seg.max, &self.faults));

@@ -270,7 +270,7 @@ fn all_zero(f: &File, path: &Path, from: u64, to: u64) -> Result<bool> {
     Ok(true)
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Scan {
     /// Where the valid records end.
     end: u64,
@@ -283,17 +283,14 @@ struct Scan {
     damaged: Vec<(u64, u64)>,
 }
 
-/// The unit a disk writes whole or not at all when the power goes (PostgreSQL and SQLite assume the same of
-/// a 512-byte sector). Whatever part of a sector an unsynced write changed is, after a cut, back to its old
-/// contents, and the old contents of a stream segment past its records are zeros (the prefill, synced before
-/// a record lands on it; or a hole). So a torn write leaves the bytes from where its first lost record
-/// starts (or from a sector's start) to the end of that sector zero.
-const SECTOR: u64 = 512;
-
 /// Checks the records of `f` from `from` to `len` in blocks: crc, framing, offsets increasing and at or
-/// above `first`. A record that fails is crossed (`resync`) when valid records follow it and no zero sector
-/// lies between (damage of bytes that were synced: the records after it were confirmed and are kept);
-/// otherwise the scan ends there (a torn tail).
+/// above `first`. A record that fails is damage or a torn write. A torn write is confined to what was
+/// written after the last completed sync, and a record carrying the round mark (format.rs, `ROUND_MARK`)
+/// was written only once everything before it was durable. So when valid records follow the failure and
+/// one of them, with nothing failing in between, carries the mark, the failure is damage to synced bytes
+/// (the medium's, not a power cut's): it is crossed (`resync` finds where), and the confirmed records after
+/// it are kept. Otherwise the records end at the failure: what follows it was never confirmed, and is not
+/// brought back, so the offsets have no gap.
 fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Result<Scan> {
     let mut scan = Scan {
         end: from,
@@ -303,6 +300,8 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
     let mut buf_at = from;
     let mut pos = from;
     let mut last_mark: Option<u64> = None;
+    // Crossing damage, not yet confirmed by a marked record: what the scan was before it.
+    let mut tentative: Option<Scan> = None;
     loop {
         // parse what the buffer holds
         let mut used = (pos - buf_at) as usize;
@@ -319,6 +318,9 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
                     }
                     used += h.total;
                     scan.end = buf_at + used as u64;
+                    if h.marked {
+                        tentative = None;
+                    }
                 }
                 Ok(_) => {
                     damaged = true;
@@ -343,18 +345,22 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
                 .map_err(io_err(path))?;
             continue;
         }
-        if pos >= len {
-            return Ok(scan);
-        }
-        // damaged bytes at `pos`, or a record cut short by the end of the file
-        let expect = scan.last.map_or(first, |(o, _)| o + 1);
-        match resync(f, path, pos, len, expect)? {
-            None => return Ok(scan),
+        // the end of the file, damaged bytes at `pos`, or a record cut short by the end of the file
+        let next = match (pos >= len, &tentative) {
+            (false, None) => resync(f, path, pos, len, scan.last.map_or(first, |(o, _)| o + 1))?,
+            _ => None,
+        };
+        match next {
             Some(next) => {
+                tentative = Some(scan.clone());
                 scan.damaged.push((pos, next));
                 buf.clear();
                 buf_at = next;
                 pos = next;
+            }
+            None => {
+                // the records end here, or where the damage began that no marked record confirmed
+                return Ok(tentative.unwrap_or(scan));
             }
         }
     }
@@ -362,26 +368,18 @@ fn scan_records(f: &File, path: &Path, from: u64, len: u64, first: u64) -> Resul
 
 /// Crossing damaged bytes that start at `d`: the position of the next whole record that can follow them
 /// (offset `expect`, or one more per `FRAME + FIXED` bytes of damage at most: records lost in it), or None
-/// if no record follows, or if the damage is a torn write: for some sector end `b` between `d` and the first
-/// bytes of that record, `max(d, b - SECTOR)..b` is all zeros (`SECTOR`). Records found past a torn write
-/// were never confirmed (they were written after the last completed sync) and are not brought back: the
-/// offsets stay without a gap. Damage without that mark (bytes changed on the medium after they were
-/// synced) is crossed, and the confirmed records after it are kept.
+/// if none follows. Zero runs (the prefill after the records, or a torn write's hole) are skipped at memory
+/// speed.
 fn resync(f: &File, path: &Path, d: u64, len: u64, expect: u64) -> Result<Option<u64>> {
     let min_record = (FRAME + FIXED) as u64;
     let mut buf = Vec::new();
     let mut q = d + 1;
     loop {
-        // the window holds `max(d, q - SECTOR)..` (the zeros a sector end at or after `q` is checked for)
-        let w = d.max(q.saturating_sub(SECTOR));
+        let w = q;
         let n = ((len - w) as usize).min(SCAN_BLOCK);
         buf.resize(n, 0);
         f.read_exact_at(&mut buf, w).map_err(io_err(path))?;
         let whole = w + n as u64 == len;
-        let zero_before = |buf: &[u8], b: u64| {
-            let from = (d.max(b - SECTOR) - w) as usize;
-            buf[from..(b - w) as usize].iter().all(|&x| x == 0)
-        };
         loop {
             let at = (q - w) as usize;
             if at + FRAME + FIXED > buf.len() {
@@ -390,11 +388,17 @@ fn resync(f: &File, path: &Path, d: u64, len: u64, expect: u64) -> Result<Option
                 }
                 break;
             }
-            if q.is_multiple_of(SECTOR) && zero_before(&buf, q) {
-                return Ok(None);
-            }
             let rest = &buf[at..];
-            let rec_len = crate::be::u32_at(rest, 0) as usize;
+            if rest[..4] == [0; 4] {
+                // a record's length has at most 3 leading zero bytes: skip to 3 before the next non-zero
+                match rest.iter().position(|&b| b != 0) {
+                    Some(nz) => q += (nz - 3) as u64,
+                    None if whole => return Ok(None),
+                    None => q += (rest.len() - 3) as u64,
+                }
+                continue;
+            }
+            let rec_len = (crate::be::u32_at(rest, 0) & !ROUND_MARK) as usize;
             let offset = crate::be::u64_at(rest, FRAME);
             let plausible = (FIXED..=RECORD_MAX).contains(&rec_len)
                 && (FRAME + rec_len) as u64 <= len - q
@@ -410,12 +414,6 @@ fn resync(f: &File, path: &Path, d: u64, len: u64, expect: u64) -> Result<Option
                     matches!(parse_record(&rec), Ok(Some(_)))
                 };
                 if whole_record {
-                    // a sector end inside the record's length field: its first bytes (zero in any length
-                    // under 16 MiB) may be the zeros of a lost sector
-                    let b = q.next_multiple_of(SECTOR);
-                    if b > q && b < q + 4 && zero_before(&buf, b) {
-                        return Ok(None);
-                    }
                     return Ok(Some(q));
                 }
             }
@@ -448,14 +446,19 @@ mod tests {
         out
     }
 
-    /// Records 0.. of the given body lengths, one after another from position 0, then `tail` zeros:
-    /// the file's bytes and each record's position.
-    fn segment(bodies: &[usize], tail: usize) -> (Vec<u8>, Vec<u64>) {
+    /// Records 0.. of the given body lengths, one after another from position 0, written in rounds of
+    /// `round` records (the first of each carries the round mark, as the flusher sets it), then `tail`
+    /// zeros: the file's bytes and each record's position.
+    fn segment(bodies: &[usize], round: usize, tail: usize) -> (Vec<u8>, Vec<u64>) {
         let mut b = Vec::new();
         let mut at = Vec::new();
         for (i, &n) in bodies.iter().enumerate() {
             at.push(b.len() as u64);
-            b.extend(record(i as u64, n));
+            let mut r = record(i as u64, n);
+            if i % round == 0 {
+                mark_round(&mut r);
+            }
+            b.extend(r);
         }
         b.resize(b.len() + tail, 0);
         (b, at)
@@ -469,124 +472,136 @@ mod tests {
         scan_records(&f, &p, 0, bytes.len() as u64, 0).unwrap()
     }
 
+    fn last(s: &Scan) -> Option<u64> {
+        s.last.map(|l| l.0)
+    }
+
     #[test]
     fn records_then_zeros_end_the_scan_where_the_records_end() {
-        let (b, at) = segment(&[300; 10], 4096);
+        let (b, at) = segment(&[300; 10], 4, 1 << 20);
         let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(9));
-        assert_eq!(s.end, b.len() as u64 - 4096);
+        assert_eq!(last(&s), Some(9));
+        assert_eq!(s.end, b.len() as u64 - (1 << 20));
         assert!(s.damaged.is_empty());
         assert_eq!(s.first.map(|f| f.0), Some(0));
         assert_eq!(at[0], 0);
     }
 
-    /// Bytes changed after they were synced (no zero sector in them): the record is lost, the confirmed
-    /// records after it are kept. Before the resync the scan stopped there and recovery zeroed them all.
+    /// Bytes changed after they were synced (a later round's marked record follows them): the record is
+    /// lost, the confirmed records after it are kept. Before the resync the scan stopped there and recovery
+    /// zeroed them all.
     #[test]
-    fn a_damaged_record_is_crossed_and_the_records_after_it_kept() {
-        let (mut b, at) = segment(&[300; 10], 4096);
-        b[at[3] as usize + 40] ^= 0x5a;
-        let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(9));
-        assert_eq!(s.end, b.len() as u64 - 4096);
-        assert_eq!(s.damaged, vec![(at[3], at[4])]);
+    fn a_damaged_record_before_a_later_round_is_crossed_and_the_records_after_it_kept() {
+        // rounds [0..4) [4..8) [8..10)
+        let (b0, at) = segment(&[300; 10], 4, 4096);
+        let data_end = b0.len() as u64 - 4096;
+        for (i, why) in [
+            (3, "the next record is marked"),
+            (5, "two records, then the mark"),
+        ] {
+            let mut b = b0.clone();
+            b[at[i] as usize + 40] ^= 0x5a;
+            let s = scan(&b);
+            assert_eq!(last(&s), Some(9), "record {i}: {why}");
+            assert_eq!(s.end, data_end);
+            assert_eq!(s.damaged, vec![(at[i], at[i + 1])]);
+        }
         // its length field damaged (runs past the file): the same
-        let (mut b, at) = segment(&[300; 10], 4096);
+        let mut b = b0.clone();
         b[at[3] as usize] = 0x7f;
         let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(9));
+        assert_eq!(last(&s), Some(9));
         assert_eq!(s.damaged, vec![(at[3], at[4])]);
         // two records in a row, and a large record after them (read past the scan's block)
-        let (mut b, at) = segment(&[300, 300, 300, 300, SCAN_BLOCK + 5000, 300], 4096);
+        let (mut b, at) = segment(&[300, 300, 300, 300, SCAN_BLOCK + 5000, 300], 4, 4096);
         b[at[1] as usize + 100] ^= 1;
         b[at[2] as usize + 100] ^= 1;
         let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(5));
+        assert_eq!(last(&s), Some(5));
         assert_eq!(s.damaged, vec![(at[1], at[3])]);
     }
 
-    /// A torn write (after a power cut, a sector that an unsynced write changed has its old bytes, zeros,
-    /// again): the records after it were never confirmed, and are not brought back: no gap in the offsets.
+    /// Damage after the last round's mark cannot be told from a torn write (that round may not have been
+    /// synced): the records end there. So does a second failure before the mark that would confirm the first.
     #[test]
-    fn a_torn_write_ends_the_scan_even_with_records_after_it() {
-        let bodies = [300; 40];
-        let (b0, at) = segment(&bodies, 4096);
-        let data_end = b0.len() as u64 - 4096;
-        // a whole sector lost in the middle of the records
+    fn damage_no_marked_record_confirms_ends_the_records() {
+        let (b0, at) = segment(&[300; 10], 4, 4096);
         let mut b = b0.clone();
-        let s0 = at[10].next_multiple_of(SECTOR);
-        b[s0 as usize..(s0 + SECTOR) as usize].fill(0);
-        let first_hit = at.iter().rposition(|&p| p < s0).unwrap();
+        b[at[9] as usize + 40] ^= 0x5a;
+        assert_eq!((last(&scan(&b)), scan(&b).end), (Some(8), at[9]));
+        let mut b = b0.clone();
+        b[at[8] as usize + 40] ^= 0x5a;
         let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(first_hit as u64 - 1));
-        assert_eq!(s.end, at[first_hit]);
+        assert_eq!((last(&s), s.end), (Some(7), at[8]), "the marked record itself");
         assert!(s.damaged.is_empty());
-        // a lost suffix of a sector: the zeros from where a record starts to the sector's end
         let mut b = b0.clone();
-        let i = (15..40).find(|&i| at[i] % SECTOR != 0).unwrap();
-        b[at[i] as usize..at[i].next_multiple_of(SECTOR) as usize].fill(0);
-        let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(i as u64 - 1));
-        assert_eq!(s.end, at[i]);
-        // the sector's zeros reach into the next whole record's length field (its leading zero bytes):
-        // record 1 starts 2 bytes before the end of sector 1, and sector 1 (the second half of record 0
-        // and those two bytes) is all zeros: lost
-        let body0 = (0..2 * SECTOR as usize)
-            .find(|&n| record(0, n).len() as u64 == 2 * SECTOR - 2)
-            .unwrap();
-        let (mut b, at) = segment(&[body0, 300, 300], 0);
-        assert_eq!(at[1], 2 * SECTOR - 2);
-        assert_eq!(&b[at[1] as usize..at[1] as usize + 2], &[0, 0]);
-        b[SECTOR as usize..at[1] as usize].fill(0);
+        b[at[4] as usize + 40] ^= 0x5a;
+        b[at[6] as usize + 40] ^= 0x5a;
         let s = scan(&b);
         assert_eq!(
-            (s.last, s.end),
-            (None, 0),
-            "torn: record 1 may follow a lost sector"
+            (last(&s), s.end),
+            (Some(3), at[4]),
+            "5 crossed to, then 6 fails before 8's mark"
         );
-        // the same with a byte left non-zero: damage, crossed
-        b[SECTOR as usize + 100] = 1;
-        let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(2));
-        assert_eq!(s.damaged, vec![(0, at[1])]);
-        assert_eq!(scan(&b0).end, data_end);
+        assert!(s.damaged.is_empty() && s.chunk_starts.iter().all(|c| c.0 < 4));
+    }
+
+    /// A torn write (a power cut during the last round: any part of its bytes back to the zeros they were,
+    /// at any byte boundaries, as LazyFS's torn-op makes them): the records after the hole were never
+    /// confirmed, and are not brought back, whatever follows: no gap in the offsets.
+    #[test]
+    fn a_torn_write_in_the_last_round_ends_the_records_even_with_records_after_it() {
+        // rounds [0..10) [10..20) [20..30) [30..40)
+        let (b0, at) = segment(&[300; 40], 10, 4096);
+        for (from, to) in [
+            (at[32] + 17, at[33] + 100),
+            (at[32] + 5, at[32] + 6),
+            (at[30], at[30] + 3),
+            (at[35] + 299, at[37]),
+            (at[31], at[38]),
+        ] {
+            let mut b = b0.clone();
+            b[from as usize..to as usize].fill(0);
+            let first_hit = (0..39).find(|&i| at[i + 1] > from).unwrap();
+            let s = scan(&b);
+            assert_eq!(s.end, at[first_hit], "hole {from}..{to}");
+            assert_eq!(last(&s), Some(first_hit as u64 - 1));
+            assert!(s.damaged.is_empty());
+        }
     }
 
     /// A record found past damage must have an offset that can follow: a copy of an old record (an offset
     /// already seen) or an offset further on than the damaged bytes could hold is not taken.
     #[test]
     fn a_record_past_damage_must_have_a_plausible_offset() {
-        let (mut b, at) = segment(&[300; 6], 0);
+        let (mut b, at) = segment(&[300; 6], 5, 0);
         // record 3 replaced by garbage of its length holding no zero run, then record 4 replaced by
         // a whole record whose offset is 1,000 (too far on for the bytes crossed)
-        let r3 = at[3] as usize..at[4] as usize;
-        for (k, x) in b[r3.clone()].iter_mut().enumerate() {
+        for (k, x) in b[at[3] as usize..at[4] as usize].iter_mut().enumerate() {
             *x = 0x41 + (k % 7) as u8;
         }
         let far = record(1000, 300);
         assert_eq!(far.len(), (at[5] - at[4]) as usize);
         b[at[4] as usize..at[5] as usize].copy_from_slice(&far);
         let s = scan(&b);
-        // offset 5 is plausible (two records' worth of bytes crossed)
-        assert_eq!(s.last.map(|l| l.0), Some(5));
+        // offset 5 is plausible (two records' worth of bytes crossed), and marked
+        assert_eq!(last(&s), Some(5));
         assert_eq!(s.damaged, vec![(at[3], at[5])]);
         // a copy of record 1 where record 3 was: an offset already seen is damage too
-        let (mut b, at) = segment(&[300; 6], 0);
+        let (mut b, at) = segment(&[300; 6], 5, 0);
         let r1 = b[at[1] as usize..at[2] as usize].to_vec();
         b[at[3] as usize..at[4] as usize].copy_from_slice(&r1);
         let s = scan(&b);
-        assert_eq!(s.last.map(|l| l.0), Some(5));
+        assert_eq!(last(&s), Some(5));
         assert_eq!(s.damaged, vec![(at[3], at[4])]);
     }
 
     #[derive(Debug, Clone)]
     enum Damage {
-        /// One byte of record `rec` (index modulo the count) changed: media damage.
+        /// One byte of record `rec` (index modulo the count) changed: the medium's damage, in any round.
         Flip { rec: usize, at: usize, xor: u8 },
-        /// Sector `sector` (modulo those the records touch) back to zeros: a torn write.
-        LostSector { sector: usize },
-        /// The bytes from the start of record `rec` to its sector's end back to zeros: a torn write.
-        LostSuffix { rec: usize },
+        /// Bytes `from..to` of the last round's write back to zeros (fractions of it in 1/1000): a torn write.
+        Torn { from: u16, to: u16 },
     }
 
     fn damage() -> impl Strategy<Value = Damage> {
@@ -596,74 +611,62 @@ mod tests {
                 at,
                 xor
             }),
-            any::<usize>().prop_map(|sector| Damage::LostSector { sector }),
-            any::<usize>().prop_map(|rec| Damage::LostSuffix { rec }),
+            (0..1000u16, 0..=1000u16).prop_map(|(a, b)| Damage::Torn {
+                from: a.min(b),
+                to: a.max(b)
+            }),
         ]
     }
 
     proptest! {
-        /// Against what a power cut can and cannot do: media damage loses only the damaged record; a torn
-        /// write ends the records at the first one it touched (a prefix, no gap), whatever follows.
+        /// Against what a power cut can and cannot do: damage before a later round's mark loses only the
+        /// damaged record; damage in the last round (a torn write, or the medium's) ends the records at the
+        /// first one it broke (a prefix, no gap), whatever follows.
         #[test]
         fn recovery_keeps_what_damage_spares_and_stops_at_a_torn_write(
             bodies in proptest::collection::vec(0..1500usize, 1..40),
+            round in 1..12usize,
             tail in 0..3000usize,
             dmg in damage(),
         ) {
-            let (mut b, at) = segment(&bodies, tail);
+            let (mut b, at) = segment(&bodies, round, tail);
             let n = at.len();
             let len = b.len() as u64;
             let end_of = |i: usize| if i + 1 < n { at[i + 1] } else { len - tail as u64 };
-            let data_end = end_of(n - 1);
+            let last_round = (n - 1) / round * round;
+            let intact = |b: &[u8], i: usize| {
+                matches!(parse_record(&b[at[i] as usize..end_of(i) as usize]), Ok(Some(h)) if h.offset == i as u64)
+            };
             // the offsets recovery must keep, and the damaged ranges it crosses
-            let mut crossed = 0;
-            let want: Vec<u64> = match dmg {
+            let (want, crossed): (Vec<u64>, usize) = match dmg {
                 Damage::Flip { rec, at: k, xor } => {
                     let i = rec % n;
                     let pos = at[i] + (k as u64 % (end_of(i) - at[i]));
                     b[pos as usize] ^= xor;
-                    // the damaged record starts just before a sector's end with only zeros (its length's
-                    // leading zeros) up to it: that reads like the zeros a lost sector leaves, and the
-                    // scan stops there (`resync`): a record lost to media damage in that place costs the
-                    // records after it, never a power cut's gap
-                    let b_end = at[i].next_multiple_of(SECTOR);
-                    let looks_torn = |b: &[u8]| b_end > at[i] && b_end <= len && b[at[i] as usize..b_end as usize].iter().all(|&x| x == 0);
-                    if i + 1 < n && !looks_torn(&b) {
-                        crossed = 1;
-                        (0..n as u64).filter(|&o| o != i as u64).collect()
+                    if intact(&b, i) {
+                        // only the mark bit changed: no damage
+                        ((0..n as u64).collect(), 0)
+                    } else if i < last_round {
+                        ((0..n as u64).filter(|&o| o != i as u64).collect(), 1)
                     } else {
-                        (0..i as u64).collect()
+                        ((0..i as u64).collect(), 0)
                     }
                 }
-                Damage::LostSector { sector } => {
-                    let s = (sector as u64 % data_end.div_ceil(SECTOR)) * SECTOR;
-                    let e = (s + SECTOR).min(len);
-                    b[s as usize..e as usize].fill(0);
-                    // the first record with a byte in the sector is lost, and all after it
-                    let j = (0..n).find(|&i| end_of(i) > s).unwrap();
-                    (0..j as u64).collect()
-                }
-                Damage::LostSuffix { rec } => {
-                    let i = rec % n;
-                    let e = (at[i] / SECTOR + 1) * SECTOR;
-                    let e = e.min(len);
-                    if b[at[i] as usize..e as usize].iter().all(|&x| x == 0) {
-                        // only the leading zeros of the record's length: nothing changed
-                        (0..n as u64).collect()
-                    } else {
-                        b[at[i] as usize..e as usize].fill(0);
-                        (0..i as u64).collect()
-                    }
+                Damage::Torn { from, to } => {
+                    let r0 = at[last_round];
+                    let span = end_of(n - 1) - r0;
+                    let (x, y) = (r0 + span * from as u64 / 1000, r0 + span * to as u64 / 1000);
+                    b[x as usize..y as usize].fill(0);
+                    let j = (0..n).find(|&i| !intact(&b, i)).unwrap_or(n);
+                    ((0..j as u64).collect(), 0)
                 }
             };
             let s = scan(&b);
-            prop_assert_eq!(s.last.map(|l| l.0), want.last().copied());
+            prop_assert_eq!(last(&s), want.last().copied());
             // the scan's end is where the kept records end (appends go on from there)
-            let last_kept = want.last().map_or(0, |&o| end_of(o as usize));
-            prop_assert_eq!(s.end, last_kept);
+            prop_assert_eq!(s.end, want.last().map_or(0, |&o| end_of(o as usize)));
             prop_assert_eq!(s.damaged.len(), crossed);
-            let firsts: Vec<u64> = s.chunk_starts.iter().map(|c| c.0).collect();
-            prop_assert!(firsts.iter().all(|o| want.contains(o)));
+            prop_assert!(s.chunk_starts.iter().all(|c| want.contains(&c.0)));
         }
     }
 }
