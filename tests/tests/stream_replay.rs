@@ -136,20 +136,28 @@ async fn last_starts_at_the_last_chunk_and_consumers_are_independent() {
     assert_eq!(got.last().unwrap().0, 19);
 }
 
+/// Stream "s" in segments of 100 kB, holding "m0", "m1", … published with confirms in batches that end
+/// before `ends` (each batch once the one before it is confirmed).
+async fn stream_in_small_segments(server: &Server, ends: &[u64]) {
+    let conn = connect(server).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare_stream(
+        &ch,
+        "s",
+        &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100_000))],
+    )
+    .await;
+    let mut from = 0;
+    for &end in ends {
+        publish_confirmed(&conn, "s", bodies(from..end, "m")).await;
+        from = end;
+    }
+}
+
 #[tokio::test]
 async fn every_confirmed_message_survives_kill_9() {
     let mut server = Server::start();
-    {
-        let conn = connect(&server).await;
-        let ch = conn.create_channel().await.unwrap();
-        declare_stream(
-            &ch,
-            "s",
-            &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100_000))],
-        )
-        .await;
-        publish_confirmed(&conn, "s", bodies(0..3000, "m")).await;
-    }
+    stream_in_small_segments(&server, &[3000]).await;
     server.restart(); // SIGKILL, then start on the same data dir
     let conn = connect(&server).await;
     let (_ch, mut c) = consume(&conn, "s", "", 200, table(&[("x-stream-offset", s("first"))])).await;
@@ -173,19 +181,8 @@ async fn every_confirmed_message_survives_kill_9() {
 #[tokio::test]
 async fn a_record_damaged_on_disk_costs_only_its_own_message() {
     let mut server = Server::start();
-    {
-        let conn = connect(&server).await;
-        let ch = conn.create_channel().await.unwrap();
-        declare_stream(
-            &ch,
-            "s",
-            &[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100_000))],
-        )
-        .await;
-        publish_confirmed(&conn, "s", bodies(0..3000, "m")).await;
-        // confirmed after 0..3000 were: written by later flush rounds
-        publish_confirmed(&conn, "s", bodies(3000..3100, "m")).await;
-    }
+    // 3000..3100 published once 0..3000 were confirmed: written by later flush rounds
+    stream_in_small_segments(&server, &[3000, 3100]).await;
     server.kill();
     let streams = server.data_dir.join("streams");
     let dir = std::fs::read_dir(&streams)
