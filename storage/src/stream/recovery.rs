@@ -1,6 +1,6 @@
 //! Opening the streams of a data directory: each segment's index is read and checked, the records
 //! after its last valid entry are read and checked (a chunk, or the whole segment if its index was
-//! lost), damage in them is crossed unless it is a torn write (`resync`), a torn tail is zeroed
+//! lost), damage in them is crossed when a later round mark shows it was synced (`scan_records`), a torn tail is zeroed
 //! (`pwrite` + `fdatasync`), missing index entries are written again.
 //! A stream directory without a queue record is moved to `lost+found`, never deleted.
 

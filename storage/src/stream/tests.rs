@@ -261,9 +261,9 @@ fn open_streams(d: &Path, id: u32) -> super::recovery::StreamRecovery {
         .1
 }
 
-/// Bytes of a synced record changed on the medium (not a torn write: no zero sector): recovery skips that
-/// record and keeps the confirmed ones after it, where it used to take it for a torn tail and zero
-/// everything after it (`recovery::resync`). Appends go on after the last record.
+/// Bytes of a synced record changed on the medium (not a torn write: later rounds' marked records follow
+/// it): recovery skips that record and keeps the confirmed ones after it, where it used to take it for a
+/// torn tail and zero everything after it (`recovery::scan_records`). Appends go on after the last record.
 #[test]
 fn recovery_skips_a_damaged_record_and_keeps_the_records_after_it() {
     let d = tempfile::tempdir().unwrap();
