@@ -1,7 +1,7 @@
 //! Opening the streams of a data directory: each segment's index is read and checked, the records
 //! after its last valid entry are read and checked (a chunk, or the whole segment if its index was
-//! lost), damage in them is crossed when a later round mark shows it was synced (`scan_records`), a torn tail is zeroed
-//! (`pwrite` + `fdatasync`), missing index entries are written again.
+//! lost), damage in them is crossed when a later round mark shows it was synced (`scan_records`), a
+//! torn tail is zeroed (`pwrite` + `fdatasync`), missing index entries are written again.
 //! A stream directory without a queue record is moved to `lost+found`, never deleted.
 
 use std::collections::{BTreeMap, HashMap};
