@@ -476,14 +476,7 @@ fn a_version_2_store_is_opened_and_marked_3() {
     };
     let version = || {
         let db = sled::open(d.path().join("sled")).unwrap();
-        u32::from_be_bytes(
-            db.get(keys::SCHEMA_KEY)
-                .unwrap()
-                .unwrap()
-                .as_ref()
-                .try_into()
-                .unwrap(),
-        )
+        crate::be::exact_u32(&db.get(keys::SCHEMA_KEY).unwrap().unwrap()).unwrap()
     };
     set_version(2);
     {

@@ -25,6 +25,15 @@ pub fn bin_from_env() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// A LazyFS `[[injection]]` table (for `LazyFs::mount`): the `occurrence`-th write to `file` (its path under
+/// the mount's root) is split into `parts` parts at any byte, only the parts in `persist` (1-based) reach the
+/// disk, then LazyFS dies as the power would.
+pub fn torn_op(file: &str, occurrence: u32, parts: u32, persist: &[u32]) -> String {
+    format!(
+        "[[injection]]\ntype=\"torn-op\"\nfile=\"{file}\"\noccurrence={occurrence}\nparts={parts}\npersist={persist:?}\n"
+    )
+}
+
 /// One LazyFS mount over `<base>/root` at `<base>/mnt`.
 pub struct LazyFs {
     bin: PathBuf,

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use durability_common::*;
-use mailroom_tests::lazyfs::{self, LazyFs};
+use mailroom_tests::lazyfs::{self, torn_op, LazyFs};
 use mailroom_tests::Server;
 use rand::{Rng, SeedableRng};
 
@@ -504,7 +504,7 @@ async fn crash_points() {
             name: "after a truncate during recovery (of a torn segment tail)",
             when: Recovery,
             prepare: Some(Arm::Torn(Box::new(|r| {
-                torn_op(first_segment(r, 3, "seg"), 5, 3, &[1])
+                torn_op(&first_segment(r, 3, "seg"), 5, 3, &[1])
             }))),
             arm: crash(vec![after("truncate", DATA)]),
         },
@@ -526,12 +526,6 @@ fn first_segment(root: &Path, queue_id: u32, ext: &str) -> String {
         .to_string()
 }
 
-fn torn_op(file: String, occurrence: u32, parts: u32, persist: &[u32]) -> String {
-    format!(
-        "[[injection]]\ntype=\"torn-op\"\nfile=\"{file}\"\noccurrence={occurrence}\nparts={parts}\npersist={persist:?}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_writes() {
     use When::*;
@@ -541,27 +535,27 @@ async fn torn_writes() {
             name: "segment: the first write torn, only its first third on disk",
             when: Load,
             prepare: None,
-            arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 3, "seg"), 1, 3, &[1]))),
+            arm: Arm::Torn(Box::new(|r| torn_op(&first_segment(r, 3, "seg"), 1, 3, &[1]))),
         },
         Case {
             name: "segment: the 5th write torn, a hole in its middle third",
             when: Load,
             prepare: None,
-            arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 3, "seg"), 5, 3, &[1, 3]))),
+            arm: Arm::Torn(Box::new(|r| torn_op(&first_segment(r, 3, "seg"), 5, 3, &[1, 3]))),
         },
         Case {
             name: "segment: the 12th write torn, its first quarter missing",
             when: Load,
             prepare: None,
             arm: Arm::Torn(Box::new(|r| {
-                torn_op(first_segment(r, 3, "seg"), 12, 4, &[2, 3, 4])
+                torn_op(&first_segment(r, 3, "seg"), 12, 4, &[2, 3, 4])
             })),
         },
         Case {
             name: "ack file: the 3rd write torn in half",
             when: Load,
             prepare: None,
-            arm: Arm::Torn(Box::new(|r| torn_op(first_segment(r, 1, "ack"), 3, 2, &[1]))),
+            arm: Arm::Torn(Box::new(|r| torn_op(&first_segment(r, 1, "ack"), 3, 2, &[1]))),
         },
         Case {
             name: "definition copy: its first write torn, half of it on disk",
@@ -569,7 +563,7 @@ async fn torn_writes() {
             prepare: None,
             arm: Arm::Torn(Box::new(|r| {
                 let def = r.join("data/messages/00000003/queue.def");
-                torn_op(def.display().to_string(), 1, 2, &[1])
+                torn_op(&def.display().to_string(), 1, 2, &[1])
             })),
         },
         Case {
@@ -577,7 +571,7 @@ async fn torn_writes() {
             when: Load,
             prepare: None,
             arm: Arm::Torn(Box::new(|r| {
-                torn_op(r.join("data/sled/db").display().to_string(), 30, 2, &[1])
+                torn_op(&r.join("data/sled/db").display().to_string(), 30, 2, &[1])
             })),
         },
     ];

@@ -406,6 +406,16 @@ async fn stream_power_cuts_at_random_moments() {
         let name = format!("cut {cycle} after {delay} ms");
         outcomes.push(cycle_run(&bin, &dir, name, "", Fault::CutAfter(delay)).await);
     }
+    let confirmed = summary("stream_power_cuts_at_random_moments", "cuts", &outcomes);
+    assert!(
+        confirmed > 0,
+        "nothing was confirmed in any cycle; the test proved nothing"
+    );
+}
+
+/// Prints the line that ends a test's cycles and fails the test if any cycle had a problem; returns the
+/// messages confirmed in all cycles.
+fn summary(test: &str, what: &str, outcomes: &[Outcome]) -> usize {
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| !o.problems.is_empty())
@@ -413,15 +423,12 @@ async fn stream_power_cuts_at_random_moments() {
         .collect();
     let confirmed: usize = outcomes.iter().map(|o| o.confirmed).sum();
     eprintln!(
-        "\n==== stream_power_cuts_at_random_moments: {} cuts, {} failed, {confirmed} confirmed messages in all",
+        "\n==== {test}: {} {what}, {} failed, {confirmed} confirmed messages in all",
         outcomes.len(),
         failed.len()
     );
     assert!(failed.is_empty(), "failed: {}", failed.join("; "));
-    assert!(
-        confirmed > 0,
-        "nothing was confirmed in any cycle; the test proved nothing"
-    );
+    confirmed
 }
 
 /// How a cycle's power goes.
@@ -557,22 +564,9 @@ async fn stream_torn_writes() {
     for (i, (occurrence, parts, persist)) in cases.into_iter().enumerate() {
         let dir = base.path().join(format!("torn{i}"));
         let seg = dir.join("root/data/streams/00000001/0000000000000000.seg");
-        let injection = format!(
-            "[[injection]]\ntype=\"torn-op\"\nfile=\"{}\"\noccurrence={occurrence}\nparts={parts}\npersist={persist:?}\n",
-            seg.display()
-        );
+        let injection = lazyfs::torn_op(&seg.display().to_string(), occurrence, parts, persist);
         let name = format!("write {occurrence} of the segment torn in {parts} parts, {persist:?} on disk");
         outcomes.push(cycle_run(&bin, &dir, name, &injection, Fault::Injected).await);
     }
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| !o.problems.is_empty())
-        .map(|o| o.name.as_str())
-        .collect();
-    eprintln!(
-        "\n==== stream_torn_writes: {} cases, {} failed",
-        outcomes.len(),
-        failed.len()
-    );
-    assert!(failed.is_empty(), "failed: {}", failed.join("; "));
+    summary("stream_torn_writes", "cases", &outcomes);
 }

@@ -117,18 +117,23 @@ fn record_len(len: usize) -> Result<u32> {
     }
 }
 
+/// The whole length (frame included) that the record at the start of `buf` (at least `FRAME` bytes) claims,
+/// the round mark left out; None if no record can be that long or short.
+pub(crate) fn claimed_total(buf: &[u8]) -> Option<usize> {
+    let len = (be::u32_at(buf, 0) & !ROUND_MARK) as usize;
+    (FIXED..=RECORD_MAX).contains(&len).then_some(FRAME + len)
+}
+
 /// The record at the start of `buf`: `Ok(Some)` if whole and its crc checks out, `Ok(None)` if it
 /// is garbage, `Err(needed)` if `buf` holds only its first part.
 pub(crate) fn parse_record(buf: &[u8]) -> Result<Option<RecordHead>, usize> {
     if buf.len() < FRAME {
         return Err(FRAME + FIXED);
     }
-    let field = be::u32_at(buf, 0);
-    let len = (field & !ROUND_MARK) as usize;
-    if !(FIXED..=RECORD_MAX).contains(&len) {
+    let Some(total) = claimed_total(buf) else {
         return Ok(None);
-    }
-    let total = FRAME + len;
+    };
+    let len = total - FRAME;
     if buf.len() < total {
         return Err(total);
     }
@@ -145,7 +150,7 @@ pub(crate) fn parse_record(buf: &[u8]) -> Result<Option<RecordHead>, usize> {
         offset: be::u64_at(buf, FRAME),
         ts: be::u64_at(buf, FRAME + 8),
         filter_len,
-        marked: field & ROUND_MARK != 0,
+        marked: be::u32_at(buf, 0) & ROUND_MARK != 0,
     }))
 }
 

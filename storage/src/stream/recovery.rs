@@ -398,14 +398,12 @@ fn resync(f: &File, path: &Path, d: u64, len: u64, expect: u64) -> Result<Option
                 }
                 continue;
             }
-            let rec_len = (crate::be::u32_at(rest, 0) & !ROUND_MARK) as usize;
+            // what the header claims is checked before any crc: garbage claims lengths up to 1 GiB
             let offset = crate::be::u64_at(rest, FRAME);
-            let plausible = (FIXED..=RECORD_MAX).contains(&rec_len)
-                && (FRAME + rec_len) as u64 <= len - q
-                && offset >= expect
-                && offset - expect <= (q - d) / min_record;
-            if plausible {
-                let total = FRAME + rec_len;
+            let plausible = claimed_total(rest).filter(|&total| {
+                total as u64 <= len - q && offset >= expect && offset - expect <= (q - d) / min_record
+            });
+            if let Some(total) = plausible {
                 let whole_record = if total <= rest.len() {
                     matches!(parse_record(&rest[..total]), Ok(Some(_)))
                 } else {

@@ -248,17 +248,21 @@ fn open_streams(d: &Path, id: u32) -> super::recovery::StreamRecovery {
             vhost: "/".into(),
             name: "s".into(),
             durable: true,
-            exclusive: false,
-            auto_delete: false,
-            arguments: vec![],
+            ..Default::default()
         },
     )]
     .into_iter()
     .collect();
-    let root = d.join("streams");
-    StreamLog::open(&root, &known, &d.join("lost"), Default::default())
-        .unwrap()
-        .1
+    stream_log(d, &known).1
+}
+
+/// The stream log of `d` opened by itself (no store, no flusher thread: `run_round` is its flusher), with
+/// the queue records `known`: the log and what recovery found.
+fn stream_log(
+    d: &Path,
+    known: &std::collections::HashMap<u32, crate::QueueRecord>,
+) -> (StreamLog, super::recovery::StreamRecovery) {
+    StreamLog::open(&d.join("streams"), known, &d.join("lost"), Default::default()).unwrap()
 }
 
 /// Bytes of a synced record changed on the medium (not a torn write: later rounds' marked records follow
@@ -307,13 +311,7 @@ fn recovery_ends_the_records_at_a_torn_write_in_the_last_round() {
     let id = declare(&open(d.path()), "s");
     // two rounds of ten records, written by the stream log alone (the store's flusher would choose its
     // own rounds)
-    let (log, _) = StreamLog::open(
-        &d.path().join("streams"),
-        &Default::default(),
-        &d.path().join("lost"),
-        Default::default(),
-    )
-    .unwrap();
+    let (log, _) = stream_log(d.path(), &Default::default());
     for round in 0..2u64 {
         for i in round * 10..round * 10 + 10 {
             log.append(id, i, None, &MessageParts::of(&msg(i, 100)), 64 << 20)
@@ -357,13 +355,7 @@ fn run_round(log: &StreamLog, sync_ok: bool) {
 fn the_round_mark_is_set_on_a_rounds_first_record_when_all_before_it_is_synced() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("streams");
-    let (log, _) = StreamLog::open(
-        &root,
-        &Default::default(),
-        &d.path().join("lost"),
-        Default::default(),
-    )
-    .unwrap();
+    let (log, _) = stream_log(d.path(), &Default::default());
     let id = 7;
     let append = |i: u64, size: usize| {
         log.append(
