@@ -193,6 +193,8 @@ pub struct FileConfig {
     pub connection_publish_budget: Option<u32>,
     /// Per-connection publish budget: body bytes handled per wake-up.
     pub connection_publish_budget_bytes: Option<NumOrStr>,
+    /// Offer the core to a waiting thread after a write that fills a consumer's prefetch window.
+    pub yield_after_write: Option<bool>,
     /// Management API listeners: one address or a list.
     pub http_listen: Option<Listen>,
     /// RabbitMQ's `loopback_users`: users that may only connect from a loopback address (default guest).
@@ -267,6 +269,10 @@ pub struct Config {
     pub publish_budget: u32,
     /// Body bytes a connection handles per wake-up before it delivers and writes.
     pub publish_budget_bytes: u64,
+    /// After a write that fills a consumer's prefetch window, `sched_yield`, so that a thread waiting for
+    /// this core (a client on the same machine the write just woke) runs before the broker's next task
+    /// (docs/decisions.md).
+    pub yield_after_write: bool,
     /// Management API listeners.
     pub http_listen: Vec<SocketAddr>,
     /// True when `http_listen` is the built-in default: an address that cannot be bound (no IPv6, or the
@@ -322,6 +328,7 @@ impl Default for Config {
             queue_bound: QueueBound::DEFAULT,
             publish_budget: 256,
             publish_budget_bytes: 1 << 20,
+            yield_after_write: true,
             http_listen: DEFAULT_HTTP_LISTEN
                 .iter()
                 .map(|a| a.parse().expect("default http listen address"))
@@ -509,6 +516,7 @@ impl Config {
             queue_bound,
             publish_budget: file.connection_publish_budget.unwrap_or(d.publish_budget).max(1),
             publish_budget_bytes: publish_budget_bytes.max(1),
+            yield_after_write: file.yield_after_write.unwrap_or(d.yield_after_write),
             listen,
             listen_is_default,
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -614,6 +622,9 @@ mod tests {
         assert_eq!(c.consumer_timeout, None);
         assert_eq!(c.queue_bound.max_messages, 5);
         assert_eq!(c.queue_bound.max_bytes, 1 << 20);
+        assert!(c.yield_after_write, "on unless the file turns it off");
+        let file: FileConfig = toml::from_str("yield_after_write = false").unwrap();
+        assert!(!Config::merge(Cli::default(), file).unwrap().yield_after_write);
         let cli = Cli::try_parse_from(["mailroom", "--memory-high-watermark", "256MiB"]).unwrap();
         let file: FileConfig = toml::from_str("memory_high_watermark = 0.4").unwrap();
         assert_eq!(

@@ -48,6 +48,12 @@ pub const FILE_ONLY: &[(&str, &str)] = &[
         "Body bytes a connection handles per wake-up (default 1MiB).",
     ),
     (
+        "yield_after_write",
+        "After a write that fills a consumer's prefetch window, offer the core to a thread waiting for it \
+         (sched_yield), so that a client on the same cores reads and acks sooner (default true). See \
+         docs/decisions.md.",
+    ),
+    (
         "trace",
         "Message tracing's bounds, a table: `buffer_events` (events buffered for the recorder; beyond, dropped \
          and counted; default 65536), `max_events` (kept in the store; default 1000000), `max_age_secs` \

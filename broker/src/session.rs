@@ -75,6 +75,9 @@ pub struct Session {
     /// A channel holds single acks it has taken but not settled yet (`Channel::settle_acked_run`): the
     /// connection settles them before the round's pulls.
     pub(crate) acks_deferred: bool,
+    /// A consumer took the last of its prefetch credit this round: nothing more goes to it until its client
+    /// acks, so the connection yields its core after the write (`Config::yield_after_write`).
+    pub(crate) window_closed: bool,
     /// Who the connection acts as, for permission checks (`users.rs`); allows everything by default.
     pub(crate) access: crate::users::Access,
     /// This connection's message counters (the metrics; `stats.rs`).
@@ -117,6 +120,7 @@ impl Session {
             flow_queues: Vec::new(),
             flow_dirty: false,
             acks_deferred: false,
+            window_closed: false,
             access: Default::default(),
             stats: Arc::default(),
             consumer_timeout: None,

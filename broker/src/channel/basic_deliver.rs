@@ -115,10 +115,13 @@ impl Channel {
             c.delivery_bytes = per_delivery;
             if !no_ack {
                 c.unacked += n as u32;
+                session.window_closed |= c.limit > 0 && c.unacked >= c.limit as u32;
             }
         }
         if !no_ack {
             self.consumer_unacked += n as u32;
+            session.window_closed |=
+                self.channel_prefetch > 0 && self.consumer_unacked >= self.channel_prefetch as u32;
         }
         n == credit
     }

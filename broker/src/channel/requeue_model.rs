@@ -783,3 +783,101 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
         "{pulls} pulls for 100 x 3 KiB"
     );
 }
+
+/// `Session::window_closed` (after which the connection yields its core, `Config::yield_after_write`) is
+/// raised by the pull that takes a consumer's last prefetch credit, or the channel's (basic.qos global), and
+/// by no other: not while credit is left, not for a no-ack consumer.
+#[test]
+fn the_pull_that_fills_a_prefetch_window_says_so() {
+    let vhost = vhost();
+    let name = "window-closed";
+    let (q, _) = vhost
+        .declare_queue(QueueSpec {
+            name: name.into(),
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        })
+        .expect("declare");
+    // The harness reads each body as the message's number.
+    let publish = |n: usize| {
+        for i in 0..n {
+            let msg = Message::new(
+                ShortStr::from(""),
+                ShortStr::from(name),
+                RawProperties::empty(),
+                i.to_string().into(),
+            );
+            q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
+                .expect("publish");
+        }
+    };
+    let qos = |prefetch_count, global| {
+        Method::BasicQos(protocol::BasicQos {
+            prefetch_size: 0,
+            prefetch_count,
+            global,
+        })
+    };
+    let consume = |tag: &str, no_ack| {
+        Method::BasicConsume(protocol::BasicConsume {
+            queue: name.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack,
+            exclusive: false,
+            no_wait: true,
+            arguments: FieldTable::new(),
+        })
+    };
+    let ack = |delivery_tag| {
+        Method::BasicAck(protocol::BasicAck {
+            delivery_tag,
+            multiple: false,
+        })
+    };
+    let mut c = Conn::new(&vhost);
+    c.method(1, qos(3, false));
+    c.method(1, consume("windowed", false));
+    publish(2);
+    c.pump();
+    assert_eq!(c.deliveries().len(), 2);
+    assert!(!std::mem::take(&mut c.session.window_closed), "one credit left");
+    publish(2);
+    c.pump();
+    let got = c.deliveries();
+    assert_eq!(got.len(), 1, "the last credit");
+    assert!(std::mem::take(&mut c.session.window_closed));
+    c.pump();
+    assert!(
+        c.deliveries().is_empty() && !c.session.window_closed,
+        "no credit, no pull"
+    );
+    c.method(1, ack(got[0].tag));
+    c.pump();
+    assert_eq!(c.deliveries().len(), 1, "the ack's credit");
+    assert!(std::mem::take(&mut c.session.window_closed));
+
+    // The channel's limit (global), with the consumer's own left open.
+    let mut c = Conn::new(&vhost);
+    c.method(1, qos(2, true));
+    c.method(1, consume("channel-limited", false));
+    publish(1);
+    c.pump();
+    assert_eq!(c.deliveries().len(), 1);
+    assert!(!std::mem::take(&mut c.session.window_closed));
+    publish(1);
+    c.pump();
+    assert_eq!(c.deliveries().len(), 1);
+    assert!(std::mem::take(&mut c.session.window_closed));
+
+    // A no-ack consumer has no window.
+    let mut c = Conn::new(&vhost);
+    c.method(1, qos(1, false));
+    c.method(1, consume("no-ack", true));
+    publish(3);
+    c.pump();
+    assert_eq!(c.deliveries().len(), 3);
+    assert!(!c.session.window_closed);
+}

@@ -228,9 +228,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let mut durable = self.broker.durable_watch();
         let mut alarms = self.broker.flow.subscribe();
         self.alarm = *alarms.borrow_and_update();
-        let (budget, budget_bytes) = (
+        let (budget, budget_bytes, yield_after_write) = (
             self.broker.config.publish_budget,
             self.broker.config.publish_budget_bytes,
+            self.broker.config.yield_after_write,
         );
         loop {
             let t = &self.transport;
@@ -362,8 +363,20 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             } else if let Some(s) = self.session.as_mut() {
                 s.pull_list.clear();
             }
+            let window_closed = self
+                .session
+                .as_mut()
+                .is_some_and(|s| std::mem::take(&mut s.window_closed));
             if self.transport.write_out().await.is_err() || eof || self.transport.phase == Phase::Closed {
                 break;
+            }
+            // The write filled a consumer's prefetch window: nothing more goes to it until its client has
+            // read the deliveries and acked. Where the client shares the broker's cores and waits for one
+            // (the write woke it), let it run now rather than after this worker's next tasks, so that the
+            // acks, and the next window, come back sooner (docs/decisions.md; docs/performance.md "Hot
+            // path: session 19"). With nothing waiting for the core this returns at once.
+            if window_closed && yield_after_write {
+                std::thread::yield_now();
             }
             // Tokio's cooperative budget: even if some branch above were always ready, the task yields
             // after a bounded amount of work, so one connection can never keep a worker from the others.
