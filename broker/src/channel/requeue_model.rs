@@ -65,6 +65,52 @@ fn with_others_running(conns: &mut [Conn], i: usize, f: impl FnOnce(&mut Conn)) 
     BETWEEN.with(|b| *b.borrow_mut() = None);
 }
 
+/// A transient queue of the shared vhost.
+fn declare(vhost: &VHost, name: &str, arguments: FieldTable) -> Arc<crate::queue::Queue> {
+    let spec = QueueSpec {
+        name: name.into(),
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments,
+    };
+    vhost.declare_queue(spec).expect("declare").0
+}
+
+/// Publishes straight to `q` (named `name`) one message a body.
+fn publish_bodies(q: &crate::queue::Queue, name: &str, bodies: impl IntoIterator<Item = Bytes>) {
+    for body in bodies {
+        let msg = Message::new(
+            ShortStr::from(""),
+            ShortStr::from(name),
+            RawProperties::empty(),
+            body,
+        );
+        q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
+            .expect("publish");
+    }
+}
+
+fn qos(prefetch_count: u16, global: bool) -> Method {
+    Method::BasicQos(protocol::BasicQos {
+        prefetch_size: 0,
+        prefetch_count,
+        global,
+    })
+}
+
+fn consume(queue: &str, tag: &str, no_ack: bool) -> Method {
+    Method::BasicConsume(protocol::BasicConsume {
+        queue: queue.into(),
+        consumer_tag: tag.into(),
+        no_local: false,
+        no_ack,
+        exclusive: false,
+        no_wait: true,
+        arguments: FieldTable::new(),
+    })
+}
+
 const CONNS: usize = 2;
 const CHANNELS: u16 = 2;
 
@@ -414,15 +460,7 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
     if sac {
         args.insert("x-single-active-consumer", FieldValue::Bool(true));
     }
-    let (q, _) = vhost
-        .declare_queue(QueueSpec {
-            name: name.as_str().into(),
-            durable: false,
-            exclusive_owner: None,
-            auto_delete: false,
-            arguments: args,
-        })
-        .expect("declare");
+    let q = declare(&vhost, &name, args);
     let mut conns: Vec<Conn> = (0..CONNS).map(|_| Conn::new(&vhost)).collect();
     let mut m = Model::default();
     let mut next_msg = 0u64;
@@ -436,44 +474,17 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
             match op {
                 Op::Together(_) => unreachable!("not nested"),
                 Op::Publish(n) => {
-                    for _ in 0..n {
-                        let body = Bytes::from(next_msg.to_string());
-                        let msg = Message::new(
-                            ShortStr::from(""),
-                            ShortStr::from(name.as_str()),
-                            RawProperties::empty(),
-                            body,
-                        );
-                        q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
-                            .expect("publish");
-                        m.ready.insert(next_msg, false);
-                        next_msg += 1;
-                    }
+                    let from = next_msg;
+                    next_msg += n as u64;
+                    publish_bodies(&q, &name, (from..next_msg).map(|i| Bytes::from(i.to_string())));
+                    m.ready.extend((from..next_msg).map(|i| (i, false)));
                 }
                 Op::Consume { conn, ch, prefetch } => {
                     let tag = format!("c{next_consumer}");
                     next_consumer += 1;
                     let c = &mut conns[conn];
-                    c.method(
-                        ch,
-                        Method::BasicQos(protocol::BasicQos {
-                            prefetch_size: 0,
-                            prefetch_count: prefetch,
-                            global: false,
-                        }),
-                    );
-                    c.method(
-                        ch,
-                        Method::BasicConsume(protocol::BasicConsume {
-                            queue: name.as_str().into(),
-                            consumer_tag: tag.as_str().into(),
-                            no_local: false,
-                            no_ack: false,
-                            exclusive: false,
-                            no_wait: true,
-                            arguments: FieldTable::new(),
-                        }),
-                    );
+                    c.method(ch, qos(prefetch, false));
+                    c.method(ch, consume(&name, &tag, false));
                     m.channel(conn, ch);
                     m.consumers.push(MConsumer {
                         tag,
@@ -692,50 +703,18 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
     use crate::output::WRITE_QUANTUM;
     let vhost = vhost();
     let name = "write-sized-batches";
-    let (q, _) = vhost
-        .declare_queue(QueueSpec {
-            name: name.into(),
-            durable: false,
-            exclusive_owner: None,
-            auto_delete: false,
-            arguments: FieldTable::new(),
-        })
-        .expect("declare");
+    let q = declare(&vhost, name, FieldTable::new());
+    // 3 KiB bodies (one body frame at the harness's frame_max of 4 KiB): the number, '-', padding
     let publish = |from: u64, n: u64| {
-        for i in from..from + n {
-            // 3 KiB bodies (one body frame at the harness's frame_max of 4 KiB): the number, '-', padding
-            let body = format!("{i}-{}", "x".repeat(3000));
-            let msg = Message::new(
-                ShortStr::from(""),
-                ShortStr::from(name),
-                RawProperties::empty(),
-                body.into(),
-            );
-            q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
-                .expect("publish");
-        }
+        publish_bodies(
+            &q,
+            name,
+            (from..from + n).map(|i| format!("{i}-{}", "x".repeat(3000)).into()),
+        );
     };
     let mut c = Conn::new(&vhost);
-    let qos = |prefetch_count| {
-        Method::BasicQos(protocol::BasicQos {
-            prefetch_size: 0,
-            prefetch_count,
-            global: false,
-        })
-    };
-    c.method(1, qos(100));
-    c.method(
-        1,
-        Method::BasicConsume(protocol::BasicConsume {
-            queue: name.into(),
-            consumer_tag: "big".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            no_wait: true,
-            arguments: FieldTable::new(),
-        }),
-    );
+    c.method(1, qos(100, false));
+    c.method(1, consume(name, "big", false));
     publish(0, 100);
     // Before anything was delivered there is no size to go by: the whole window in one pull.
     c.pump();
@@ -791,46 +770,9 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
 fn the_pull_that_fills_a_prefetch_window_says_so() {
     let vhost = vhost();
     let name = "window-closed";
-    let (q, _) = vhost
-        .declare_queue(QueueSpec {
-            name: name.into(),
-            durable: false,
-            exclusive_owner: None,
-            auto_delete: false,
-            arguments: FieldTable::new(),
-        })
-        .expect("declare");
+    let q = declare(&vhost, name, FieldTable::new());
     // The harness reads each body as the message's number.
-    let publish = |n: usize| {
-        for i in 0..n {
-            let msg = Message::new(
-                ShortStr::from(""),
-                ShortStr::from(name),
-                RawProperties::empty(),
-                i.to_string().into(),
-            );
-            q.publish(Arc::new(msg), 0, &mut DeadLetters::new())
-                .expect("publish");
-        }
-    };
-    let qos = |prefetch_count, global| {
-        Method::BasicQos(protocol::BasicQos {
-            prefetch_size: 0,
-            prefetch_count,
-            global,
-        })
-    };
-    let consume = |tag: &str, no_ack| {
-        Method::BasicConsume(protocol::BasicConsume {
-            queue: name.into(),
-            consumer_tag: tag.into(),
-            no_local: false,
-            no_ack,
-            exclusive: false,
-            no_wait: true,
-            arguments: FieldTable::new(),
-        })
-    };
+    let publish = |n: usize| publish_bodies(&q, name, (0..n).map(|i| Bytes::from(i.to_string())));
     let ack = |delivery_tag| {
         Method::BasicAck(protocol::BasicAck {
             delivery_tag,
@@ -839,7 +781,7 @@ fn the_pull_that_fills_a_prefetch_window_says_so() {
     };
     let mut c = Conn::new(&vhost);
     c.method(1, qos(3, false));
-    c.method(1, consume("windowed", false));
+    c.method(1, consume(name, "windowed", false));
     publish(2);
     c.pump();
     assert_eq!(c.deliveries().len(), 2);
@@ -862,7 +804,7 @@ fn the_pull_that_fills_a_prefetch_window_says_so() {
     // The channel's limit (global), with the consumer's own left open.
     let mut c = Conn::new(&vhost);
     c.method(1, qos(2, true));
-    c.method(1, consume("channel-limited", false));
+    c.method(1, consume(name, "channel-limited", false));
     publish(1);
     c.pump();
     assert_eq!(c.deliveries().len(), 1);
@@ -875,7 +817,7 @@ fn the_pull_that_fills_a_prefetch_window_says_so() {
     // A no-ack consumer has no window.
     let mut c = Conn::new(&vhost);
     c.method(1, qos(1, false));
-    c.method(1, consume("no-ack", true));
+    c.method(1, consume(name, "no-ack", true));
     publish(3);
     c.pump();
     assert_eq!(c.deliveries().len(), 3);
