@@ -358,12 +358,6 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
         mandatory: s.mandatory,
         immediate: false,
     });
-    // basic.publish's method frame is the same for every message: encoded once, copied per message.
-    let publish_frame = {
-        let mut b = protocol::bytes::BytesMut::new();
-        write_method(&mut b, CH, &publish);
-        b
-    };
     let mut props = RawProperties::from_properties(&BasicProperties {
         delivery_mode: Some(if s.persistent { 2 } else { 1 }),
         ..BasicProperties::default()
@@ -485,7 +479,7 @@ pub async fn run(mut conn: Conn, ctx: ProducerCtx) -> anyhow::Result<()> {
                     props = RawProperties::from_bytes(protocol::bytes::Bytes::from(b));
                 }
                 for _ in 0..copies {
-                    out.wr.buf.extend_from_slice(&publish_frame);
+                    write_method(&mut out.wr.buf, CH, &publish);
                     write_content(&mut out.wr.buf, CH, CLASS_BASIC, &props, &body, frame_max);
                     sent += 1;
                 }
