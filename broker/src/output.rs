@@ -14,6 +14,11 @@ pub const WRITE_HIGH_WATER: usize = 1 << 20;
 /// unchanged, S4 3–5 % lower (docs/performance.md, "Deliveries in 16 KiB writes"). Stream replay keeps
 /// writing up to `WRITE_HIGH_WATER` (it measured ~10 % slower in 16 KiB writes).
 pub const WRITE_QUANTUM: usize = 16 << 10;
+/// A consumer whose whole prefetch window is at most this many bytes gets it in one pull and one write
+/// (`Channel::deliver`): with a small window nothing is gained by starting the client early, and each
+/// write is a system call and a wake-up on both sides (S5 +21 %, S4 +8 %, S2 untouched: its window of
+/// 100 x 1 KiB still goes in `WRITE_QUANTUM` pieces; docs/performance.md "Hot path: session 19").
+pub const WHOLE_WINDOW_MAX: usize = 64 << 10;
 /// A buffer that a burst grew past this is given back after the write.
 const SHRINK_ABOVE: usize = 4 << 20;
 /// The buffer's starting (and, after a burst, reset) capacity.

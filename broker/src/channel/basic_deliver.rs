@@ -9,7 +9,7 @@ use protocol::{Method, RawProperties};
 use super::{Channel, Ctx, Unacked};
 use crate::clock::now_ms;
 use crate::error::AmqpResult;
-use crate::output::WRITE_QUANTUM;
+use crate::output::{WHOLE_WINDOW_MAX, WRITE_QUANTUM};
 use crate::queue::{ConsumerId, DeadLetters, Entry};
 use crate::stats::MessageCounters;
 
@@ -39,8 +39,10 @@ impl Channel {
         }
         // About one write's worth (`WRITE_QUANTUM`) by the size of this consumer's last deliveries: a
         // prefetch window of large messages goes out in several writes, the first before the rest is built.
-        if c.delivery_bytes > 0 {
-            credit = credit.min((WRITE_QUANTUM / c.delivery_bytes as usize).max(1));
+        // A window of at most `WHOLE_WINDOW_MAX` bytes goes out whole.
+        let per = c.delivery_bytes as usize;
+        if per > 0 && (c.no_ack || c.limit == 0 || c.limit as usize * per > WHOLE_WINDOW_MAX) {
+            credit = credit.min((WRITE_QUANTUM / per).max(1));
         }
         if credit == 0 {
             return false;

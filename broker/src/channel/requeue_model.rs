@@ -695,26 +695,22 @@ fn connection_drop_case(first: u16, second: u16) {
     }
 }
 
-/// A consumer's pulls are sized to about one write (`output::WRITE_QUANTUM`) by its last deliveries, so a
-/// prefetch window of large messages goes out in several writes, the first before the rest is built; every
-/// message still arrives once, in order.
-#[test]
-fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
-    use crate::output::WRITE_QUANTUM;
+/// A consumer (prefetch 100) takes a first window of `pad`-byte bodies, acks it, and gets a second: the
+/// second window's pulls, each with the message numbers it delivered and the bytes it wrote.
+fn second_window_pulls(name: &str, pad: usize) -> Vec<(Vec<u64>, usize)> {
     let vhost = vhost();
-    let name = "write-sized-batches";
     let q = declare(&vhost, name, FieldTable::new());
-    // 3 KiB bodies (one body frame at the harness's frame_max of 4 KiB): the number, '-', padding
+    // The number, '-', padding (at most one body frame at the harness's frame_max of 4 KiB).
     let publish = |from: u64, n: u64| {
         publish_bodies(
             &q,
             name,
-            (from..from + n).map(|i| format!("{i}-{}", "x".repeat(3000)).into()),
+            (from..from + n).map(|i| format!("{i}-{}", "x".repeat(pad)).into()),
         );
     };
     let mut c = Conn::new(&vhost);
     c.method(1, qos(100, false));
-    c.method(1, consume(name, "big", false));
+    c.method(1, consume(name, "windowed", false));
     publish(0, 100);
     // Before anything was delivered there is no size to go by: the whole window in one pull.
     c.pump();
@@ -730,7 +726,6 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
             multiple: true,
         }),
     );
-    // The next window: each pull about WRITE_QUANTUM of frames.
     publish(100, 100);
     let mut ready = Vec::new();
     c.signal.take_ready(&mut ready);
@@ -738,8 +733,7 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
         c.session.schedule_pull(id);
     }
     let id = c.session.pull_list[0];
-    let mut got = Vec::new();
-    let mut pulls = 0;
+    let mut pulls: Vec<(Vec<u64>, usize)> = Vec::new();
     loop {
         let again = c.channels.get_mut(1).unwrap().deliver(
             id,
@@ -748,18 +742,50 @@ fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
                 out: &mut c.out,
             },
         );
-        pulls += 1;
         let written = c.out.pending().len();
-        assert!(written <= WRITE_QUANTUM + 4096, "one pull wrote {written} bytes");
-        got.extend(c.deliveries().into_iter().map(|d| d.msg));
+        pulls.push((c.deliveries().into_iter().map(|d| d.msg).collect(), written));
         if !again {
             break;
         }
     }
-    assert_eq!(got, (100..200).collect::<Vec<_>>());
+    let all: Vec<u64> = pulls.iter().flat_map(|(m, _)| m.clone()).collect();
+    assert_eq!(
+        all,
+        (100..200).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    pulls
+}
+
+/// A consumer's pulls are sized to about one write (`output::WRITE_QUANTUM`) by its last deliveries, so a
+/// prefetch window of large messages goes out in several writes, the first before the rest is built.
+#[test]
+fn a_window_of_large_messages_is_pulled_in_write_sized_batches() {
+    use crate::output::WRITE_QUANTUM;
+    let pulls = second_window_pulls("write-sized-batches", 3000);
+    for (_, written) in &pulls {
+        assert!(*written <= WRITE_QUANTUM + 4096, "one pull wrote {written} bytes");
+    }
     assert!(
-        pulls >= 100 * 3000 / WRITE_QUANTUM,
-        "{pulls} pulls for 100 x 3 KiB"
+        pulls.len() >= 100 * 3000 / WRITE_QUANTUM,
+        "{} pulls for 100 x 3 KiB",
+        pulls.len()
+    );
+}
+
+/// A window of at most `output::WHOLE_WINDOW_MAX` bytes (100 x ~330 bytes here) goes out in one pull, past
+/// `WRITE_QUANTUM`: one write instead of three.
+#[test]
+fn a_small_window_is_pulled_whole() {
+    use crate::output::{WHOLE_WINDOW_MAX, WRITE_QUANTUM};
+    let pulls = second_window_pulls("whole-window", 250);
+    // (A pull that used all the credit it had asks for another, which finds none.)
+    let sizes: Vec<usize> = pulls.iter().filter(|p| !p.0.is_empty()).map(|p| p.1).collect();
+    assert_eq!(sizes.len(), 1, "bytes a pull: {sizes:?}");
+    let written = sizes[0];
+    assert!(
+        written > WRITE_QUANTUM && written <= WHOLE_WINDOW_MAX,
+        "{written} bytes"
     );
 }
 
