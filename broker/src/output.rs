@@ -16,7 +16,7 @@ pub const WRITE_HIGH_WATER: usize = 1 << 20;
 pub const WRITE_QUANTUM: usize = 16 << 10;
 /// A consumer whose whole prefetch window is at most this many bytes gets it in one pull and one write
 /// (`Channel::deliver`): with a small window nothing is gained by starting the client early, and each
-/// write is a system call and a wake-up on both sides (S5 +21 %, S4 +8 %, S2 untouched: its window of
+/// write is a system call and a wake-up on both sides (S5 +13 %, S4 +9 %, S2 untouched: its window of
 /// 100 x 1 KiB still goes in `WRITE_QUANTUM` pieces; docs/performance.md "Hot path: session 19").
 pub const WHOLE_WINDOW_MAX: usize = 64 << 10;
 /// A buffer that a burst grew past this is given back after the write.
