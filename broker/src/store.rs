@@ -57,6 +57,20 @@ impl QueueStore {
         self.delivered_mark
     }
 
+    /// After a crash (no clean-stop record): every message recovered up to `last_seq` may have been
+    /// delivered, and comes back flagged redelivered, as RabbitMQ's dirty recovery does
+    /// (rabbit_variable_queue.erl: "On dirty recovery the redeliver_seq_id variable becomes the seq_id
+    /// of the most recent message in the queue"). The stored mark alone is not enough: it is written
+    /// ahead of the deliveries but made durable by the flusher's next round, and a delivery can leave
+    /// before that round ends. The raised mark is stored, so that a clean stop and restart that follow
+    /// still flag these messages.
+    pub fn raise_delivered_mark_after_crash(&mut self, last_seq: u64) {
+        if self.delivered_mark.is_none_or(|m| m < last_seq) {
+            self.delivered_mark = Some(last_seq);
+            self.mark_delivered(last_seq);
+        }
+    }
+
     /// Records that messages up to `seq` may have been delivered (one write per delivery batch).
     pub fn mark_delivered(&self, seq: u64) {
         if let Err(e) = self.store.set_delivered_mark(self.id, seq) {

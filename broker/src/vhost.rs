@@ -757,6 +757,9 @@ impl VHost {
             }
             let mut qs = QueueStore::new(self.store.clone(), r.id, self.name.clone(), name.clone());
             qs.load_delivered_mark()?;
+            if let (false, Some(r)) = (clean, &recovered) {
+                qs.raise_delivered_mark_after_crash(r.last_seq);
+            }
             let q = Queue::with_store(spec, qs, recovered, now_ms());
             map.insert(name.clone(), Arc::new(q));
             router.declare_queue(name);
