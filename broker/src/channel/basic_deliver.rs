@@ -45,6 +45,12 @@ impl Channel {
             credit = credit.min((WRITE_QUANTUM / per).max(1));
         }
         if credit == 0 {
+            // A consumer waits on its queue only with credit of its own left (`Queue::pull`), but the
+            // channel's shared window (basic.qos global) can be filled by another consumer of the channel
+            // meanwhile: a wake-up it was given goes on to the next waiting consumer instead of being lost.
+            if self.channel_prefetch > 0 && self.consumer_unacked >= self.channel_prefetch as u32 {
+                c.queue.decline(id);
+            }
             return false;
         }
         if c.queue.stream().is_some() && !session.vhost.trace.on() {

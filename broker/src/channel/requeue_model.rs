@@ -884,3 +884,114 @@ fn the_pull_that_fills_a_prefetch_window_says_so() {
     assert_eq!(c.deliveries().len(), 3);
     assert!(!c.session.window_closed);
 }
+
+/// Found by `requeue_paths_strand_nothing_with_competing_consumers` at 20,000 cases (shrunk): c0 (prefetch
+/// 2) found the queue empty with one credit left and waited; an ack gave its second credit back and it
+/// took the next two messages, filling its window, but stayed in the queue's line of waiters. The next
+/// publish's wake-up went to it, it could take nothing, and m6 stayed ready while c2 and c3 (prefetch 1,
+/// nothing unacked) waited. A consumer that takes all it asked for now leaves the line (`Queue::pull`).
+#[test]
+fn a_consumer_that_fills_its_window_stops_waiting() {
+    use Op::*;
+    let ops = vec![
+        Publish(3),
+        Consume {
+            conn: 0,
+            ch: 2,
+            prefetch: 2,
+        },
+        Consume {
+            conn: 0,
+            ch: 1,
+            prefetch: 2,
+        },
+        Consume {
+            conn: 0,
+            ch: 1,
+            prefetch: 1,
+        },
+        Consume {
+            conn: 0,
+            ch: 1,
+            prefetch: 1,
+        },
+        Requeue {
+            conn: 0,
+            ch: 1,
+            k: 0,
+            multiple: false,
+            reject: false,
+        },
+        Consume {
+            conn: 0,
+            ch: 1,
+            prefetch: 1,
+        },
+        Cancel(1),
+        Ack {
+            conn: 0,
+            ch: 2,
+            k: 0,
+            multiple: false,
+        },
+        Together(vec![
+            Ack {
+                conn: 0,
+                ch: 2,
+                k: 0,
+                multiple: false,
+            },
+            Publish(2),
+        ]),
+        Publish(2),
+    ];
+    run(
+        false,
+        ops,
+        CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
+    .unwrap();
+}
+
+/// A channel's shared window (basic.qos global, RabbitMQ's per-channel limit) filled by one of its consumers
+/// while another of them waits on the queue: the wake-up the second is given goes on to a consumer that can
+/// take the message (`Queue::decline`), not lost.
+#[test]
+fn a_wake_up_to_a_consumer_whose_channel_window_is_full_goes_on() {
+    let vhost = vhost();
+    let name = "declined-wake";
+    let q = declare(&vhost, name, FieldTable::new());
+    let mut a = Conn::new(&vhost);
+    a.method(1, qos(1, true));
+    a.method(1, consume(name, "a1", false));
+    a.method(1, consume(name, "a2", false));
+    let mut b = Conn::new(&vhost);
+    b.method(1, qos(1, false));
+    b.method(1, consume(name, "b", false));
+    // All three find the queue empty and wait, in that order.
+    a.pump();
+    b.pump();
+    publish_bodies(&q, name, [Bytes::from("0")]);
+    a.pump();
+    b.pump();
+    let got: Vec<(String, u64)> = a.deliveries().into_iter().map(|d| (d.consumer, d.msg)).collect();
+    assert_eq!(
+        got,
+        [("a1".to_string(), 0)],
+        "the first in line takes m0 and fills the channel's window"
+    );
+    // m1's wake-up goes to a2, whose channel has no credit left: it must reach b.
+    publish_bodies(&q, name, [Bytes::from("1")]);
+    a.pump();
+    b.pump();
+    assert!(a.deliveries().is_empty(), "a's channel window is full");
+    let got: Vec<(String, u64)> = b.deliveries().into_iter().map(|d| (d.consumer, d.msg)).collect();
+    assert_eq!(
+        got,
+        [("b".to_string(), 1)],
+        "m1 is not left ready while b has credit"
+    );
+    a.drop_all();
+    b.drop_all();
+    vhost.delete_queue(&q);
+}

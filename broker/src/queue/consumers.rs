@@ -133,6 +133,17 @@ impl Consumers {
         }
     }
 
+    /// `id` took all it asked for: it is not waiting any more (a later wake-up would go to a consumer
+    /// whose window may be full, and be lost while others wait).
+    pub fn unregister_waiter(&mut self, id: ConsumerId) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.id == id) {
+            if c.waiting {
+                c.waiting = false;
+                self.waiters.retain(|w| *w != id);
+            }
+        }
+    }
+
     pub fn wake(&mut self, id: ConsumerId) {
         if let Some(c) = self.list.iter_mut().find(|c| c.id == id) {
             c.waiting = false;

@@ -453,10 +453,9 @@ impl Queue {
     /// Counts `taken` as unacked and remembers in the store how far deliveries may have gone, so that a crash
     /// brings them back redelivered. The mark is written `MARK_AHEAD` seqs ahead of the deliveries: one store
     /// write per `MARK_AHEAD` seqs (each write made the flusher's round sync the definitions store too,
-    /// about a third of the persistent path's cost). After a crash, messages up to the mark come back flagged
-    /// redelivered even if they never left; RabbitMQ flags every message of a queue recovered from an
-    /// unclean shutdown (rabbit_variable_queue.erl: "On dirty recovery the redeliver_seq_id variable becomes
-    /// the seq_id of the most recent message in the queue"). A clean stop writes the exact mark
+    /// about a third of the persistent path's cost). The write is durable after the flusher's next round, and
+    /// the delivery does not wait for it: after a crash, start-up flags every recovered message
+    /// (`QueueStore::raise_delivered_mark_after_crash`), as RabbitMQ does. A clean stop writes the exact mark
     /// (`settle_delivered_mark`).
     fn delivered_with_ack(&self, q: &mut Inner, taken: &[Entry]) {
         q.unacked += taken.len() as u64;
@@ -529,8 +528,24 @@ impl Queue {
         self.flow_check(q);
         if n < max {
             q.consumers.register_waiter(id);
+        } else {
+            q.consumers.unregister_waiter(id);
         }
         n
+    }
+
+    /// Consumer `id` was scheduled to pull but has no credit (its window, or its channel's shared one, is
+    /// full): it stops waiting, and if messages are ready the wake-up it may have been given goes to the
+    /// next waiting consumer instead of being lost. It is scheduled again when its credit comes back.
+    pub fn decline(&self, id: ConsumerId) {
+        if self.stream.is_some() {
+            return;
+        }
+        let mut q = self.inner.lock();
+        q.consumers.unregister_waiter(id);
+        if q.ready_count() > 0 {
+            q.consumers.wake_waiters(1);
+        }
     }
 
     /// A stream queue's log and consumers (None for other queues): the channel writes stream deliveries
