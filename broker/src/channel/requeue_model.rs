@@ -2,7 +2,8 @@
 //! original positions.
 //!
 //! Random sequences of publishes, consumers joining (two connections, two channels each, per-consumer
-//! prefetch), consumer cancels, acks, nacks and rejects with requeue, basic.recover, channel closes and
+//! prefetch, and each channel's shared window by basic.qos global, RabbitMQ's per-channel limit), consumer
+//! cancels, acks, nacks and rejects with requeue, basic.recover, channel closes and
 //! connection drops run against real `Channel`s and `Session`s over a real vhost and queue, with a small
 //! stand-in for the connection task (signals, pull loop, output parsing). After every step the deliveries
 //! each connection wrote must be exactly the model's.
@@ -158,6 +159,12 @@ enum Op {
         conn: usize,
         ch: u16,
     },
+    /// basic.qos global=true: the channel's shared window over all its consumers (0: none).
+    ChannelQos {
+        conn: usize,
+        ch: u16,
+        prefetch: u16,
+    },
     CloseChannel {
         conn: usize,
         ch: u16,
@@ -193,6 +200,7 @@ impl Op {
                 reject,
             },
             Op::Recover { ch, .. } => Op::Recover { conn, ch },
+            Op::ChannelQos { ch, prefetch, .. } => Op::ChannelQos { conn, ch, prefetch },
             Op::CloseChannel { ch, .. } => Op::CloseChannel { conn, ch },
             Op::DropConnection(_) => Op::DropConnection(conn),
             op @ (Op::Publish(_) | Op::Cancel(_) | Op::Together(_)) => op,
@@ -228,6 +236,7 @@ fn single_op() -> impl Strategy<Value = Op> {
         3 => (conn.clone(), ch.clone(), 0usize..6, any::<bool>(), any::<bool>())
             .prop_map(|(conn, ch, k, multiple, reject)| Op::Requeue { conn, ch, k, multiple, reject }),
         1 => (conn.clone(), ch.clone()).prop_map(|(conn, ch)| Op::Recover { conn, ch }),
+        1 => (conn.clone(), ch.clone(), 0u16..4).prop_map(|(conn, ch, prefetch)| Op::ChannelQos { conn, ch, prefetch }),
         2 => (conn.clone(), ch).prop_map(|(conn, ch)| Op::CloseChannel { conn, ch }),
         1 => conn.prop_map(Op::DropConnection),
     ]
@@ -257,6 +266,14 @@ struct MChannel {
     next_tag: u64,
     /// (delivery tag, message, consumer tag) in delivery order.
     unacked: Vec<(u64, u64, String)>,
+    /// basic.qos global: at most this many unacked over all the channel's consumers (0: no limit).
+    limit: usize,
+}
+
+impl MChannel {
+    fn has_credit(&self) -> bool {
+        self.limit == 0 || self.unacked.len() < self.limit
+    }
 }
 
 #[derive(Default)]
@@ -272,7 +289,7 @@ impl Model {
     fn channel(&mut self, conn: usize, ch: u16) -> &mut MChannel {
         self.channels.entry((conn, ch)).or_insert_with(|| MChannel {
             next_tag: 1,
-            unacked: Vec::new(),
+            ..MChannel::default()
         })
     }
 
@@ -281,6 +298,15 @@ impl Model {
             self.ready.insert(msg, true);
             self.credit_back(&consumer);
         }
+    }
+
+    /// Whether consumer `c` may take a message now: its own window and its channel's shared one.
+    fn has_credit(&self, c: &MConsumer) -> bool {
+        c.unacked < c.prefetch
+            && self
+                .channels
+                .get(&(c.conn, c.ch))
+                .is_none_or(MChannel::has_credit)
     }
 
     fn credit_back(&mut self, consumer: &str) {
@@ -318,8 +344,12 @@ impl Model {
             return out;
         };
         let (conn, ch, tag) = (active.conn, active.ch, active.tag.clone());
+        let shared = self
+            .channels
+            .get(&(conn, ch))
+            .map_or((0, 0), |c| (c.limit, c.unacked.len()));
         let mut taken = Vec::new();
-        while active.unacked < active.prefetch {
+        while active.unacked < active.prefetch && (shared.0 == 0 || shared.1 + taken.len() < shared.0) {
             let Some((msg, redelivered)) = self.ready.pop_first() else {
                 break;
             };
@@ -355,6 +385,7 @@ impl Model {
         prop_assert!(c.unacked < c.prefetch, "over prefetch: {:?}", d);
         c.unacked += 1;
         let ch = self.channel(conn, d.ch);
+        prop_assert!(ch.has_credit(), "over the channel's shared prefetch: {:?}", d);
         prop_assert_eq!(d.tag, ch.next_tag);
         ch.next_tag += 1;
         ch.unacked.push((d.tag, d.msg, d.consumer));
@@ -597,6 +628,10 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
                     let all = std::mem::take(&mut m.channel(conn, ch).unacked);
                     m.requeue(all);
                 }
+                Op::ChannelQos { conn, ch, prefetch } => {
+                    conns[conn].method(ch, qos(prefetch, true));
+                    m.channel(conn, ch).limit = prefetch as usize;
+                }
                 Op::CloseChannel { conn, ch } => {
                     if !conns[conn].channels.contains(ch) {
                         continue;
@@ -646,7 +681,7 @@ fn run(sac: bool, ops: Vec<Op>, case: u64) -> Result<(), TestCaseError> {
             }
             for c in &m.consumers {
                 prop_assert!(
-                    m.ready.is_empty() || c.unacked >= c.prefetch,
+                    m.ready.is_empty() || !m.has_credit(c),
                     "{:?} ready while {} has credit",
                     m.ready,
                     c.tag
