@@ -6,6 +6,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::error::ProtocolError;
 use crate::methods::Method;
 use crate::properties::RawProperties;
+use crate::types::ShortStr;
 use crate::wire;
 use crate::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE};
 
@@ -367,14 +368,19 @@ impl Decoder for FrameCodec {
     }
 }
 
-/// The frames [`FrameCodec`] reads in place: basic.ack (exactly its 13 bytes) and an empty
+/// The frames [`FrameCodec`] reads in place: basic.ack (exactly its 13 bytes), basic.publish whose
+/// exchange and routing key are short enough to be held inline ([`ShortStr::INLINE`]) and an empty
 /// heartbeat. Anything else (including a malformed one of these) goes through
 /// [`Frame::from_payload`], which decodes or rejects it.
 #[inline]
 fn small_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Option<Frame> {
     let [c0, c1] = crate::BasicAck::CLASS_ID.to_be_bytes();
     let [m0, m1] = crate::BasicAck::METHOD_ID.to_be_bytes();
+    let [p0, p1] = crate::BasicPublish::METHOD_ID.to_be_bytes();
     match (frame_type, payload.len()) {
+        (FRAME_METHOD, 9..=55) if payload[..4] == [c0, c1, p0, p1] => {
+            publish_in_place(payload).map(|m| Frame::Method(channel, Method::BasicPublish(m)))
+        }
         (FRAME_METHOD, 13) if payload[..4] == [c0, c1, m0, m1] => Some(Frame::Method(
             channel,
             Method::BasicAck(crate::BasicAck {
@@ -385,6 +391,31 @@ fn small_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Option<Frame> {
         (FRAME_HEARTBEAT, 0) => Some(Frame::Heartbeat(channel)),
         _ => None,
     }
+}
+
+/// A basic.publish method payload (class and method ids included) of exactly its arguments, with an
+/// exchange name and a routing key of at most [`ShortStr::INLINE`] bytes of UTF-8: decoded from the
+/// read buffer without slicing it (a split of the buffer, its drop and a slice per name are atomic
+/// operations on its shared count, and a message dropped on another thread would touch it again).
+#[inline]
+fn publish_in_place(p: &[u8]) -> Option<crate::BasicPublish> {
+    // class, method, reserved-1 (u16), exchange, routing key, bits
+    let ex_len = *p.get(6)? as usize;
+    let exchange = p.get(7..7 + ex_len)?;
+    let rk_at = 7 + ex_len;
+    let rk_len = *p.get(rk_at)? as usize;
+    let routing_key = p.get(rk_at + 1..rk_at + 1 + rk_len)?;
+    let bits_at = rk_at + 1 + rk_len;
+    if p.len() != bits_at + 1 {
+        return None;
+    }
+    let bits = p[bits_at];
+    Some(crate::BasicPublish {
+        exchange: ShortStr::inline_from_utf8(exchange)?.ok()?,
+        routing_key: ShortStr::inline_from_utf8(routing_key)?.ok()?,
+        mandatory: bits & 0x01 != 0,
+        immediate: bits & 0x02 != 0,
+    })
 }
 
 impl Encoder<Frame> for FrameCodec {
@@ -515,6 +546,77 @@ mod small_frame_tests {
                 })
             ))
         ));
+    }
+
+    /// A method frame of raw payload `p` on channel 1.
+    fn raw_method(p: &[u8]) -> Vec<u8> {
+        let mut w = vec![FRAME_METHOD, 0, 1];
+        w.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        w.extend_from_slice(p);
+        w.push(FRAME_END);
+        w
+    }
+
+    /// basic.publish is read in place when both names fit inline, and left to the general path otherwise;
+    /// either way the result is the general decoder's: names of 0 to 255 bytes around the inline limit,
+    /// non-ASCII and invalid UTF-8 in either name, every flag octet, a trailing byte, a missing one, a
+    /// name length past the end. The in-place names hold no slice of the read buffer.
+    #[test]
+    fn basic_publish_read_in_place_decodes_as_the_general_path() {
+        let lens = [
+            0,
+            1,
+            7,
+            ShortStr::INLINE - 1,
+            ShortStr::INLINE,
+            ShortStr::INLINE + 1,
+            255,
+        ];
+        let names: Vec<Vec<u8>> = lens
+            .iter()
+            .map(|&n| vec![b'x'; n])
+            .chain([
+                "caf\u{e9}".as_bytes().to_vec(),
+                b"ab\xff".to_vec(),
+                b"\xc3".to_vec(),
+            ])
+            .collect();
+        let mut cases = 0;
+        for ex in &names {
+            for rk in &names {
+                for bits in [0u8, 1, 2, 3, 0xfc] {
+                    let mut p = vec![0, 60, 0, 40, 0, 0, ex.len() as u8];
+                    p.extend_from_slice(ex);
+                    p.push(rk.len() as u8);
+                    p.extend_from_slice(rk);
+                    p.push(bits);
+                    let mut variants = vec![p.clone(), p[..p.len() - 1].to_vec()];
+                    let mut longer = p.clone();
+                    longer.push(0);
+                    variants.push(longer);
+                    for v in variants {
+                        let wire = raw_method(&v);
+                        let got = decode_all(&wire);
+                        assert_eq!(got, general(&wire), "{v:?}");
+                        if let Ok(Frame::Method(_, Method::BasicPublish(m))) = &got[0] {
+                            let inside = |s: &ShortStr| {
+                                let at = s.as_bytes().as_ptr() as usize;
+                                !s.is_empty()
+                                    && at >= wire.as_ptr() as usize
+                                    && at < wire.as_ptr() as usize + wire.len()
+                            };
+                            assert!(!inside(&m.exchange) && !inside(&m.routing_key));
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 10 * 10 * 5 * 3);
+        // a name length that runs past the payload
+        let wire = raw_method(&[0, 60, 0, 40, 0, 0, 30, b'a', 0, 0]);
+        assert_eq!(decode_all(&wire), general(&wire));
+        assert!(decode_all(&wire)[0].is_err());
     }
 
     /// Lookalikes are left to the general path: another method of 13 bytes (basic.reject: a tag and

@@ -11,13 +11,31 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::ProtocolError;
 use crate::wire;
 
-/// An AMQP `shortstr`: at most 255 bytes of valid UTF-8, held as a `Bytes` slice.
+/// An AMQP `shortstr`: at most 255 bytes of valid UTF-8.
 ///
-/// Decoding is zero-copy: the string is a slice of the frame payload. Equality,
-/// ordering and hashing are those of the `str`, so a `HashMap<ShortStr, _>` can be
-/// looked up with a `&str`.
-#[derive(Clone, Default)]
-pub struct ShortStr(Bytes);
+/// Up to [`ShortStr::INLINE`] bytes (most exchange names, queue names and routing keys) are held inline,
+/// copied out of the frame: a clone or drop is a copy of 32 bytes, not an atomic operation on the shared
+/// count of the connection's read buffer (which every frame's split, every slice and every drop of a
+/// message on another thread touches). Longer strings are a `Bytes` slice of the frame payload
+/// (zero-copy). The type is 32 bytes either way. Equality, ordering and hashing are those of the `str`, so
+/// a `HashMap<ShortStr, _>` can be looked up with a `&str`.
+#[derive(Clone)]
+pub struct ShortStr(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; ShortStr::INLINE] },
+    Shared(Bytes),
+}
+
+impl Default for ShortStr {
+    fn default() -> Self {
+        ShortStr(Repr::Inline {
+            len: 0,
+            buf: [0; ShortStr::INLINE],
+        })
+    }
+}
 
 /// UTF-8 check of a short string. Names and keys are nearly always ASCII: a word-at-a-time ASCII scan
 /// answers those in a few instructions (`from_utf8`'s own ASCII path costs ~50 per short string with its
@@ -31,13 +49,30 @@ impl ShortStr {
     /// Largest length in bytes.
     pub const MAX_LEN: usize = 255;
 
+    /// Longest string held inline (the most that keeps the type at the size of a `Bytes`).
+    pub const INLINE: usize = 23;
+
     /// A short string from a static literal (no allocation).
     ///
     /// # Panics
     /// If `s` is longer than 255 bytes (a programming error in server code).
     pub const fn from_static(s: &'static str) -> ShortStr {
         assert!(s.len() <= Self::MAX_LEN, "ShortStr longer than 255 bytes");
-        ShortStr(Bytes::from_static(s.as_bytes()))
+        ShortStr(Repr::Shared(Bytes::from_static(s.as_bytes())))
+    }
+
+    /// `b` copied inline, if it is short enough (no UTF-8 check: the caller's).
+    #[inline]
+    fn inline(b: &[u8]) -> Option<ShortStr> {
+        if b.len() > Self::INLINE {
+            return None;
+        }
+        let mut buf = [0; Self::INLINE];
+        buf[..b.len()].copy_from_slice(b);
+        Some(ShortStr(Repr::Inline {
+            len: b.len() as u8,
+            buf,
+        }))
     }
 
     /// A short string from `s`, or [`ProtocolError::ShortStrTooLong`].
@@ -45,10 +80,12 @@ impl ShortStr {
         if s.len() > Self::MAX_LEN {
             return Err(ProtocolError::ShortStrTooLong(s.len()));
         }
-        Ok(ShortStr(Bytes::copy_from_slice(s.as_bytes())))
+        Ok(Self::inline(s.as_bytes())
+            .unwrap_or_else(|| ShortStr(Repr::Shared(Bytes::copy_from_slice(s.as_bytes())))))
     }
 
-    /// A short string from bytes that must be valid UTF-8 and at most 255 long (zero-copy).
+    /// A short string from bytes that must be valid UTF-8 and at most 255 long (zero-copy past
+    /// [`ShortStr::INLINE`] bytes).
     pub fn from_utf8(bytes: Bytes) -> Result<ShortStr, ProtocolError> {
         if bytes.len() > Self::MAX_LEN {
             return Err(ProtocolError::ShortStrTooLong(bytes.len()));
@@ -56,7 +93,18 @@ impl ShortStr {
         if !valid_utf8(&bytes) {
             return Err(ProtocolError::InvalidUtf8);
         }
-        Ok(ShortStr(bytes))
+        Ok(Self::inline(&bytes).unwrap_or(ShortStr(Repr::Shared(bytes))))
+    }
+
+    /// A short string of at most [`ShortStr::INLINE`] bytes read from a borrowed payload (a frame read in
+    /// place): `None` if it is longer (the caller then decodes from a `Bytes`), an error if not UTF-8.
+    pub fn inline_from_utf8(b: &[u8]) -> Option<Result<ShortStr, ProtocolError>> {
+        let s = Self::inline(b)?;
+        Some(if valid_utf8(b) {
+            Ok(s)
+        } else {
+            Err(ProtocolError::InvalidUtf8)
+        })
     }
 
     /// The string.
@@ -64,51 +112,70 @@ impl ShortStr {
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks that the bytes are valid UTF-8 and the
         // field is private and never mutated.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
+        unsafe { std::str::from_utf8_unchecked(self.as_bytes()) }
     }
 
     /// The raw bytes.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..*len as usize],
+            Repr::Shared(b) => b,
+        }
     }
 
-    /// The underlying `Bytes` (cheap clone).
+    /// The bytes as a `Bytes` (a cheap clone of a long string; a short one is copied).
     pub fn to_bytes(&self) -> Bytes {
-        self.0.clone()
+        match &self.0 {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Repr::Shared(b) => b.clone(),
+        }
     }
 
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.0.len()
+        match &self.0 {
+            Repr::Inline { len, .. } => *len as usize,
+            Repr::Shared(b) => b.len(),
+        }
     }
 
     /// True for the empty string.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
-    /// Reads a length-prefixed short string, checking UTF-8 (zero-copy).
+    /// Reads a length-prefixed short string, checking UTF-8 (copied inline up to [`ShortStr::INLINE`]
+    /// bytes, a slice of `src` past that).
     pub fn decode(src: &mut Bytes) -> Result<ShortStr, ProtocolError> {
         let n = wire::get_u8(src)? as usize;
+        if n <= Self::INLINE {
+            wire::need(src, n)?;
+            if !valid_utf8(&src[..n]) {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+            let s = Self::inline(&src[..n]);
+            bytes::Buf::advance(src, n);
+            return Ok(s.unwrap_or_default());
+        }
         let bytes = wire::take(src, n)?;
         if !valid_utf8(&bytes) {
             return Err(ProtocolError::InvalidUtf8);
         }
-        Ok(ShortStr(bytes))
+        Ok(ShortStr(Repr::Shared(bytes)))
     }
 
     /// Writes the length octet and the bytes.
     pub fn encode(&self, dst: &mut BytesMut) {
-        dst.put_u8(self.0.len() as u8);
-        dst.put_slice(&self.0);
+        dst.put_u8(self.len() as u8);
+        dst.put_slice(self.as_bytes());
     }
 
     /// Encoded size (length octet included).
     pub fn encoded_len(&self) -> usize {
-        1 + self.0.len()
+        1 + self.len()
     }
 }
 
@@ -136,7 +203,10 @@ impl From<String> for ShortStr {
             "ShortStr longer than 255 bytes ({} bytes)",
             s.len()
         );
-        ShortStr(Bytes::from(s))
+        if let Some(v) = ShortStr::inline(s.as_bytes()) {
+            return v;
+        }
+        ShortStr(Repr::Shared(Bytes::from(s)))
     }
 }
 
@@ -149,7 +219,10 @@ impl From<&String> for ShortStr {
 
 impl From<ShortStr> for Bytes {
     fn from(s: ShortStr) -> Bytes {
-        s.0
+        match s.0 {
+            Repr::Shared(b) => b,
+            Repr::Inline { .. } => s.to_bytes(),
+        }
     }
 }
 
@@ -198,7 +271,7 @@ impl fmt::Debug for ShortStr {
 
 impl PartialEq for ShortStr {
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -418,6 +491,52 @@ mod tests {
         assert_eq!(m.get("q"), Some(&1));
     }
 
+    /// Inline (up to 23 bytes) and shared strings are one type to every observer: equal, hashed and ordered
+    /// by their text, encoded alike, at the size of a `Bytes`.
+    #[test]
+    fn shortstr_inline_and_shared_are_alike() {
+        assert_eq!(std::mem::size_of::<ShortStr>(), std::mem::size_of::<Bytes>());
+        for n in [
+            0,
+            1,
+            ShortStr::INLINE - 1,
+            ShortStr::INLINE,
+            ShortStr::INLINE + 1,
+            255,
+        ] {
+            let text = "r".repeat(n);
+            let inline_or_not = ShortStr::from(text.as_str());
+            let shared = ShortStr(Repr::Shared(Bytes::copy_from_slice(text.as_bytes())));
+            let from_static = ShortStr::from_static(Box::leak(text.clone().into_boxed_str()));
+            for s in [&inline_or_not, &shared, &from_static] {
+                assert_eq!(s, &inline_or_not);
+                assert_eq!(s.len(), n);
+                assert_eq!(s.as_str(), text);
+                assert_eq!(s.to_bytes(), text.as_bytes());
+                assert_eq!(Bytes::from(s.clone()), text.as_bytes());
+                let mut enc = BytesMut::new();
+                s.encode(&mut enc);
+                assert_eq!(enc.len(), s.encoded_len());
+                let mut dec = enc.freeze();
+                assert_eq!(&ShortStr::decode(&mut dec).unwrap(), s);
+                let mut m = HashMap::new();
+                m.insert(s.clone(), n);
+                assert_eq!(m.get(text.as_str()), Some(&n));
+                assert_eq!(s.cmp(&shared), Ordering::Equal);
+            }
+            let inline = matches!(inline_or_not.0, Repr::Inline { .. });
+            assert_eq!(inline, n <= ShortStr::INLINE, "{n}");
+            assert_eq!(
+                ShortStr::inline_from_utf8(text.as_bytes()).map(|r| r.unwrap()),
+                inline.then(|| inline_or_not.clone())
+            );
+        }
+        assert_eq!(
+            ShortStr::inline_from_utf8(b"\xff"),
+            Some(Err(ProtocolError::InvalidUtf8))
+        );
+    }
+
     #[test]
     #[should_panic]
     fn shortstr_from_long_string_panics() {
@@ -425,11 +544,27 @@ mod tests {
     }
 
     #[test]
-    fn shortstr_decode_is_zero_copy_and_checks_utf8() {
+    fn shortstr_decode_is_zero_copy_past_inline_and_checks_utf8() {
         let mut src = Bytes::from_static(b"\x03abcrest");
         let base = src.as_ptr() as usize;
         let s = ShortStr::decode(&mut src).unwrap();
-        assert_eq!(s.as_bytes().as_ptr() as usize, base + 1);
+        assert_eq!(s, "abc");
+        assert_ne!(s.as_bytes().as_ptr() as usize, base + 1, "short: copied inline");
+        assert_eq!(&src[..], b"rest");
+        let long = "k".repeat(ShortStr::INLINE + 1);
+        let mut raw = BytesMut::new();
+        raw.put_u8(long.len() as u8);
+        raw.put_slice(long.as_bytes());
+        raw.put_slice(b"rest");
+        let mut src = raw.freeze();
+        let base = src.as_ptr() as usize;
+        let s = ShortStr::decode(&mut src).unwrap();
+        assert_eq!(s, long.as_str());
+        assert_eq!(
+            s.as_bytes().as_ptr() as usize,
+            base + 1,
+            "long: a slice of the payload"
+        );
         assert_eq!(&src[..], b"rest");
         let mut bad = Bytes::from_static(b"\x02\xff\xfe");
         assert_eq!(ShortStr::decode(&mut bad), Err(ProtocolError::InvalidUtf8));

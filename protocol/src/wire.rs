@@ -8,7 +8,7 @@ use crate::error::ProtocolError;
 pub(crate) const TRUNCATED: ProtocolError = ProtocolError::Malformed("truncated");
 
 #[inline]
-fn need(src: &Bytes, n: usize) -> Result<(), ProtocolError> {
+pub(crate) fn need(src: &Bytes, n: usize) -> Result<(), ProtocolError> {
     if src.len() < n {
         Err(TRUNCATED)
     } else {
