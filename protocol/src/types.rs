@@ -45,6 +45,30 @@ fn valid_utf8(b: &[u8]) -> bool {
     b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
+/// `b` (at most `ShortStr::INLINE` bytes) at the start of a zeroed buffer, by two fixed-size copies that
+/// may overlap instead of a `memcpy` call of variable length (this runs for every name of every publish).
+#[inline(always)]
+fn copy_short(b: &[u8]) -> [u8; ShortStr::INLINE] {
+    let n = b.len();
+    debug_assert!(n <= ShortStr::INLINE);
+    let mut buf = [0u8; ShortStr::INLINE];
+    if n >= 16 {
+        buf[..16].copy_from_slice(&b[..16]);
+        buf[n - 16..n].copy_from_slice(&b[n - 16..]);
+    } else if n >= 8 {
+        buf[..8].copy_from_slice(&b[..8]);
+        buf[n - 8..n].copy_from_slice(&b[n - 8..]);
+    } else if n >= 4 {
+        buf[..4].copy_from_slice(&b[..4]);
+        buf[n - 4..n].copy_from_slice(&b[n - 4..]);
+    } else {
+        for (d, s) in buf.iter_mut().zip(b) {
+            *d = *s;
+        }
+    }
+    buf
+}
+
 impl ShortStr {
     /// Largest length in bytes.
     pub const MAX_LEN: usize = 255;
@@ -64,14 +88,13 @@ impl ShortStr {
     /// `b` copied inline, if it is short enough (no UTF-8 check: the caller's).
     #[inline]
     fn inline(b: &[u8]) -> Option<ShortStr> {
-        if b.len() > Self::INLINE {
+        let n = b.len();
+        if n > Self::INLINE {
             return None;
         }
-        let mut buf = [0; Self::INLINE];
-        buf[..b.len()].copy_from_slice(b);
         Some(ShortStr(Repr::Inline {
-            len: b.len() as u8,
-            buf,
+            len: n as u8,
+            buf: copy_short(b),
         }))
     }
 
@@ -98,6 +121,7 @@ impl ShortStr {
 
     /// A short string of at most [`ShortStr::INLINE`] bytes read from a borrowed payload (a frame read in
     /// place): `None` if it is longer (the caller then decodes from a `Bytes`), an error if not UTF-8.
+    #[inline]
     pub fn inline_from_utf8(b: &[u8]) -> Option<Result<ShortStr, ProtocolError>> {
         let s = Self::inline(b)?;
         Some(if valid_utf8(b) {
