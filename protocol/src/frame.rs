@@ -399,17 +399,16 @@ fn small_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Option<Frame> {
 /// operations on its shared count, and a message dropped on another thread would touch it again).
 #[inline]
 fn publish_in_place(p: &[u8]) -> Option<crate::BasicPublish> {
-    // class, method, reserved-1 (u16), exchange, routing key, bits
-    let ex_len = *p.get(6)? as usize;
-    let exchange = p.get(7..7 + ex_len)?;
-    let rk_at = 7 + ex_len;
-    let rk_len = *p.get(rk_at)? as usize;
-    let routing_key = p.get(rk_at + 1..rk_at + 1 + rk_len)?;
-    let bits_at = rk_at + 1 + rk_len;
-    if p.len() != bits_at + 1 {
+    let mut cur = wire::SliceCursor::new(p);
+    cur.take(6)?; // class, method, reserved-1 (u16)
+    let ex_len = cur.u8()? as usize;
+    let exchange = cur.take(ex_len)?;
+    let rk_len = cur.u8()? as usize;
+    let routing_key = cur.take(rk_len)?;
+    let bits = cur.u8()?;
+    if cur.pos != p.len() {
         return None;
     }
-    let bits = p[bits_at];
     Some(crate::BasicPublish {
         exchange: ShortStr::inline_from_utf8(exchange)?.ok()?,
         routing_key: ShortStr::inline_from_utf8(routing_key)?.ok()?,
